@@ -1,0 +1,30 @@
+"""medssl_jax entry point: `python main.py --config=configs/<experiment>.py[:variant] --workdir=DIR`.
+
+What runs is chosen by `config.mode` (see medssl_jax/experiment.py). Any config value can be
+overridden on the command line, e.g. `--config.train.num_steps=100`.
+"""
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # Imported here so --help stays fast.
+  if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins when set.
+    # A persistent compile cache makes the second run of a config start in seconds.
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
+  from medssl_jax import experiment
+  experiment.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

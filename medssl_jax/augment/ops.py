@@ -1,0 +1,441 @@
+"""Image augmentations as pure JAX functions with explicit PRNG keys.
+
+Every random op works on ONE image `[H, W, C]` (C = 1 or 3) with values in [0, 1], takes its key as
+the first argument and its strengths as keyword-only arguments, and returns an image of the same
+shape (except crops) and dtype, clipped to [0, 1]. There is no Python control flow on traced values,
+so every op can be jitted and vmapped over a batch of (key, image) pairs; batching and key splitting
+live in `medssl_jax.augment.views`.
+
+Strengths and probabilities are meant to be static Python numbers taken from a view config. When one
+is a static zero the op short-circuits to the identity; this only skips work, the output is the same
+bit-for-bit as the `jnp.where(apply, ..., image)` path it replaces.
+
+Reproducibility under sharding: the random draws are sharding-invariant (partitionable threefry),
+and the arithmetic avoids what XLA:CPU compiles differently for different per-device batch sizes:
+no float `reduce` or dot over image pixels (sums are fixed-order elementwise adds, the resampler
+gathers taps instead of using a weight-matrix einsum), and multi-step ops run as rolled loops so
+each step is materialised once instead of being fused and recomputed (which is also much faster).
+`tests/test_augment.py` checks one device against eight bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+# ITU-R BT.601 luma, as used by PIL/torchvision `rgb_to_grayscale`.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+# Number of proposals tried by `random_resized_crop` before falling back to a central crop; the same
+# as torchvision, so crops with extreme scale/ratio ranges behave the same.
+_CROP_ATTEMPTS = 10
+
+
+def _check_image(image, name: str):
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(
+        f"{name}: expected one image [H, W, C] with C in (1, 3), got shape {image.shape}")
+  if not jnp.issubdtype(image.dtype, jnp.floating):
+    raise ValueError(f"{name}: expected a float image in [0, 1], got dtype {image.dtype}")
+
+
+def _static_zero(x) -> bool:
+  """True when `x` is a Python number equal to 0 (so the op can be skipped at trace time)."""
+  return isinstance(x, (int, float)) and x == 0
+
+
+def _apply_with_prob(key, p, fn, image):
+  """Returns fn(image) with probability p, else image (both branches share shape/dtype)."""
+  if _static_zero(p):
+    return image
+  apply = jax.random.uniform(key) < p
+  return jnp.where(apply, fn(image), image)
+
+
+def _clip(x, dtype):
+  return jnp.clip(x, 0.0, 1.0).astype(dtype)
+
+
+def _fixed_order_mean(x):
+  """Mean of all elements, summed as a fixed pairwise tree of elementwise adds.
+
+  XLA:CPU picks the accumulation order of a `reduce` (and of a dot) from the whole operand shape,
+  batch dimension included, so a vmapped `jnp.mean` can differ in the last bit between a batch on
+  one device and the same batch sharded over eight. Elementwise adds in a static order do not.
+  """
+  flat = x.astype(jnp.float32).reshape(-1)
+  n = flat.shape[0]
+  size = 1 << max(0, (n - 1).bit_length())
+  flat = jnp.pad(flat, (0, size - n))  # Zeros do not change the sum.
+  while flat.shape[0] > 1:
+    half = flat.shape[0] // 2
+    flat = flat[:half] + flat[half:]
+  return flat[0] / n
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry.
+# --------------------------------------------------------------------------------------------------
+
+
+def _resample_axis(x, axis: int, *, out_size: int, start, length):
+  """Antialiased linear resample of x[start : start + length] along `axis` to `out_size` samples.
+
+  Same filter as `jax.image.scale_and_translate(..., method="linear", antialias=True)` (a triangle
+  of half-width max(length / out_size, 1) input pixels, renormalised over the taps inside the
+  image), but as a static number of gathered taps summed in a fixed order instead of a dense
+  weight-matrix einsum: XLA:CPU picks the dot's accumulation order (and library) from the whole
+  operand shape, batch included, so the einsum is not bit-reproducible across batch shardings.
+  """
+  in_size = x.shape[axis]
+  # Static bound on the taps: the triangle covers < 2 * half_width + 1 pixels, and the crop is never
+  # longer than the image.
+  max_half_width = max(in_size / out_size, 1.0)
+  num_taps = int(math.floor(2 * max_half_width)) + 2
+  inv_scale = length / out_size
+  half_width = jnp.maximum(inv_scale, 1.0)
+  # Centre of each output pixel in input pixel-index coordinates (pixel i spans [i, i + 1)).
+  centre = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale - 0.5
+  first = jnp.floor(centre - half_width) + 1  # Smallest index with non-zero weight.
+  taps = first[:, None] + jnp.arange(num_taps, dtype=jnp.float32)[None, :]  # [out, taps]
+  inside = (taps >= 0) & (taps <= in_size - 1)
+  triangle = jnp.maximum(0.0, 1.0 - jnp.abs(taps - centre[:, None]) / half_width)
+  weights = jnp.where(inside, triangle, 0.0)
+  total = sum(weights[:, t] for t in range(num_taps))  # Fixed order, see `_fixed_order_mean`.
+  weights = weights / total[:, None]
+  index = jnp.clip(taps, 0, in_size - 1).astype(jnp.int32)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+
+  def add_tap(t, acc):
+    w_t = jax.lax.dynamic_index_in_dim(weights, t, axis=1, keepdims=False).reshape(shape)
+    i_t = jax.lax.dynamic_index_in_dim(index, t, axis=1, keepdims=False)
+    return acc + w_t * jnp.take(x, i_t, axis=axis)
+
+  out_shape = list(x.shape)
+  out_shape[axis] = out_size
+  # A rolled loop over the taps: the sum order is fixed, and the result is materialised, so XLA
+  # cannot fuse the gathers into later ops and recompute them per output channel.
+  return jax.lax.fori_loop(0, num_taps, add_tap, jnp.zeros(out_shape, x.dtype))
+
+
+def _resample(image, *, out_size: int, top, left, height, width):
+  """Bilinear (antialiased) resample of the window [top, top+h) x [left, left+w) to out_size^2."""
+  x = image.astype(jnp.float32)
+  x = _resample_axis(x, 0, out_size=out_size, start=top, length=height)
+  x = _resample_axis(x, 1, out_size=out_size, start=left, length=width)
+  return _clip(x, image.dtype)
+
+
+def random_resized_crop(key, image, *, out_size: int, scale: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3)):
+  """Inception-style random crop of the image, resized to (out_size, out_size).
+
+  Like torchvision's RandomResizedCrop: propose up to 10 boxes with area fraction ~ U(scale) and
+  aspect ratio (w/h) ~ logU(ratio); take the first that fits inside the image at a uniformly random
+  position, else fall back to the largest central box whose aspect ratio is within `ratio`. All
+  proposals are drawn at once (static shapes). Box sizes are continuous (sub-pixel) rather than
+  rounded; the crop and the antialiased bilinear resize are one separable resampling (the filter of
+  `jax.image.scale_and_translate`, computed so that it is bit-reproducible under any sharding).
+
+  Args:
+    key: PRNG key.
+    image: float [H, W, C] in [0, 1].
+    out_size: static output side.
+    scale: (min, max) fraction of the image area covered by the crop.
+    ratio: (min, max) aspect ratio width / height of the crop.
+
+  Returns:
+    float [out_size, out_size, C] in [0, 1], same dtype as `image`.
+  """
+  _check_image(image, "random_resized_crop")
+  h_img, w_img = image.shape[0], image.shape[1]
+  area = float(h_img * w_img)
+  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+  n = _CROP_ATTEMPTS
+  target_area = area * jax.random.uniform(k_area, (n,), minval=scale[0], maxval=scale[1])
+  log_ratio = jax.random.uniform(
+      k_ratio, (n,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+  aspect = jnp.exp(log_ratio)
+  w = jnp.sqrt(target_area * aspect)
+  h = jnp.sqrt(target_area / aspect)
+  # A relative tolerance so that scale=(1, 1), ratio=(1, 1) on a square image (w == W up to float
+  # rounding in sqrt) counts as fitting instead of falling back.
+  fits = (w <= w_img * (1 + 1e-5)) & (h <= h_img * (1 + 1e-5))
+  first = jnp.argmax(fits)
+  any_fit = jnp.any(fits)
+
+  # Fallback box, computed statically from the image shape (as torchvision).
+  in_ratio = w_img / h_img
+  if in_ratio < min(ratio):
+    fb_w, fb_h = float(w_img), w_img / min(ratio)
+  elif in_ratio > max(ratio):
+    fb_h, fb_w = float(h_img), h_img * max(ratio)
+  else:
+    fb_w, fb_h = float(w_img), float(h_img)
+
+  crop_w = jnp.minimum(jnp.where(any_fit, w[first], fb_w), w_img)
+  crop_h = jnp.minimum(jnp.where(any_fit, h[first], fb_h), h_img)
+  u_top = jnp.where(any_fit, jax.random.uniform(k_top), 0.5)
+  u_left = jnp.where(any_fit, jax.random.uniform(k_left), 0.5)
+  top = u_top * (h_img - crop_h)
+  left = u_left * (w_img - crop_w)
+  return _resample(image, out_size=out_size, top=top, left=left, height=crop_h, width=crop_w)
+
+
+def center_resize(image, *, out_size: int):
+  """Deterministically resizes the whole image to (out_size, out_size) (bilinear, antialiased).
+
+  The whole field of view is kept, so non-square images are stretched rather than cropped.
+  """
+  _check_image(image, "center_resize")
+  return _resample(image, out_size=out_size, top=jnp.float32(0), left=jnp.float32(0),
+                   height=jnp.float32(image.shape[0]), width=jnp.float32(image.shape[1]))
+
+
+def random_flip(key, image, *, p: float = 0.5):
+  """Flips the image horizontally (along W) with probability p."""
+  _check_image(image, "random_flip")
+  return _apply_with_prob(key, p, lambda x: x[:, ::-1, :], image)
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour.
+# --------------------------------------------------------------------------------------------------
+
+
+def to_grayscale(image):
+  """Luma [H, W, 1] of an RGB image (identity for a 1-channel image)."""
+  if image.shape[-1] == 1:
+    return image
+  x = image.astype(jnp.float32)
+  # Explicit adds rather than a channel reduction: their order is fixed, see `_fixed_order_mean`.
+  wr, wg, wb = LUMA_WEIGHTS
+  gray = wr * x[..., 0:1] + wg * x[..., 1:2] + wb * x[..., 2:3]
+  return gray.astype(image.dtype)
+
+
+def adjust_brightness(image, factor):
+  """image * factor, clipped (torchvision semantics)."""
+  return _clip(image * factor, image.dtype)
+
+
+def adjust_contrast(image, factor):
+  """Blends the image with the mean of its grayscale: factor 0 -> flat grey, 1 -> unchanged."""
+  mean = _fixed_order_mean(to_grayscale(image))
+  # Blend form (rather than (x - m) * f + m) so that factor 1 returns the input exactly.
+  return _clip(factor * image + (1 - factor) * mean, image.dtype)
+
+
+def adjust_saturation(image, factor):
+  """Blends an RGB image with its grayscale: factor 0 -> grayscale, 1 -> unchanged."""
+  return _clip(factor * image + (1 - factor) * to_grayscale(image), image.dtype)
+
+
+def _frac(x):
+  """x mod 1 via floor (cheaper than jnp.mod's fmod, same result for these ranges)."""
+  return x - jnp.floor(x)
+
+
+def _hue_chroma_value(r, g, b):
+  """(hue in turns, chroma = max - min, value = max) of RGB planes, with one division."""
+  # Elementwise max/min rather than a channel reduction, which XLA fuses with its consumers.
+  v = jnp.maximum(jnp.maximum(r, g), b)
+  chroma = v - jnp.minimum(jnp.minimum(r, g), b)
+  # Sector from channel comparisons (the ties of colorsys: r first, then g), not from `v == r`: if
+  # XLA computes v and r in different fusions they may differ in the last bit, and a failed equality
+  # would pick the wrong sector (a large error rather than a rounding one).
+  r_is_max = (r >= g) & (r >= b)
+  g_is_max = ~r_is_max & (g >= b)
+  base = jnp.where(r_is_max, 0.0, jnp.where(g_is_max, 2.0, 4.0))
+  num = jnp.where(r_is_max, g - b, jnp.where(g_is_max, b - r, r - g))
+  h = _frac((base + num / jnp.where(chroma > 0, chroma, 1)) / 6.0)
+  return jnp.where(chroma > 0, h, 0.0), chroma, v
+
+
+def _hue_chroma_value_to_rgb(h, chroma, v):
+  # Branch-free form: channel_n = v - chroma clip(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6; h is in
+  # [0, 1], so one exact subtraction does the mod.
+  def channel(n):
+    k = n + 6.0 * h
+    k = jnp.where(k >= 6.0, k - 6.0, k)
+    return v - chroma * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+  return channel(5.0), channel(3.0), channel(1.0)
+
+
+def rgb_to_hsv(rgb):
+  """[..., 3] RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn); branch-free."""
+  h, chroma, v = _hue_chroma_value(rgb[..., 0], rgb[..., 1], rgb[..., 2])
+  s = jnp.where(v > 0, chroma / jnp.where(v > 0, v, 1), 0.0)
+  return jnp.stack([h, s, v], axis=-1)
+
+
+def hsv_to_rgb(hsv):
+  """Inverse of `rgb_to_hsv`."""
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  return jnp.stack(_hue_chroma_value_to_rgb(h, v * s, v), axis=-1)
+
+
+def adjust_hue(image, delta):
+  """Rotates the hue of an RGB image by `delta` turns (HSV rotation; 0 and +-1 are no-ops).
+
+  Works on (hue, chroma, value) rather than (hue, saturation, value): the same colours, without the
+  saturation division and its rounding.
+  """
+  x = image.astype(jnp.float32)
+  h, chroma, v = _hue_chroma_value(x[..., 0], x[..., 1], x[..., 2])
+  rgb = _hue_chroma_value_to_rgb(_frac(h + delta), chroma, v)
+  return _clip(jnp.stack(rgb, axis=-1), image.dtype)
+
+
+def color_jitter(key, image, *, brightness: float, contrast: float, saturation: float, hue: float,
+                 p: float = 0.8, grayscale_safe: bool = False):
+  """SimCLR / torchvision ColorJitter, applied with probability p, ops in a random order.
+
+  Factors for brightness, contrast and saturation are drawn from U[max(0, 1 - s), 1 + s]; the hue
+  shift from U[-hue, hue] turns and applied as an HSV hue rotation (not a YIQ rotation), as in
+  torchvision and tf.image.adjust_hue. The ops run in a random permutation per call (per image
+  under vmap), each step picked with `lax.switch`. Each op clips to [0, 1], as torchvision does.
+
+  `grayscale_safe=True` (X-ray, ultrasound, ...) applies only brightness and contrast: saturation
+  and hue are ignored. Single-channel images have no colour, so they always get this behaviour,
+  whatever `grayscale_safe` says (this is automatic, not an error).
+
+  Args:
+    key: PRNG key.
+    image: float [H, W, C] in [0, 1].
+    brightness, contrast, saturation: strengths s >= 0 (0 disables the op).
+    hue: maximum hue shift in turns, in [0, 0.5] (0 disables the op).
+    p: probability of applying the jitter at all.
+    grayscale_safe: only brightness and contrast.
+
+  Returns:
+    The jittered image, same shape and dtype, in [0, 1].
+  """
+  _check_image(image, "color_jitter")
+  if image.shape[-1] == 1:
+    grayscale_safe = True
+  k_apply, k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 6)
+
+  def factor(k, s):
+    return jax.random.uniform(k, minval=max(0.0, 1.0 - s), maxval=1.0 + s)
+
+  # Cheap linear ops first; hue, the expensive one, is kept apart (see `jitter`).
+  linear_ops = []
+  for k, s, fn in ((k_b, brightness, adjust_brightness), (k_c, contrast, adjust_contrast)):
+    if not _static_zero(s):
+      linear_ops.append(lambda x, f=factor(k, s), fn=fn: fn(x, f))
+  use_hue = False
+  if not grayscale_safe:
+    if not _static_zero(saturation):
+      linear_ops.append(lambda x, f=factor(k_s, saturation): adjust_saturation(x, f))
+    use_hue = not _static_zero(hue)
+  hue_shift = jax.random.uniform(k_h, minval=-hue, maxval=hue) if use_hue else None
+  num_ops = len(linear_ops) + int(use_hue)
+  if num_ops == 0:
+    return image
+
+  def jitter(x):
+    # Op j of the random order is order[j]; index len(linear_ops) is hue. Under vmap a switch runs
+    # every branch, so a plain loop of switches would pay for the HSV round trip at every step.
+    # Instead: the linear ops that come before hue (masked loop), hue once, then those after it.
+    # Loops are rolled so XLA materialises each step instead of fusing and recomputing the chain.
+    order = jax.random.permutation(k_order, num_ops)
+    hue_pos = jnp.argmax(order == len(linear_ops)) if use_hue else num_ops
+    branches = linear_ops + ([lambda y: y] if use_hue else [])
+
+    def run_linear(y, active):
+      if not linear_ops:
+        return y
+      def step(i, y):
+        return jnp.where(active(i), jax.lax.switch(order[i], branches, y), y)
+      return jax.lax.fori_loop(0, num_ops, step, y)
+
+    x = run_linear(x, lambda i: i < hue_pos)
+    if use_hue:
+      x = adjust_hue(x, hue_shift)
+      x = run_linear(x, lambda i: i > hue_pos)
+    return x
+
+  return _apply_with_prob(k_apply, p, jitter, image)
+
+
+def random_grayscale(key, image, *, p: float = 0.2):
+  """Replaces the image by its luma (repeated over the C channels) with probability p."""
+  _check_image(image, "random_grayscale")
+  return _apply_with_prob(key, p, lambda x: jnp.broadcast_to(to_grayscale(x), x.shape), image)
+
+
+# --------------------------------------------------------------------------------------------------
+# Filtering and pixel maps.
+# --------------------------------------------------------------------------------------------------
+
+
+def default_blur_kernel_size(side: int) -> int:
+  """~10% of the image side, odd and at least 3 (SimCLR's rule: 23 taps for 224 px)."""
+  k = max(3, int(round(0.1 * side)))
+  return k if k % 2 == 1 else k + 1
+
+
+def gaussian_blur(key, image, *, p: float = 0.5, sigma: Sequence[float] = (0.1, 2.0),
+                  kernel_size: int | None = None):
+  """Separable Gaussian blur with sigma ~ U(sigma) pixels, applied with probability p.
+
+  The kernel has a static number of taps and weights computed from the traced sigma (normalised to
+  sum 1), so it vmaps with a different sigma per image. Borders use reflect padding.
+
+  Args:
+    key: PRNG key.
+    image: float [H, W, C] in [0, 1].
+    p: probability of blurring.
+    sigma: (min, max) standard deviation in pixels.
+    kernel_size: odd number of taps; None -> `default_blur_kernel_size(min(H, W))`.
+  """
+  _check_image(image, "gaussian_blur")
+  if kernel_size is None:
+    kernel_size = default_blur_kernel_size(min(image.shape[:2]))
+  if kernel_size < 1 or kernel_size % 2 != 1:
+    raise ValueError(f"gaussian_blur: kernel_size must be a positive odd int, got {kernel_size}")
+  if _static_zero(p):
+    return image
+  k_apply, k_sigma = jax.random.split(key)
+  s = jax.random.uniform(k_sigma, minval=sigma[0], maxval=sigma[1])
+  radius = kernel_size // 2
+  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * jnp.square(offsets / s))
+  # Fixed-order normalisation, see `_fixed_order_mean`.
+  weights = weights / sum(weights[i] for i in range(kernel_size))
+
+  def blur_axis(x, axis):
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (radius, radius)
+    xp = jnp.pad(x, pad, mode="reflect")
+
+    def add_tap(t, acc):
+      return acc + weights[t] * jax.lax.dynamic_slice_in_dim(xp, t, n, axis=axis)
+
+    # Rolled loop over the taps: fixed sum order, and the pass is materialised rather than fused
+    # (and recomputed) into the next pass and later ops.
+    return jax.lax.fori_loop(0, kernel_size, add_tap, jnp.zeros_like(x))
+
+  def blur(x):
+    y = blur_axis(blur_axis(x.astype(jnp.float32), 0), 1)
+    return _clip(y, x.dtype)
+
+  return _apply_with_prob(k_apply, p, blur, image)
+
+
+def solarize(key, image, *, p: float = 0.2, threshold: float = 0.5):
+  """With probability p, inverts pixels strictly above `threshold` (x -> 1 - x)."""
+  _check_image(image, "solarize")
+  return _apply_with_prob(key, p, lambda x: jnp.where(x > threshold, 1 - x, x), image)
+
+
+def normalize(image, *, mean, std):
+  """(image - mean) / std with per-channel (broadcastable) mean and std; output is not clipped."""
+  mean = jnp.asarray(mean, image.dtype)
+  std = jnp.asarray(std, image.dtype)
+  return (image - mean) / std

@@ -1,0 +1,174 @@
+"""View policies: batched, keyed augmentation pipelines built from `medssl_jax.augment.ops`.
+
+A view policy is a flat ConfigDict (or dict) of static strengths. `augment_batch` turns one key and
+a batch of images into one augmented view of the batch, vmapping the per-image pipeline
+
+    crop -> flip -> color_jitter -> grayscale -> blur -> solarize
+
+with one key per example (op i of an example uses fold_in(example_key, i), so adding an op later
+leaves the others' randomness unchanged). Everything is jit-able and works on global arrays sharded
+over the batch axis; the result does not depend on the sharding (the random draws use partitionable
+threefry, and `ops` keeps the arithmetic sharding-invariant too; see its module docstring).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from medssl_jax.augment import ops
+
+# SimCLR-style defaults (crop scale lower bound 0.2 as in MoCo v2, kinder to small images).
+_DEFAULTS = dict(
+    crop_size=64,
+    crop_scale=(0.2, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),
+    flip_p=0.5,
+    jitter_p=0.8,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.4,
+    hue=0.1,
+    grayscale_p=0.2,
+    blur_p=0.5,
+    blur_sigma=(0.1, 2.0),
+    blur_kernel_size=None,  # None: ~10% of crop_size, odd (ops.default_blur_kernel_size).
+    solarize_p=0.0,
+    solarize_threshold=0.5,
+    grayscale_safe=False,
+)
+VALID_KEYS = tuple(_DEFAULTS)
+
+# Fixed per-op indices for fold_in: adding or removing an op never changes the others' randomness.
+_OP_CROP, _OP_FLIP, _OP_JITTER, _OP_GRAYSCALE, _OP_BLUR, _OP_SOLARIZE = range(6)
+
+
+def default_view(**overrides) -> ml_collections.ConfigDict:
+  """SimCLR default view policy, with `overrides` applied and validated."""
+  return validate_view(dict(_DEFAULTS, **overrides))
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_prob(cfg, name):
+  v = cfg[name]
+  if not _is_number(v) or not 0.0 <= v <= 1.0:
+    raise ValueError(f"view config: {name}={v!r} must be a probability in [0, 1]")
+
+
+def _check_range(cfg, name, *, lo_min, hi_max=None, lo_inclusive=False):
+  v = cfg[name]
+  ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(x) for x in v)
+  if ok:
+    lo, hi = v
+    ok = (lo >= lo_min if lo_inclusive else lo > lo_min) and lo <= hi
+    ok = ok and (hi_max is None or hi <= hi_max)
+  if not ok:
+    bound = f"{'[' if lo_inclusive else '('}{lo_min}, {hi_max if hi_max is not None else 'inf'}]"
+    raise ValueError(f"view config: {name}={v!r} must be an ordered pair (lo, hi) with lo <= hi, "
+                     f"both in {bound}")
+
+
+def validate_view(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Checks a view policy and returns it completed with defaults, as a new ConfigDict.
+
+  Missing keys take their `default_view()` value, so partial dicts are accepted.
+
+  Raises:
+    ValueError: naming the offending key, for an unknown key (listing the valid keys) or an
+      out-of-range value.
+  """
+  given = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+  unknown = sorted(set(given) - set(VALID_KEYS))
+  if unknown:
+    raise ValueError(f"view config: unknown key(s) {unknown}; valid keys are {list(VALID_KEYS)}")
+  c = dict(_DEFAULTS, **given)
+
+  size = c["crop_size"]
+  if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    raise ValueError(f"view config: crop_size={size!r} must be a positive int")
+  _check_range(c, "crop_scale", lo_min=0.0, hi_max=1.0)
+  _check_range(c, "crop_ratio", lo_min=0.0)
+  for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
+    _check_prob(c, name)
+  for name in ("brightness", "contrast", "saturation"):
+    if not _is_number(c[name]) or c[name] < 0:
+      raise ValueError(f"view config: {name}={c[name]!r} must be a number >= 0")
+  if not _is_number(c["hue"]) or not 0.0 <= c["hue"] <= 0.5:
+    raise ValueError(f"view config: hue={c['hue']!r} must be in [0, 0.5] (turns)")
+  _check_range(c, "blur_sigma", lo_min=0.0)
+  ks = c["blur_kernel_size"]
+  if ks is not None and (not isinstance(ks, int) or isinstance(ks, bool) or ks < 1 or ks % 2 == 0):
+    raise ValueError(f"view config: blur_kernel_size={ks!r} must be None or a positive odd int")
+  if not isinstance(c["grayscale_safe"], bool):
+    raise ValueError(f"view config: grayscale_safe={c['grayscale_safe']!r} must be a bool")
+  for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+    c[name] = tuple(float(x) for x in c[name])
+  return ml_collections.ConfigDict(c)
+
+
+def to_float_images(images):
+  """uint8 -> float32 / 255; float -> float32 (assumed already in [0, 1])."""
+  if images.ndim != 4:
+    raise ValueError(f"expected a batch of images [B, H, W, C], got shape {images.shape}")
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    if images.dtype != jnp.uint8:
+      raise ValueError(f"integer images must be uint8, got {images.dtype}")
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def augment_image(key, image, view_cfg):
+  """The per-image pipeline crop -> flip -> color_jitter -> grayscale -> blur -> solarize.
+
+  Args:
+    key: PRNG key for this image; op i uses fold_in(key, i) with a fixed index per op.
+    image: float32 [H, W, C] in [0, 1].
+    view_cfg: a *validated* view policy (see `validate_view`).
+  """
+  c = view_cfg
+  sub = lambda i: jax.random.fold_in(key, i)
+  x = ops.random_resized_crop(sub(_OP_CROP), image, out_size=c.crop_size, scale=c.crop_scale,
+                              ratio=c.crop_ratio)
+  x = ops.random_flip(sub(_OP_FLIP), x, p=c.flip_p)
+  x = ops.color_jitter(sub(_OP_JITTER), x, brightness=c.brightness, contrast=c.contrast,
+                       saturation=c.saturation, hue=c.hue, p=c.jitter_p,
+                       grayscale_safe=c.grayscale_safe)
+  x = ops.random_grayscale(sub(_OP_GRAYSCALE), x, p=c.grayscale_p)
+  x = ops.gaussian_blur(sub(_OP_BLUR), x, p=c.blur_p, sigma=c.blur_sigma,
+                        kernel_size=c.blur_kernel_size)
+  x = ops.solarize(sub(_OP_SOLARIZE), x, p=c.solarize_p, threshold=c.solarize_threshold)
+  return x
+
+
+def augment_batch(key, images, view_cfg):
+  """One augmented view of a batch.
+
+  Args:
+    key: PRNG key (typed or raw uint32); split into one key per example.
+    images: [B, H, W, C] uint8 (scaled by 1/255) or float in [0, 1]; C in (1, 3).
+    view_cfg: view policy (ConfigDict or dict; missing keys take defaults). Static: close over it
+      (e.g. functools.partial) when jitting.
+
+  Returns:
+    float32 [B, crop_size, crop_size, C] in [0, 1].
+  """
+  cfg = validate_view(view_cfg)
+  x = to_float_images(images)
+  keys = jax.random.split(key, x.shape[0])
+  return jax.vmap(lambda k, im: augment_image(k, im, cfg))(keys, x)
+
+
+def make_views(key, images, view_cfgs: Sequence[Mapping[str, Any]]) -> list:
+  """One augmented batch per view policy, view i keyed by fold_in(key, i) (multi-crop friendly)."""
+  return [augment_batch(jax.random.fold_in(key, i), images, cfg) for i, cfg in enumerate(view_cfgs)]
+
+
+def eval_view(images, *, size: int):
+  """Deterministic evaluation view: float conversion and whole-image resize to (size, size)."""
+  x = to_float_images(images)
+  return jax.vmap(lambda im: ops.center_resize(im, out_size=size))(x)

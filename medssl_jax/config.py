@@ -1,0 +1,132 @@
+"""The config schema: every key a run may set, its default, and validation with clear errors.
+
+Experiment files in configs/ start from `base_config()` and override what they reproduce; a key that
+is not in the schema (a typo) or a name that is not registered fails with the valid choices listed.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import ml_collections
+
+from medssl_jax.augment import views as views_lib
+
+MODES = ("pretrain", "linear_eval", "pretrain_and_probe")
+EVAL_PROTOCOLS = ("linear_probe",)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults for every key. Experiment configs change values, never add keys."""
+  c = ml_collections.ConfigDict()
+  c.mode = "pretrain_and_probe"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.builder = "synthetic_fundus"   # A name in medssl_jax.data.pipeline.BUILDERS.
+  c.data.builder_config = ""            # TFDS builder config ("" = the builder's default).
+  c.data.data_dir = ""                  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.data.train_split = "train"
+  c.data.test_split = "test"
+  c.data.image_size = 64                # Host-side resize of decoded images (pixels).
+  c.data.channels = 3
+  c.data.mean = (0.5, 0.5, 0.5)         # Normalisation after augmentation.
+  c.data.std = (0.5, 0.5, 0.5)
+  c.data.worker_count = 0               # grain worker processes (0 = decode in the main process).
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = "resnet18"
+  c.model.stem = "imagenet"             # "cifar" for 28-32 px inputs.
+  c.model.width_multiplier = 1.0
+  c.model.projector_hidden_dims = (2048,)
+  c.model.projector_dim = 128
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = "simclr"
+  c.objective.temperature = 0.1
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.views = [views_lib.default_view(), views_lib.default_view()]
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 256              # Global batch over all devices and hosts.
+  c.train.num_steps = 1000
+  c.train.optimizer = "lars"
+  c.train.base_learning_rate = 0.3      # Scaled by batch_size / 256.
+  c.train.warmup_steps = 100
+  c.train.weight_decay = 1e-6
+  c.train.grad_clip_norm = 0.0          # 0 = off.
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.protocol = "linear_probe"
+  c.eval.batch_size = 256
+  c.eval.l2_grid = (1e-4, 1e-3, 1e-2, 1e-1)
+  c.eval.max_iter = 200
+  c.eval.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
+  c.eval.max_train_examples = 0         # 0 = the whole training split.
+  return c
+
+
+def _check_keys(config, schema, path=""):
+  for key in config.keys():
+    if key not in schema:
+      where = path.rstrip(".") or "config"
+      raise ValueError(f"Unknown config key {path}{key!r} in {where}; valid keys: {sorted(schema.keys())}")
+    value, ref = config[key], schema[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, (ml_collections.ConfigDict, Mapping)):
+        raise ValueError(f"config.{path}{key} must be a section like the default, got {value!r}")
+      _check_keys(value, ref, f"{path}{key}.")
+
+
+def _check_choice(value, choices, name):
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not known; valid choices: {list(choices)}")
+
+
+def validate(config) -> ml_collections.ConfigDict:
+  """Checks keys against the schema and names against the registries; returns the config."""
+  from medssl_jax import models, objectives  # Local import: the registries import jax.
+  from medssl_jax.data import pipeline
+
+  _check_keys(config, base_config())
+  _check_choice(config.mode, MODES, "config.mode")
+  _check_choice(config.model.encoder, models.ENCODERS, "config.model.encoder")
+  _check_choice(config.objective.name, sorted(objectives.OBJECTIVES), "config.objective.name")
+  _check_choice(config.eval.protocol, EVAL_PROTOCOLS, "config.eval.protocol")
+  _check_choice(config.data.builder, sorted(pipeline.BUILDERS), "config.data.builder")
+  if not config.augment.views:
+    raise ValueError("config.augment.views is empty; a contrastive objective needs at least 2 views")
+  sizes = set()
+  for i, view in enumerate(config.augment.views):
+    try:
+      views_lib.validate_view(view)
+    except ValueError as e:
+      raise ValueError(f"config.augment.views[{i}]: {e}") from None
+    sizes.add(view["crop_size"])
+  if len(sizes) != 1:
+    raise ValueError(f"config.augment.views have different crop sizes {sorted(sizes)}; this trainer "
+                     "encodes all views in one forward pass and needs one size")
+  for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+    if config.train[k] <= 0:
+      raise ValueError(f"config.train.{k} must be a positive integer, got {config.train[k]!r}")
+  if len(config.data.mean) != config.data.channels or len(config.data.std) != config.data.channels:
+    raise ValueError(f"config.data.mean/std need {config.data.channels} values (config.data.channels), "
+                     f"got {tuple(config.data.mean)} / {tuple(config.data.std)}")
+  return config
+
+
+def with_variant(config, arg: str | None, variants: Mapping[str, Callable]) -> ml_collections.ConfigDict:
+  """Applies the variant named by `--config=file.py:<arg>` (e.g. "quick") to a config.
+
+  Raises a ValueError listing the valid variants for an unknown name.
+  """
+  arg = (arg or "").strip()
+  if arg:
+    if arg not in variants:
+      raise ValueError(f"Unknown config variant {arg!r}; valid variants: {sorted(variants)} "
+                       "(or none for the full run)")
+    variants[arg](config)
+  return config

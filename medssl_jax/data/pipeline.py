@@ -1,0 +1,260 @@
+"""Host input pipelines: TFDS array_record data sources read with grain, no TensorFlow needed.
+
+Records are read with `builder.as_data_source` with image decoding skipped (PNG bytes), and decoded
+(and optionally resized) on the host with PIL inside the grain pipeline, so decode errors can name the
+split and record, and decoding runs in grain's worker processes when `worker_count > 0`.
+
+Training iterators are grain `DatasetIterator`s whose `get_state()` / `set_state()` resume a run
+exactly; the state is a small JSON-serialisable dict.
+"""
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import re
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+# name -> 'module:ClassName'; imported lazily so listing choices stays cheap.
+BUILDERS = {'synthetic_fundus': 'tfds_builders.synthetic_fundus:SyntheticFundus'}
+_FILE_FORMAT = 'array_record'
+
+Builder = tfds.core.DatasetBuilder
+
+
+def _default_data_dir() -> str:
+  return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+
+
+def _builder_class(name: str):
+  if name not in BUILDERS:
+    raise ValueError(f'Unknown dataset {name!r}; valid choices: {sorted(BUILDERS)}.')
+  module_name, class_name = BUILDERS[name].split(':')
+  return getattr(importlib.import_module(module_name), class_name)
+
+
+def get_builder(name: str, *, data_dir: str | None = None, config: str | None = None,
+                prepare: bool = True) -> Builder:
+  """Returns the registered TFDS builder `name`, built in array_record format if `prepare`.
+
+  Args:
+    name: a key of `BUILDERS`.
+    data_dir: TFDS data dir; defaults to $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    config: builder config name; None picks the builder's default.
+    prepare: build the data set (once) if it is not in `data_dir` yet.
+  """
+  cls = _builder_class(name)
+  valid = [c.name for c in (cls.BUILDER_CONFIGS or [])]
+  if config is not None and config not in valid:
+    raise ValueError(f'Unknown config {config!r} for dataset {name!r}; valid configs: {valid}.')
+  data_dir = data_dir or _default_data_dir()
+  builder = cls(config=config, data_dir=data_dir, file_format=_FILE_FORMAT)
+  if prepare and not builder.is_prepared():
+    print(f'Building {builder.name}/{builder.builder_config.name if builder.builder_config else ""}'
+          f' ({_FILE_FORMAT}) into {builder.data_dir} ...', flush=True)
+    builder.download_and_prepare(file_format=_FILE_FORMAT)
+  return builder
+
+
+def _as_builder(builder: Builder | str) -> Builder:
+  return get_builder(builder) if isinstance(builder, str) else builder
+
+
+def num_classes(builder: Builder) -> int:
+  """Number of classes of the builder's 'label' feature."""
+  return builder.info.features['label'].num_classes
+
+
+def class_names(builder: Builder) -> list[str]:
+  """Class names of the builder's 'label' feature, in label order."""
+  return list(builder.info.features['label'].names)
+
+
+def _check_split(builder: Builder, split: str) -> None:
+  """Raises ValueError unless every split named in `split` (e.g. 'train[:10%]+test') exists."""
+  valid = list(builder.info.splits.keys())
+  for part in str(split).split('+'):
+    base = re.split(r'[\[(]', part.strip(), maxsplit=1)[0]
+    if base not in valid:
+      raise ValueError(f'Unknown split {split!r} for dataset {builder.name!r}; valid splits: {valid}.')
+
+
+def num_examples(builder: Builder, split: str) -> int:
+  """Number of examples in `split` (slicing syntax such as 'train[:50%]' allowed)."""
+  _check_split(builder, split)
+  return builder.info.splits[split].num_examples
+
+
+def _data_source(builder: Builder, split: str):
+  _check_split(builder, split)
+  # Checked up front: array_record itself fails on an empty split with an obscure message.
+  if builder.info.splits[split].num_examples == 0:
+    raise ValueError(f'Split {split!r} of dataset {builder.name!r} is empty.')
+  # Skip TFDS image decoding: we get PNG bytes and decode with PIL ourselves (see module docstring).
+  return builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+
+
+class _Decode:
+  """Picklable record decoder for grain workers: PNG bytes -> dict(image uint8, label, id) int32."""
+
+  def __init__(self, split: str, image_size: int | None):
+    self.split = split
+    self.image_size = image_size
+
+  def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    return _decode_record(record, index, self.split, self.image_size)
+
+
+def _decode_record(record, index, split, image_size):
+  data = record['image']
+  try:
+    if isinstance(data, np.ndarray):  # Already decoded (a source built with default decoders).
+      pil = Image.fromarray(data)
+    else:
+      pil = Image.open(io.BytesIO(data))
+      pil.load()
+    if pil.mode != 'RGB':
+      pil = pil.convert('RGB')
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'Could not decode the image of record {index} in split {split!r}: {e}') from e
+  if image_size is not None and pil.size != (image_size, image_size):
+    pil = pil.resize((image_size, image_size), Image.BICUBIC)
+  return {
+      'image': np.asarray(pil, np.uint8),
+      'label': np.int32(record['label']),
+      'id': np.int32(record['id']),
+  }
+
+
+def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_batch_size: int,
+                        seed: int, image_size: int | None = None, num_epochs: int | None = None,
+                        worker_count: int = 0, process_index: int | None = None,
+                        process_count: int | None = None, read_threads: int = 2,
+                        prefetch_batches: int = 4) -> grain.DatasetIterator:
+  """Returns a shuffled, repeated, batched training iterator over this process's shard of `split`.
+
+  Each process reads records `[process_index::process_count]` and yields batches of
+  `global_batch_size // process_count` dicts: image uint8 [B, H, W, 3], label int32 [B], id int32 [B].
+  Each epoch is reshuffled (deterministically from `seed`); batches may span epoch boundaries.
+
+  Args:
+    builder: a prepared TFDS builder (or a `BUILDERS` name).
+    split: TFDS split, slicing syntax allowed.
+    global_batch_size: batch size summed over all processes.
+    seed: shuffle seed (0 <= seed < 2**32).
+    image_size: if set, resize images on the host to image_size x image_size.
+    num_epochs: None repeats forever.
+    worker_count: > 0 decodes in that many grain worker processes (`mp_prefetch`).
+    process_index, process_count: shard of this process; default to jax's.
+    read_threads: grain read threads per process.
+    prefetch_batches: batches buffered ahead per process.
+
+  Returns:
+    A grain `DatasetIterator`; `get_state()` / `set_state()` checkpoint and restore it exactly.
+  """
+  builder = _as_builder(builder)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} not in [0, process_count={process_count}).')
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} must be a positive multiple of '
+                     f'process_count={process_count}.')
+  batch_size = global_batch_size // process_count
+  if not 0 <= seed < 2**32:
+    raise ValueError(f'seed must be in [0, 2**32), got {seed}.')
+
+  source = _data_source(builder, split)
+  # Decode keyed by the record's index in the split, before sharding, so errors can name it.
+  ds = grain.MapDataset.source(source).map_with_index(_Decode(split, image_size))
+  ds = ds[process_index::process_count]
+  if len(ds) == 0:
+    raise ValueError(f'Process {process_index}/{process_count} got no records of split {split!r} '
+                     f'({len(source)} records).')
+  ds = ds.shuffle(seed=seed).repeat(num_epochs)
+  if num_epochs is not None and len(ds) < batch_size:
+    raise ValueError(f'{len(ds)} records of split {split!r} per process over {num_epochs} epochs '
+                     f'do not fill one batch of {batch_size}.')
+  ds = ds.batch(batch_size, drop_remainder=True)
+  # Modest buffers: each element is a whole batch, and grain's default (500) would hold GBs.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                               prefetch_buffer_size=prefetch_batches))
+  if worker_count > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(it_ds)
+
+
+def iterator_state_to_json(state: Any) -> Any:
+  """Returns a JSON-serialisable copy of a grain iterator state.
+
+  grain states are already plain dicts of ints/lists in this pipeline (grain's own orbax handler
+  `grain.checkpoint.CheckpointSave` just `json.dumps` them), but some nested dicts (interleave
+  `future_states` under `mp_prefetch`) use int keys, which JSON would turn into strings; bytes and
+  numpy scalars are converted too, for robustness.
+  """
+  if isinstance(state, bytes):
+    return {'__bytes__': state.decode('latin-1')}
+  if isinstance(state, dict):
+    return {str(k): iterator_state_to_json(v) for k, v in state.items()}
+  if isinstance(state, (list, tuple)):
+    return [iterator_state_to_json(v) for v in state]
+  if isinstance(state, np.generic):
+    return state.item()
+  return state
+
+
+def iterator_state_from_json(obj: Any) -> Any:
+  """Inverse of `iterator_state_to_json`; also accepts the JSON text itself."""
+  if isinstance(obj, (str, bytes)):
+    obj = json.loads(obj)
+  return _state_from_json(obj)
+
+
+def _state_from_json(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    if set(obj) == {'__bytes__'}:
+      return obj['__bytes__'].encode('latin-1')
+    # grain state keys are identifiers, so all-digit keys were int keys before JSON.
+    return {(int(k) if k.isdigit() else k): _state_from_json(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_state_from_json(v) for v in obj]
+  return obj
+
+
+def iterate_eval(builder: Builder | str, *, split: str, batch_size: int,
+                 image_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the whole split once, in record order, in fixed-size batches.
+
+  Each batch is dict(image uint8 [batch_size, H, W, 3], label int32, id int32, mask bool); the last
+  batch is zero-padded to `batch_size` and `mask` is False on padded rows.
+  """
+  builder = _as_builder(builder)
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  source = _data_source(builder, split)
+  n = len(source)
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    records = source.__getitems__(list(range(start, stop)))
+    rows = [_decode_record(r, start + i, split, image_size) for i, r in enumerate(records)]
+    batch = {k: np.stack([row[k] for row in rows]) for k in ('image', 'label', 'id')}
+    pad = batch_size - len(rows)
+    if pad:
+      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    batch['mask'] = np.arange(batch_size) < len(rows)
+    yield batch
+
+
+def load_split_arrays(builder: Builder | str, *, split: str,
+                      image_size: int | None = None) -> dict[str, np.ndarray]:
+  """Returns the full split as numpy arrays dict(image uint8 [N,H,W,3], label int32 [N], id int32 [N])."""
+  parts = [b for b in iterate_eval(builder, split=split, batch_size=256, image_size=image_size)]
+  mask = np.concatenate([b['mask'] for b in parts])
+  return {k: np.concatenate([b[k] for b in parts])[mask] for k in ('image', 'label', 'id')}

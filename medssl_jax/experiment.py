@@ -1,0 +1,123 @@
+"""What `main.py` runs: one function per `config.mode`, each writing its outputs into the workdir."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from medssl_jax import config as config_lib
+from medssl_jax.data import pipeline
+from medssl_jax.evals import linear_probe as probe_lib
+from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train import pretrain as pretrain_lib
+from medssl_jax.train import state as state_lib
+
+
+def _builder(config):
+  return pipeline.get_builder(config.data.builder, data_dir=config.data.data_dir or None,
+                              config=config.data.builder_config or None)
+
+
+def load_pretrained(config, workdir):
+  """The model and the latest checkpointed variables in `workdir` (error if there is none)."""
+  model, _, tx, _ = pretrain_lib.build(config)
+  state = state_lib.init_state(model, tx, key=jax.random.key(0), image_shape=pretrain_lib.input_shape(config))
+  manager = ckpt_lib.make_manager(workdir, keep=config.train.keep_checkpoints)
+  restored = ckpt_lib.restore_latest(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+  manager.close()
+  if restored is None:
+    raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints; run mode=pretrain "
+                            "with this --workdir first")
+  step, state, _ = restored
+  print(f"loaded checkpoint at step {step} from {workdir}", flush=True)
+  return model, state.variables
+
+
+def random_init_variables(config):
+  """The variables pretraining started from (same seed and key split as pretrain)."""
+  model, _, tx, _ = pretrain_lib.build(config)
+  init_key, _ = jax.random.split(jax.random.key(config.seed))
+  state = state_lib.init_state(model, tx, key=init_key, image_shape=pretrain_lib.input_shape(config))
+  return model, state.variables
+
+
+def probe(config, encoders: dict, *, builder, mesh=None) -> dict:
+  """Linear-probes each named (model, variables) encoder on the same splits; returns {name: metrics}."""
+  d, e = config.data, config.eval
+  t0 = time.perf_counter()
+  train = pipeline.load_split_arrays(builder, split=d.train_split, image_size=d.image_size)
+  test = pipeline.load_split_arrays(builder, split=d.test_split, image_size=d.image_size)
+  if e.max_train_examples:
+    train = {k: v[:e.max_train_examples] for k, v in train.items()}
+  num_classes = pipeline.num_classes(builder)
+  size = config.augment.views[0].crop_size
+  kw = dict(image_size=size, mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
+  results = {}
+  for name, (model, variables, recalibrate) in encoders.items():
+    if recalibrate:
+      variables = probe_lib.recalibrate_batch_stats(model, variables, train["image"], image_size=size,
+                                                    mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
+    tr = probe_lib.extract_features(model, variables, train["image"], mesh=mesh, **kw)
+    te = probe_lib.extract_features(model, variables, test["image"], mesh=mesh, **kw)
+    results[name] = probe_lib.linear_probe(tr, train["label"], te, test["label"], num_classes=num_classes,
+                                           l2_grid=tuple(e.l2_grid), max_iter=e.max_iter, seed=config.seed)
+    r = results[name]
+    print(f"probe [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  (l2={r['l2']:g})", flush=True)
+  print(f"linear probes done in {time.perf_counter() - t0:.0f}s "
+        f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
+  return results
+
+
+def format_table(results: dict, *, config) -> str:
+  """A Markdown table of probe results, with the protocol and data named."""
+  lines = [f"Linear probe on {config.data.builder}"
+           f"{'/' + config.data.builder_config if config.data.builder_config else ''} "
+           f"(train split '{config.data.train_split}', test split '{config.data.test_split}')",
+           f"Protocol: {probe_lib.PROTOCOL}", "",
+           "| encoder | accuracy | AUROC (macro OvR) |", "|---|---|---|"]
+  for name, r in results.items():
+    lines.append(f"| {name} | {r['accuracy']:.4f} | {r['auroc']:.4f} |")
+  names = list(results)
+  if len(names) == 2:
+    a, b = results[names[0]], results[names[1]]
+    lines += ["", f"{names[0]} - {names[1]}: accuracy {a['accuracy'] - b['accuracy']:+.4f}, "
+              f"AUROC {a['auroc'] - b['auroc']:+.4f}"]
+  return "\n".join(lines)
+
+
+def _write_results(workdir, results, table):
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "probe_results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, "probe_results.md"), "w") as f:
+    f.write(table + "\n")
+
+
+def run(config, workdir: str):
+  """Dispatches on config.mode. Returns the probe results dict (empty for mode=pretrain)."""
+  config_lib.validate(config)
+  workdir = os.path.abspath(workdir)
+  mesh = mesh_lib.make_mesh()
+  builder = _builder(config)
+  if config.mode == "pretrain":
+    pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
+    return {}
+  if config.mode == "pretrain_and_probe":
+    model, state = pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
+    variables = state.variables
+  else:  # linear_eval
+    model, variables = load_pretrained(config, workdir)
+  encoders = {f"{config.objective.name} (pretrained)": (model, variables, False)}
+  if config.eval.compare_random_init:
+    rmodel, rvars = random_init_variables(config)
+    encoders["random init"] = (rmodel, rvars, True)
+  results = probe(config, encoders, builder=builder, mesh=mesh)
+  table = format_table(results, config=config)
+  print("\n" + table + "\n", flush=True)
+  _write_results(workdir, results, table)
+  return results

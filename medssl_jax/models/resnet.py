@@ -1,0 +1,138 @@
+"""ResNet-18/50 encoders in Flax (linen), with a CIFAR-style stem option for small medical images.
+
+Layouts follow torchvision (ResNet v1.5: stride on the 3x3 conv of the bottleneck), so parameter counts
+match torchvision's backbones exactly and weights can be mapped between the two.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# Stage depths per depth; the block type follows from the depth.
+STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+STEMS = ("imagenet", "cifar")
+
+
+def _last_bn_init(zero: bool):
+  # Zero scale makes each block start as identity (Goyal et al. 2017); off by default as in torchvision,
+  # because it also makes a randomly initialised encoder (a baseline we report) nearly linear.
+  return nn.initializers.zeros if zero else nn.initializers.ones
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs with an identity (or 1x1 projection) shortcut."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  zero_init_residual: bool = False
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn2")(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
+      residual = self.norm(name="proj_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided, v1.5) -> 1x1 with 4x expansion."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  zero_init_residual: bool = False
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (1, 1), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
+    y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn3")(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
+      residual = self.norm(name="proj_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """ResNet backbone returning globally average-pooled features [B, C].
+
+  Attributes:
+    depth: 18, 34, 50 or 101.
+    stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv, no pool) for 28-64 px inputs.
+    width_multiplier: scales every stage width (64, 128, 256, 512) x width; 0.25 gives tiny test models.
+    bn_momentum: decay of the running BatchNorm statistics used in evaluation.
+    zero_init_residual: zero-init the last BatchNorm scale of each residual block.
+    dtype: compute dtype (e.g. bfloat16); parameters and BatchNorm statistics stay float32.
+  """
+  depth: int = 18
+  stem: str = "imagenet"
+  width_multiplier: float = 1.0
+  bn_momentum: float = 0.9
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def num_features(self) -> int:
+    block = Bottleneck if self.depth >= 50 else BasicBlock
+    return int(512 * self.width_multiplier) * block.expansion
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, return_stages: bool = False):
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f"ResNet depth {self.depth!r} is not supported; valid: {sorted(STAGE_SIZES)}")
+    if self.stem not in STEMS:
+      raise ValueError(f"ResNet stem {self.stem!r} is not supported; valid: {list(STEMS)}")
+    block_cls = Bottleneck if self.depth >= 50 else BasicBlock
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+    # BatchNorm statistics are taken over the batch axis of the *global* array: under jit with a
+    # data-sharded batch XLA inserts the cross-device reduction, so this is synchronised BN.
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32)
+    width = lambda c: max(1, int(c * self.width_multiplier))
+
+    x = x.astype(self.dtype)
+    if self.stem == "imagenet":
+      x = conv(width(64), (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(width(64), (3, 3), name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    stages = []
+    for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = block_cls(width(64 * 2**i), conv=conv, norm=norm, strides=strides,
+                      zero_init_residual=self.zero_init_residual,
+                      name=f"stage{i + 1}_block{j + 1}")(x)
+      stages.append(x)
+    features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    if return_stages:
+      return features, stages
+    return features
+
+
+def resnet(name: str, **kwargs) -> ResNet:
+  """Builds a ResNet from a name like "resnet18" or "resnet50"."""
+  valid = {f"resnet{d}": d for d in STAGE_SIZES}
+  if name not in valid:
+    raise ValueError(f"Unknown encoder {name!r}; valid choices: {sorted(valid)}")
+  return ResNet(depth=valid[name], **kwargs)

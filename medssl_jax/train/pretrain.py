@@ -1,0 +1,101 @@
+"""The pretraining loop: data -> sharded step -> metrics/progress -> checkpoints, resumable."""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from medssl_jax import models
+from medssl_jax import objectives
+from medssl_jax.data import pipeline
+from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train import reporting
+from medssl_jax.train import state as state_lib
+from medssl_jax.train import step as step_lib
+
+
+def build(config):
+  """Model, objective, optimizer and schedule described by a config."""
+  model = models.build_model(config)
+  objective = objectives.get_objective(config.objective.name)
+  tx, schedule = state_lib.make_optimizer(config)
+  return model, objective, tx, schedule
+
+
+def input_shape(config):
+  crop = config.augment.views[0].crop_size
+  return (crop, crop, config.data.channels)
+
+
+def pretrain(config, workdir: str, *, builder=None, mesh=None):
+  """Runs (or resumes) pretraining in `workdir`; returns (model, final TrainState on host).
+
+  A finished run is not repeated: rerunning the command restores the last checkpoint and returns.
+  """
+  mesh = mesh or mesh_lib.make_mesh()
+  t = config.train
+  n_dev = mesh.devices.size
+  if t.batch_size % n_dev:
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the {n_dev} devices")
+  ckpt_lib.save_or_check_config(config, workdir)
+  builder = builder or pipeline.get_builder(config.data.builder, data_dir=config.data.get("data_dir"),
+                                            config=config.data.get("builder_config"))
+  model, objective, tx, schedule = build(config)
+  key = jax.random.key(config.seed)
+  init_key, aug_key = jax.random.split(key)
+  state = state_lib.init_state(model, tx, key=init_key, image_shape=input_shape(config))
+  print(f"model: {config.model.encoder} ({config.model.stem} stem, width x{config.model.width_multiplier}), "
+        f"{state_lib.num_params(state.params['backbone']):,} backbone + "
+        f"{state_lib.num_params(state.params['projector']):,} projector parameters; "
+        f"{n_dev} device(s), global batch {t.batch_size}", flush=True)
+  state = mesh_lib.replicate(state, mesh)
+
+  manager = ckpt_lib.make_manager(workdir, keep=t.keep_checkpoints)
+  it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
+                                    seed=config.seed, image_size=config.data.image_size,
+                                    worker_count=config.data.worker_count)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  restored = ckpt_lib.restore_latest(manager, abstract)
+  start = 0
+  if restored is not None:
+    start, state, iter_state = restored
+    if iter_state is not None:
+      it.set_state(pipeline.iterator_state_from_json(iter_state))
+    print(f"resumed from {manager.directory}/{start}", flush=True)
+  if start >= t.num_steps:
+    manager.close()
+    return model, jax.device_get(state)
+
+  train_step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
+  writer = reporting.ScalarWriter(workdir)
+  acc = reporting.MetricAccumulator()
+  progress = reporting.Progress(t.num_steps, start_step=start, images_per_step=t.batch_size)
+  t_start = time.perf_counter()
+  step = start
+  try:
+    while step < t.num_steps:
+      batch = mesh_lib.shard_batch(next(it), mesh)
+      state, metrics = train_step(state, batch, aug_key)
+      step += 1
+      acc.update(metrics)
+      if step % t.log_every == 0 or step == t.num_steps:
+        scalars = acc.compute_and_reset()
+        if not all(map(jnp.isfinite, scalars.values())):
+          bad = {k: v for k, v in scalars.items() if not jnp.isfinite(v)}
+          raise FloatingPointError(f"non-finite metrics at step {step}: {bad}; last good checkpoint "
+                                   f"is in {manager.directory}")
+        writer.write(step, scalars, prefix="train/")
+        progress.report(step, scalars, keys=("loss", "top1", "projection_std", "learning_rate"))
+      if step % t.checkpoint_every == 0 or step == t.num_steps:
+        ckpt_lib.save(manager, step, state, pipeline.iterator_state_to_json(it.get_state()))
+  finally:
+    if hasattr(it, "close"):  # Stops grain worker processes and frees their shared memory.
+      it.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  print(f"pretraining done: {step - start} steps in {reporting.format_duration(time.perf_counter() - t_start)}",
+        flush=True)
+  return model, jax.device_get(state)

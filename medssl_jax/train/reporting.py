@@ -1,0 +1,107 @@
+"""Metric accumulation (clu.metrics), TensorBoard + JSON-lines writers, and a progress line.
+
+clu.metric_writers imports TensorFlow, so scalars go to TensorBoard through tensorboardX instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from clu import metrics as clu_metrics
+
+
+def average_collection(names):
+  """A clu Collection that averages each named scalar over the steps it is merged over."""
+  return clu_metrics.Collection.create(**{n: clu_metrics.Average.from_output(n) for n in sorted(names)})
+
+
+class MetricAccumulator:
+  """Averages the step metrics between two log points with clu.metrics.Average."""
+
+  def __init__(self):
+    self._collection_cls = None
+    self._value = None
+
+  def update(self, step_metrics: dict):
+    if self._collection_cls is None:
+      self._collection_cls = average_collection(step_metrics)
+    update = self._collection_cls.single_from_model_output(**step_metrics)
+    self._value = update if self._value is None else self._value.merge(update)
+
+  def compute_and_reset(self) -> dict:
+    if self._value is None:
+      return {}
+    out = {k: float(v) for k, v in self._value.compute().items()}
+    self._value = None
+    return out
+
+
+class ScalarWriter:
+  """Writes scalars to TensorBoard event files (workdir/tb) and to workdir/metrics.jsonl.
+
+  Only process 0 writes, so multi-host runs do not produce duplicate logs.
+  """
+
+  def __init__(self, workdir: str, *, subdir: str = "tb"):
+    self._enabled = jax.process_index() == 0
+    self._tb = None
+    self._jsonl = None
+    if self._enabled:
+      from tensorboardX import SummaryWriter  # Imported lazily: only the writing process needs it.
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = SummaryWriter(os.path.join(workdir, subdir))
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def write(self, step: int, scalars: dict, *, prefix: str = ""):
+    if not self._enabled:
+      return
+    for k, v in scalars.items():
+      self._tb.add_scalar(f"{prefix}{k}", float(v), int(step))
+    record = {"step": int(step), "time": time.time(), **{f"{prefix}{k}": float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+
+  def close(self):
+    if self._enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+  """One line per report: step/total, chosen metrics, steps/s, images/s and ETA."""
+
+  def __init__(self, total_steps: int, *, start_step: int = 0, images_per_step: int = 0, stream=None):
+    self.total = total_steps
+    self.images_per_step = images_per_step
+    self.stream = stream or sys.stdout
+    self._t0 = time.perf_counter()
+    self._last_t = self._t0
+    self._last_step = start_step
+
+  def report(self, step: int, scalars: dict, keys=("loss",)) -> str:
+    now = time.perf_counter()
+    dt = max(now - self._last_t, 1e-9)
+    rate = (step - self._last_step) / dt
+    self._last_t, self._last_step = now, step
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    parts = [f"step {step}/{self.total}"]
+    parts += [f"{k} {scalars[k]:.4g}" for k in keys if k in scalars]
+    parts += [f"{rate:.2f} steps/s"]
+    if self.images_per_step:
+      parts.append(f"{rate * self.images_per_step:.0f} img/s")
+    parts.append(f"ETA {format_duration(eta) if np.isfinite(eta) else '?'}")
+    line = " | ".join(parts)
+    if jax.process_index() == 0:
+      print(line, file=self.stream, flush=True)
+    return line

@@ -1,0 +1,29 @@
+"""Test setup shared by the whole suite.
+
+Eight simulated CPU devices so sharding tests run anywhere, and a persistent compilation cache so
+repeated runs of the suite skip most XLA compiles. Both must be set before jax is imported.
+"""
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+_CACHE = os.environ.get("MEDSSL_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "medssl_jax" / "xla"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+from absl import flags  # noqa: E402
+
+# grain worker processes and some absl users read flags; pytest never parses them.
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()
