@@ -130,3 +130,21 @@ def with_variant(config, arg: str | None, variants: Mapping[str, Callable]) -> m
                        "(or none for the full run)")
     variants[arg](config)
   return config
+
+
+def load(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Loads `get_config(arg)` from a config file (e.g. "configs/demo_simclr.py"), as `--config` does.
+
+  A bare name like "demo_simclr" is looked up in the repository's configs/ folder.
+  """
+  import importlib.util
+  import os
+
+  if not path.endswith(".py"):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", path + ".py")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

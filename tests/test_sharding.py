@@ -4,26 +4,15 @@ The trainer jits over global arrays, so the loss (and BatchNorm statistics) are 
 batch wherever its rows live. This is the test that catches the classic distributed-SSL bugs:
 per-device negatives, gradients off by the device count, per-device BatchNorm.
 """
-import importlib.util
-import pathlib
-
 import jax
 import numpy as np
 import pytest
 
+from medssl_jax.config import load as load_config
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import state as state_lib
 from medssl_jax.train import step as step_lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,9 @@ def setup():
 def run_on(devices, setup):
   config, model, objective, tx, schedule, state, batch = setup
   mesh = mesh_lib.make_mesh(devices)
-  st = mesh_lib.replicate(state, mesh)
+  # A host copy: the jitted step donates its input state, and on one device replicate() would hand
+  # it the fixture's own buffers.
+  st = mesh_lib.replicate(jax.tree.map(np.array, state), mesh)
   b = mesh_lib.shard_batch(batch, mesh)
   assert b["image"].sharding.num_devices == len(devices)
   loss_fn = step_lib.make_loss_fn(model, objective, config)

@@ -12,6 +12,7 @@ threefry, and `ops` keeps the arithmetic sharding-invariant too; see its module 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -148,16 +149,25 @@ def augment_image(key, image, view_cfg):
 def augment_batch(key, images, view_cfg):
   """One augmented view of a batch.
 
+  The work is a jitted function with the validated policy as a static argument, so calling this
+  outside `jax.jit` compiles once per (policy, shape) instead of dispatching op by op; inside an
+  outer jit it is simply inlined.
+
   Args:
     key: PRNG key (typed or raw uint32); split into one key per example.
-    images: [B, H, W, C] uint8 (scaled by 1/255) or float in [0, 1]; C in (1, 3).
-    view_cfg: view policy (ConfigDict or dict; missing keys take defaults). Static: close over it
-      (e.g. functools.partial) when jitting.
+    images: [B, H, W, C] uint8 (scaled by 1/255) or float in [0, 1]; C in (1, 3). May be a global
+      array sharded over the batch axis.
+    view_cfg: view policy (ConfigDict or dict; missing keys take defaults).
 
   Returns:
     float32 [B, crop_size, crop_size, C] in [0, 1].
   """
-  cfg = validate_view(view_cfg)
+  cfg = ml_collections.FrozenConfigDict(validate_view(view_cfg))  # Hashable: a static arg.
+  return _augment_batch(key, images, cfg)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _augment_batch(key, images, cfg):
   x = to_float_images(images)
   keys = jax.random.split(key, x.shape[0])
   return jax.vmap(lambda k, im: augment_image(k, im, cfg))(keys, x)
@@ -168,6 +178,7 @@ def make_views(key, images, view_cfgs: Sequence[Mapping[str, Any]]) -> list:
   return [augment_batch(jax.random.fold_in(key, i), images, cfg) for i, cfg in enumerate(view_cfgs)]
 
 
+@functools.partial(jax.jit, static_argnames="size")
 def eval_view(images, *, size: int):
   """Deterministic evaluation view: float conversion and whole-image resize to (size, size)."""
   x = to_float_images(images)

@@ -38,6 +38,8 @@ class SyntheticFundus(tfds.core.GeneratorBasedBuilder):
                             image_size=64, num_train=2048, num_validation=256, num_test=512),
       SyntheticFundusConfig(name='tiny', description='32 px, 64/32/32 examples, for tests.',
                             image_size=32, num_train=64, num_validation=32, num_test=32),
+      SyntheticFundusConfig(name='small', description='64 px, 512/64/256 examples, for quick end-to-end runs.',
+                            image_size=64, num_train=512, num_validation=64, num_test=256),
   ]
   DEFAULT_CONFIG_NAME = '64px'
 
