@@ -7,6 +7,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
@@ -18,6 +19,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # orbax and TFDS log every checkpoint and shard at INFO; keep the progress lines readable.
+    logging.set_verbosity(logging.WARNING)
   import jax  # Imported here so --help stays fast.
   if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins when set.
     # A persistent compile cache makes the second run of a config start in seconds.

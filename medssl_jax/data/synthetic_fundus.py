@@ -264,3 +264,11 @@ def save_grid(path: str | pathlib.Path, *, size: int = 64, per_class: int = 8, s
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
   pil.save(str(path))
   return np.asarray(pil)
+
+
+if __name__ == '__main__':
+  # python -m medssl_jax.data.synthetic_fundus docs/synthetic_fundus.png  (rows: healthy..severe)
+  import sys
+  out = sys.argv[1] if len(sys.argv) > 1 else 'synthetic_fundus.png'
+  save_grid(out, size=64, per_class=8, seed=0, scale=2)
+  print(f'wrote {out}: {", ".join(CLASS_NAMES)} (one row each), 8 examples at 64 px, seed 0')

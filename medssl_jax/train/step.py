@@ -70,7 +70,7 @@ def make_train_step(model, objective, tx, schedule, config, mesh):
     (loss, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
 
