@@ -70,8 +70,7 @@ def main(_):
         f"({step_rate * len(config.augment.views):.0f} view-images/s through the encoder)")
 
   # Input pipeline alone.
-  builder = pipeline.get_builder(config.data.builder, data_dir=config.data.data_dir or None,
-                                 config=config.data.builder_config or None)
+  builder = pipeline.builder_from_config(config.data)
   it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
                                     seed=0, image_size=config.data.image_size, worker_count=config.data.worker_count)
   for _ in range(2):

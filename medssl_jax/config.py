@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.builder = "synthetic_fundus"   # A name in medssl_jax.data.pipeline.BUILDERS.
   c.data.builder_config = ""            # TFDS builder config ("" = the builder's default).
   c.data.data_dir = ""                  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.data.manual_dir = ""                # Official files of a manual-download builder ("" = TFDS default).
   c.data.train_split = "train"
   c.data.test_split = "test"
   c.data.image_size = 64                # Host-side resize of decoded images (pixels).

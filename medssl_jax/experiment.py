@@ -17,11 +17,6 @@ from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import state as state_lib
 
 
-def _builder(config):
-  return pipeline.get_builder(config.data.builder, data_dir=config.data.data_dir or None,
-                              config=config.data.builder_config or None)
-
-
 def load_pretrained(config, workdir):
   """The model and the latest checkpointed variables in `workdir` (error if there is none)."""
   model, _, tx, _ = pretrain_lib.build(config)
@@ -103,7 +98,7 @@ def run(config, workdir: str):
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = mesh_lib.make_mesh()
-  builder = _builder(config)
+  builder = pipeline.builder_from_config(config.data)
   if config.mode == "pretrain":
     pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
     return {}

@@ -23,7 +23,10 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 # name -> 'module:ClassName'; imported lazily so listing choices stays cheap.
-BUILDERS = {'synthetic_fundus': 'tfds_builders.synthetic_fundus:SyntheticFundus'}
+BUILDERS = {
+    'synthetic_fundus': 'tfds_builders.synthetic_fundus:SyntheticFundus',
+    'medmnist': 'tfds_builders.medmnist:MedMNIST',
+}
 _FILE_FORMAT = 'array_record'
 
 Builder = tfds.core.DatasetBuilder
@@ -41,7 +44,7 @@ def _builder_class(name: str):
 
 
 def get_builder(name: str, *, data_dir: str | None = None, config: str | None = None,
-                prepare: bool = True) -> Builder:
+                prepare: bool = True, manual_dir: str | None = None) -> Builder:
   """Returns the registered TFDS builder `name`, built in array_record format if `prepare`.
 
   Args:
@@ -49,6 +52,8 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
     data_dir: TFDS data dir; defaults to $TFDS_DATA_DIR or ~/tensorflow_datasets.
     config: builder config name; None picks the builder's default.
     prepare: build the data set (once) if it is not in `data_dir` yet.
+    manual_dir: where a manual-download builder finds the official files (default: TFDS's
+      <data_dir>/downloads/manual).
   """
   cls = _builder_class(name)
   valid = [c.name for c in (cls.BUILDER_CONFIGS or [])]
@@ -59,8 +64,16 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
   if prepare and not builder.is_prepared():
     print(f'Building {builder.name}/{builder.builder_config.name if builder.builder_config else ""}'
           f' ({_FILE_FORMAT}) into {builder.data_dir} ...', flush=True)
-    builder.download_and_prepare(file_format=_FILE_FORMAT)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=download_config)
   return builder
+
+
+def builder_from_config(data_config) -> Builder:
+  """The prepared builder named by a config's `data` section (builder, builder_config, data_dir,
+  manual_dir; empty strings mean the defaults)."""
+  return get_builder(data_config.builder, data_dir=data_config.data_dir or None,
+                     config=data_config.builder_config or None, manual_dir=data_config.manual_dir or None)
 
 
 def _as_builder(builder: Builder | str) -> Builder:

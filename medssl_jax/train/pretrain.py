@@ -40,8 +40,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
   if t.batch_size % n_dev:
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the {n_dev} devices")
   ckpt_lib.save_or_check_config(config, workdir)
-  builder = builder or pipeline.get_builder(config.data.builder, data_dir=config.data.data_dir or None,
-                                            config=config.data.builder_config or None)
+  builder = builder or pipeline.builder_from_config(config.data)
   model, objective, tx, schedule = build(config)
   key = jax.random.key(config.seed)
   init_key, aug_key = jax.random.split(key)
