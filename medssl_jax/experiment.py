@@ -99,6 +99,7 @@ def run(config, workdir: str):
   workdir = os.path.abspath(workdir)
   mesh = mesh_lib.make_mesh()
   builder = pipeline.builder_from_config(config.data)
+  pipeline.check_channels(builder, config.data.channels)
   if config.mode == "pretrain":
     pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
     return {}

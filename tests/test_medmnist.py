@@ -96,3 +96,30 @@ def test_real_files(tmp_path, config):
     labels = pipeline.load_split_arrays(b, split=split)["label"]
     assert len(labels) == n
     assert np.bincount(labels, minlength=len(c)).tolist() == c
+
+
+def test_grayscale_through_the_pipeline_and_a_train_step(tmp_path):
+  """A 1-channel dataset stays 1-channel from the npz to the encoder; a channel mismatch is named."""
+  import jax
+  from medssl_jax.config import load
+  from medssl_jax.train import mesh as mesh_lib, pretrain as pretrain_lib, state as state_lib, step as step_lib
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  arrays = write_npz(manual / "pneumoniamnist.npz", channels=1, num_labels=2, sizes=(16, 4, 4))
+  b = build(tmp_path, "pneumoniamnist", manual)
+  batch = next(pipeline.make_train_iterator(b, global_batch_size=16, seed=0))
+  assert batch["image"].shape == (16, 28, 28, 1) and batch["label"].shape == (16,)
+  np.testing.assert_array_equal(pipeline.load_split_arrays(b, split="test")["image"][..., 0], arrays["test_images"])
+
+  config = load("demo_simclr", "quick")
+  with pytest.raises(ValueError, match=r"config.data.channels=3 but medmnist/pneumoniamnist has 1-channel"):
+    pipeline.check_channels(b, config.data.channels)
+  config.data.channels, config.data.mean, config.data.std = 1, (0.5,), (0.5,)
+  for v in config.augment.views:
+    v.crop_size = 28
+  model, objective, tx, schedule = pretrain_lib.build(config)
+  mesh = mesh_lib.make_mesh()
+  state = mesh_lib.replicate(state_lib.init_state(model, tx, key=jax.random.key(0), image_shape=(28, 28, 1)), mesh)
+  step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
+  _, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"]))

@@ -114,18 +114,33 @@ def _data_source(builder: Builder, split: str):
   return builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
 
 
+def image_channels(builder: Builder) -> int:
+  """Channels of the builder's images (1 for X-ray/ultrasound/grayscale, 3 for colour)."""
+  return int(builder.info.features['image'].shape[-1])
+
+
+def check_channels(builder: Builder, channels: int) -> None:
+  """Raises a ValueError when a config's `data.channels` disagrees with the builder's images."""
+  have = image_channels(builder)
+  if channels != have:
+    name = builder.name + (f'/{builder.builder_config.name}' if builder.builder_config else '')
+    raise ValueError(f'config.data.channels={channels} but {name} has {have}-channel images; set '
+                     f'config.data.channels={have} (and data.mean/std with {have} values)')
+
+
 class _Decode:
   """Picklable record decoder for grain workers: PNG bytes -> dict(image uint8, label, id) int32."""
 
-  def __init__(self, split: str, image_size: int | None):
+  def __init__(self, split: str, image_size: int | None, channels: int = 3):
     self.split = split
     self.image_size = image_size
+    self.channels = channels
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
-    return _decode_record(record, index, self.split, self.image_size)
+    return _decode_record(record, index, self.split, self.image_size, self.channels)
 
 
-def _decode_record(record, index, split, image_size):
+def _decode_record(record, index, split, image_size, channels=3):
   data = record['image']
   try:
     if isinstance(data, np.ndarray):  # Already decoded (a source built with default decoders).
@@ -133,15 +148,18 @@ def _decode_record(record, index, split, image_size):
     else:
       pil = Image.open(io.BytesIO(data))
       pil.load()
-    if pil.mode != 'RGB':
-      pil = pil.convert('RGB')
+    # Keep grayscale data single-channel: a fake RGB triples the work and hides the modality.
+    mode = 'L' if channels == 1 else 'RGB'
+    if pil.mode != mode:
+      pil = pil.convert(mode)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'Could not decode the image of record {index} in split {split!r}: {e}') from e
   if image_size is not None and pil.size != (image_size, image_size):
     pil = pil.resize((image_size, image_size), Image.BICUBIC)
+  image = np.asarray(pil, np.uint8)
   return {
-      'image': np.asarray(pil, np.uint8),
-      'label': np.int32(record['label']),
+      'image': image[..., None] if image.ndim == 2 else image,
+      'label': np.asarray(record['label'], np.int32),  # A scalar, or a vector for multi-label data.
       'id': np.int32(record['id']),
   }
 
@@ -154,7 +172,8 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
   """Returns a shuffled, repeated, batched training iterator over this process's shard of `split`.
 
   Each process reads records `[process_index::process_count]` and yields batches of
-  `global_batch_size // process_count` dicts: image uint8 [B, H, W, 3], label int32 [B], id int32 [B].
+  `global_batch_size // process_count` dicts: image uint8 [B, H, W, C] (C = the builder's channels),
+  label int32 [B] ([B, K] for multi-label data), id int32 [B].
   Each epoch is reshuffled (deterministically from `seed`); batches may span epoch boundaries.
 
   Args:
@@ -186,7 +205,7 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
 
   source = _data_source(builder, split)
   # Decode keyed by the record's index in the split, before sharding, so errors can name it.
-  ds = grain.MapDataset.source(source).map_with_index(_Decode(split, image_size))
+  ds = grain.MapDataset.source(source).map_with_index(_Decode(split, image_size, image_channels(builder)))
   ds = ds[process_index::process_count]
   if len(ds) == 0:
     raise ValueError(f'Process {process_index}/{process_count} got no records of split {split!r} '
@@ -245,18 +264,19 @@ def iterate_eval(builder: Builder | str, *, split: str, batch_size: int,
                  image_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Yields the whole split once, in record order, in fixed-size batches.
 
-  Each batch is dict(image uint8 [batch_size, H, W, 3], label int32, id int32, mask bool); the last
+  Each batch is dict(image uint8 [batch_size, H, W, C], label int32, id int32, mask bool); the last
   batch is zero-padded to `batch_size` and `mask` is False on padded rows.
   """
   builder = _as_builder(builder)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   source = _data_source(builder, split)
+  channels = image_channels(builder)
   n = len(source)
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)
     records = source.__getitems__(list(range(start, stop)))
-    rows = [_decode_record(r, start + i, split, image_size) for i, r in enumerate(records)]
+    rows = [_decode_record(r, start + i, split, image_size, channels) for i, r in enumerate(records)]
     batch = {k: np.stack([row[k] for row in rows]) for k in ('image', 'label', 'id')}
     pad = batch_size - len(rows)
     if pad:
@@ -267,7 +287,7 @@ def iterate_eval(builder: Builder | str, *, split: str, batch_size: int,
 
 def load_split_arrays(builder: Builder | str, *, split: str,
                       image_size: int | None = None) -> dict[str, np.ndarray]:
-  """Returns the full split as numpy arrays dict(image uint8 [N,H,W,3], label int32 [N], id int32 [N])."""
+  """Returns the full split as numpy arrays dict(image uint8 [N,H,W,C], label int32 [N], id int32 [N])."""
   parts = [b for b in iterate_eval(builder, split=split, batch_size=256, image_size=image_size)]
   mask = np.concatenate([b['mask'] for b in parts])
   return {k: np.concatenate([b[k] for b in parts])[mask] for k in ('image', 'label', 'id')}

@@ -41,6 +41,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the {n_dev} devices")
   ckpt_lib.save_or_check_config(config, workdir)
   builder = builder or pipeline.builder_from_config(config.data)
+  pipeline.check_channels(builder, config.data.channels)
   model, objective, tx, schedule = build(config)
   key = jax.random.key(config.seed)
   init_key, aug_key = jax.random.split(key)
