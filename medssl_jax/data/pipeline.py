@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 BUILDERS = {
     'synthetic_fundus': 'tfds_builders.synthetic_fundus:SyntheticFundus',
     'medmnist': 'tfds_builders.medmnist:MedMNIST',
+    'chase_db1': 'tfds_builders.chase_db1:ChaseDb1',
 }
 _FILE_FORMAT = 'array_record'
 
@@ -81,13 +82,18 @@ def _as_builder(builder: Builder | str) -> Builder:
 
 
 def num_classes(builder: Builder) -> int:
-  """Number of classes of the builder's 'label' feature."""
-  return builder.info.features['label'].num_classes
+  """Number of classes of the builder's 'label' feature (multi-label: its length; 0 if it has none)."""
+  features = builder.info.features
+  if 'label' not in features:
+    return 0
+  label = features['label']
+  return label.num_classes if isinstance(label, tfds.features.ClassLabel) else int(label.shape[-1])
 
 
 def class_names(builder: Builder) -> list[str]:
-  """Class names of the builder's 'label' feature, in label order."""
-  return list(builder.info.features['label'].names)
+  """Class names of the builder's ClassLabel 'label' feature, in label order ([] if it has none)."""
+  label = builder.info.features['label'] if 'label' in builder.info.features else None
+  return list(label.names) if isinstance(label, tfds.features.ClassLabel) else []
 
 
 def _check_split(builder: Builder, split: str) -> None:
@@ -159,7 +165,8 @@ def _decode_record(record, index, split, image_size, channels=3):
   image = np.asarray(pil, np.uint8)
   return {
       'image': image[..., None] if image.ndim == 2 else image,
-      'label': np.asarray(record['label'], np.int32),  # A scalar, or a vector for multi-label data.
+      # A scalar, a vector for multi-label data, or -1 for data without image labels (segmentation).
+      'label': np.asarray(record.get('label', -1), np.int32),
       'id': np.int32(record['id']),
   }
 
