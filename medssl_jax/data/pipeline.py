@@ -22,11 +22,37 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-# name -> 'module:ClassName'; imported lazily so listing choices stays cheap.
+# name -> 'module:ClassName'; imported lazily so listing choices stays cheap. Each is a package
+# tfds_builders/<name>/ with its MANUAL_DOWNLOAD_INSTRUCTIONS, dummy_data.py and tests/test_builder_<name>.py.
 BUILDERS = {
     'synthetic_fundus': 'tfds_builders.synthetic_fundus:SyntheticFundus',
     'medmnist': 'tfds_builders.medmnist:MedMNIST',
+    # Fundus.
+    'eyepacs': 'tfds_builders.eyepacs:Eyepacs',
+    'aptos2019': 'tfds_builders.aptos2019:Aptos2019',
+    'messidor2': 'tfds_builders.messidor2:Messidor2',
+    'idrid': 'tfds_builders.idrid:Idrid',
+    'odir5k': 'tfds_builders.odir5k:Odir5k',
+    'rfmid': 'tfds_builders.rfmid:Rfmid',
+    'drive': 'tfds_builders.drive:Drive',
+    'stare': 'tfds_builders.stare:Stare',
     'chase_db1': 'tfds_builders.chase_db1:ChaseDb1',
+    'hrf': 'tfds_builders.hrf:Hrf',
+    'refuge': 'tfds_builders.refuge:Refuge',
+    # Chest X-ray.
+    'chexpert': 'tfds_builders.chexpert:Chexpert',
+    'mimic_cxr': 'tfds_builders.mimic_cxr:MimicCxr',
+    'nih_chestxray14': 'tfds_builders.nih_chestxray14:NihChestXray14',
+    'rsna_pneumonia': 'tfds_builders.rsna_pneumonia:RsnaPneumonia',
+    'shenzhen': 'tfds_builders.shenzhen:Shenzhen',
+    'montgomery': 'tfds_builders.montgomery:Montgomery',
+    'covidx': 'tfds_builders.covidx:Covidx',
+    # Pathology / microscopy.
+    'pcam': 'tfds_builders.pcam:Pcam',
+    'nct_crc_he': 'tfds_builders.nct_crc_he:NctCrcHe',
+    'bccd': 'tfds_builders.bccd:Bccd',
+    # A user's own data.
+    'image_folder': 'tfds_builders.image_folder:ImageFolder',
 }
 _FILE_FORMAT = 'array_record'
 
@@ -57,6 +83,10 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
       <data_dir>/downloads/manual).
   """
   cls = _builder_class(name)
+  if hasattr(cls, 'make_builder'):
+    # User-data builders (image_folder): the config is made from the user's files, not a fixed list.
+    return cls.make_builder(config=config, data_dir=data_dir or _default_data_dir(), manual_dir=manual_dir,
+                            prepare=prepare, file_format=_FILE_FORMAT)
   valid = [c.name for c in (cls.BUILDER_CONFIGS or [])]
   if config is not None and config not in valid:
     raise ValueError(f'Unknown config {config!r} for dataset {name!r}; valid configs: {valid}.')
