@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.test_split = "test"
   c.data.image_size = 64                # Host-side resize of decoded images (pixels).
+  c.data.fit = "squash"                 # Non-square images: "squash", "pad" (black borders) or "center_crop".
   c.data.channels = 3
   c.data.mean = (0.5, 0.5, 0.5)         # Normalisation after augmentation.
   c.data.std = (0.5, 0.5, 0.5)
@@ -67,6 +68,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_iter = 200
   c.eval.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
   c.eval.max_train_examples = 0         # 0 = the whole training split.
+  # Low-label protocol: the labelled training records the probe may use ("" = all, "1%", "10%", "k=5"),
+  # chosen stratified, seeded and patient-aware (medssl_jax/data/subsets.py) and written to
+  # <workdir>/subsets/*.json with a sha256; or a subset file written by an earlier run (wins if set).
+  c.eval.train_subset = ""
+  c.eval.subset_seed = 0
+  c.eval.subset_file = ""
   return c
 
 
@@ -98,6 +105,10 @@ def validate(config) -> ml_collections.ConfigDict:
   _check_choice(config.objective.name, sorted(objectives.OBJECTIVES), "config.objective.name")
   _check_choice(config.eval.protocol, EVAL_PROTOCOLS, "config.eval.protocol")
   _check_choice(config.data.builder, sorted(pipeline.BUILDERS), "config.data.builder")
+  _check_choice(config.data.fit, pipeline.FITS, "config.data.fit")
+  if config.eval.train_subset and not config.eval.subset_file:
+    from medssl_jax.data import subsets
+    subsets.parse_spec(config.eval.train_subset)  # A typo fails before any work, with the accepted forms.
   if not config.augment.views:
     raise ValueError("config.augment.views is empty; a contrastive objective needs at least 2 views")
   sizes = set()

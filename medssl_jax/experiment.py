@@ -10,6 +10,7 @@ import numpy as np
 
 from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
+from medssl_jax.data import subsets
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import mesh as mesh_lib
@@ -40,12 +41,49 @@ def random_init_variables(config):
   return model, state.variables
 
 
-def probe(config, encoders: dict, *, builder, mesh=None) -> dict:
+def dataset_name(builder) -> str:
+  """'name/config' of a builder, as tables and subset files name it."""
+  return builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+
+
+def label_subset(config, builder, workdir: str | None):
+  """The labelled training records named by config.eval (train_subset / subset_file), or None for all.
+
+  A new subset is chosen from the split's labels (and patient ids, where the dataset has them) and
+  written to <workdir>/subsets/ with its sha256; a given subset file is read and verified instead.
+  Returns (sorted record indices, the subset record) or (None, None).
+  """
+  d, e = config.data, config.eval
+  if not e.subset_file and subsets.parse_spec(e.train_subset)[0] == "all":
+    return None, None
+  n = pipeline.num_examples(builder, d.train_split)
+  name = dataset_name(builder)
+  if e.subset_file:
+    record = subsets.read(e.subset_file, dataset=name, split=d.train_split, num_records=n)
+    path = e.subset_file
+  else:
+    labels = pipeline.read_column(builder, split=d.train_split, key="label")
+    pids = (pipeline.read_column(builder, split=d.train_split, key="patient_id")
+            if "patient_id" in builder.info.features else None)
+    indices = subsets.select(labels, spec=e.train_subset, seed=e.subset_seed, patient_ids=pids)
+    path = os.path.join(workdir or ".", "subsets",
+                        subsets.file_name(dataset=name, split=d.train_split, spec=e.train_subset, seed=e.subset_seed))
+    record = subsets.write(path, indices=indices, spec=e.train_subset, seed=e.subset_seed, dataset=name,
+                           split=d.train_split, num_records=n, labels=labels)
+  record = dict(record, file=os.path.abspath(path))
+  print(f"label subset {record['spec']!r} (seed {record['seed']}): {record['num_selected']} of {n} "
+        f"'{d.train_split}' records, sha256 {record['sha256'][:12]}, {path}", flush=True)
+  return np.asarray(record["indices"], np.int64), record
+
+
+def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = None) -> dict:
   """Linear-probes each named (model, variables) encoder on the same splits; returns {name: metrics}."""
   d, e = config.data, config.eval
   t0 = time.perf_counter()
-  train = pipeline.load_split_arrays(builder, split=d.train_split, image_size=d.image_size)
-  test = pipeline.load_split_arrays(builder, split=d.test_split, image_size=d.image_size)
+  indices, subset = label_subset(config, builder, workdir)
+  train = pipeline.load_split_arrays(builder, split=d.train_split, image_size=d.image_size, fit=d.fit,
+                                     indices=indices)
+  test = pipeline.load_split_arrays(builder, split=d.test_split, image_size=d.image_size, fit=d.fit)
   if e.max_train_examples:
     train = {k: v[:e.max_train_examples] for k, v in train.items()}
   num_classes = pipeline.num_classes(builder)
@@ -61,6 +99,8 @@ def probe(config, encoders: dict, *, builder, mesh=None) -> dict:
     results[name] = probe_lib.linear_probe(tr, train["label"], te, test["label"], num_classes=num_classes,
                                            l2_grid=tuple(e.l2_grid), max_iter=e.max_iter, seed=config.seed)
     r = results[name]
+    if subset is not None:
+      r["label_subset"] = {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
     print(f"probe [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  (l2={r['l2']:g})", flush=True)
   print(f"linear probes done in {time.perf_counter() - t0:.0f}s "
         f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
@@ -72,7 +112,7 @@ def format_table(results: dict, *, config) -> str:
   lines = [f"Linear probe on {config.data.builder}"
            f"{'/' + config.data.builder_config if config.data.builder_config else ''} "
            f"(train split '{config.data.train_split}', test split '{config.data.test_split}')",
-           f"Protocol: {probe_lib.PROTOCOL}", "",
+           f"Protocol: {probe_lib.PROTOCOL}", *_subset_line(results), "",
            "| encoder | accuracy | AUROC (macro OvR) |", "|---|---|---|"]
   for name, r in results.items():
     lines.append(f"| {name} | {r['accuracy']:.4f} | {r['auroc']:.4f} |")
@@ -82,6 +122,14 @@ def format_table(results: dict, *, config) -> str:
     lines += ["", f"{names[0]} - {names[1]}: accuracy {a['accuracy'] - b['accuracy']:+.4f}, "
               f"AUROC {a['auroc'] - b['auroc']:+.4f}"]
   return "\n".join(lines)
+
+
+def _subset_line(results):
+  subset = next((r["label_subset"] for r in results.values() if "label_subset" in r), None)
+  if subset is None:
+    return []
+  return [f"Labelled training records: {subset['spec']!r} subset, seed {subset['seed']}: {subset['num_selected']} "
+          f"of {subset['num_records']} (sha256 {subset['sha256'][:12]}, {os.path.basename(subset['file'])})"]
 
 
 def _write_results(workdir, results, table):
@@ -112,7 +160,7 @@ def run(config, workdir: str):
   if config.eval.compare_random_init:
     rmodel, rvars = random_init_variables(config)
     encoders["random init"] = (rmodel, rvars, True)
-  results = probe(config, encoders, builder=builder, mesh=mesh)
+  results = probe(config, encoders, builder=builder, mesh=mesh, workdir=workdir)
   table = format_table(results, config=config)
   print("\n" + table + "\n", flush=True)
   _write_results(workdir, results, table)

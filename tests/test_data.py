@@ -253,3 +253,43 @@ def test_empty_split_raises(builder):
 def test_undecodable_image_names_split_and_record():
   with pytest.raises(ValueError, match=r"record 7 in split 'test'"):
     pipeline._decode_record({'image': b'not a png', 'label': 0, 'id': 0}, 7, 'test', None)
+
+
+# ---------------------------------------------------------------- label subsets, fit, columns
+
+
+def test_train_iterator_on_a_subset_covers_exactly_it(builder):
+  indices = [1, 4, 9, 16, 25, 36, 49, 63]
+  it = _train(builder, global_batch_size=4, num_epochs=1, indices=indices)
+  ids = np.concatenate([b['id'] for b in it])
+  assert sorted(ids.tolist()) == indices  # The record ids of the split, not positions in the subset.
+
+
+def test_eval_on_a_subset_and_read_column(builder):
+  labels = pipeline.read_column(builder, split='train', key='label')
+  assert len(labels) == 64 and np.bincount(labels).tolist() == [16] * 4
+  arrays = pipeline.load_split_arrays(builder, split='train', indices=[3, 5, 7])
+  assert arrays['id'].tolist() == [3, 5, 7] and arrays['label'].tolist() == [labels[3], labels[5], labels[7]]
+  with pytest.raises(KeyError, match="no feature 'patient'"):
+    pipeline.read_column(builder, split='train', key='patient')
+  with pytest.raises(ValueError, match=r'subset indices must lie in \[0, 64\)'):
+    pipeline.load_split_arrays(builder, split='train', indices=[0, 64])
+
+
+@pytest.mark.parametrize('fit', ['squash', 'pad', 'center_crop'])
+def test_decode_fit_keeps_aspect(fit):
+  import io
+  from PIL import Image
+  wide = np.full((20, 40, 3), 200, np.uint8)  # A bright 2:1 image.
+  buf = io.BytesIO()
+  Image.fromarray(wide).save(buf, format='PNG')
+  image = pipeline._decode_record({'image': buf.getvalue(), 'id': 0}, 0, 'train', 16, 3, fit)['image']
+  assert image.shape == (16, 16, 3)
+  corner = int(image[0, 0].max())
+  assert (corner == 0) if fit == 'pad' else (corner >= 190)  # Pad adds black bands above and below.
+  assert pipeline._decode_record({'image': buf.getvalue(), 'id': 0}, 0, 'train', 16, 3, fit)['label'] == -1
+
+
+def test_unknown_fit_is_named(builder):
+  with pytest.raises(ValueError, match=r"fit='stretch'; valid choices"):
+    _train(builder, fit='stretch')

@@ -107,3 +107,32 @@ def test_resume_after_interruption_is_exact(tfds_dir, tmp_path, monkeypatch):
   assert int(resumed.step) == int(reference.step) == config.train.num_steps
   jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
   jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, reference.batch_stats)
+
+
+def test_probe_on_a_label_subset_writes_and_reuses_it(tfds_dir, tmp_path, capsys):
+  """eval.train_subset picks a stratified k-per-class subset, writes it with its sha256 beside the run,
+  names it in the table, and eval.subset_file reproduces exactly the same probe."""
+  from medssl_jax import experiment
+  config = load_config("demo_simclr", "quick")
+  config.data.data_dir = str(tfds_dir)
+  config.eval.train_subset = "k=8"
+  config.eval.subset_seed = 2
+  builder = pipeline.builder_from_config(config.data)
+  model, variables = experiment.random_init_variables(config)
+  encoders = {"random init": (model, variables, False)}
+  first = experiment.probe(config, encoders, builder=builder, workdir=str(tmp_path))["random init"]
+  path = tmp_path / "subsets" / "synthetic_fundus-small_train_8shot_seed2.json"
+  saved = json.loads(path.read_text())
+  assert saved["num_selected"] == 32 and saved["class_counts"] == {"0": 8, "1": 8, "2": 8, "3": 8}
+  assert first["label_subset"]["sha256"] == saved["sha256"] and first["label_subset"]["num_records"] == 512
+  assert "Labelled training records: 'k=8' subset, seed 2: 32 of 512" in experiment.format_table(
+      {"random init": first}, config=config)
+  assert "label subset 'k=8' (seed 2): 32 of 512" in capsys.readouterr().out
+
+  config.eval.subset_file = str(path)
+  config.eval.train_subset = ""
+  again = experiment.probe(config, encoders, builder=builder, workdir=str(tmp_path / "other"))["random init"]
+  assert again["accuracy"] == first["accuracy"] and again["label_subset"]["sha256"] == saved["sha256"]
+  config.data.train_split = "validation"  # A subset file made for another split is refused, naming it.
+  with pytest.raises(ValueError, match="was made for split='train', not 'validation'"):
+    experiment.probe(config, encoders, builder=builder, workdir=str(tmp_path))

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from tfds_builders.common import square
+
 # name -> 'module:ClassName'; imported lazily so listing choices stays cheap. Each is a package
 # tfds_builders/<name>/ with its MANUAL_DOWNLOAD_INSTRUCTIONS, dummy_data.py and tests/test_builder_<name>.py.
 BUILDERS = {
@@ -141,13 +143,56 @@ def num_examples(builder: Builder, split: str) -> int:
   return builder.info.splits[split].num_examples
 
 
-def _data_source(builder: Builder, split: str):
+FITS = ('squash', 'pad', 'center_crop')
+
+
+class _Subset:
+  """A data source restricted to `indices` (a label subset), in that order."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = [int(i) for i in indices]
+    if self.indices and not 0 <= min(self.indices) <= max(self.indices) < len(source):
+      raise ValueError(f'subset indices must lie in [0, {len(source)}), got [{min(self.indices)}, {max(self.indices)}]')
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[self.indices[i]]
+
+  def __getitems__(self, idx):
+    return self.source.__getitems__([self.indices[i] for i in idx])
+
+
+def _data_source(builder: Builder, split: str, indices=None):
   _check_split(builder, split)
   # Checked up front: array_record itself fails on an empty split with an obscure message.
   if builder.info.splits[split].num_examples == 0:
     raise ValueError(f'Split {split!r} of dataset {builder.name!r} is empty.')
-  # Skip TFDS image decoding: we get PNG bytes and decode with PIL ourselves (see module docstring).
-  return builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  # Skip TFDS image decoding (image and any masks): we get PNG/JPEG bytes and decode the image with
+  # PIL ourselves (see module docstring); masks are not needed by these pipelines.
+  skip = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
+          if isinstance(f, tfds.features.Image)}
+  source = builder.as_data_source(split=split, decoders=skip)
+  if indices is not None:
+    if len(indices) == 0:
+      raise ValueError(f'The label subset of split {split!r} of dataset {builder.name!r} is empty.')
+    source = _Subset(source, indices)
+  return source
+
+
+def read_column(builder: Builder | str, *, split: str, key: str) -> list:
+  """One feature of every record of `split`, in record order, without decoding images
+  (e.g. 'label' or 'patient_id' to choose a label subset)."""
+  builder = _as_builder(builder)
+  if key not in builder.info.features:
+    raise KeyError(f'Dataset {builder.name!r} has no feature {key!r}; it has {sorted(builder.info.features.keys())}')
+  source = _data_source(builder, split)
+  out = []
+  for start in range(0, len(source), 1024):
+    out.extend(r[key] for r in source.__getitems__(list(range(start, min(start + 1024, len(source))))))
+  return out
 
 
 def image_channels(builder: Builder) -> int:
@@ -167,16 +212,20 @@ def check_channels(builder: Builder, channels: int) -> None:
 class _Decode:
   """Picklable record decoder for grain workers: PNG bytes -> dict(image uint8, label, id) int32."""
 
-  def __init__(self, split: str, image_size: int | None, channels: int = 3):
+  def __init__(self, split: str, image_size: int | None, channels: int = 3, fit: str = 'squash',
+               indices=None):
     self.split = split
     self.image_size = image_size
     self.channels = channels
+    self.fit = fit
+    self.indices = None if indices is None else [int(i) for i in indices]
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
-    return _decode_record(record, index, self.split, self.image_size, self.channels)
+    index = index if self.indices is None else self.indices[index]  # Name the split's record in errors.
+    return _decode_record(record, index, self.split, self.image_size, self.channels, self.fit)
 
 
-def _decode_record(record, index, split, image_size, channels=3):
+def _decode_record(record, index, split, image_size, channels=3, fit='squash'):
   data = record['image']
   try:
     if isinstance(data, np.ndarray):  # Already decoded (a source built with default decoders).
@@ -191,6 +240,8 @@ def _decode_record(record, index, split, image_size, channels=3):
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'Could not decode the image of record {index} in split {split!r}: {e}') from e
   if image_size is not None and pil.size != (image_size, image_size):
+    if fit != 'squash':  # Keep the aspect ratio: pad with black (e.g. fundus, X-ray) or crop the centre.
+      pil = square(pil, fit=fit)
     pil = pil.resize((image_size, image_size), Image.BICUBIC)
   image = np.asarray(pil, np.uint8)
   return {
@@ -205,7 +256,8 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
                         seed: int, image_size: int | None = None, num_epochs: int | None = None,
                         worker_count: int = 0, process_index: int | None = None,
                         process_count: int | None = None, read_threads: int = 2,
-                        prefetch_batches: int = 4) -> grain.DatasetIterator:
+                        prefetch_batches: int = 4, fit: str = 'squash',
+                        indices=None) -> grain.DatasetIterator:
   """Returns a shuffled, repeated, batched training iterator over this process's shard of `split`.
 
   Each process reads records `[process_index::process_count]` and yields batches of
@@ -224,6 +276,9 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
     process_index, process_count: shard of this process; default to jax's.
     read_threads: grain read threads per process.
     prefetch_batches: batches buffered ahead per process.
+    fit: how a non-square image becomes square before resizing: 'squash' (plain resize), 'pad'
+      (black borders, keeps everything) or 'center_crop'.
+    indices: optional record indices of `split` to use (a label subset, see data/subsets.py).
 
   Returns:
     A grain `DatasetIterator`; `get_state()` / `set_state()` checkpoint and restore it exactly.
@@ -240,9 +295,12 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
   if not 0 <= seed < 2**32:
     raise ValueError(f'seed must be in [0, 2**32), got {seed}.')
 
-  source = _data_source(builder, split)
+  if fit not in FITS:
+    raise ValueError(f'fit={fit!r}; valid choices: {list(FITS)}')
+  source = _data_source(builder, split, indices)
   # Decode keyed by the record's index in the split, before sharding, so errors can name it.
-  ds = grain.MapDataset.source(source).map_with_index(_Decode(split, image_size, image_channels(builder)))
+  ds = grain.MapDataset.source(source).map_with_index(
+      _Decode(split, image_size, image_channels(builder), fit, indices))
   ds = ds[process_index::process_count]
   if len(ds) == 0:
     raise ValueError(f'Process {process_index}/{process_count} got no records of split {split!r} '
@@ -297,9 +355,9 @@ def _state_from_json(obj: Any) -> Any:
   return obj
 
 
-def iterate_eval(builder: Builder | str, *, split: str, batch_size: int,
-                 image_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Yields the whole split once, in record order, in fixed-size batches.
+def iterate_eval(builder: Builder | str, *, split: str, batch_size: int, image_size: int | None = None,
+                 fit: str = 'squash', indices=None) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the whole split (or its records `indices`) once, in order, in fixed-size batches.
 
   Each batch is dict(image uint8 [batch_size, H, W, C], label int32, id int32, mask bool); the last
   batch is zero-padded to `batch_size` and `mask` is False on padded rows.
@@ -307,13 +365,16 @@ def iterate_eval(builder: Builder | str, *, split: str, batch_size: int,
   builder = _as_builder(builder)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
-  source = _data_source(builder, split)
+  if fit not in FITS:
+    raise ValueError(f'fit={fit!r}; valid choices: {list(FITS)}')
+  source = _data_source(builder, split, indices)
   channels = image_channels(builder)
   n = len(source)
+  names = list(range(n)) if indices is None else [int(i) for i in indices]
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)
     records = source.__getitems__(list(range(start, stop)))
-    rows = [_decode_record(r, start + i, split, image_size, channels) for i, r in enumerate(records)]
+    rows = [_decode_record(r, names[start + i], split, image_size, channels, fit) for i, r in enumerate(records)]
     batch = {k: np.stack([row[k] for row in rows]) for k in ('image', 'label', 'id')}
     pad = batch_size - len(rows)
     if pad:
@@ -322,9 +383,11 @@ def iterate_eval(builder: Builder | str, *, split: str, batch_size: int,
     yield batch
 
 
-def load_split_arrays(builder: Builder | str, *, split: str,
-                      image_size: int | None = None) -> dict[str, np.ndarray]:
-  """Returns the full split as numpy arrays dict(image uint8 [N,H,W,C], label int32 [N], id int32 [N])."""
-  parts = [b for b in iterate_eval(builder, split=split, batch_size=256, image_size=image_size)]
+def load_split_arrays(builder: Builder | str, *, split: str, image_size: int | None = None,
+                      fit: str = 'squash', indices=None) -> dict[str, np.ndarray]:
+  """Returns the split (or its records `indices`) as numpy arrays
+  dict(image uint8 [N,H,W,C], label int32 [N] (or [N, K]), id int32 [N])."""
+  parts = [b for b in iterate_eval(builder, split=split, batch_size=256, image_size=image_size, fit=fit,
+                                   indices=indices)]
   mask = np.concatenate([b['mask'] for b in parts])
   return {k: np.concatenate([b[k] for b in parts])[mask] for k in ('image', 'label', 'id')}

@@ -54,7 +54,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
 
   manager = ckpt_lib.make_manager(workdir, keep=t.keep_checkpoints)
   it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
-                                    seed=config.seed, image_size=config.data.image_size,
+                                    seed=config.seed, image_size=config.data.image_size, fit=config.data.fit,
                                     worker_count=config.data.worker_count)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = ckpt_lib.restore_latest(manager, abstract)
