@@ -107,12 +107,14 @@ def check_nonempty(split: str, items: Sequence, *, dataset: str, where: PathLike
 # ---------------------------------------------------------------- images
 
 
-def load_image(path: PathLike, *, mode: str | None = None) -> Image.Image:
+def load_image(path: PathLike, *, mode: str | None = None, min_side: int = 0) -> Image.Image:
   """Opens and fully decodes an image, converting 16-bit and float images to 8 bits.
 
   Args:
     path: any format PIL reads (JPEG, PNG incl. 16-bit, TIFF, GIF, PPM, BMP).
     mode: "RGB", "L" or None (keep what the file has, except that 16-bit becomes "L").
+    min_side: > 0 lets a JPEG decode at 1/2, 1/4 or 1/8 scale (JPEG draft mode: several times
+      faster for full-size photographs) while its shorter side stays >= min_side.
 
   Raises:
     ValueError naming the file when it is missing, truncated or not an image.
@@ -120,6 +122,9 @@ def load_image(path: PathLike, *, mode: str | None = None) -> Image.Image:
   path = pathlib.Path(path)
   try:
     with Image.open(path) as im:
+      if min_side and im.format == "JPEG" and min(im.size) > 2 * min_side:
+        scale = min_side / min(im.size)
+        im.draft(im.mode, (int(np.ceil(im.width * scale)), int(np.ceil(im.height * scale))))
       im.load()
       pil = to_8bit(im)
   except Exception as e:  # pylint: disable=broad-except
@@ -194,7 +199,7 @@ def image_bytes(path: PathLike, *, mode: str, fmt: str = "png", size: int = 0, f
       `mode`); otherwise the image is made square by `fit` (see `square`) and resized to size x size.
   """
   path = pathlib.Path(path)
-  pil = load_image(path, mode=mode)
+  pil = load_image(path, mode=mode, min_side=size)
   if not size:
     suffix = path.suffix.lower()
     same_format = (fmt == "png" and suffix == ".png") or (fmt == "jpeg" and suffix in (".jpg", ".jpeg"))
