@@ -212,11 +212,27 @@ def image_bytes(path: PathLike, *, mode: str, fmt: str = "png", size: int = 0, f
   return encode(pil, fmt=fmt, quality=quality)
 
 
-def mask_array(path: PathLike, *, threshold: int = 127) -> np.ndarray:
-  """A binary annotation image (vessel map, lesion map, lung mask) as uint8 {0, 1} [H, W]."""
+def mask_array(path: PathLike, *, threshold: int | None = 127) -> np.ndarray:
+  """A binary annotation image (vessel map, lesion map, lung mask) as uint8 {0, 1} [H, W].
+
+  threshold=None takes half the image's own maximum, for masks saved as 0/1 as well as 0/255.
+  """
   pil = load_image(path)
   a = np.asarray(pil.convert("L"))
+  if threshold is None:
+    if a.max() == 0:
+      return np.zeros_like(a)
+    threshold = int(a.max()) // 2
   return (a > threshold).astype(np.uint8)
+
+
+def read_text(path: PathLike) -> str:
+  """A free-text file (clinical reading, report): UTF-8, else Latin-1, stripped."""
+  data = pathlib.Path(path).read_bytes()
+  try:
+    return data.decode("utf-8-sig").strip()
+  except UnicodeDecodeError:
+    return data.decode("latin-1").strip()
 
 
 def mask_bytes(mask: np.ndarray, *, size: int = 0, fit: str = "pad",

@@ -1,10 +1,9 @@
 """Projector heads and the encoder+projector model used for self-supervised pretraining."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 
 class MLPHead(nn.Module):

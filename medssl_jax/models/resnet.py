@@ -6,7 +6,7 @@ match torchvision's backbones exactly and weights can be mapped between the two.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -7,7 +7,6 @@ explicitly to the train state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import jax.numpy as jnp
 

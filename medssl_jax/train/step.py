@@ -6,8 +6,6 @@ loss, its gradients and BatchNorm statistics are those of the global batch on an
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax

@@ -35,21 +35,6 @@ class MontgomeryConfig(tfds.core.BuilderConfig):
   image_size: int = 512  # 0 = original size (4020x4892 or 4892x4020).
 
 
-def read_text(path: pathlib.Path) -> str:
-  """A clinical-reading text file (UTF-8, else Latin-1), stripped."""
-  data = path.read_bytes()
-  try:
-    return data.decode('utf-8-sig').strip()
-  except UnicodeDecodeError:
-    return data.decode('latin-1').strip()
-
-
-def binary_mask(path: pathlib.Path) -> np.ndarray:
-  """A lung mask file (0/255, 0/1 or 1-bit) as uint8 {0, 1}."""
-  a = np.asarray(common.load_image(path).convert('L'))
-  return (a > a.max() // 2).astype(np.uint8) if a.max() > 0 else np.zeros_like(a)
-
-
 class Montgomery(tfds.core.GeneratorBasedBuilder):
   """Montgomery County CXR set: normal vs tuberculosis, left/right lung masks, clinical readings."""
 
@@ -130,8 +115,8 @@ class Montgomery(tfds.core.GeneratorBasedBuilder):
     size = self.builder_config.image_size
     for i, item in enumerate(items):
       path = item['path']
-      left = binary_mask(base / 'ManualMask/leftMask' / path.name)
-      right = binary_mask(base / 'ManualMask/rightMask' / path.name)
+      left = common.mask_array(base / 'ManualMask/leftMask' / path.name, threshold=None)
+      right = common.mask_array(base / 'ManualMask/rightMask' / path.name, threshold=None)
       image = common.image_bytes(path, mode='L', size=size, fit='pad')
       with Image.open(path) as probe:  # Header only: the image itself was checked by image_bytes.
         w, h = probe.size
@@ -148,5 +133,5 @@ class Montgomery(tfds.core.GeneratorBasedBuilder):
           'id': i,
           'file_name': path.relative_to(root).as_posix(),
           'patient_id': '',
-          'report': read_text(base / 'ClinicalReadings' / f'{path.stem}.txt'),
+          'report': common.read_text(base / 'ClinicalReadings' / f'{path.stem}.txt'),
       }

@@ -35,21 +35,6 @@ class ShenzhenConfig(tfds.core.BuilderConfig):
   lung_masks: bool = False  # Requires the Stirenko et al. masks; keeps only images that have one.
 
 
-def read_text(path: pathlib.Path) -> str:
-  """A clinical-reading text file (UTF-8, else Latin-1), stripped."""
-  data = path.read_bytes()
-  try:
-    return data.decode('utf-8-sig').strip()
-  except UnicodeDecodeError:
-    return data.decode('latin-1').strip()
-
-
-def binary_mask(path: pathlib.Path) -> np.ndarray:
-  """A lung mask file (0/255, 0/1 or 1-bit) as uint8 {0, 1}."""
-  a = np.asarray(common.load_image(path).convert('L'))
-  return (a > a.max() // 2).astype(np.uint8) if a.max() > 0 else np.zeros_like(a)
-
-
 class Shenzhen(tfds.core.GeneratorBasedBuilder):
   """Shenzhen Hospital CXR set: normal vs tuberculosis, clinical readings, optional lung masks."""
 
@@ -160,10 +145,10 @@ class Shenzhen(tfds.core.GeneratorBasedBuilder):
           'id': i,
           'file_name': path.relative_to(root).as_posix(),
           'patient_id': '',
-          'report': read_text(base / 'ClinicalReadings' / f'{path.stem}.txt'),
+          'report': common.read_text(base / 'ClinicalReadings' / f'{path.stem}.txt'),
       }
       if c.lung_masks:
-        mask = binary_mask(item['mask'])
+        mask = common.mask_array(item['mask'], threshold=None)
         (w, h), (mw, mh) = pil.size, mask.shape[::-1]
         if (mw, mh) != (w, h):
           # Some mask releases are rescaled copies; accept them only with the image's aspect ratio.
