@@ -136,3 +136,25 @@ def test_probe_on_a_label_subset_writes_and_reuses_it(tfds_dir, tmp_path, capsys
   config.data.train_split = "validation"  # A subset file made for another split is refused, naming it.
   with pytest.raises(ValueError, match="was made for split='train', not 'validation'"):
     experiment.probe(config, encoders, builder=builder, workdir=str(tmp_path))
+
+
+def test_real_xrays_end_to_end_with_a_label_subset(tmp_path):
+  """configs/nih1000_simclr.py:quick on the real NIH subset: manual-download builder (patient-level
+  re-split) -> grayscale pretraining -> probes on a fixed 10% label subset."""
+  from medssl_jax import experiment
+  from medssl_jax.data import shared
+  try:
+    shared.dataset_dir("nih_cxr14_1000_64px")
+  except FileNotFoundError as e:
+    pytest.skip(f"real data absent: {e}")
+  config = load_config("nih1000_simclr", "quick")
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.train.num_steps = 10
+  config.train.checkpoint_every = 10
+  results = experiment.run(config, str(tmp_path / "run"))
+  assert set(results) == {"simclr (pretrained)", "random init"}
+  subset = results["random init"]["label_subset"]
+  assert subset["num_records"] == 619 and 62 <= subset["num_selected"] <= 75  # 10%, whole patients.
+  saved = json.loads(pathlib.Path(subset["file"]).read_text())
+  assert sum(saved["class_counts"].values()) == subset["num_selected"] and set(saved["class_counts"]) == {"0", "1"}
+  assert "Labelled training records: '10%' subset" in (tmp_path / "run" / "probe_results.md").read_text()
