@@ -1,5 +1,5 @@
-"""image_folder builder: each input form on dummy data, reloading without the user's folder, bad inputs,
-and the real NIH1000 subset in folder form."""
+"""image_folder builder: each input form on dummy data (labelled and unlabelled), reloading without the
+user's folder, bad inputs and ambiguous layouts, and the real NIH1000 subset in folder form."""
 import csv
 import json
 
@@ -186,6 +186,96 @@ def test_bad_options(tmp_path):
   _write_options(tiny, fractions={'train': 0.98, 'test': 0.02})
   bt.check_fails('image_folder', 'x', tiny, tmp_path / 'tfds', match=r"split 'test' would be empty")
 
+
+
+def _unlabelled(b, splits):
+  """Checks an unlabelled build: no label feature, `splits` sizes; returns the records."""
+  assert 'label' not in b.info.features and b.info.supervised_keys is None
+  assert pipeline.num_classes(b) == 0 and pipeline.class_names(b) == []
+  assert b.info.metadata['labelled'] is False and b.info.metadata['options']['labels'] == 'none'
+  return bt.check_dataset(b, splits=splits)
+
+
+def test_unlabelled_flat_folder(tmp_path):
+  manual = dummy_data.write(tmp_path / 'manual', layout='unlabelled')
+  # Only images at the top level: unlabelled without any option; seeded 90/10 train/validation.
+  b = bt.build('image_folder', 'pool', manual, tmp_path / 'tfds')
+  records = _unlabelled(b, {'train': 18, 'validation': 2})
+  got = sorted(f for recs in records.values() for f in _files(recs))
+  assert got == sorted(p.name for p in manual.iterdir() if p.suffix != '.txt')
+  batch = next(pipeline.make_train_iterator(b, global_batch_size=4, seed=0, process_index=0, process_count=1))
+  assert batch['label'].tolist() == [-1] * 4 and batch['image'].shape == (4, 16, 20, 3)
+  # Reloaded with the unchanged folder (the auto-detected labels=none matches) and without it; with it, a
+  # new image is a stale build, not silently ignored.
+  assert type(bt.build('image_folder', 'pool', manual, tmp_path / 'tfds')).__name__ == 'ReadOnlyBuilder'
+  moved = manual.rename(tmp_path / 'elsewhere')
+  again = pipeline.get_builder('image_folder', config='pool', data_dir=str(tmp_path / 'tfds'))
+  assert type(again).__name__ == 'ReadOnlyBuilder' and pipeline.num_classes(again) == 0
+  Image.new('RGB', (8, 8)).save(moved / 'new.png')
+  with pytest.raises(ValueError, match=r'built from other files'):
+    bt.build('image_folder', 'pool', moved, tmp_path / 'tfds')
+
+
+def test_unlabelled_nested_and_split_folders(tmp_path):
+  manual = dummy_data.write(tmp_path / 'nested', layout='unlabelled_nested')
+  _write_options(manual, labels='none', patient_pattern=r'^pat(\d+)_')
+  # Every image below manual_dir, whatever the sub-folders; a patient's 2 images stay together.
+  b = bt.build('image_folder', 'nested', manual, tmp_path / 'tfds')
+  records = _unlabelled(b, {'train': 18, 'validation': 2})
+  got = [f for recs in records.values() for f in _files(recs)]
+  assert sorted(got) == sorted(p.relative_to(manual).as_posix() for p in manual.rglob('pat*'))
+  assert 'site_a/2019/pat01_0.bmp' in got and 'pat00_0.png' in got
+  # Split folders holding only images: unlabelled, split as given ('val' -> 'validation').
+  split = dummy_data.write(tmp_path / 'split', layout='unlabelled_split_folders')
+  _unlabelled(bt.build('image_folder', 'split', split, tmp_path / 'tfds'), {'train': 6, 'validation': 2})
+  # labels=none on labelled folders: class folders are plain folders, given splits kept.
+  labelled = dummy_data.write(tmp_path / 'labelled', layout='split_folders')
+  b = bt.build('image_folder', 'no_labels,labels=none', labelled, tmp_path / 'tfds')
+  _unlabelled(b, {'train': 7, 'validation': 3, 'test': 4})
+
+
+def test_unlabelled_csv(tmp_path):
+  manual = dummy_data.write(tmp_path / 'manual', layout='unlabelled_csv')
+  # A table with no label column is only taken as unlabelled when asked: it may be a misnamed label column.
+  bt.check_fails('image_folder', 'pool,csv=pool.csv', manual, tmp_path / 'tfds',
+                 match=r"pool.csv lacks column\(s\) \['label'\].*\"labels\": \"none\"")
+  b = bt.build('image_folder', 'pool,labels=none,csv=pool.csv', manual, tmp_path / 'tfds')
+  records = _unlabelled(b, {'train': 18, 'validation': 2})  # Asserts no patient on two sides.
+  assert records['validation'][0]['patient_id'].decode() == records['validation'][1]['patient_id'].decode()
+
+
+@pytest.mark.parametrize('case, match', [
+    ('images_and_folders', r'nested holds both images .* and sub-folders .*"labels": "none"'),
+    ('one_class_folder', r"only one class folder \('images'\) in .*one_class_folder.*\"labels\": \"none\""),
+    ('split_kinds_differ', r"split folders \['train'\] hold images directly .* \['val'\] hold class folders"),
+    ('split_images_and_folders', r'split/train holds both images .* and sub-folders'),
+    ('images_beside_splits', r'images directly in the manual dir .* beside the split folders'),
+    ('bad_labels_option', r"labels='yes' .* 'auto' .* or 'none'"),
+    ('labels_none_with_classes', r'labels=none .* contradicts'),
+])
+def test_ambiguous_layouts(tmp_path, case, match):
+  config = 'x'
+  if case == 'images_and_folders':
+    manual = dummy_data.write(tmp_path / 'nested', layout='unlabelled_nested')
+  elif case == 'one_class_folder':
+    manual = tmp_path / case
+    dummy_data.write(manual / 'images', layout='unlabelled')
+  else:
+    manual = dummy_data.write(tmp_path / 'split', layout='unlabelled_split_folders')
+    if case == 'split_kinds_differ':
+      for p in sorted((manual / 'val').iterdir()):
+        (manual / 'val' / 'cls').mkdir(exist_ok=True)
+        p.rename(manual / 'val' / 'cls' / p.name)
+    elif case == 'split_images_and_folders':
+      (manual / 'train' / 'more').mkdir()
+      Image.new('RGB', (8, 8)).save(manual / 'train' / 'more' / 'x.png')
+    elif case == 'images_beside_splits':
+      Image.new('RGB', (8, 8)).save(manual / 'stray.png')
+    elif case == 'bad_labels_option':
+      config = 'x,labels=yes'
+    elif case == 'labels_none_with_classes':
+      _write_options(manual, labels='none', classes=['a', 'b'])
+  bt.check_fails('image_folder', config, manual, tmp_path / 'tfds', match=match)
 
 def test_real_nih1000_folders(tmp_path):
   root = bt.shared_dir('nih_cxr14_1000_64px') / 'NIH1000'

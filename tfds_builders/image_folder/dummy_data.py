@@ -7,7 +7,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-LAYOUTS = ('split_folders', 'class_folders', 'csv', 'csv_multilabel')
+LAYOUTS = ('split_folders', 'class_folders', 'csv', 'csv_multilabel', 'unlabelled', 'unlabelled_nested',
+           'unlabelled_split_folders', 'unlabelled_csv')
 # split_folders: split folder -> class -> number of images ('val' is an accepted name of 'validation').
 SPLIT_FOLDERS = {'train': {'benign': 4, 'malignant': 3}, 'val': {'benign': 2, 'malignant': 1},
                  'test': {'benign': 2, 'malignant': 2}}
@@ -34,6 +35,11 @@ def write(root, *, layout: str = 'split_folders', size: tuple[int, int] = (20, 1
   csv: 18 images of 9 patients (2 each) in images/, labels.csv with image,label,patient_id,split.
   csv_multilabel: 20 images of 10 patients in images/<patient>/, labels.csv with image, patient_id,
     the FINDINGS 0/1 columns and report; no split column.
+  unlabelled: 20 images directly in root (auto-detected as unlabelled) and a notes.txt.
+  unlabelled_nested: 20 images pat<PP>_<j>.* of 10 patients, 2 directly in root and the others in
+    site_a/2019/, site_a/2020/ and site_b/ (needs "labels": "none": the top level mixes both).
+  unlabelled_split_folders: train/ 6 and val/ 2 images, no sub-folders (auto-detected).
+  unlabelled_csv: 20 images of 10 patients in images/, pool.csv with image and patient_id only.
   """
   root = pathlib.Path(root)
   root.mkdir(parents=True, exist_ok=True)
@@ -74,6 +80,28 @@ def write(root, *, layout: str = 'split_folders', size: tuple[int, int] = (20, 1
         rows.append({'image': name, 'patient_id': f'P{p:02d}', **dict(zip(FINDINGS, vec)),
                      'report': 'Findings: ' + (', '.join(found) if found else 'none') + '.'})
     _write_csv(root / 'labels.csv', rows)
+  elif layout == 'unlabelled':
+    for k in range(20):
+      _image(rng, root / f'img_{k:02d}.{_FORMATS[k % 4]}', k, size)
+    (root / 'notes.txt').write_text('not an image: ignored')
+  elif layout == 'unlabelled_nested':
+    folders = ['', 'site_a/2019/', 'site_a/2019/', 'site_a/2020/', 'site_b/']
+    for k in range(20):
+      _image(rng, root / f'{folders[k % 5] if k >= 2 else ""}pat{k // 2:02d}_{k % 2}.{_FORMATS[k % 4]}', k, size)
+  elif layout == 'unlabelled_split_folders':
+    for split, n in (('train', 6), ('val', 2)):
+      for j in range(n):
+        _image(rng, root / split / f'{split}_{j}.{_FORMATS[k % 4]}', k, size)
+        k += 1
+  elif layout == 'unlabelled_csv':
+    rows = []
+    for p in range(10):
+      for j in range(2):
+        name = f'images/p{p:02d}_{j}.png'
+        _image(rng, root / name, k, size)
+        k += 1
+        rows.append({'image': name, 'patient_id': f'P{p:02d}'})
+    _write_csv(root / 'pool.csv', rows)
   else:
     raise ValueError(f'layout={layout!r}; expected one of {LAYOUTS}')
   return root

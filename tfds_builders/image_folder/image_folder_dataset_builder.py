@@ -1,4 +1,5 @@
-"""A TFDS builder for a user's own labelled images: class folders or a CSV, any PIL-readable format.
+"""A TFDS builder for a user's own images, labelled (class folders or a CSV) or unlabelled (a plain
+folder of images or a CSV without labels, for self-supervised pretraining); any PIL-readable format.
 
 Unlike the other builders, the classes (and so the features) come from the user's files, so there
 is no fixed list of builder configs. `ImageFolder.make_builder` (what
@@ -7,10 +8,16 @@ the folder, makes an `ImageFolderConfig` named after the user's dataset that car
 class names and the options, and builds `<data_dir>/image_folder/<name>/1.0.0/`. Later calls load
 that prepared copy with `tfds.builder_from_directory` (no user folder and no TensorFlow needed).
 
+Unlabelled data (option "labels": "none", or auto-detected when the images sit directly in the
+manual dir or in its split folders, with no sub-folders) has no `label` feature: the pipeline then
+yields label -1 and `num_classes` is 0.
+
 Split policy: split folders or a CSV `split` column are used as given (a patient found in two of
 them is an error); otherwise a seeded split stratified by label in which no patient is on two
-sides (`common.patient_split`, fractions 70/10/20 train/validation/test, seed 0, both options).
-Records of each split are ordered by `file_name` (the image path relative to the manual dir).
+sides (`common.patient_split`, seed 0; fractions 70/10/20 train/validation/test for labelled data,
+90/10 train/validation for unlabelled data, which is for pretraining and needs no test split;
+options "fractions" and "seed"). Records of each split are ordered by `file_name` (the image path
+relative to the manual dir).
 """
 from __future__ import annotations
 
@@ -49,11 +56,15 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     'csv': 'labels.csv',          # The label table, relative to the manual dir (CSV form).
     'label_columns': [],          # CSV multi-label: the 0/1 columns, in label-vector order.
     'classes': [],                # Optional fixed class list (order = label ids); else discovered.
-    'fractions': {'train': 0.7, 'validation': 0.1, 'test': 0.2},  # Seeded split, when none is given.
+    'fractions': None,            # Seeded split, when none is given; None = the defaults below.
     'seed': 0,                    # Seed of that split.
     'patient_pattern': '',        # Regex on the file name whose group 1 (or match) is the patient id.
+    'labels': 'auto',             # 'none': unlabelled images; 'auto': labelled unless unambiguously not.
 }
-_INLINE = ('channels', 'image_size', 'fit', 'encoding', 'csv', 'seed')
+_INLINE = ('channels', 'image_size', 'fit', 'encoding', 'csv', 'seed', 'labels')
+LABELLED_FRACTIONS = {'train': 0.7, 'validation': 0.1, 'test': 0.2}
+# A pretraining pool needs no test split (evaluation uses a labelled dataset); validation tracks the SSL loss.
+UNLABELLED_FRACTIONS = {'train': 0.9, 'validation': 0.1}
 
 
 class OptionsError(ValueError):
@@ -101,20 +112,37 @@ def parse_options(raw: Mapping[str, Any], *, source: str) -> dict[str, Any]:
     opts[key] = list(opts[key])
   if opts['label_columns'] and opts['classes']:
     raise OptionsError(f'{_DATASET}: set label_columns (multi-label) or classes (single-label) in {source}, not both')
+  if opts['labels'] not in ('auto', 'none'):
+    bad('labels', "'auto' (labelled unless the layout is unambiguously unlabelled) or 'none' (unlabelled)")
+  if opts['labels'] == 'none' and (opts['label_columns'] or opts['classes']):
+    raise OptionsError(f'{_DATASET}: labels=none (unlabelled images) contradicts label_columns/classes in {source}')
   fr = opts['fractions']
-  if isinstance(fr, (list, tuple)) and len(fr) == 3:
-    fr = dict(zip(_SPLIT_ORDER, fr))
-  if (not isinstance(fr, Mapping) or set(fr) - set(_SPLIT_ORDER)
-      or not all(isinstance(v, (int, float)) and v >= 0 for v in fr.values()) or sum(fr.values()) <= 0):
-    bad('fractions', "{'train': .7, 'validation': .1, 'test': .2} (or [70, 10, 20]): non-negative, positive sum")
-  total = float(sum(fr.values()))
-  opts['fractions'] = {s: float(fr[s]) / total for s in _SPLIT_ORDER if fr.get(s, 0) > 0}
+  if fr is not None:
+    if isinstance(fr, (list, tuple)) and len(fr) == 3:
+      fr = dict(zip(_SPLIT_ORDER, fr))
+    if (not isinstance(fr, Mapping) or set(fr) - set(_SPLIT_ORDER)
+        or not all(isinstance(v, (int, float)) and v >= 0 for v in fr.values()) or sum(fr.values()) <= 0):
+      bad('fractions', "{'train': .7, 'validation': .1, 'test': .2} (or [70, 10, 20]): non-negative, positive sum")
+    opts['fractions'] = _normalised(fr)
   if opts['patient_pattern']:
     try:
       re.compile(opts['patient_pattern'])
     except re.error as e:
       bad('patient_pattern', f'a valid regular expression ({e})')
   return opts
+
+
+def _normalised(fractions: Mapping[str, float]) -> dict[str, float]:
+  total = float(sum(fractions.values()))
+  return {s: float(fractions[s]) / total for s in _SPLIT_ORDER if fractions.get(s, 0) > 0}
+
+
+def effective_options(opts: Mapping[str, Any], *, labelled: bool) -> dict[str, Any]:
+  """The options with what the scan decided filled in: `labels` and the default `fractions`."""
+  out = {**opts, 'labels': 'auto' if labelled else 'none'}
+  if out.get('fractions') is None:
+    out['fractions'] = _normalised(LABELLED_FRACTIONS if labelled else UNLABELLED_FRACTIONS)
+  return out
 
 
 def parse_config(config: str | None) -> tuple[str, dict[str, Any]]:
@@ -165,7 +193,7 @@ def read_options(manual_dir, inline: Mapping[str, Any] | None = None,
 class Example:
   """One image found in the manual dir."""
   path: str                  # Relative to the manual dir, '/'-separated.
-  label: Any                 # Class index, or a tuple of 0/1 for multi-label data.
+  label: Any                 # Class index, a tuple of 0/1 for multi-label data, or None if unlabelled.
   patient_id: str = ''
   report: str = ''
 
@@ -178,9 +206,14 @@ class Scan:
   multi_label: bool
   splits: dict[str, list[Example]]
   user_split: bool
+  labelled: bool = True
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)  # `effective_options`, set by `scan`.
 
   def fingerprint(self, opts: Mapping[str, Any]) -> str:
     """A hash of everything that decides the dataset's content (not the pixels: no image is read)."""
+    opts = dict(opts)
+    if opts.get('labels', 'auto') == 'auto':
+      opts.pop('labels', None)  # Labelled builds made before the option existed keep their fingerprint.
     h = hashlib.sha256(json.dumps([opts, self.class_names, self.multi_label], sort_keys=True).encode())
     for split, examples in self.splits.items():
       h.update(split.encode())
@@ -190,8 +223,11 @@ class Scan:
 
 
 _LAYOUT_HELP = (f'expected <manual_dir>/<split>/<class>/<image> (split = train, validation|val|valid, test), '
-                f'<manual_dir>/<class>/<image>, or a table <manual_dir>/labels.csv (option "csv") with an '
-                f'"image" column; see tfds_builders.{_DATASET} MANUAL_DOWNLOAD_INSTRUCTIONS')
+                f'<manual_dir>/<class>/<image>, a table <manual_dir>/labels.csv (option "csv") with an '
+                f'"image" column, or for unlabelled images <manual_dir>/[<split>/]<image> (any sub-folders '
+                f'with the option "labels": "none"); see tfds_builders.{_DATASET} MANUAL_DOWNLOAD_INSTRUCTIONS')
+_UNLABELLED_HINT = (f'for unlabelled images set "labels": "none" (in {OPTIONS_FILE}, or ",labels=none" after the '
+                    'dataset name in the config)')
 
 
 def _subdirs(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -231,68 +267,108 @@ def _class_list(found: Sequence[str], opts, *, where: str) -> tuple[str, ...]:
   return tuple(opts['classes'])
 
 
-def _scan_folders(root: pathlib.Path, opts) -> Scan:
+def _top_folders(root: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Split name -> its folder when the manual dir holds split folders, else {'': root}."""
   subdirs = _subdirs(root)
-  stray = [p.name for p in root.iterdir() if _is_image(p)]
-  if stray:
-    raise common.LayoutError(f'{_DATASET}: images directly in the manual dir {root} ({sorted(stray)[:5]}); '
-                             f'put each into its class folder: {_LAYOUT_HELP}')
-  if not subdirs:
-    raise common.LayoutError(f'{_DATASET}: no images found in {root} ({common._listing(root)}); {_LAYOUT_HELP}')
   split_dirs = {d: SPLIT_ALIASES[d.name.lower()] for d in subdirs if d.name.lower() in SPLIT_ALIASES}
-  if split_dirs:
-    others = [d.name for d in subdirs if d not in split_dirs]
-    if others:
-      raise common.LayoutError(f'{_DATASET}: {root} mixes split folders {sorted(d.name for d in split_dirs)} with '
-                               f'other folders {others}; use either <split>/<class>/ or <class>/ folders')
-    seen = collections.defaultdict(list)
-    for d, split in split_dirs.items():
-      seen[split].append(d.name)
-    twice = {s: n for s, n in seen.items() if len(n) > 1}
-    if twice:
-      raise common.LayoutError(f'{_DATASET}: several folders in {root} name the same split: {twice}')
-    class_dirs = {}
-    for d, split in split_dirs.items():
-      stray = [p.name for p in d.iterdir() if _is_image(p)]
-      if stray:
-        raise common.LayoutError(f'{_DATASET}: images directly in the split folder {d} ({sorted(stray)[:5]}); '
-                                 'put each into its class folder <split>/<class>/<image>')
-      classes = _subdirs(d)
-      if not classes:
-        raise common.LayoutError(f'{_DATASET}: no class folders in the split folder {d} ({common._listing(d)}); '
-                                 f'expected {d}/<class>/<image>')
-      class_dirs[split] = classes
-    layout = 'split folders'
-  else:
-    class_dirs = {'': subdirs}
-    layout = 'class folders'
+  if not split_dirs:
+    return {'': root}
+  others = [d.name for d in subdirs if d not in split_dirs]
+  if others:
+    raise common.LayoutError(f'{_DATASET}: {root} mixes split folders {sorted(d.name for d in split_dirs)} with '
+                             f'other folders {others}; put everything into the split folders, or use no split '
+                             'folders (rename them) so that a seeded split is made')
+  stray = sorted(p.name for p in root.iterdir() if _is_image(p))
+  if stray:
+    raise common.LayoutError(f'{_DATASET}: images directly in the manual dir {root} ({stray[:5]}) beside the split '
+                             f'folders {sorted(d.name for d in split_dirs)}; move each into a split folder')
+  seen = collections.defaultdict(list)
+  for d, split in split_dirs.items():
+    seen[split].append(d.name)
+  twice = {s: n for s, n in seen.items() if len(n) > 1}
+  if twice:
+    raise common.LayoutError(f'{_DATASET}: several folders in {root} name the same split: {twice}')
+  return {split: d for d, split in split_dirs.items()}
+
+
+def _folder_kind(top: pathlib.Path, root: pathlib.Path) -> str:
+  """'images' (unlabelled) or 'classes' for a split folder or the manual dir under labels=auto."""
+  images = sorted(p.name for p in top.iterdir() if _is_image(p))
+  subdirs = [d.name for d in _subdirs(top)]
+  if images and subdirs:
+    raise common.LayoutError(
+        f'{_DATASET}: {top} holds both images ({images[:5]}) and sub-folders ({subdirs[:5]}), so it is unclear '
+        f'whether the sub-folders are classes; expected class folders only ({top}/<class>/<image>) or images only '
+        f'(unlabelled), or {_UNLABELLED_HINT} to use every image below {top}')
+  if images:
+    return 'images'
+  if subdirs:
+    return 'classes'
+  if top == root:
+    raise common.LayoutError(f'{_DATASET}: no images found in {root} ({common._listing(root)}); {_LAYOUT_HELP}')
+  raise common.LayoutError(f'{_DATASET}: no class folders or images in the split folder {top} '
+                           f'({common._listing(top)}); expected {top}/<class>/<image> or, unlabelled, {top}/<image>')
+
+
+def _scan_folders(root: pathlib.Path, opts) -> Scan:
+  tops = _top_folders(root)
+  split_layout = '' not in tops
+  labelled = opts['labels'] != 'none'
+  if labelled:
+    kinds = {split: _folder_kind(top, root) for split, top in tops.items()}
+    if len(set(kinds.values())) > 1:
+      by_kind = {k: sorted(tops[s].name for s in kinds if kinds[s] == k) for k in ('images', 'classes')}
+      raise common.LayoutError(
+          f'{_DATASET}: in {root} the split folders {by_kind["images"]} hold images directly (unlabelled) but '
+          f'{by_kind["classes"]} hold class folders; expected <split>/<class>/<image> in every split folder, or '
+          f'{_UNLABELLED_HINT}')
+    labelled = 'classes' in kinds.values()  # Images with no sub-folders beside them: unambiguously unlabelled.
+  pattern = opts['patient_pattern']
+  if not labelled:
+    examples = {}
+    for split, top in tops.items():
+      images = _images_under(top)
+      if not images:
+        raise common.LayoutError(f'{_DATASET}: no image files ({"/".join(IMAGE_SUFFIXES)}) in '
+                                 f'{"the split folder " if split else ""}{top} ({common._listing(top)}); '
+                                 f'{_LAYOUT_HELP}')
+      examples[split] = [Example(p.relative_to(root).as_posix(), None, _patient_of(p.name, pattern)) for p in images]
+    return Scan('unlabelled split folders' if split_layout else 'an unlabelled image folder', (), False,
+                _ordered(examples) if split_layout else examples, user_split=split_layout, labelled=False)
   files: dict[str, list[tuple[pathlib.Path, str]]] = {}
-  for split, dirs in class_dirs.items():
+  for split, top in tops.items():
     files[split] = []
-    for d in dirs:
+    for d in _subdirs(top):
       images = _images_under(d)
       if not images:
         raise common.LayoutError(f'{_DATASET}: empty class folder {d}: no image files ({"/".join(IMAGE_SUFFIXES)}) '
                                  f'in it ({common._listing(d)})')
       files[split].extend((p, d.name) for p in images)
-  class_names = _class_list({c for f in files.values() for _, c in f}, opts, where=str(root))
+  found = {c for f in files.values() for _, c in f}
+  if len(found) == 1 and not opts['classes']:
+    # One class teaches a classifier nothing; far more likely a plain folder of unlabelled images.
+    raise common.LayoutError(
+        f'{_DATASET}: only one class folder ({found.pop()!r}) in {root}; expected two or more class folders '
+        f'<class>/<image>, or the "classes" option listing all classes, or {_UNLABELLED_HINT}')
+  class_names = _class_list(found, opts, where=str(root))
   index = {c: i for i, c in enumerate(class_names)}
-  examples = {split: [Example(p.relative_to(root).as_posix(), index[c], _patient_of(p.name, opts['patient_pattern']))
+  examples = {split: [Example(p.relative_to(root).as_posix(), index[c], _patient_of(p.name, pattern))
                       for p, c in f] for split, f in files.items()}
-  if layout == 'split folders':
-    return Scan(layout, class_names, False, _ordered(examples), user_split=True)
-  return Scan(layout, class_names, False, _seeded_split(examples[''], opts), user_split=False)
+  if split_layout:
+    return Scan('split folders', class_names, False, _ordered(examples), user_split=True)
+  return Scan('class folders', class_names, False, examples, user_split=False)
 
 
 def _ordered(splits: Mapping[str, list[Example]]) -> dict[str, list[Example]]:
   return {s: sorted(splits[s], key=lambda e: e.path) for s in _SPLIT_ORDER if splits.get(s)}
 
 
-def _seeded_split(examples: list[Example], opts) -> dict[str, list[Example]]:
+def _seeded_split(examples: list[Example], opts, *, labelled: bool) -> dict[str, list[Example]]:
   # Fixed split order: options read back from JSON come with sorted keys, and the deal depends on the order.
   fractions = {s: opts['fractions'][s] for s in _SPLIT_ORDER if s in opts['fractions']}
   parts = common.patient_split([e.path for e in examples], fractions=fractions, seed=opts['seed'],
-                               patient_ids=[e.patient_id for e in examples], labels=[e.label for e in examples])
+                               patient_ids=[e.patient_id for e in examples],
+                               labels=[e.label for e in examples] if labelled else None)
   for split, idx in parts.items():
     if not idx:
       raise ValueError(f'{_DATASET}: split {split!r} would be empty ({len(examples)} images, fractions '
@@ -302,12 +378,16 @@ def _seeded_split(examples: list[Example], opts) -> dict[str, list[Example]]:
 
 
 def _scan_csv(root: pathlib.Path, table: pathlib.Path, opts) -> Scan:
+  labelled = opts['labels'] != 'none'
   label_columns = opts['label_columns']
-  required = ['image'] + (label_columns or ['label'])
-  rows = common.read_csv(table, required=required, dataset=_DATASET)
+  rows = common.read_csv(table, required=['image'] + label_columns, dataset=_DATASET)
   if not rows:
     raise ValueError(f'{_DATASET}: no images found: {table} has no rows')
   columns = set(rows[0])
+  if labelled and not label_columns and 'label' not in columns:
+    # Not taken as unlabelled: a class column under another name would silently lose the labels.
+    raise ValueError(f"{_DATASET}: {table} lacks column(s) ['label']; found columns {list(rows[0])}; name the class "
+                     f'column "label", list 0/1 columns in "label_columns", or {_UNLABELLED_HINT}')
   where = lambda i: f'{table} row {i + 1} (line {i + 2})'  # pylint: disable=unnecessary-lambda-assignment
   paths, missing, first_row = [], [], {}
   for i, row in enumerate(rows):
@@ -324,7 +404,9 @@ def _scan_csv(root: pathlib.Path, table: pathlib.Path, opts) -> Scan:
   if missing:
     more = f' ... and {len(missing) - 5} more' if len(missing) > 5 else ''
     raise common.LayoutError(f'{_DATASET}: image(s) listed in {table} do not exist: ' + '; '.join(missing[:5]) + more)
-  if label_columns:
+  if not labelled:  # A "label" column, if any, is ignored.
+    labels, class_names = [None] * len(rows), ()
+  elif label_columns:
     labels = []
     for i, row in enumerate(rows):
       vec = []
@@ -350,15 +432,17 @@ def _scan_csv(root: pathlib.Path, table: pathlib.Path, opts) -> Scan:
       _patient_of(pathlib.PurePosixPath(p).name, opts['patient_pattern']) for p in paths]
   reports = [row.get('report') or '' for row in rows]
   examples = [Example(p, l, pid, r) for p, l, pid, r in zip(paths, labels, patients, reports)]
+  layout = 'csv' if labelled else 'an unlabelled csv'
+  multi_label = labelled and bool(label_columns)
   if 'split' not in columns:
-    return Scan('csv', class_names, bool(label_columns), _seeded_split(examples, opts), user_split=False)
+    return Scan(layout, class_names, multi_label, {'': examples}, user_split=False, labelled=labelled)
   splits = collections.defaultdict(list)
   for i, (row, e) in enumerate(zip(rows, examples)):
     value = (row['split'] or '').strip().lower()
     if value not in SPLIT_ALIASES:
       raise ValueError(f'{_DATASET}: {where(i)}: unknown split {row["split"]!r}; valid: {sorted(SPLIT_ALIASES)}')
     splits[SPLIT_ALIASES[value]].append(e)
-  return Scan('csv', class_names, bool(label_columns), _ordered(splits), user_split=True)
+  return Scan(layout, class_names, multi_label, _ordered(splits), user_split=True, labelled=labelled)
 
 
 def _check_patients(result: Scan, where) -> None:
@@ -378,6 +462,7 @@ def _check_patients(result: Scan, where) -> None:
 
 def scan(manual_dir, opts: Mapping[str, Any]) -> Scan:
   """Finds the images, classes and splits in the user's folder, checking everything but the pixels."""
+  opts = {**DEFAULT_OPTIONS, **opts}
   root = pathlib.Path(manual_dir)
   if not root.is_dir():
     raise common.LayoutError(f'{_DATASET}: the manual dir {root} does not exist; {_LAYOUT_HELP}')
@@ -389,8 +474,11 @@ def scan(manual_dir, opts: Mapping[str, Any]) -> Scan:
                              f'({common._listing(root)})')
   else:
     result, where = _scan_folders(root, opts), root
+  result.options = effective_options(opts, labelled=result.labelled)
   if result.user_split:
     _check_patients(result, where)
+  else:
+    result.splits = _seeded_split(result.splits[''], result.options, labelled=result.labelled)
   return result
 
 
@@ -402,6 +490,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   """A user's dataset: its name, the classes found in its files, and the options (see DEFAULT_OPTIONS)."""
   class_names: tuple[str, ...] = ()
   multi_label: bool = False
+  labelled: bool = True  # False: no `label` feature (self-supervised pretraining pools).
   channels: int = 3
   image_size: int = 0
   fit: str = 'pad'
@@ -416,12 +505,13 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 
 
 class ImageFolder(tfds.core.GeneratorBasedBuilder):
-  """Your own labelled images (class folders or a CSV) as a TFDS dataset; see the module docstring."""
+  """Your own images (class folders, a CSV, or unlabelled) as a TFDS dataset; see the module docstring."""
 
   name = _DATASET
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: class folders (with or without split folders) or a CSV; '
-                            'single- or multi-label; patient-level seeded split when none is given.'}
+                            'single- or multi-label, or unlabelled (no label feature); patient-level seeded '
+                            'split when none is given.'}
   BUILDER_CONFIGS = []  # Made from the user's files by `make_builder`.
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
   Your own data: nothing is downloaded, and the licence and terms are those of your data. Point
@@ -440,16 +530,29 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         report      optional: free text stored in the `report` feature
         split       optional: train, validation|val|valid or test (else a seeded split is made)
         When the table exists, the folders are not scanned for classes.
+    (c) unlabelled images, for self-supervised pretraining (no `label` feature; the pipeline
+        yields label -1 and num_classes is 0):
+        <manual_dir>/<image>  or  <manual_dir>/<split>/<image>
+            recognised as unlabelled without options when a folder holds images and no
+            sub-folders;
+        with the option "labels": "none" ({OPTIONS_FILE}, or inline 'my_pool,labels=none'):
+        <manual_dir>/**/<image>  or  <manual_dir>/<split>/**/<image>
+            every image below the folder, in any sub-folders (class folders are then just
+            folders); or a table (b) with an "image" column and no label (a "label" column is
+            ignored). A folder holding both images and sub-folders, a single class folder, or a
+            table without a "label" column is an error unless "labels" is "none".
 
   Classes are the sorted folder names / label values (numeric order when all are integers) unless
   the option "classes" fixes the list. Without a given split, `common.patient_split` makes a
-  label-stratified split in which no patient is on two sides: fractions 70/10/20
-  (train/validation/test) and seed 0, options "fractions" and "seed".
+  label-stratified split in which no patient is on two sides, seed 0: fractions 70/10/20
+  (train/validation/test) for labelled data, 90/10 (train/validation) for unlabelled data;
+  options "fractions" and "seed".
 
   Options go in <manual_dir>/{OPTIONS_FILE}, e.g.
     {{"channels": 1, "image_size": 256, "fit": "pad", "label_columns": ["effusion", "nodule"],
       "fractions": {{"train": 0.8, "test": 0.2}}, "seed": 0, "patient_pattern": "^(\\\\d+)_"}}
   or, the scalar ones, inline in the config: 'my_scans,channels=1,image_size=256'.
+  labels 'auto' (default: labelled unless the layout is unambiguously unlabelled) | 'none';
   channels 1|3 (default 3); image_size 0 = original sizes (default), else made square by fit
   ('pad' | 'center_crop') and resized; encoding 'png' (default) | 'jpeg'.
   """
@@ -461,15 +564,17 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
     super().__init__(config=config, **kwargs)
 
   @classmethod
-  def config_from_scan(cls, name: str, result: Scan, opts: Mapping[str, Any]) -> ImageFolderConfig:
-    """The BuilderConfig of a scanned folder."""
+  def config_from_scan(cls, name: str, result: Scan) -> ImageFolderConfig:
+    """The BuilderConfig of a scanned folder (options: the scan's effective ones)."""
+    opts = result.options
     sizes = ', '.join(f'{s} {len(e)}' for s, e in result.splits.items())
+    labels = (f'{len(result.class_names)} {"labels" if result.multi_label else "classes"}' if result.labelled
+              else 'no labels')
     return ImageFolderConfig(
-        name=name, class_names=result.class_names, multi_label=result.multi_label,
+        name=name, class_names=result.class_names, multi_label=result.multi_label, labelled=result.labelled,
         channels=opts['channels'], image_size=opts['image_size'], fit=opts['fit'], encoding=opts['encoding'],
         options_json=json.dumps(dict(opts), sort_keys=True), fingerprint=result.fingerprint(opts),
-        description=f'User data from {result.layout}: {len(result.class_names)} '
-                    f'{"labels" if result.multi_label else "classes"}; '
+        description=f'User data from {result.layout}: {labels}; '
                     f'{"given" if result.user_split else "seeded patient-level"} split ({sizes}).')
 
   @classmethod
@@ -494,7 +599,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
       if not have_files and differ:
         raise ValueError(f'{_DATASET}/{name} in {prepared} was built with other options '
                          f'(stored, requested): {differ}; delete that folder to rebuild, or use another name')
-      if have_files and cls.config_from_scan(name, scan(manual_dir, opts), opts).fingerprint != (
+      if have_files and cls.config_from_scan(name, scan(manual_dir, opts)).fingerprint != (
           (builder.info.metadata or {}).get('fingerprint')):
         raise ValueError(f'{_DATASET}/{name} in {prepared} was built from other files or options than those '
                          f'now in {manual_dir}; delete {prepared} to rebuild, or use another dataset name')
@@ -504,7 +609,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
       raise common.LayoutError(f'{_DATASET}/{name} is not prepared in {data_dir} and {what}: set manual_dir '
                                f'(data.manual_dir) to the folder with your images; {_LAYOUT_HELP}')
     opts = read_options(manual_dir, inline, options)
-    builder_config = cls.config_from_scan(name, scan(manual_dir, opts), opts)
+    builder_config = cls.config_from_scan(name, scan(manual_dir, opts))
     builder = cls(config=builder_config, data_dir=os.fspath(data_dir), file_format=file_format)
     if prepare and not builder.is_prepared():
       print(f'Building {cls.name}/{name} ({file_format}) into {builder.data_dir} ...', flush=True)
@@ -515,24 +620,25 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     shape = (c.image_size or None, c.image_size or None, c.channels)
-    if c.multi_label:
-      label = tfds.features.Tensor(shape=(len(c.class_names),), dtype=np.int64,
-                                   doc=f'Multi-label 0/1 vector: {", ".join(c.class_names)}.')
-    else:
-      label = tfds.features.ClassLabel(names=list(c.class_names))
+    features = {'image': tfds.features.Image(shape=shape, encoding_format=c.encoding)}
+    # Unlabelled: no `label` feature at all (the pipeline yields -1); a placeholder class would pass for a real one.
+    if c.labelled and c.multi_label:
+      features['label'] = tfds.features.Tensor(shape=(len(c.class_names),), dtype=np.int64,
+                                               doc=f'Multi-label 0/1 vector: {", ".join(c.class_names)}.')
+    elif c.labelled:
+      features['label'] = tfds.features.ClassLabel(names=list(c.class_names))
+    features.update({
+        'id': tfds.features.Scalar(dtype=np.int64, doc='Index in the split, in file_name order.'),
+        'file_name': tfds.features.Text(doc='Image path relative to the manual dir.'),
+        'patient_id': tfds.features.Text(doc='From the CSV or patient_pattern; "" if unknown.'),
+        'report': tfds.features.Text(doc='The CSV "report" text; "" if none.'),
+    })
     return self.dataset_info_from_configs(
         description='A user\'s own images, built by the generic image_folder builder. ' + (c.description or ''),
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=shape, encoding_format=c.encoding),
-            'label': label,
-            'id': tfds.features.Scalar(dtype=np.int64, doc='Index in the split, in file_name order.'),
-            'file_name': tfds.features.Text(doc='Image path relative to the manual dir.'),
-            'patient_id': tfds.features.Text(doc='From the CSV or patient_pattern; "" if unknown.'),
-            'report': tfds.features.Text(doc='The CSV "report" text; "" if none.'),
-        }),
-        supervised_keys=('image', 'label'),
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=('image', 'label') if c.labelled else None,
         disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(options=c.options, fingerprint=c.fingerprint,
+        metadata=tfds.core.MetadataDict(options=c.options, fingerprint=c.fingerprint, labelled=c.labelled,
                                         class_names=list(c.class_names), multi_label=c.multi_label),
     )
 
@@ -540,7 +646,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
     root = pathlib.Path(dl_manager.manual_dir)
     c = self.builder_config
     result = scan(root, c.options)
-    if result.fingerprint(c.options) != c.fingerprint:
+    if result.fingerprint(result.options) != c.fingerprint:
       raise ValueError(f'{_DATASET}/{c.name}: the files in {root} changed since the config was made; make it again')
     return {split: self._generate_examples(root, examples) for split, examples in result.splits.items()}
 
@@ -548,11 +654,13 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     mode = 'L' if c.channels == 1 else 'RGB'
     for i, e in enumerate(examples):
-      yield i, {
+      record = {
           'image': common.image_bytes(root / e.path, mode=mode, fmt=c.encoding, size=c.image_size, fit=c.fit),
-          'label': np.asarray(e.label, np.int64) if c.multi_label else e.label,
           'id': i,
           'file_name': e.path,
           'patient_id': e.patient_id,
           'report': e.report,
       }
+      if c.labelled:
+        record['label'] = np.asarray(e.label, np.int64) if c.multi_label else e.label
+      yield i, record
