@@ -91,7 +91,6 @@ def _step_rate(encoder, channels):
   from medssl_jax.augment import views
   from medssl_jax.train import mesh as mesh_lib
   from medssl_jax.train import pretrain as pretrain_lib
-  from medssl_jax.train import state as state_lib
   from medssl_jax.train import step as step_lib
   c = config_lib.base_config()
   c.model.encoder = encoder
@@ -103,8 +102,7 @@ def _step_rate(encoder, channels):
   config_lib.validate(c)
   mesh = mesh_lib.make_mesh()
   model, objective, tx, schedule = pretrain_lib.build(c)
-  state = mesh_lib.replicate(state_lib.init_state(model, tx, key=jax.random.key(0),
-                                                  image_shape=pretrain_lib.input_shape(c)), mesh)
+  state = mesh_lib.replicate(pretrain_lib.init_train_state(c, model, tx, jax.random.key(0)), mesh)
   rng = np.random.default_rng(0)
   n = c.train.batch_size
   batch = mesh_lib.shard_batch({"image": rng.integers(0, 256, (n, _SIZE.value, _SIZE.value, channels), dtype=np.uint8),

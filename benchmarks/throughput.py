@@ -31,7 +31,6 @@ def main(_):
   from medssl_jax.data import pipeline
   from medssl_jax.train import mesh as mesh_lib
   from medssl_jax.train import pretrain as pretrain_lib
-  from medssl_jax.train import state as state_lib
   from medssl_jax.train import step as step_lib
 
   config = config_lib.validate(_CONFIG.value)
@@ -45,8 +44,7 @@ def main(_):
 
   # Train step on a fixed device batch.
   model, objective, tx, schedule = pretrain_lib.build(config)
-  state = mesh_lib.replicate(state_lib.init_state(model, tx, key=jax.random.key(0),
-                                                  image_shape=pretrain_lib.input_shape(config)), mesh)
+  state = mesh_lib.replicate(pretrain_lib.init_train_state(config, model, tx, jax.random.key(0)), mesh)
   size, ch = config.data.image_size, config.data.channels
   rng = np.random.default_rng(0)
   batch = mesh_lib.shard_batch({"image": rng.integers(0, 256, (t.batch_size, size, size, ch), dtype=np.uint8),

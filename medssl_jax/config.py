@@ -41,10 +41,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width_multiplier = 1.0
   c.model.projector_hidden_dims = (2048,)
   c.model.projector_dim = 128
+  c.model.predictor_hidden_dims = (512,)  # BYOL / SimSiam / MoCo v3 predictor (output: projector_dim).
+  c.model.compute_dtype = "float32"     # "bfloat16": encoder compute in bf16; losses and norms stay float32.
+  c.model.patch_size = 4                # ViT patch size (4 for 28-32 px, 8 for 64 px, 16 for 224 px).
+  c.model.decoder_dim = 128             # MAE decoder width, depth and heads.
+  c.model.decoder_depth = 2
+  c.model.decoder_heads = 4
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = "simclr"
-  c.objective.temperature = 0.1
+  c.objective.temperature = 0.1         # Contrastive / student softmax temperature.
+  # EMA teacher (BYOL, MoCo, DINO): momentum rises from `momentum` to `momentum_final` (cosine).
+  c.objective.momentum = 0.996
+  c.objective.momentum_final = 1.0
+  c.objective.queue_size = 4096         # MoCo v2 negatives (a multiple of the global batch size).
+  c.objective.barlow_lambda = 0.0051    # Barlow Twins off-diagonal weight.
+  c.objective.vicreg_sim = 25.0         # VICReg invariance / variance / covariance weights.
+  c.objective.vicreg_std = 25.0
+  c.objective.vicreg_cov = 1.0
+  c.objective.num_prototypes = 256      # SwAV prototypes; DINO head output dimension.
+  c.objective.sinkhorn_iters = 3        # SwAV Sinkhorn-Knopp iterations and epsilon.
+  c.objective.sinkhorn_epsilon = 0.05
+  c.objective.teacher_temperature = 0.04  # DINO: final teacher temperature, warmed up from
+  c.objective.teacher_temperature_start = 0.04  # this start over `..._warmup_steps` steps.
+  c.objective.teacher_temperature_warmup_steps = 0
+  c.objective.center_momentum = 0.9     # DINO centre EMA.
+  c.objective.num_global_views = 2      # Multi-crop: leading full-size views (teacher / assignments).
+  c.objective.mask_ratio = 0.75         # MAE: fraction of patches masked.
+  c.objective.norm_pix_loss = True      # MAE: per-patch normalised pixel targets.
 
   c.augment = ml_collections.ConfigDict()
   c.augment.views = [views_lib.default_view(), views_lib.default_view()]
@@ -118,9 +142,14 @@ def validate(config) -> ml_collections.ConfigDict:
     except ValueError as e:
       raise ValueError(f"config.augment.views[{i}]: {e}") from None
     sizes.add(view["crop_size"])
-  if len(sizes) != 1:
-    raise ValueError(f"config.augment.views have different crop sizes {sorted(sizes)}; this trainer "
-                     "encodes all views in one forward pass and needs one size")
+  objective = objectives.get_objective(config.objective.name)
+  if len(sizes) != 1 and not objective.multi_crop:
+    raise ValueError(f"config.augment.views have different crop sizes {sorted(sizes)}; only multi-crop "
+                     f"objectives (swav, dino) encode views of several sizes, {objective.name!r} needs one")
+  if objective.multi_crop and config.augment.views[0]["crop_size"] != max(sizes):
+    raise ValueError("multi-crop: the first views must be the full-size (global) ones; "
+                     f"config.augment.views[0].crop_size={config.augment.views[0]['crop_size']} < {max(sizes)}")
+  _check_choice(config.model.compute_dtype, ("float32", "bfloat16"), "config.model.compute_dtype")
   for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config.train[k] <= 0:
       raise ValueError(f"config.train.{k} must be a positive integer, got {config.train[k]!r}")

@@ -15,13 +15,12 @@ from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib
-from medssl_jax.train import state as state_lib
 
 
 def load_pretrained(config, workdir):
   """The model and the latest checkpointed variables in `workdir` (error if there is none)."""
   model, _, tx, _ = pretrain_lib.build(config)
-  state = state_lib.init_state(model, tx, key=jax.random.key(0), image_shape=pretrain_lib.input_shape(config))
+  state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
   manager = ckpt_lib.make_manager(workdir, keep=config.train.keep_checkpoints)
   restored = ckpt_lib.restore_latest(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
   manager.close()
@@ -37,7 +36,7 @@ def random_init_variables(config):
   """The variables pretraining started from (same seed and key split as pretrain)."""
   model, _, tx, _ = pretrain_lib.build(config)
   init_key, _ = jax.random.split(jax.random.key(config.seed))
-  state = state_lib.init_state(model, tx, key=init_key, image_shape=pretrain_lib.input_shape(config))
+  state = pretrain_lib.init_train_state(config, model, tx, init_key)
   return model, state.variables
 
 

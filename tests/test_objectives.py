@@ -138,11 +138,17 @@ def test_bad_shapes_and_names():
 
 def test_objective_positives():
   # SimCLR: positives are the same row across views; SupCon: the same label.
+  from medssl_jax.config import base_config
+  config = base_config()
+  config.objective.temperature = 0.1
   batch = {"label": jnp.array([0, 0, 1, 1]), "id": jnp.array([7, 7, 8, 9])}
   rng = np.random.default_rng(5)
   proj = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
-  simclr, _ = objectives.get_objective("simclr")(projections=proj, batch=batch, num_views=2, temperature=0.1)
+  student = [{"projection": proj[:4]}, {"projection": proj[4:]}]
+  kw = dict(student=student, teacher=None, batch=batch, state={}, step=0, config=config)
+  simclr, _, updates = objectives.get_objective("simclr").loss(**kw)
+  assert updates == {}
   ref = reference_loss(np.asarray(proj), np.tile(np.arange(4), 2), 0.1)
   np.testing.assert_allclose(float(simclr), ref, rtol=1e-5)
-  supcon, _ = objectives.get_objective("supcon")(projections=proj, batch=batch, num_views=2, temperature=0.1)
+  supcon, _, _ = objectives.get_objective("supcon").loss(**kw)
   np.testing.assert_allclose(float(supcon), reference_loss(np.asarray(proj), np.tile([0, 0, 1, 1], 2), 0.1), rtol=1e-5)

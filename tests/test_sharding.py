@@ -39,7 +39,8 @@ def run_on(devices, setup):
   assert b["image"].sharding.num_devices == len(devices)
   loss_fn = step_lib.make_loss_fn(model, objective, config)
   key = jax.random.key(42)
-  (loss, (metrics, bs)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(st.params, st.batch_stats, b, key)
+  (loss, (metrics, bs, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      st.params, st.batch_stats, st.objective_state, b, key, st.step)
   train_step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
   new_state, _ = train_step(st, b, key)
   return jax.device_get((loss, metrics, bs, grads, new_state.params))

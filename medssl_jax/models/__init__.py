@@ -1,18 +1,44 @@
 """Encoders and heads, built from a config by name."""
+import jax.numpy as jnp
+
 from medssl_jax.models.heads import MLPHead, SSLModel
 from medssl_jax.models.resnet import ResNet, resnet
 
 ENCODERS = ("resnet18", "resnet50")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(config) -> SSLModel:
-  """Builds the SSLModel described by `config.model` (encoder name, stem, width, projector dims)."""
+def compute_dtype(config):
+  """The encoder's compute dtype from config.model.compute_dtype (losses and norms stay float32)."""
+  name = config.model.compute_dtype
+  if name not in DTYPES:
+    raise ValueError(f"config.model.compute_dtype={name!r} is not known; valid choices: {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def build_backbone(config):
+  """The encoder named by config.model.encoder."""
   m = config.model
   if m.encoder not in ENCODERS:
     raise ValueError(f"config.model.encoder={m.encoder!r} is not known; valid choices: {list(ENCODERS)}")
-  backbone = resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier)
-  projector = MLPHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim)
-  return SSLModel(backbone=backbone, projector=projector)
+  return resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config))
 
 
-__all__ = ["ENCODERS", "MLPHead", "ResNet", "SSLModel", "build_model", "resnet"]
+def default_heads(config) -> dict:
+  """SimCLR's MLP projector (the heads of contrastive objectives)."""
+  m = config.model
+  return {"projector": MLPHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim)}
+
+
+def build_model(config):
+  """The model for config.objective: its own model (MAE), or backbone + the objective's heads."""
+  from medssl_jax import objectives  # Local: objectives may import models.
+  objective = objectives.get_objective(config.objective.name)
+  if objective.build_model is not None:
+    return objective.build_model(config)
+  heads = (objective.heads or default_heads)(config)
+  return SSLModel(backbone=build_backbone(config), **heads)
+
+
+__all__ = ["DTYPES", "ENCODERS", "MLPHead", "ResNet", "SSLModel", "build_backbone", "build_model",
+           "compute_dtype", "default_heads", "resnet"]

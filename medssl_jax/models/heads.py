@@ -36,13 +36,24 @@ class MLPHead(nn.Module):
 
 
 class SSLModel(nn.Module):
-  """Backbone + projector. Returns a dict with "features" (backbone) and "projection"."""
+  """Backbone + heads. Returns a dict with "features" (backbone), "projection" and, when the
+  objective has one, "prediction" (BYOL / SimSiam / MoCo v3 predictor on the projection).
+
+  A projector may also return a dict (e.g. DINO / SwAV heads: {"projection", "logits"}); its entries
+  are merged into the output.
+  """
   backbone: nn.Module
   projector: nn.Module
+  predictor: nn.Module | None = None
 
   def __call__(self, x, *, train: bool):
     features = self.backbone(x, train=train)
-    return {"features": features, "projection": self.projector(features, train=train)}
+    out = {"features": features}
+    head = self.projector(features, train=train)
+    out.update(head if isinstance(head, dict) else {"projection": head})
+    if self.predictor is not None:
+      out["prediction"] = self.predictor(out["projection"], train=train)
+    return out
 
   def embed(self, x):
     """Frozen backbone features in inference mode (running BatchNorm statistics)."""

@@ -1,47 +1,79 @@
-"""Self-supervised objectives as keyword-only pure functions returning (loss, metrics).
+"""Self-supervised objectives: keyword-only pure losses returning (loss, metrics), and their registry.
 
-`OBJECTIVES` maps a config name to what the train step needs to know about it: which ids define
-positives. Each entry is small on purpose; objectives with state (EMA teacher, queue, centre) add it
-explicitly to the train state.
+`OBJECTIVES` maps a config name (`config.objective.name`) to the module attribute holding its
+`Objective` (see objectives/base.py for the contract with the trainer). Entries are imported lazily,
+so listing the names stays cheap. Each objective's explicit state (EMA teacher, queue, centre)
+lives in `TrainState.objective_state`.
 """
 from __future__ import annotations
 
-import dataclasses
+import importlib
 
 import jax.numpy as jnp
 
+from medssl_jax.objectives.base import Objective
 from medssl_jax.objectives.contrastive import contrastive_loss, l2_normalize, multiview_ids
 
+# name -> "module:ATTRIBUTE" (an Objective).
+OBJECTIVES = {
+    "simclr": "medssl_jax.objectives:SIMCLR",
+    "supcon": "medssl_jax.objectives:SUPCON",
+    "moco_v2": "medssl_jax.objectives.moco:MOCO_V2",
+    "moco_v3": "medssl_jax.objectives.moco:MOCO_V3",
+    "byol": "medssl_jax.objectives.byol:BYOL",
+    "simsiam": "medssl_jax.objectives.simsiam:SIMSIAM",
+    "barlow_twins": "medssl_jax.objectives.barlow_twins:BARLOW_TWINS",
+    "vicreg": "medssl_jax.objectives.vicreg:VICREG",
+    "swav": "medssl_jax.objectives.swav:SWAV",
+    "dino": "medssl_jax.objectives.dino:DINO",
+    "mae": "medssl_jax.objectives.mae:MAE",
+}
 
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """A named objective: how a two-view batch of projections becomes (loss, metrics)."""
-  name: str
-  paper: str
-  positives: str  # "instance" (same image) or "label" (same class label)
 
-  def __call__(self, *, projections, batch, num_views, temperature, mask=None):
-    """projections: [V*B, D] views stacked along the batch; batch: the host batch dict."""
+def _contrastive(positives: str):
+  def loss(*, student, teacher, batch, state, step, config):
+    del teacher, state, step
+    num_views = len(student)
+    projections = jnp.concatenate([s["projection"] for s in student], axis=0)
     # Instance positives use the row index, not the dataset id: a batch that straddles two epochs can
     # hold the same image twice, and those copies must still count as different instances.
     b = batch["label"].shape[0]
-    base = jnp.arange(b) if self.positives == "instance" else batch["label"]
-    ids = multiview_ids(base, num_views)
-    view_mask = None if mask is None else jnp.tile(mask, num_views)
-    return contrastive_loss(embeddings=projections, ids=ids, temperature=temperature, mask=view_mask)
+    base = jnp.arange(b) if positives == "instance" else batch["label"]
+    value, metrics = contrastive_loss(embeddings=projections, ids=multiview_ids(base, num_views),
+                                      temperature=config.objective.temperature)
+    return value, metrics, {}
+  return loss
 
 
-OBJECTIVES = {
-    "simclr": Objective("simclr", "Chen et al. 2020, A Simple Framework for Contrastive Learning", "instance"),
-    "supcon": Objective("supcon", "Khosla et al. 2020, Supervised Contrastive Learning", "label"),
-}
+SIMCLR = Objective("simclr", "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual "
+                   "Representations (ICML)", _contrastive("instance"))
+SUPCON = Objective("supcon", "Khosla et al. 2020, Supervised Contrastive Learning (NeurIPS)", _contrastive("label"))
 
 
 def get_objective(name: str) -> Objective:
   """Looks an objective up by its config name."""
   if name not in OBJECTIVES:
     raise ValueError(f"config.objective.name={name!r} is not known; valid choices: {sorted(OBJECTIVES)}")
-  return OBJECTIVES[name]
+  module, attr = OBJECTIVES[name].split(":")
+  try:
+    return getattr(importlib.import_module(module), attr)
+  except ModuleNotFoundError as e:
+    if e.name != module:
+      raise
+    raise NotImplementedError(f"objective {name!r} is registered but {module} does not exist yet") from e
 
 
-__all__ = ["OBJECTIVES", "Objective", "contrastive_loss", "get_objective", "l2_normalize", "multiview_ids"]
+def available() -> list[str]:
+  """Registered objectives whose module exists (all of them once the zoo is complete)."""
+  out = []
+  for name in sorted(OBJECTIVES):
+    try:
+      get_objective(name)
+      out.append(name)
+    except NotImplementedError:
+      pass
+  return out
+
+
+__all__ = ["OBJECTIVES", "Objective", "available", "contrastive_loss", "get_objective", "l2_normalize",
+           "multiview_ids"]

@@ -29,6 +29,12 @@ def input_shape(config):
   return (crop, crop, config.data.channels)
 
 
+def init_train_state(config, model, tx, key):
+  """The initial TrainState for a config, with its objective's state (teacher, queue, centre)."""
+  return state_lib.init_state(model, tx, key=key, image_shape=input_shape(config),
+                              objective=objectives.get_objective(config.objective.name), config=config)
+
+
 def pretrain(config, workdir: str, *, builder=None, mesh=None):
   """Runs (or resumes) pretraining in `workdir`; returns (model, final TrainState on host).
 
@@ -45,11 +51,10 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
   model, objective, tx, schedule = build(config)
   key = jax.random.key(config.seed)
   init_key, aug_key = jax.random.split(key)
-  state = state_lib.init_state(model, tx, key=init_key, image_shape=input_shape(config))
+  state = init_train_state(config, model, tx, init_key)
+  parts = ", ".join(f"{state_lib.num_params(v):,} {k}" for k, v in state.params.items())
   print(f"model: {config.model.encoder} ({config.model.stem} stem, width x{config.model.width_multiplier}), "
-        f"{state_lib.num_params(state.params['backbone']):,} backbone + "
-        f"{state_lib.num_params(state.params['projector']):,} projector parameters; "
-        f"{n_dev} device(s), global batch {t.batch_size}", flush=True)
+        f"{config.objective.name}: {parts} parameters; {n_dev} device(s), global batch {t.batch_size}", flush=True)
   state = mesh_lib.replicate(state, mesh)
 
   manager = ckpt_lib.make_manager(workdir, keep=t.keep_checkpoints)

@@ -53,12 +53,26 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   return tx, schedule
 
 
-def init_state(model, tx, *, key, image_shape) -> TrainState:
-  """Initialises parameters and optimizer state on the host (float32)."""
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, *image_shape), jnp.float32), train=False))(key)
+def init_state(model, tx, *, key, image_shape, objective=None, config=None) -> TrainState:
+  """Initialises parameters, optimizer state and the objective's state on the host (float32).
+
+  With an `objective` (and its `config`): an EMA teacher starts as a copy of the parameters, and
+  `objective.init_state(config, outputs)` makes the rest (queue, centre) from the output shapes of
+  one forward pass.
+  """
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+  rngs = {"params": key, "mask": jax.random.fold_in(key, 1)}
+  variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rngs)
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+  objective_state = {}
+  if objective is not None and objective.teacher:
+    objective_state["teacher"] = jax.tree.map(jnp.copy, params)  # Own buffers: the step donates its input.
+  if objective is not None and objective.init_state is not None:
+    outputs = jax.eval_shape(lambda v: model.apply(v, dummy, train=True, mutable=["batch_stats"], rngs=rngs)[0],
+                             variables)
+    objective_state.update(objective.init_state(config, outputs))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), objective_state=objective_state)
 
 
 def num_params(tree) -> int:
