@@ -87,3 +87,17 @@ def test_loss_decreases_with_collapse_monitors(name):
   assert np.mean(losses[-5:]) < np.mean(losses[:5]), f"{name}: {losses}"
   assert {"feature_std", "feature_rank", "loss", "grad_norm"} <= set(metrics), sorted(metrics)
   assert float(metrics["feature_rank"]) > 1.0, f"{name}: collapsed features"
+
+
+@pytest.mark.parametrize("name", [n for n in ("simclr", "byol") if n in NAMES])
+def test_bf16_compute_keeps_float32_params_and_losses(name):
+  """compute_dtype=bfloat16: the encoder computes in bf16, parameters, losses and updates stay float32."""
+  config = tiny_config(name, **{"model.compute_dtype": "bfloat16"})
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  model, objective, tx, schedule = pretrain_lib.build(config)
+  state = mesh_lib.replicate(pretrain_lib.init_train_state(config, model, tx, jax.random.key(0)), mesh)
+  step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
+  state, metrics = step(state, mesh_lib.shard_batch(_images(16), mesh), jax.random.key(3))
+  assert metrics["loss"].dtype == np.float32 and np.isfinite(float(metrics["loss"]))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+  assert {x.dtype for x in jax.tree.leaves(state.objective_state)} <= {np.dtype("float32")}

@@ -56,10 +56,13 @@ def recalibrate_batch_stats(model, variables, images, *, image_size, mean, std, 
   A randomly initialised encoder has placeholder statistics (mean 0, var 1); without this its
   inference-mode features are badly scaled, which would make the random baseline unfairly weak.
   """
+  if not jax.tree.leaves(variables.get("batch_stats", {})):
+    return variables  # No BatchNorm (e.g. a ViT): nothing to recalibrate.
+
   @jax.jit
   def update(variables, x):
     x = normalize(views_lib.eval_view(x, size=image_size), mean, std)
-    _, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    _, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"mask": jax.random.key(0)})
     return {"params": variables["params"], "batch_stats": mutated["batch_stats"]}
 
   # Momentum 0 would be exact for one batch; here we run the EMA over several batches instead.
