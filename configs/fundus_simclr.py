@@ -6,3 +6,4 @@ Command:    python main.py --config=configs/fundus_simclr.py --workdir=/tmp/fund
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small).
 """
 from configs.demo_simclr import get_config  # noqa: F401  (one recipe, two names)
+__all__ = ["get_config"]

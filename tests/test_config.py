@@ -29,7 +29,7 @@ def test_unknown_variant():
 
 
 @pytest.mark.parametrize("path,value,match", [
-    ("model.encoder", "resnet19", "config.model.encoder='resnet19' is not known; valid choices: \\['resnet18', 'resnet50'\\]"),
+    ("model.encoder", "resnet19", "config.model.encoder='resnet19' is not known; valid choices: \\['resnet18', 'resnet50', 'vit_tiny'"),
     ("objective.name", "simclear", "config.objective.name='simclear' is not known; valid choices: .*'simclr'.*'supcon'"),
     ("eval.protocol", "knn", "config.eval.protocol='knn'"),
     ("data.builder", "fundus", "config.data.builder='fundus'.*synthetic_fundus"),

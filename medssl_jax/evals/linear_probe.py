@@ -19,7 +19,7 @@ from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train.step import normalize
 
-PROTOCOL = "linear probe: backbone avg-pool features, standardised, softmax regression (L-BFGS), L2 chosen on 20% of train"
+PROTOCOL = "linear probe: backbone features (ResNet: global average pool; ViT: class token), standardised, softmax regression (L-BFGS), L2 chosen on 20% of train"
 
 
 def extract_features(model, variables, images, *, image_size, mean, std, batch_size=256, mesh=None,

@@ -3,8 +3,9 @@ import jax.numpy as jnp
 
 from medssl_jax.models.heads import MLPHead, SSLModel
 from medssl_jax.models.resnet import ResNet, resnet
+from medssl_jax.models.vit import VIT_SIZES, ViT, vision_transformer
 
-ENCODERS = ("resnet18", "resnet50")
+ENCODERS = ("resnet18", "resnet50", *VIT_SIZES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -17,10 +18,20 @@ def compute_dtype(config):
 
 
 def build_backbone(config):
-  """The encoder named by config.model.encoder."""
+  """The encoder named by config.model.encoder.
+
+  ResNets take config.model.stem and width_multiplier; ViTs take config.model.patch_size, ignore the
+  stem, and reject a width_multiplier other than 1.0 (their widths are the fixed DeiT sizes).
+  """
   m = config.model
   if m.encoder not in ENCODERS:
     raise ValueError(f"config.model.encoder={m.encoder!r} is not known; valid choices: {list(ENCODERS)}")
+  if m.encoder in VIT_SIZES:
+    if m.width_multiplier != 1.0:
+      raise ValueError(f"config.model.width_multiplier={m.width_multiplier!r} applies to ResNets only; "
+                       f"{m.encoder} has a fixed width: set it to 1.0 or pick a smaller ViT "
+                       f"({sorted(VIT_SIZES)})")
+    return vision_transformer(m.encoder, patch_size=m.patch_size, dtype=compute_dtype(config))
   return resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config))
 
 
@@ -41,4 +52,4 @@ def build_model(config):
 
 
 __all__ = ["DTYPES", "ENCODERS", "MLPHead", "ResNet", "SSLModel", "build_backbone", "build_model",
-           "compute_dtype", "default_heads", "resnet"]
+           "compute_dtype", "default_heads", "resnet", "VIT_SIZES", "ViT", "vision_transformer"]

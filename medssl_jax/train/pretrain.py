@@ -53,7 +53,9 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
   init_key, aug_key = jax.random.split(key)
   state = init_train_state(config, model, tx, init_key)
   parts = ", ".join(f"{state_lib.num_params(v):,} {k}" for k, v in state.params.items())
-  print(f"model: {config.model.encoder} ({config.model.stem} stem, width x{config.model.width_multiplier}), "
+  m = config.model
+  arch = (f"patch {m.patch_size}" if m.encoder.startswith("vit") else f"{m.stem} stem, width x{m.width_multiplier}")
+  print(f"model: {m.encoder} ({arch}), "
         f"{config.objective.name}: {parts} parameters; {n_dev} device(s), global batch {t.batch_size}", flush=True)
   state = mesh_lib.replicate(state, mesh)
 

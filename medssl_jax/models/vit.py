@@ -1,0 +1,159 @@
+"""Vision Transformer encoders (Dosovitskiy et al. 2021, ICLR) in Flax (linen), DeiT sizes.
+
+    ViT-Ti: width 192, depth 12, 3 heads     ViT-S: 384 / 12 / 6     ViT-B: 768 / 12 / 12   (MLP ratio 4)
+
+Layout follows timm's `VisionTransformer` (class token, learned position embeddings for the class
+token and every patch, pre-norm blocks, final LayerNorm), so parameter counts match timm's
+`vit_*_patch16_224(num_classes=0)` exactly. The features are the final-normed class token [B, D].
+
+Mixed precision: with `dtype=bfloat16` the patch embedding, attention projections and MLPs compute in
+bfloat16 (so does the residual stream) while parameters, LayerNorms and the attention softmax stay
+float32; features are float32.
+
+The position embeddings are sized at init from the input's patch grid (H/p x W/p); a later input with
+another grid is a clear error rather than a silent interpolation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# name -> (width, depth, heads), DeiT sizes (Touvron et al. 2021).
+VIT_SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+
+_dense_init = nn.initializers.xavier_uniform()  # As MAE and big_vision initialise transformer Dense layers.
+
+
+def _layer_norm(name=None):
+  # float32 compute whatever the input dtype; eps as in timm / MAE.
+  return nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
+def grid_size(image_shape, patch_size: int) -> tuple[int, int]:
+  """The patch grid (H/p, W/p) of an image shape [..., H, W, C]; a ValueError if p does not divide it."""
+  h, w = image_shape[-3], image_shape[-2]
+  if h % patch_size or w % patch_size:
+    raise ValueError(f"ViT input size {h}x{w} px is not divisible by the patch size {patch_size} "
+                     "(config.model.patch_size); use 4 for 28-32 px, 8 for 64 px, 16 for 224 px")
+  return h // patch_size, w // patch_size
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_dim) -> GELU (exact, as timm) -> Dense(out)."""
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=_dense_init, bias_init=nn.initializers.normal(1e-6),
+                 name="fc1")(x)
+    x = nn.gelu(x, approximate=False)
+    return nn.Dense(out, dtype=self.dtype, kernel_init=_dense_init, bias_init=nn.initializers.normal(1e-6),
+                    name="fc2")(x)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    y = _layer_norm("norm1")(x)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype, kernel_init=_dense_init,
+                                        force_fp32_for_softmax=True, deterministic=True, name="attn")(y, y)
+    x = x + y.astype(x.dtype)
+    y = _layer_norm("norm2")(x)
+    y = MlpBlock(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
+    return x + y.astype(x.dtype)
+
+
+class PositionEmbedding(nn.Module):
+  """Learned position embeddings [1, num_tokens, width] (class token first), sized at init.
+
+  Called with num_tokens=None it returns the existing embeddings."""
+  width: int
+
+  @nn.compact
+  def __call__(self, num_tokens: int | None):
+    if num_tokens is None:
+      if not self.has_variable("params", "embedding"):
+        raise ValueError("ViT position embeddings do not exist yet: call patch_tokens first")
+      return self.get_variable("params", "embedding")
+    if self.has_variable("params", "embedding"):
+      have = self.get_variable("params", "embedding").shape[1]
+      if have != num_tokens:
+        raise ValueError(f"ViT position embeddings were initialised for {have - 1} patches, the input has "
+                         f"{num_tokens - 1}: encode images of the size the model was initialised with")
+    return self.param("embedding", nn.initializers.normal(0.02), (1, num_tokens, self.width), jnp.float32)
+
+
+class ViT(nn.Module):
+  """Vision Transformer backbone returning the final-normed class token [B, width].
+
+  Attributes:
+    width, depth, num_heads, mlp_ratio: the transformer's size (see VIT_SIZES).
+    patch_size: side of the square patches (config.model.patch_size).
+    dtype: compute dtype (e.g. bfloat16); parameters, LayerNorms and softmax stay float32.
+
+  Besides `__call__`, MAE uses the two halves separately: `patch_tokens` (patch embedding + position
+  embeddings, [B, L, D], row-major grid order) and `encode_tokens` (prepend the class token, blocks,
+  final norm, [B, 1 + n, D]) on any subset of the patch tokens.
+  """
+  width: int = 192
+  depth: int = 12
+  num_heads: int = 3
+  patch_size: int = 16
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+
+  @property
+  def num_features(self) -> int:
+    return self.width
+
+  def setup(self):
+    p = self.patch_size
+    self.patch_embed = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                               name="patch_embed")
+    self.cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width), jnp.float32)
+    self.pos_embed = PositionEmbedding(self.width, name="pos_embed")
+    self.blocks = [EncoderBlock(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f"block{i + 1}")
+                   for i in range(self.depth)]
+    self.norm = _layer_norm("norm")
+
+  def patch_tokens(self, x):
+    """Patch embeddings plus their position embeddings, [B, L, D] (L = H/p * W/p, row-major)."""
+    gh, gw = grid_size(x.shape, self.patch_size)
+    x = self.patch_embed(x.astype(self.dtype))
+    x = x.reshape(x.shape[0], gh * gw, self.width)
+    pos = self.pos_embed(gh * gw + 1)
+    return (x + pos[:, 1:].astype(self.dtype)).astype(self.dtype)
+
+  def encode_tokens(self, tokens):
+    """Prepends the class token (with its position embedding), runs the blocks and the final norm."""
+    b = tokens.shape[0]
+    pos = self.pos_embed(None)  # Created by `patch_tokens`, which always runs first.
+    cls = jnp.broadcast_to((self.cls_token + pos[:, :1]).astype(self.dtype), (b, 1, self.width))
+    x = jnp.concatenate([cls, tokens.astype(self.dtype)], axis=1)
+    for block in self.blocks:
+      x = block(x)
+    return self.norm(x)
+
+  def __call__(self, x, *, train: bool):
+    """Class-token features [B, width] (float32). `train` is accepted for the encoder interface; a ViT
+    here has no dropout or BatchNorm, so both modes compute the same function."""
+    del train
+    return self.encode_tokens(self.patch_tokens(x))[:, 0].astype(jnp.float32)
+
+
+def vision_transformer(name: str, *, patch_size: int, dtype: Any = jnp.float32, **kwargs) -> ViT:
+  """Builds a ViT from a name like "vit_tiny", "vit_small" or "vit_base"."""
+  if name not in VIT_SIZES:
+    raise ValueError(f"Unknown encoder {name!r}; valid ViT choices: {sorted(VIT_SIZES)}")
+  width, depth, heads = VIT_SIZES[name]
+  return ViT(width=width, depth=depth, num_heads=heads, patch_size=patch_size, dtype=dtype, **kwargs)

@@ -1,0 +1,203 @@
+"""MAE (He et al. 2022): mask most patches, encode the visible ones, reconstruct the pixels of the rest.
+
+Each image is cut into L patches of p x p x C pixels; a random subset of round(L (1 - r)) patches
+(r = config.objective.mask_ratio) is kept per example and encoded by the ViT (class token included);
+a light transformer decoder receives the encoded visible tokens plus a shared learned mask token at
+every masked position (each with the decoder's own position embedding) and predicts every patch's
+pixels. With m_bl = 1 for masked patches,
+
+    L = sum_{b,l} m_bl * mean_k (pred_blk - target_blk)^2 / sum_{b,l} m_bl
+
+where target is the patch's pixels, normalised per patch ((x - mean) / sqrt(var + 1e-6) over its
+p*p*C values, unbiased var as in the reference code) when config.objective.norm_pix_loss (the
+paper's default: better representations).
+
+Linear probe / `embed`: the encoder on all patches (no masking), final-normed class token.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from medssl_jax import models
+from medssl_jax.models import vit as vit_lib
+from medssl_jax.objectives.base import Objective
+
+
+def patchify(images, patch_size: int):
+  """[B, H, W, C] -> [B, L, p*p*C], patches in row-major grid order (the ViT's token order), each
+  flattened as (row in patch, column in patch, channel)."""
+  b, h, w, c = images.shape
+  gh, gw = vit_lib.grid_size(images.shape, patch_size)
+  p = patch_size
+  x = images.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, gh * gw, p * p * c)
+
+
+def unpatchify(patches, patch_size: int, grid: tuple[int, int]):
+  """Inverse of `patchify`: [B, L, p*p*C] -> [B, gh*p, gw*p, C] for grid (gh, gw)."""
+  b, num, dim = patches.shape
+  gh, gw = grid
+  p = patch_size
+  if num != gh * gw or dim % (p * p):
+    raise ValueError(f"unpatchify: patches of shape {patches.shape} do not fit a {gh}x{gw} grid of "
+                     f"{p}x{p} patches")
+  c = dim // (p * p)
+  x = patches.reshape(b, gh, gw, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, gh * p, gw * p, c)
+
+
+def normalize_patches(patches, eps: float = 1e-6):
+  """Per-patch (x - mean) / sqrt(var + eps) over the last axis (MAE's norm_pix_loss target).
+
+  var is the unbiased variance (divisor P - 1), as torch's `Tensor.var` in the reference code."""
+  patches = patches.astype(jnp.float32)
+  mean = patches.mean(axis=-1, keepdims=True)
+  var = patches.var(axis=-1, keepdims=True, ddof=1 if patches.shape[-1] > 1 else 0)
+  return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+  """Patches kept visible per example: round(L (1 - r)), at least 1."""
+  if not 0.0 <= mask_ratio < 1.0:
+    raise ValueError(f"config.objective.mask_ratio={mask_ratio!r} must be in [0, 1)")
+  return max(1, min(num_patches, int(round(num_patches * (1.0 - mask_ratio)))))
+
+
+def random_masking(key, batch: int, num_patches: int, mask_ratio: float):
+  """Per-example random subsets of patches to keep, as in the reference implementation.
+
+  Returns (keep [B, n] indices of the kept patches, in shuffled order; restore [B, L] the inverse
+  permutation of the shuffle; mask [B, L] float32, 1 = masked). Sorting uniform noise gives each
+  example its own uniformly random permutation.
+  """
+  n = num_kept(num_patches, mask_ratio)
+  noise = jax.random.uniform(key, (batch, num_patches))
+  shuffle = jnp.argsort(noise, axis=1)
+  restore = jnp.argsort(shuffle, axis=1)
+  keep = shuffle[:, :n]
+  mask = jnp.take_along_axis((jnp.arange(num_patches) >= n).astype(jnp.float32)[None].repeat(batch, 0),
+                             restore, axis=1)
+  return keep, restore, mask
+
+
+def mae_loss(*, pred, target, mask):
+  """MAE's reconstruction loss: the per-patch MSE averaged over the masked patches.
+
+  Args:
+    pred: [B, L, P] predicted patch pixels.
+    target: [B, L, P] target patch pixels (already per-patch normalised for norm_pix_loss).
+    mask: [B, L], 1 = masked (counted in the loss), 0 = visible.
+
+  Returns:
+    (loss, metrics) with metrics["visible_loss"], the same mean over the visible patches (not
+    optimised; a reconstruction much better there than on masked patches is expected).
+  """
+  if pred.ndim != 3 or pred.shape != target.shape:
+    raise ValueError(f"mae_loss needs pred and target of the same shape [B, L, P], got {pred.shape} and "
+                     f"{target.shape}")
+  if mask.shape != pred.shape[:2]:
+    raise ValueError(f"mae_loss needs mask of shape [B, L] = {pred.shape[:2]}, got {mask.shape}")
+  per_patch = jnp.mean((pred.astype(jnp.float32) - target.astype(jnp.float32)) ** 2, axis=-1)
+  mask = mask.astype(jnp.float32)
+  masked = jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  visible = jnp.sum(per_patch * (1.0 - mask)) / jnp.maximum(jnp.sum(1.0 - mask), 1.0)
+  return masked, {"visible_loss": visible, "mask_fraction": jnp.mean(mask)}
+
+
+class MAEDecoder(nn.Module):
+  """MAE's light decoder: embed, insert mask tokens, unshuffle, add position embeddings, pre-norm
+  blocks, norm, per-patch linear prediction of p*p*C pixels."""
+  width: int
+  depth: int
+  num_heads: int
+  out_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, encoded, restore):
+    """encoded: [B, 1 + n, D] encoder output (class token first); restore: [B, L]. Returns [B, L, out_dim]."""
+    b, num_patches = restore.shape
+    x = nn.Dense(self.width, dtype=self.dtype, kernel_init=vit_lib._dense_init, name="embed")(encoded)
+    mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32)
+    n = x.shape[1] - 1
+    tokens = jnp.concatenate([x[:, 1:], jnp.broadcast_to(mask_token.astype(x.dtype),
+                                                         (b, num_patches - n, self.width))], axis=1)
+    tokens = jnp.take_along_axis(tokens, restore[:, :, None], axis=1)  # Back to grid order.
+    x = jnp.concatenate([x[:, :1], tokens], axis=1)
+    x = x + vit_lib.PositionEmbedding(self.width, name="pos_embed")(num_patches + 1).astype(x.dtype)
+    for i in range(self.depth):
+      x = vit_lib.EncoderBlock(self.num_heads, dtype=self.dtype, name=f"block{i + 1}")(x)
+    x = vit_lib._layer_norm("norm")(x)
+    x = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=vit_lib._dense_init, name="pred")(x)
+    return x[:, 1:].astype(jnp.float32)
+
+
+class MAEModel(nn.Module):
+  """ViT encoder on the visible patches + MAE decoder.
+
+  `__call__(x, *, train)` returns {"features": class token of the encoded visible patches [B, D],
+  "pred": [B, L, p*p*C], "target": patchified x (per-patch normalised if norm_pix_loss), "mask":
+  [B, L], 1 = masked}. The mask is drawn from the 'mask' rng (the trainer passes one). Masking happens
+  in both modes, so the outputs have the same shapes; in train mode the rng is required, with
+  train=False and no 'mask' rng a fixed key is used (reproducible evaluation reconstructions).
+
+  `embed(x)`: the encoder on ALL patches, no masking: the final-normed class token [B, D] (what the
+  linear probe uses; MAE's paper probes the class token too).
+  """
+  backbone: vit_lib.ViT
+  decoder: MAEDecoder
+  mask_ratio: float = 0.75
+  norm_pix_loss: bool = True
+
+  def __call__(self, x, *, train: bool):
+    p = self.backbone.patch_size
+    tokens = self.backbone.patch_tokens(x)
+    b, num_patches, _ = tokens.shape
+    if self.has_rng("mask"):
+      key = self.make_rng("mask")
+    elif train:
+      raise ValueError("MAEModel in train mode needs a 'mask' rng: model.apply(..., rngs={'mask': key})")
+    else:
+      key = jax.random.key(0)
+    keep, restore, mask = random_masking(key, b, num_patches, self.mask_ratio)
+    visible = jnp.take_along_axis(tokens, keep[:, :, None], axis=1)
+    encoded = self.backbone.encode_tokens(visible)
+    pred = self.decoder(encoded, restore)
+    target = patchify(x.astype(jnp.float32), p)
+    if self.norm_pix_loss:
+      target = normalize_patches(target)
+    return {"features": encoded[:, 0].astype(jnp.float32), "pred": pred,
+            "target": jax.lax.stop_gradient(target), "mask": mask}
+
+  def embed(self, x):
+    """Encoder class-token features [B, D] of the whole (unmasked) image."""
+    return self.backbone(x, train=False)
+
+
+def build_mae(config) -> MAEModel:
+  """The MAE model of a config: config.model.encoder (a ViT) + the config.model.decoder_* decoder."""
+  m, o = config.model, config.objective
+  backbone = models.build_backbone(config)
+  if not isinstance(backbone, vit_lib.ViT):
+    raise ValueError(f"MAE needs a ViT encoder ({sorted(vit_lib.VIT_SIZES)}), config.model.encoder={m.encoder!r}")
+  num_kept(4, o.mask_ratio)  # Validates the ratio before any tracing.
+  out_dim = m.patch_size * m.patch_size * config.data.channels
+  decoder = MAEDecoder(width=m.decoder_dim, depth=m.decoder_depth, num_heads=m.decoder_heads, out_dim=out_dim,
+                       dtype=models.compute_dtype(config))
+  return MAEModel(backbone=backbone, decoder=decoder, mask_ratio=o.mask_ratio, norm_pix_loss=o.norm_pix_loss)
+
+
+def _loss(*, student, teacher, batch, state, step, config):
+  del teacher, batch, state, step, config
+  # MAE uses one view; with more, every view's masked patches count equally.
+  cat = lambda k: jnp.concatenate([s[k] for s in student], axis=0)
+  loss, metrics = mae_loss(pred=cat("pred"), target=cat("target"), mask=cat("mask"))
+  return loss, metrics, {}
+
+
+MAE = Objective("mae", "He et al. 2022, Masked Autoencoders Are Scalable Vision Learners (CVPR)", _loss,
+                build_model=build_mae)
