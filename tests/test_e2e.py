@@ -64,7 +64,9 @@ def test_pretrain_then_probe_beats_chance(tfds_dir, tmp_path):
   config.data.data_dir = str(tfds_dir)
   config.objective.name = "supcon"
   config.train.batch_size = 32
-  config.train.num_steps = 60
+  # 120 steps: at 60 the probe sat within noise of the threshold (0.27-0.39 accuracy over seeds and
+  # float-rounding changes); at 120 it reached 0.41-0.43 on every seed tried.
+  config.train.num_steps = 120
   config.eval.compare_random_init = False
   results = experiment.run(config, str(tmp_path))["supcon (pretrained)"]
   assert results["accuracy"] > 0.30 and results["auroc"] > 0.56, results

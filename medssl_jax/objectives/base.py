@@ -16,7 +16,7 @@ The loss is keyword-only and pure:
 
 `student` is a list with one model-output dict per view (e.g. {"features", "projection",
 "prediction"}, each [B, ...] over the GLOBAL batch); `teacher` the same for the first
-`teacher_views` views encoded by the EMA teacher (already stop-gradient), or None; `state` the
+`teacher_views` views (0: `config.objective.num_global_views`) encoded by the EMA teacher (already stop-gradient), or None; `state` the
 objective state (without the teacher); `state_updates` a dict of new values for some of its keys.
 """
 from __future__ import annotations
@@ -34,6 +34,6 @@ class Objective:
   heads: Callable[[Any], dict] | None = None   # None: the default MLP projector.
   build_model: Callable[[Any], Any] | None = None  # Replaces backbone + heads entirely (MAE).
   teacher: bool = False
-  teacher_views: int = 2                        # Leading views the teacher encodes.
+  teacher_views: int = 2                        # Leading views the teacher encodes (0: num_global_views).
   init_state: Callable[[Any, Any], dict] | None = None
   multi_crop: bool = False

@@ -162,4 +162,4 @@ def _loss(*, student, teacher, batch, state, step, config):
 
 
 DINO = Objective("dino", "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (ICCV)",
-                 _loss, heads=_heads, teacher=True, teacher_views=2, init_state=_init_state, multi_crop=True)
+                 _loss, heads=_heads, teacher=True, teacher_views=0, init_state=_init_state, multi_crop=True)

@@ -67,7 +67,8 @@ def make_loss_fn(model, objective, config):
     if objective.teacher:
       # The EMA teacher normalises with the current batch statistics (train mode), as BYOL's target
       # network does; its own running statistics are never used, so they are not kept.
-      teacher, _ = encode_views(model, objective_state["teacher"], batch_stats, views[:objective.teacher_views],
+      n_teacher = objective.teacher_views or config.objective.num_global_views
+      teacher, _ = encode_views(model, objective_state["teacher"], batch_stats, views[:n_teacher],
                                 rngs=rngs)
       teacher = jax.lax.stop_gradient(teacher)
     state = {k: v for k, v in objective_state.items() if k != "teacher"}
