@@ -12,7 +12,7 @@ import ml_collections
 from medssl_jax.augment import views as views_lib
 
 MODES = ("pretrain", "linear_eval", "pretrain_and_probe")
-EVAL_PROTOCOLS = ("linear_probe",)
+EVAL_PROTOCOLS = ("linear_probe", "knn")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256
   c.eval.l2_grid = (1e-4, 1e-3, 1e-2, 1e-1)
   c.eval.max_iter = 200
+  c.eval.knn_k = 20                     # protocol "knn": weighted cosine kNN (Wu et al. 2018 / DINO).
+  c.eval.knn_temperature = 0.07
+  c.eval.knn_weighting = "exp"          # "exp" (weights exp(sim / T)) or "uniform".
   c.eval.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
   c.eval.max_train_examples = 0         # 0 = the whole training split.
   # Low-label protocol: the labelled training records the probe may use ("" = all, "1%", "10%", "k=5"),

@@ -11,6 +11,7 @@ import numpy as np
 from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
+from medssl_jax.evals import knn as knn_lib
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import mesh as mesh_lib
@@ -95,23 +96,33 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
                                                     mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
     tr = probe_lib.extract_features(model, variables, train["image"], mesh=mesh, **kw)
     te = probe_lib.extract_features(model, variables, test["image"], mesh=mesh, **kw)
-    results[name] = probe_lib.linear_probe(tr, train["label"], te, test["label"], num_classes=num_classes,
-                                           l2_grid=tuple(e.l2_grid), max_iter=e.max_iter, seed=config.seed)
+    if e.protocol == "knn":
+      results[name] = knn_lib.knn_eval(train_features=tr, train_labels=train["label"], test_features=te,
+                                       test_labels=test["label"], num_classes=num_classes, k=e.knn_k,
+                                       temperature=e.knn_temperature, weighting=e.knn_weighting)
+      detail = f"k={e.knn_k}"
+    else:
+      results[name] = probe_lib.linear_probe(tr, train["label"], te, test["label"], num_classes=num_classes,
+                                             l2_grid=tuple(e.l2_grid), max_iter=e.max_iter, seed=config.seed)
+      detail = f"l2={results[name]['l2']:g}"
     r = results[name]
     if subset is not None:
       r["label_subset"] = {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
-    print(f"probe [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  (l2={r['l2']:g})", flush=True)
-  print(f"linear probes done in {time.perf_counter() - t0:.0f}s "
+    print(f"{e.protocol} [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  ({detail})", flush=True)
+  print(f"{e.protocol} evaluations done in {time.perf_counter() - t0:.0f}s "
         f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
   return results
 
 
 def format_table(results: dict, *, config) -> str:
   """A Markdown table of probe results, with the protocol and data named."""
-  lines = [f"Linear probe on {config.data.builder}"
+  knn = config.eval.protocol == "knn"
+  protocol = (knn_lib.protocol(k=config.eval.knn_k, temperature=config.eval.knn_temperature,
+                               weighting=config.eval.knn_weighting) if knn else probe_lib.PROTOCOL)
+  lines = [f"{'kNN' if knn else 'Linear probe'} on {config.data.builder}"
            f"{'/' + config.data.builder_config if config.data.builder_config else ''} "
            f"(train split '{config.data.train_split}', test split '{config.data.test_split}')",
-           f"Protocol: {probe_lib.PROTOCOL}", *_subset_line(results), "",
+           f"Protocol: {protocol}", *_subset_line(results), "",
            "| encoder | accuracy | AUROC (macro OvR) |", "|---|---|---|"]
   for name, r in results.items():
     lines.append(f"| {name} | {r['accuracy']:.4f} | {r['auroc']:.4f} |")

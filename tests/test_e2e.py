@@ -160,3 +160,20 @@ def test_real_xrays_end_to_end_with_a_label_subset(tmp_path):
   saved = json.loads(pathlib.Path(subset["file"]).read_text())
   assert sum(saved["class_counts"].values()) == subset["num_selected"] and set(saved["class_counts"]) == {"0", "1"}
   assert "Labelled training records: '10%' subset" in (tmp_path / "run" / "probe_results.md").read_text()
+
+
+def test_knn_protocol_through_experiment(tfds_dir, tmp_path):
+  """eval.protocol=knn evaluates the same frozen features with the weighted cosine kNN and names it."""
+  from medssl_jax import experiment
+  config = load_config("demo_simclr", "quick")
+  config.data.data_dir = str(tfds_dir)
+  config.eval.protocol = "knn"
+  config.eval.knn_k = 10
+  builder = pipeline.builder_from_config(config.data)
+  model, variables = experiment.random_init_variables(config)
+  results = experiment.probe(config, {"random init": (model, variables, True)}, builder=builder,
+                             workdir=str(tmp_path))
+  r = results["random init"]
+  assert r["k"] == 10 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auroc"] <= 1.0
+  table = experiment.format_table(results, config=config)
+  assert table.startswith("kNN on synthetic_fundus/small") and "k=10" in table
