@@ -15,6 +15,7 @@ another grid is a clear error rather than a silent interpolation.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -62,15 +63,36 @@ class EncoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, return_attention: bool = False):
+    """The block's output; with `return_attention`, also its softmax attention weights [B, heads, T, T]."""
     width = x.shape[-1]
+    recorder = _AttentionRecorder() if return_attention else None
+    # The recorder only observes the weights flax computes (its `module=` hook); same parameters and ops.
+    attention_fn = (functools.partial(nn.dot_product_attention, module=recorder) if return_attention
+                    else nn.dot_product_attention)
     y = _layer_norm("norm1")(x)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype, kernel_init=_dense_init,
-                                        force_fp32_for_softmax=True, deterministic=True, name="attn")(y, y)
+                                        force_fp32_for_softmax=True, deterministic=True,
+                                        attention_fn=attention_fn, name="attn")(y, y)
     x = x + y.astype(x.dtype)
     y = _layer_norm("norm2")(x)
     y = MlpBlock(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
-    return x + y.astype(x.dtype)
+    out = x + y.astype(x.dtype)
+    if return_attention:
+      return out, recorder.weights[-1]
+    return out
+
+
+class _AttentionRecorder:
+  """Stands in for the `module` argument of `nn.dot_product_attention`, whose weights function calls
+  `module.sow("intermediates", "attention_weights", w)`: keeps w (no mutable collection needed)."""
+
+  def __init__(self):
+    self.weights = []
+
+  def sow(self, collection, name, value):
+    del collection, name
+    self.weights.append(value)
 
 
 class PositionEmbedding(nn.Module):
@@ -134,20 +156,34 @@ class ViT(nn.Module):
     pos = self.pos_embed(gh * gw + 1)
     return (x + pos[:, 1:].astype(self.dtype)).astype(self.dtype)
 
-  def encode_tokens(self, tokens):
-    """Prepends the class token (with its position embedding), runs the blocks and the final norm."""
+  def encode_tokens(self, tokens, *, return_attention: bool = False):
+    """Prepends the class token (with its position embedding), runs the blocks and the final norm.
+
+    With `return_attention`, returns (tokens, [per-block softmax attention weights [B, heads, T, T]])."""
     b = tokens.shape[0]
     pos = self.pos_embed(None)  # Created by `patch_tokens`, which always runs first.
     cls = jnp.broadcast_to((self.cls_token + pos[:, :1]).astype(self.dtype), (b, 1, self.width))
     x = jnp.concatenate([cls, tokens.astype(self.dtype)], axis=1)
+    attentions = []
     for block in self.blocks:
-      x = block(x)
-    return self.norm(x)
+      if return_attention:
+        x, a = block(x, return_attention=True)
+        attentions.append(a)
+      else:
+        x = block(x)
+    return (self.norm(x), attentions) if return_attention else self.norm(x)
 
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, return_attention: bool = False):
     """Class-token features [B, width] (float32). `train` is accepted for the encoder interface; a ViT
-    here has no dropout or BatchNorm, so both modes compute the same function."""
+    here has no dropout or BatchNorm, so both modes compute the same function.
+
+    With `return_attention`, returns (features, attentions): one [B, heads, T, T] array of softmax
+    attention weights per block (T = 1 + patches, the class token first; float32, rows sum to 1), as
+    used by attention rollout (medssl_jax.evals.attention). Parameters and features are unchanged."""
     del train
+    if return_attention:
+      tokens, attentions = self.encode_tokens(self.patch_tokens(x), return_attention=True)
+      return tokens[:, 0].astype(jnp.float32), attentions
     return self.encode_tokens(self.patch_tokens(x))[:, 0].astype(jnp.float32)
 
 
