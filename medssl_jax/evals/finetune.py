@@ -1,0 +1,360 @@
+"""Fine-tuning a pretrained backbone with a new classification head: the low-label (1% / 10% / 100%)
+evaluation protocol, with a frozen-backbone ("linear", SGD-trained) variant to set beside the L-BFGS probe.
+
+Protocol (`finetune`, named in its result as "protocol"):
+  * Model: the SSL model's backbone (`model.backbone`, parameters `variables['params']['backbone']`,
+    BatchNorm statistics `variables['batch_stats']['backbone']` when it has any, e.g. a ResNet; a ViT has
+    none) -> its features (ResNet: global average pool; ViT: final-normed class token) -> a new Dense head
+    (`num_classes` outputs, kernel ~ N(0, 0.01^2), bias 0, drawn from `seed`). Projector / predictor heads
+    of the SSL model are dropped.
+  * Loss: softmax cross-entropy on integer labels; multi-label: sigmoid binary cross-entropy averaged over
+    examples and labels.
+  * Optimiser: AdamW (b1 0.9, b2 0.999), learning rate `learning_rate` with cosine decay to 0 over `steps`
+    (after `warmup_steps` of linear warm-up from 0 when given); weight decay `weight_decay` on kernels only
+    (conv / dense / attention weights; not biases, norm parameters, position embeddings or class token);
+    the backbone's learning rate (and so its decoupled weight decay) is scaled by `backbone_lr_scale`.
+  * Full fine-tuning (`backbone_lr_scale` > 0): BatchNorm in train mode (batch statistics of the global
+    batch, i.e. synchronised across devices; running statistics updated, momentum as the backbone's).
+    Frozen backbone (`backbone_lr_scale` = 0): the backbone runs in inference mode (running statistics)
+    and is not differentiated; its parameters and statistics come back unchanged. Only the head trains.
+  * Data: each step draws `batch_size` examples from a stream of seeded permutations of the training set
+    (epoch after epoch; a batch may straddle two epochs). Train view (`augment=True`): random resized crop
+    (area scale (0.5, 1), aspect ratio (3/4, 4/3)) to `image_size` + horizontal flip (p 0.5), nothing
+    else, via `medssl_jax.augment` (per-example keys, sharding-invariant); `augment=False` and evaluation:
+    whole-image resize to `image_size` (`eval_view`). Then (x - mean) / std.
+  * Evaluation: BatchNorm in inference mode; eval batches of `eval_batch_size` (default `batch_size`),
+    the last one zero-padded to full size and masked out (static shapes). Metrics from
+    `medssl_jax.evals.metrics`: accuracy (argmax; multi-label: per-label accuracy at probability 0.5,
+    averaged over labels and examples) and AUROC (binary: positive class; multi-class: mean one-vs-rest;
+    multi-label: mean over labels of each label's AUROC, labels with one class in the split skipped).
+  * Checkpoint selection: with validation data, the validation set is scored every `eval_every` steps and
+    at the last step, and the checkpoint with the highest validation AUROC (nan counts as lowest; ties,
+    common on small or easy validation sets: the higher validation accuracy, then the lower validation
+    loss, then the earlier step) is scored on the test set. Without validation
+    data the last step's checkpoint is scored. The test set is never used for selection.
+  * Sharding: the global batch is split over the mesh's data axis (`train.mesh.shard_batch`), state is
+    replicated, and the steps are `jax.jit` over global arrays (no pmap / shard_map). The result is a
+    deterministic function of `seed` (batch order, head init, augmentation keys) and, up to float
+    reduction order, does not depend on the number of devices.
+
+Single process: the arrays are in this host's memory and the metrics are gathered on it.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from medssl_jax.augment import views as views_lib
+from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train.step import normalize
+
+PROTOCOL = ("fine-tuning: backbone features -> new Dense head; AdamW, cosine decay, weight decay on kernels; "
+            "backbone lr x backbone_lr_scale (0: frozen backbone in inference mode), BatchNorm in train mode "
+            "when fine-tuned; random resized crop (0.5, 1) + flip; checkpoint chosen by validation AUROC "
+            "when validation data is given, else the last step")
+
+HEAD_INIT_STD = 0.01
+CROP_SCALE = (0.5, 1.0)
+
+
+def _train_view(image_size: int):
+  """Random resized crop (scale CROP_SCALE) + horizontal flip; every other op off (static zeros skip)."""
+  return views_lib.validate_view(dict(crop_size=image_size, crop_scale=CROP_SCALE, flip_p=0.5, jitter_p=0.0,
+                                      grayscale_p=0.0, blur_p=0.0, solarize_p=0.0))
+
+
+def _loss(logits, labels, multi_label: bool):
+  """Per-example loss [B]."""
+  logits = logits.astype(jnp.float32)
+  if multi_label:
+    return optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).mean(axis=-1)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _probs(logits, multi_label: bool):
+  logits = logits.astype(jnp.float32)
+  return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
+
+
+def _decay_mask(params):
+  """True for kernels (conv / dense / attention weights): the leaves weight decay applies to."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def learning_rate_at(step: int, *, learning_rate: float, steps: int, warmup_steps: int = 0) -> float:
+  """The learning rate of update `step` (1-based): linear warm-up from 0 over `warmup_steps` updates, then
+  cosine decay to 0 at update `steps + 1` (optax's warmup_cosine_decay_schedule / cosine_decay_schedule
+  evaluated at count = step - 1)."""
+  t = step - 1
+  if t < warmup_steps:
+    return learning_rate * t / warmup_steps
+  frac = min(t - warmup_steps, steps - warmup_steps) / (steps - warmup_steps)
+  return learning_rate * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+@functools.lru_cache(maxsize=32)
+def _steps(backbone, num_classes: int, multi_label: bool, image_size: int, mean: tuple, std: tuple, augment: bool,
+           frozen: bool, has_bn: bool):
+  """Jitted (init_head, train_step, eval_step), cached so repeated runs with one setup compile once.
+
+  The optimiser's hyperparameters are traced arguments of the step (the learning rate is computed on the
+  host per step), so a sweep over learning rate, weight decay, steps or backbone_lr_scale > 0 reuses one
+  compiled step. AdamW is written as its parts (as optax.adamw): scale_by_adam, + weight_decay * param
+  (kernels only), * -lr (x backbone_lr_scale for the backbone).
+  """
+  head = nn.Dense(num_classes, kernel_init=nn.initializers.normal(HEAD_INIT_STD), name="head")
+  adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+  view = _train_view(image_size) if augment else None
+
+  def features(bb_params, batch_stats, x, train):
+    variables = {"params": bb_params, **({"batch_stats": batch_stats} if has_bn else {})}
+    if train and has_bn:
+      f, mutated = backbone.apply(variables, x, train=True, mutable=["batch_stats"])
+      return f, mutated["batch_stats"]
+    return backbone.apply(variables, x, train=train), batch_stats
+
+  @jax.jit
+  def init(key, bb_params, batch_stats, images):
+    x = normalize(views_lib.eval_view(images, size=image_size), mean, std)
+    f, _ = features(bb_params, batch_stats, x, False)
+    params = {"head": head.init(key, f)["params"]}
+    if not frozen:
+      params["backbone"] = bb_params
+    return params, adam.init(params)
+
+  @jax.jit
+  def train_step(params, frozen_bb, batch_stats, opt_state, images, labels, key, lr, weight_decay, bb_lr_scale):
+    if augment:
+      x = views_lib.augment_batch(key, images, view)
+    else:
+      x = views_lib.eval_view(images, size=image_size)
+    x = normalize(x, mean, std)
+    if frozen:
+      f, _ = features(frozen_bb, batch_stats, x, False)
+      f = jax.lax.stop_gradient(f)
+
+    def loss_fn(params):
+      if frozen:
+        feats, new_bs = f, batch_stats
+      else:
+        feats, new_bs = features(params["backbone"], batch_stats, x, True)
+      logits = head.apply({"params": params["head"]}, feats)
+      return _loss(logits, labels, multi_label).mean(), new_bs
+
+    (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = adam.update(grads, opt_state, params)
+    decay = _decay_mask(params)
+    updates = jax.tree.map(lambda u, p, d: u + weight_decay * p if d else u, updates, params, decay)
+    scale = {k: -lr * (bb_lr_scale if k == "backbone" else 1.0) for k in params}
+    updates = {k: jax.tree.map(lambda u, s=scale[k]: (s * u).astype(u.dtype), v) for k, v in updates.items()}
+    return optax.apply_updates(params, updates), new_bs, opt_state, loss
+
+  @jax.jit
+  def eval_step(bb_params, head_params, batch_stats, images, labels, mask):
+    x = normalize(views_lib.eval_view(images, size=image_size), mean, std)
+    f, _ = features(bb_params, batch_stats, x, False)
+    logits = head.apply({"params": head_params}, f)
+    return _probs(logits, multi_label), jnp.sum(_loss(logits, labels, multi_label) * mask)
+
+  return init, train_step, eval_step
+
+
+def _check_split(images, labels, *, name: str, num_classes: int, multi_label: bool):
+  """Validates one split; returns (images, labels) as numpy arrays (labels int32 / float32)."""
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"{name}_images must be [N, H, W, C] with C in (1, 3), got shape {images.shape}")
+  if images.dtype != np.uint8:
+    raise ValueError(f"{name}_images must be uint8, got {images.dtype}")
+  if len(images) == 0:
+    raise ValueError(f"{name}_images is empty")
+  if len(labels) != len(images):
+    raise ValueError(f"{name}_labels has {len(labels)} rows but {name}_images has {len(images)}; they must match")
+  if multi_label:
+    if labels.ndim != 2 or labels.shape[1] != num_classes:
+      raise ValueError(f"{name}_labels must be [N, num_classes] = [{len(images)}, {num_classes}] 0/1 for "
+                       f"multi_label=True, got shape {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+      raise ValueError(f"{name}_labels must hold only 0/1 for multi_label=True")
+    return images, labels.astype(np.float32)
+  if labels.ndim != 1:
+    raise ValueError(f"{name}_labels must be [N] integer classes for multi_label=False, got shape {labels.shape}"
+                     + ("; pass multi_label=True for [N, K] 0/1 labels" if labels.ndim == 2 else ""))
+  if not (np.issubdtype(labels.dtype, np.integer) or (labels == np.round(labels)).all()):
+    raise ValueError(f"{name}_labels must be integer class indices, got dtype {labels.dtype}")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"{name}_labels must be in [0, num_classes={num_classes}), got range "
+                     f"[{labels.min()}, {labels.max()}]")
+  return images, labels.astype(np.int32)
+
+
+def _metrics(labels, probs, multi_label: bool) -> dict:
+  if multi_label:
+    per = np.array([metrics_lib.binary_auroc(labels[:, k], probs[:, k]) for k in range(labels.shape[1])])
+    auc = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+    acc = metrics_lib.accuracy(labels.ravel().astype(np.int32), probs.ravel())
+  else:
+    auc, per = metrics_lib.auroc(labels, probs)
+    acc = metrics_lib.accuracy(labels, probs)
+  return {"accuracy": acc, "auroc": float(auc), "auroc_per_class": [float(a) for a in per]}
+
+
+def finetune(*, model, variables, train_images, train_labels, val_images=None, val_labels=None, test_images,
+             test_labels, num_classes: int, multi_label: bool = False, image_size: int, mean, std, steps: int,
+             batch_size: int, learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
+             augment: bool = True, seed: int = 0, mesh=None, eval_every: int | None = None,
+             warmup_steps: int = 0, eval_batch_size: int | None = None, return_variables: bool = False) -> dict:
+  """Fine-tunes `model.backbone` with a new Dense head and scores it (protocol: see the module docstring).
+
+  Args:
+    model, variables: an SSL model with a `backbone` attribute (SSLModel, MAEModel) and its variables.
+    train_images, val_images, test_images: uint8 [N, H, W, C]. Validation data is optional (both or none).
+    train_labels, val_labels, test_labels: int [N] (multi_label=False) or 0/1 [N, num_classes].
+    num_classes: head outputs (>= 2 for single-label data; binary data uses 2 softmax outputs).
+    image_size, mean, std: the input resolution and per-channel normalisation used in pretraining.
+    steps, batch_size, learning_rate, weight_decay, warmup_steps: optimisation (global batch; batch_size
+      must be divisible by the mesh's device count).
+    backbone_lr_scale: backbone learning-rate multiplier; 0 freezes the backbone (linear head by SGD).
+    augment: random resized crop (0.5, 1) + flip on training batches; False: whole-image resize only.
+    seed: batch order, head init and augmentation keys.
+    mesh: a 1-D data mesh (`train.mesh.make_mesh`); default all devices.
+    eval_every: score the validation set every this many steps (and at the last step) for checkpoint
+      selection; None: only at the last step.
+    eval_batch_size: evaluation batch (default batch_size), rounded down to a multiple of the devices.
+    return_variables: add "variables" (the selected checkpoint: {"params": {"backbone", "head"},
+      "batch_stats": {"backbone"}}, host numpy) to the result; off by default so results stay JSON-able.
+
+  Returns:
+    dict: test "accuracy", "auroc", "auroc_per_class", "loss"; "selected_step", "selection" (how it was
+    chosen), "val_accuracy" / "val_auroc" at that step (None without validation data); "curve" {"step",
+    "train_loss"} for every step and "val_curve" [{"step", "loss", "accuracy", "auroc"}]; "protocol" and
+    the hyperparameters.
+  """
+  if not hasattr(model, "backbone"):
+    raise ValueError(f"model must have a `backbone` (e.g. SSLModel); got {type(model).__name__}")
+  if "backbone" not in variables.get("params", {}):
+    raise ValueError("variables['params'] has no 'backbone' entry; pass the SSL model's full variables "
+                     f"(found params keys {sorted(variables.get('params', {}))})")
+  if not isinstance(num_classes, int) or num_classes < (1 if multi_label else 2):
+    raise ValueError(f"num_classes={num_classes!r} must be an int >= {1 if multi_label else 2}"
+                     f"{' (multi-label)' if multi_label else ' (binary data: 2)'}")
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps={steps!r} must be a positive int")
+  if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < steps:
+    raise ValueError(f"warmup_steps={warmup_steps!r} must be an int in [0, steps={steps})")
+  if not backbone_lr_scale >= 0:
+    raise ValueError(f"backbone_lr_scale={backbone_lr_scale!r} must be >= 0 (0 freezes the backbone)")
+  if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
+    raise ValueError(f"eval_every={eval_every!r} must be None or a positive int")
+  if (val_images is None) != (val_labels is None):
+    raise ValueError("val_images and val_labels must be given together (or neither)")
+  mean, std = tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std))
+  train_images, train_labels = _check_split(train_images, train_labels, name="train", num_classes=num_classes,
+                                            multi_label=multi_label)
+  test_images, test_labels = _check_split(test_images, test_labels, name="test", num_classes=num_classes,
+                                          multi_label=multi_label)
+  has_val = val_images is not None
+  if has_val:
+    val_images, val_labels = _check_split(val_images, val_labels, name="val", num_classes=num_classes,
+                                          multi_label=multi_label)
+  channels = train_images.shape[-1]
+  for name, imgs in (("test", test_images), ("val", val_images)):
+    if imgs is not None and imgs.shape[-1] != channels:
+      raise ValueError(f"{name}_images has {imgs.shape[-1]} channels, train_images has {channels}")
+  if len(mean) not in (1, channels) or len(std) not in (1, channels):
+    raise ValueError(f"mean / std must have 1 or {channels} entries (the images' channels), got {mean} / {std}")
+
+  mesh = mesh or mesh_lib.make_mesh()
+  n_dev = mesh.devices.size
+  if not isinstance(batch_size, int) or batch_size < 1 or batch_size % n_dev:
+    raise ValueError(f"batch_size={batch_size!r} must be a positive multiple of the mesh's {n_dev} devices")
+  eval_bs = max(n_dev, (eval_batch_size or batch_size) // n_dev * n_dev)
+
+  frozen = backbone_lr_scale == 0
+  bb_params = variables["params"]["backbone"]
+  batch_stats = variables.get("batch_stats", {}).get("backbone", {})
+  has_bn = bool(jax.tree.leaves(batch_stats))
+  init, train_step, eval_step = _steps(model.backbone, num_classes, bool(multi_label), int(image_size), mean, std,
+                                       bool(augment), frozen, has_bn)
+
+  rep = lambda t: mesh_lib.replicate(t, mesh)
+  # Own copies: the caller's variables are never aliased by the training state.
+  bb_params, batch_stats = rep(jax.tree.map(np.asarray, bb_params)), rep(jax.tree.map(np.asarray, batch_stats))
+  key = jax.random.key(seed)
+  params, opt_state = init(jax.random.fold_in(key, 0), bb_params, batch_stats,
+                           mesh_lib.shard_batch({"x": train_images[:n_dev]}, mesh)["x"])
+  params, opt_state = rep(params), rep(opt_state)
+
+  def evaluate(bb, hd, bs, images, labels):
+    probs, loss = [], 0.0
+    for i in range(0, len(images), eval_bs):
+      x, y = images[i:i + eval_bs], labels[i:i + eval_bs]
+      pad = eval_bs - len(x)
+      mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
+      if pad:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+        y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
+      b = mesh_lib.shard_batch({"x": x, "y": y, "m": mask}, mesh)
+      p, l = eval_step(bb, hd, bs, b["x"], b["y"], b["m"])
+      probs.append(np.asarray(p)[:eval_bs - pad])
+      loss += float(l)
+    probs = np.concatenate(probs)
+    return dict(_metrics(labels, probs, multi_label), loss=loss / len(images))
+
+  # Batch order: a stream of seeded permutations, one per epoch.
+  rng = np.random.default_rng(seed)
+  n = len(train_images)
+  order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps * batch_size / n))])
+  losses, lrs, val_curve = [], [], []
+  best = None  # (selection key, step, params, batch_stats, val metrics)
+  for step in range(1, steps + 1):
+    idx = order[(step - 1) * batch_size:step * batch_size]
+    b = mesh_lib.shard_batch({"x": train_images[idx], "y": train_labels[idx]}, mesh)
+    lr = learning_rate_at(step, learning_rate=learning_rate, steps=steps, warmup_steps=warmup_steps)
+    params, batch_stats, opt_state, loss = train_step(
+        params, bb_params, batch_stats, opt_state, b["x"], b["y"], jax.random.fold_in(key, step),
+        np.float32(lr), np.float32(weight_decay), np.float32(backbone_lr_scale))
+    losses.append(loss)
+    lrs.append(lr)
+    if has_val and (step == steps or (eval_every and step % eval_every == 0)):
+      bb = bb_params if frozen else params["backbone"]
+      m = evaluate(bb, params["head"], batch_stats, val_images, val_labels)
+      val_curve.append(dict(step=step, **{k: m[k] for k in ("loss", "accuracy", "auroc")}))
+      auc = m["auroc"] if np.isfinite(m["auroc"]) else -np.inf
+      rank = (auc, m["accuracy"], -m["loss"])
+      if best is None or rank > best[0]:
+        best = (rank, step, params, batch_stats, m)
+  if best is None:
+    best = (None, steps, params, batch_stats, None)
+  _, sel_step, sel_params, sel_bs, val_m = best
+  sel_bb = bb_params if frozen else sel_params["backbone"]
+  test = evaluate(sel_bb, sel_params["head"], sel_bs, test_images, test_labels)
+
+  result = dict(test)
+  result.update(
+      selected_step=sel_step,
+      selection=(f"highest validation AUROC over evaluations every {eval_every} steps and at step {steps}"
+                 if has_val and eval_every else "validation AUROC scored at the last step only (eval_every=None)"
+                 if has_val else "last step (no validation data)"),
+      val_accuracy=None if val_m is None else val_m["accuracy"],
+      val_auroc=None if val_m is None else val_m["auroc"],
+      curve={"step": list(range(1, steps + 1)), "train_loss": [float(x) for x in jax.device_get(losses)],
+             "learning_rate": lrs},
+      val_curve=val_curve, protocol=PROTOCOL, multi_label=bool(multi_label), num_train=n, steps=steps,
+      batch_size=batch_size, learning_rate=float(learning_rate), weight_decay=float(weight_decay),
+      backbone_lr_scale=float(backbone_lr_scale), augment=bool(augment), seed=seed, image_size=int(image_size))
+  if return_variables:
+    out = {"params": {"backbone": sel_bb, "head": sel_params["head"]}}
+    if has_bn:
+      out["batch_stats"] = {"backbone": sel_bs}
+    result["variables"] = jax.device_get(out)
+  return result
