@@ -12,7 +12,7 @@ import ml_collections
 from medssl_jax.augment import views as views_lib
 
 MODES = ("pretrain", "linear_eval", "pretrain_and_probe")
-EVAL_PROTOCOLS = ("linear_probe", "knn")
+EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""                  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.data.manual_dir = ""                # Official files of a manual-download builder ("" = TFDS default).
   c.data.train_split = "train"
+  c.data.val_split = "validation"       # Model selection for eval.protocol=finetune ("" = none: last step).
   c.data.test_split = "test"
   c.data.image_size = 64                # Host-side resize of decoded images (pixels).
   c.data.fit = "squash"                 # Non-square images: "squash", "pad" (black borders) or "center_crop".
@@ -93,6 +94,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.knn_k = 20                     # protocol "knn": weighted cosine kNN (Wu et al. 2018 / DINO).
   c.eval.knn_temperature = 0.07
   c.eval.knn_weighting = "exp"          # "exp" (weights exp(sim / T)) or "uniform".
+  # protocol "finetune": backbone + new head, AdamW with cosine decay, crop/flip augmentation,
+  # checkpoint chosen by validation AUROC (medssl_jax/evals/finetune.py). backbone_lr_scale 0 = frozen.
+  c.eval.finetune_steps = 500
+  c.eval.finetune_batch_size = 64
+  c.eval.finetune_learning_rate = 1e-3
+  c.eval.finetune_weight_decay = 1e-4
+  c.eval.finetune_backbone_lr_scale = 1.0
+  c.eval.finetune_warmup_steps = 0
+  c.eval.finetune_eval_every = 0        # Validation every N steps (0 = the module's default).
   c.eval.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
   c.eval.max_train_examples = 0         # 0 = the whole training split.
   # Low-label protocol: the labelled training records the probe may use ("" = all, "1%", "10%", "k=5"),

@@ -11,6 +11,7 @@ import numpy as np
 from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
+from medssl_jax.evals import finetune as finetune_lib
 from medssl_jax.evals import knn as knn_lib
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.train import checkpoint as ckpt_lib
@@ -90,6 +91,9 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   size = config.augment.views[0].crop_size
   kw = dict(image_size=size, mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
   results = {}
+  if e.protocol == "finetune":
+    return _finetune_all(config, encoders, builder=builder, train=train, test=test, subset=subset,
+                         num_classes=num_classes, mesh=mesh, t0=t0)
   for name, (model, variables, recalibrate) in encoders.items():
     if recalibrate:
       variables = probe_lib.recalibrate_batch_stats(model, variables, train["image"], image_size=size,
@@ -114,12 +118,53 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   return results
 
 
+def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes, mesh, t0):
+  """eval.protocol=finetune: each encoder's backbone fine-tuned with a new head on the (subset of the)
+  training split, checkpoint selected by validation AUROC on data.val_split, scored on the test split.
+  A randomly initialised encoder trained this way is the supervised-from-scratch baseline."""
+  d, e = config.data, config.eval
+  val = None
+  if d.val_split:
+    val = pipeline.load_split_arrays(builder, split=d.val_split, image_size=d.image_size, fit=d.fit)
+  size = config.augment.views[0].crop_size
+  results = {}
+  for name, (model, variables, recalibrate) in encoders.items():
+    if recalibrate and e.finetune_backbone_lr_scale == 0:  # A frozen random backbone needs real BN statistics.
+      variables = probe_lib.recalibrate_batch_stats(model, variables, train["image"], image_size=size,
+                                                    mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
+    r = finetune_lib.finetune(
+        model=model, variables=variables, train_images=train["image"], train_labels=train["label"],
+        val_images=None if val is None else val["image"], val_labels=None if val is None else val["label"],
+        test_images=test["image"], test_labels=test["label"], num_classes=num_classes,
+        multi_label=np.ndim(train["label"]) == 2, image_size=size, mean=tuple(d.mean), std=tuple(d.std),
+        steps=e.finetune_steps, batch_size=e.finetune_batch_size, learning_rate=e.finetune_learning_rate,
+        weight_decay=e.finetune_weight_decay, backbone_lr_scale=e.finetune_backbone_lr_scale,
+        warmup_steps=e.finetune_warmup_steps, eval_every=e.finetune_eval_every or None,
+        eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh)
+    r.pop("curve", None)  # Per-step training curve: in the log, not in the results table.
+    if subset is not None:
+      r["label_subset"] = {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
+    results[name] = r
+    print(f"finetune [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  "
+          f"(selected step {r['selected_step']})", flush=True)
+  print(f"finetune evaluations done in {time.perf_counter() - t0:.0f}s ({len(train['label'])} train / "
+        f"{len(test['label'])} test examples, {num_classes} classes)", flush=True)
+  return results
+
+
 def format_table(results: dict, *, config) -> str:
   """A Markdown table of probe results, with the protocol and data named."""
-  knn = config.eval.protocol == "knn"
-  protocol = (knn_lib.protocol(k=config.eval.knn_k, temperature=config.eval.knn_temperature,
-                               weighting=config.eval.knn_weighting) if knn else probe_lib.PROTOCOL)
-  lines = [f"{'kNN' if knn else 'Linear probe'} on {config.data.builder}"
+  kind = config.eval.protocol
+  if kind == "knn":
+    protocol = knn_lib.protocol(k=config.eval.knn_k, temperature=config.eval.knn_temperature,
+                                weighting=config.eval.knn_weighting)
+  elif kind == "finetune":
+    first = next(iter(results.values()), {})
+    protocol = f"{first.get('protocol', finetune_lib.PROTOCOL)}; {first.get('selection', '')}".rstrip("; ")
+  else:
+    protocol = probe_lib.PROTOCOL
+  title = {"knn": "kNN", "finetune": "Fine-tuning"}.get(kind, "Linear probe")
+  lines = [f"{title} on {config.data.builder}"
            f"{'/' + config.data.builder_config if config.data.builder_config else ''} "
            f"(train split '{config.data.train_split}', test split '{config.data.test_split}')",
            f"Protocol: {protocol}", *_subset_line(results), "",

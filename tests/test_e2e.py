@@ -179,3 +179,25 @@ def test_knn_protocol_through_experiment(tfds_dir, tmp_path):
   assert r["k"] == 10 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auroc"] <= 1.0
   table = experiment.format_table(results, config=config)
   assert table.startswith("kNN on synthetic_fundus/small") and "k=10" in table
+
+
+def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path):
+  """eval.protocol=finetune on a k-per-class subset: backbone + head trained, checkpoint chosen on the
+  validation split, test metrics and the selection rule in the table."""
+  from medssl_jax import experiment
+  config = load_config("demo_simclr", "quick")
+  config.data.data_dir = str(tfds_dir)
+  config.eval.protocol = "finetune"
+  config.eval.train_subset = "k=8"
+  config.eval.finetune_steps = 6
+  config.eval.finetune_batch_size = 16
+  config.eval.finetune_eval_every = 3
+  builder = pipeline.builder_from_config(config.data)
+  model, variables = experiment.random_init_variables(config)
+  results = experiment.probe(config, {"supervised from scratch": (model, variables, True)}, builder=builder,
+                             workdir=str(tmp_path))
+  r = results["supervised from scratch"]
+  assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auroc"] <= 1.0 and r["selected_step"] in (3, 6)
+  assert r["label_subset"]["num_selected"] == 32 and "val" in r["selection"].lower()
+  table = experiment.format_table(results, config=config)
+  assert table.startswith("Fine-tuning on synthetic_fundus/small") and "| supervised from scratch |" in table
