@@ -187,12 +187,26 @@ def _subset_line(results):
           f"of {subset['num_records']} (sha256 {subset['sha256'][:12]}, {os.path.basename(subset['file'])})"]
 
 
-def _write_results(workdir, results, table):
+def results_name(config) -> str:
+  """File stem of an evaluation's results in the workdir: one per protocol and label subset, so
+  evaluating a workdir another way never overwrites earlier results ('probe_results' is the linear
+  probe on all labels; e.g. 'probe_results_finetune_10pct_seed0' otherwise)."""
+  e = config.eval
+  name = "probe_results" + ("" if e.protocol == "linear_probe" else f"_{e.protocol}")
+  if e.subset_file:
+    name += "_" + os.path.splitext(os.path.basename(e.subset_file))[0]
+  elif subsets.parse_spec(e.train_subset)[0] != "all":
+    tag = subsets.file_name(dataset="x", split="x", spec=e.train_subset, seed=e.subset_seed)
+    name += "_" + tag[len("x_x_"):-len(".json")]
+  return name
+
+
+def _write_results(workdir, results, table, name="probe_results"):
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, "probe_results.json"), "w") as f:
+  with open(os.path.join(workdir, f"{name}.json"), "w") as f:
     json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "probe_results.md"), "w") as f:
+  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
     f.write(table + "\n")
 
 
@@ -218,5 +232,5 @@ def run(config, workdir: str):
   results = probe(config, encoders, builder=builder, mesh=mesh, workdir=workdir)
   table = format_table(results, config=config)
   print("\n" + table + "\n", flush=True)
-  _write_results(workdir, results, table)
+  _write_results(workdir, results, table, results_name(config))
   return results

@@ -64,3 +64,16 @@ def test_main_rejects_a_typo_on_the_command_line(tmp_path):
   assert out.returncode != 0
   assert "num_step" in out.stderr
   assert not any(tmp_path.iterdir())  # Nothing written for a bad command.
+
+
+def test_results_names_never_collide():
+  from medssl_jax import experiment
+  c = load("demo_simclr", "quick")
+  names = set()
+  for protocol in ("linear_probe", "knn", "finetune"):
+    for subset, seed in (("", 0), ("10%", 0), ("10%", 1), ("k=5", 0)):
+      c.eval.protocol, c.eval.train_subset, c.eval.subset_seed = protocol, subset, seed
+      names.add(experiment.results_name(c))
+  assert len(names) == 12 and "probe_results" in names and "probe_results_finetune_10pct_seed1" in names
+  c.eval.subset_file = "/runs/a/subsets/medmnist-retinamnist_train_1pct_seed2.json"
+  assert experiment.results_name(c) == "probe_results_finetune_medmnist-retinamnist_train_1pct_seed2"

@@ -161,7 +161,7 @@ def test_real_xrays_end_to_end_with_a_label_subset(tmp_path):
   assert subset["num_records"] == 619 and 62 <= subset["num_selected"] <= 75  # 10%, whole patients.
   saved = json.loads(pathlib.Path(subset["file"]).read_text())
   assert sum(saved["class_counts"].values()) == subset["num_selected"] and set(saved["class_counts"]) == {"0", "1"}
-  assert "Labelled training records: '10%' subset" in (tmp_path / "run" / "probe_results.md").read_text()
+  assert "Labelled training records: '10%' subset" in (tmp_path / "run" / "probe_results_10pct_seed0.md").read_text()
 
 
 def test_knn_protocol_through_experiment(tfds_dir, tmp_path):
