@@ -1,0 +1,635 @@
+"""Runs a table config: a grid of experiment rows, cached per row, into Markdown / CSV / PNG tables.
+
+Command: python -m medssl_jax.tables.runner --table=configs/table_fundus_quick.py --workdir=/tmp/t
+         (`--table.<experiment key>=value`, e.g. `--table.train.num_steps=100`, overrides every row.)
+
+A table config file defines `get_table(arg=None)` returning a ConfigDict with (checked by `validate_table`):
+  name         file names of the outputs: <workdir>/<name>.md, .csv, .png ([A-Za-z0-9._-]).
+  base_config  'path[:variant]' of an experiment config, e.g. 'configs/fundus_simclr.py:quick'; a tuple of
+               them is an axis of its own (one recipe per objective, each with its own settings).
+  grid         the axes: nested like the experiment config, each leaf a non-empty tuple of values, e.g.
+               grid.objective.name = ('simclr', 'byol'); grid.eval.train_subset = ('10%', ''); grid.seed = (0, 1).
+               Every combination is a row: base config + those overrides, validated by medssl_jax.config.
+  overrides    (optional) values set in every row, nested the same way (e.g. overrides.train.num_steps = 4).
+  published    (optional) tuple of dicts shown beside ours, marked published: dataset, method, source,
+               accuracy and/or auroc (fractions), optional protocol, labels, note.
+  description  (optional) one line under the title.
+It also defines `get_config(arg=None)` returning the (first) base experiment config, so that every file in
+configs/ stays a runnable, validated experiment config (main.py runs the base row; tests/test_config.py).
+
+Workdir layout (everything is keyed by hashes of the resolved configs, so reruns find their work):
+  pretrain/<slug>-<hash>/  one experiment workdir per distinct pretraining (the config minus keys that
+                           do not change the weights: eval.*, mode, logging/checkpoint cadence, data
+                           paths; checkpoint.RESUMABLE_KEYS). Rows that differ only in eval keys share
+                           it; an interrupted pretraining resumes from its checkpoints.
+  rows/<slug>-<hash>/      one row: result.json (metrics, config, timings, code and package versions)
+                           and the experiment's own results table (<experiment.results_name>.{json,md}). A row whose result.json exists is reported as cached.
+  <name>.md / .csv / .png  the tables and the AUROC-vs-labels plot, rewritten on every run.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import importlib.util
+import io
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from typing import Any, Mapping
+
+import ml_collections
+
+from medssl_jax import config as config_lib
+from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.train import checkpoint as ckpt_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description")
+PUBLISHED_KEYS = ("dataset", "method", "source", "accuracy", "auroc", "protocol", "labels", "note")
+# Keys the runner sets itself (mode), or that say where data lives or how often to log: they never
+# change a result, so they stay out of the row and pretraining hashes.
+RUNNER_KEYS = ("mode",)
+NON_RESULT_KEYS = ("mode", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                   "data.worker_count", "data.data_dir", "data.manual_dir")
+SEED_AXES = ("seed", "eval.subset_seed")  # Aggregated over (mean ± std), never a table column.
+PACKAGES = ("jax", "flax", "optax", "numpy")
+RESULT_FILE = "result.json"
+CSV_COLUMNS = ("source", "table", "row", "dataset", "objective", "encoder", "protocol", "label_subset",
+               "subset_seed", "n_labelled", "seed", "accuracy", "auroc", "eval_wall_clock_s",
+               "pretrain_wall_clock_s", "code_version", *PACKAGES, "status", "overrides", "row_dir",
+               "pretrain_dir")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table config: loading and validation.
+
+def load_table(spec: str) -> ml_collections.ConfigDict:
+  """`get_table(arg)` of a table config file 'path[:arg]' (path relative to the cwd or the repo root)."""
+  path, _, arg = spec.partition(":")
+  path = _resolve_path(path)
+  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_table"):
+    raise ValueError(f"{path} has no get_table(); a table config defines get_table(arg=None) returning the "
+                     "table (see medssl_jax/tables/runner.py) and get_config(arg=None) returning its base config")
+  return module.get_table(arg or None)
+
+
+def base_config(table) -> ml_collections.ConfigDict:
+  """The (first) base experiment config of a table: what a table config's `get_config` returns."""
+  bases = table.base_config
+  return _load_config(bases if isinstance(bases, str) else bases[0])
+
+
+def _resolve_path(path: str) -> str:
+  if not path.endswith(".py"):
+    raise ValueError(f"config path {path!r} must name a .py file")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(REPO_ROOT, path)  # Table configs name configs relative to the repo root.
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  return path
+
+
+def _load_config(spec: str) -> ml_collections.ConfigDict:
+  path, _, arg = spec.partition(":")
+  return config_lib.load(_resolve_path(path), arg or None)
+
+
+def _is_section(value) -> bool:
+  return isinstance(value, (ml_collections.ConfigDict, Mapping))
+
+
+def _leaves(section, prefix="") -> dict[str, Any]:
+  """{dotted key: value} of a nested ConfigDict / dict (tables write axes nested, like the config)."""
+  out = {}
+  for key in section.keys():
+    value = section[key]
+    if _is_section(value):
+      out.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _check_key(config, dotted: str, where: str):
+  """Raises a ValueError naming `dotted` (and the valid keys) unless it is a value key of `config`."""
+  section, path = config, ""
+  parts = dotted.split(".")
+  for i, part in enumerate(parts):
+    if not _is_section(section) or part not in section:
+      valid = sorted(section.keys()) if _is_section(section) else []
+      raise ValueError(f"{where}: unknown config key {dotted!r} ({part!r} is not in "
+                       f"{path.rstrip('.') or 'config'}; valid keys there: {valid})")
+    section, path = section[part], f"{path}{part}."
+    if i < len(parts) - 1 and not _is_section(section):
+      raise ValueError(f"{where}: unknown config key {dotted!r} ({path.rstrip('.')} is a value, not a section)")
+  if _is_section(section):
+    raise ValueError(f"{where}: {dotted!r} is a config section; name a key inside it: {sorted(section.keys())}")
+  if dotted in RUNNER_KEYS:
+    raise ValueError(f"{where}: {dotted!r} is set by the table runner (pretrain, then linear_eval per row)")
+
+
+def validate_table(table) -> ml_collections.ConfigDict:
+  """Checks a table config's keys, grid and published rows; raises a ValueError naming what is wrong."""
+  for key in table.keys():
+    if key not in TABLE_KEYS:
+      raise ValueError(f"Unknown table key {key!r}; valid keys: {list(TABLE_KEYS)}")
+  for key in ("name", "base_config", "grid"):
+    if key not in table:
+      raise ValueError(f"table.{key} is required (table keys: {list(TABLE_KEYS)})")
+  if not isinstance(table.name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", table.name):
+    raise ValueError(f"table.name={table.name!r} must be a non-empty file name of letters, digits, '.', '_', '-'")
+  bases = table.base_config
+  bases = (bases,) if isinstance(bases, str) else bases
+  if not isinstance(bases, (tuple, list)) or not bases or not all(isinstance(b, str) for b in bases):
+    raise ValueError(f"table.base_config must be 'path[:variant]' or a non-empty tuple of them, got {bases!r}")
+  base = _load_config(bases[0])
+  if not _is_section(table.grid) or not _leaves(table.grid):
+    raise ValueError("table.grid is empty; give at least one axis, e.g. grid.seed = (0, 1)")
+  for key, values in _leaves(table.grid).items():
+    _check_key(base, key, "table.grid")
+    if not isinstance(values, (tuple, list)) or not values:
+      raise ValueError(f"table.grid.{key} must be a non-empty tuple of values (one per row), got {values!r}")
+    seen = [json.dumps(_jsonable(v), sort_keys=True) for v in values]
+    if len(set(seen)) != len(seen):
+      raise ValueError(f"table.grid.{key} lists a value twice: {list(values)!r}")
+  if "overrides" in table:
+    for key in _leaves(table.overrides):
+      _check_key(base, key, "table.overrides")
+  for i, row in enumerate(table.get("published", None) or ()):
+    if not _is_section(row):
+      raise ValueError(f"table.published[{i}] must be a dict, got {row!r}")
+    for key in row.keys():
+      if key not in PUBLISHED_KEYS:
+        raise ValueError(f"Unknown key {key!r} in table.published[{i}]; valid keys: {list(PUBLISHED_KEYS)}")
+    for key in ("dataset", "method", "source"):
+      if not row.get(key):
+        raise ValueError(f"table.published[{i}] needs {key!r} (a published row names its dataset, method, source)")
+    if row.get("accuracy") is None and row.get("auroc") is None:
+      raise ValueError(f"table.published[{i}] ({row['method']}) needs accuracy and/or auroc")
+    for key in ("accuracy", "auroc"):
+      v = row.get(key)
+      if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 1):
+        raise ValueError(f"table.published[{i}].{key}={v!r} must be a fraction in [0, 1] (e.g. 0.765, not 76.5)")
+  return table
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows: grid -> resolved configs -> deterministic workdirs.
+
+def _jsonable(value):
+  if _is_section(value):
+    return {k: _jsonable(value[k]) for k in value.keys()}
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
+def _set(config, dotted: str, value, where: str):
+  *sections, key = dotted.split(".")
+  target = config
+  for s in sections:
+    target = target[s]
+  try:
+    target[key] = value
+  except (TypeError, ValueError) as e:  # ConfigDict is type-safe: name the key and the value.
+    raise ValueError(f"{where}: cannot set {dotted}={value!r}: {e}") from None
+
+
+def _digest(flat: Mapping[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _flatten(d, prefix="") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _flat_config(config, exclude) -> dict:
+  flat = _flatten(json.loads(config.to_json_best_effort()))
+  return {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in exclude)}
+
+
+def _slug_part(key: str, value) -> str:
+  if key == "base_config":
+    path, _, arg = str(value).partition(":")
+    text = os.path.basename(path)[:-3] + (f".{arg}" if arg and arg != "quick" else "")
+  else:
+    v = "all" if value == "" and key.endswith("train_subset") else ("none" if value == "" else value)
+    text = f"{key.rsplit('.', 1)[-1]}={v}"
+  return re.sub(r"[^A-Za-z0-9._=+-]", "-", text.replace("%", "pct"))
+
+
+def _slug(axes: Mapping[str, Any], digest: str) -> str:
+  """'fundus_byol,train_subset=10pct,seed=0-<hash>': the row's varying axis values, then the hash."""
+  text = ",".join(_slug_part(k, v) for k, v in axes.items())[:80] or "row"
+  return f"{text}-{digest}"
+
+
+def _pretrain_relevant(key: str) -> bool:
+  exclude = ckpt_lib.RESUMABLE_KEYS + NON_RESULT_KEYS
+  return key == "base_config" or not any(key == e or key.startswith(e + ".") for e in exclude)
+
+
+def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dict]:
+  """Every row of a validated table: its axis values, resolved (validated) config and workdirs.
+
+  Each row is a dict: axes ({dotted key: value}, 'base_config' first when it is an axis), config,
+  slug (rows/<slug>), pretrain_slug (pretrain/<pretrain_slug>), base_config.
+  """
+  validate_table(table)
+  bases = (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
+  constant = dict(_leaves(table.overrides)) if "overrides" in table else {}
+  constant.update(overrides or {})
+  grid = _leaves(table.grid)
+  # Seeds last, so the rows of one aggregated group are adjacent; base configs first.
+  keys = sorted(grid, key=lambda k: (k in SEED_AXES, SEED_AXES.index(k) if k in SEED_AXES else 0))
+  axes_keys = (["base_config"] if len(bases) > 1 else []) + keys
+  axes_values = ([bases] if len(bases) > 1 else []) + [tuple(grid[k]) for k in keys]
+  rows = []
+  for combo in itertools.product(*axes_values):
+    axes = dict(zip(axes_keys, combo))
+    base = axes.get("base_config", bases[0])
+    config = _load_config(base)
+    where = f"table row {json.dumps(_jsonable(axes), default=str)}"
+    for key, value in itertools.chain(constant.items(), ((k, v) for k, v in axes.items() if k != "base_config")):
+      _check_key(config, key, where)
+      _set(config, key, value, where)
+    try:
+      config_lib.validate(config)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    # Single-valued axes are the same in every row: the hash covers them, the readable part need not.
+    varying = {k: v for k, v in axes.items() if k == "base_config" or len(grid[k]) > 1}
+    pre_axes = {k: v for k, v in varying.items() if _pretrain_relevant(k)}
+    rows.append(dict(
+        axes=axes, config=config, base_config=base,
+        slug=_slug(varying, _digest(_flat_config(config, NON_RESULT_KEYS))),
+        pretrain_slug=_slug(pre_axes, _digest(_flat_config(config, ckpt_lib.RESUMABLE_KEYS + NON_RESULT_KEYS)))))
+  return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Provenance.
+
+_CODE_VERSION = None
+
+
+def code_version() -> str:
+  """`git rev-parse --short HEAD` of this code, '-dirty' when the tree has changes; 'unknown' outside git."""
+  global _CODE_VERSION
+  if _CODE_VERSION is None:
+    try:
+      run = lambda *a: subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+                                      check=True).stdout.strip()
+      _CODE_VERSION = run("rev-parse", "--short", "HEAD") + ("-dirty" if run("status", "--porcelain") else "")
+    except (OSError, subprocess.SubprocessError):
+      _CODE_VERSION = "unknown"
+  return _CODE_VERSION
+
+
+def package_versions() -> dict[str, str]:
+  from importlib import metadata
+  out = {}
+  for name in PACKAGES:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = "unknown"
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running.
+
+def _write_json(path: str, data):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2, default=str)
+  os.replace(tmp, path)  # A row interrupted while writing leaves no result behind, so it reruns.
+
+
+def _pretrain(row, pdir: str) -> float:
+  """Pretrains (or resumes) the row's encoder in `pdir` unless its last checkpoint exists.
+
+  Returns the pretraining wall-clock so far, summed over every invocation that worked on it.
+  """
+  from medssl_jax import experiment
+  timing_path = os.path.join(pdir, "table_pretrain.json")
+  timing = {"wall_clock_s": 0.0}
+  if os.path.exists(timing_path):
+    with open(timing_path) as f:
+      timing = json.load(f)
+  if not os.path.isdir(os.path.join(pdir, "checkpoints", str(row["config"].train.num_steps))):
+    config = row["config"].copy_and_resolve_references()
+    config.mode = "pretrain"
+    t0 = time.perf_counter()
+    try:
+      experiment.run(config, pdir)
+    finally:  # Count the time of an interrupted run too: the resumed run starts from its checkpoint.
+      timing["wall_clock_s"] += time.perf_counter() - t0
+      if os.path.isdir(pdir):
+        _write_json(timing_path, timing)
+  return timing["wall_clock_s"]
+
+
+def _num_labelled(config, results) -> int | None:
+  subset = next((r["label_subset"] for r in results.values() if "label_subset" in r), None)
+  if subset is not None:
+    return int(subset["num_selected"])
+  from medssl_jax.data import pipeline
+  n = pipeline.num_examples(pipeline.builder_from_config(config.data), config.data.train_split)
+  return min(n, config.eval.max_train_examples) if config.eval.max_train_examples else n
+
+
+def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dict:
+  from medssl_jax import experiment
+  pretrain_s = _pretrain(row, pdir)
+  config = row["config"].copy_and_resolve_references()
+  config.mode = "linear_eval"  # Evaluates (probe / kNN / fine-tune per eval.protocol) the shared encoder.
+  t0 = time.perf_counter()
+  results = experiment.run(config, pdir)
+  eval_s = time.perf_counter() - t0
+  os.makedirs(rdir, exist_ok=True)
+  # experiment.run names its results file by protocol and label subset only; rows sharing this
+  # pretraining may differ in other eval keys (knn_k, l2_grid, finetune_steps), so each row keeps its own.
+  name = experiment.results_name(config)
+  for ext in ("json", "md"):
+    src = os.path.join(pdir, f"{name}.{ext}")
+    if os.path.exists(src):
+      os.replace(src, os.path.join(rdir, f"{name}.{ext}"))
+  d = config.data
+  record = dict(
+      table=table_name, row=row["slug"], base_config=row["base_config"],
+      axes=_jsonable(row["axes"]), config=json.loads(config.to_json_best_effort()),
+      dataset=d.builder + (f"/{d.builder_config}" if d.builder_config else ""),
+      objective=config.objective.name, protocol=config.eval.protocol,
+      train_subset=config.eval.train_subset or ("file" if config.eval.subset_file else ""),
+      subset_seed=config.eval.subset_seed, n_labelled=_num_labelled(config, results), seed=config.seed,
+      results=results, eval_wall_clock_s=round(eval_s, 2), pretrain_wall_clock_s=round(pretrain_s, 2),
+      pretrain_dir=os.path.relpath(pdir, workdir), code_version=code_version(), versions=package_versions(),
+      finished=datetime.datetime.now().isoformat(timespec="seconds"))
+  _write_json(os.path.join(rdir, RESULT_FILE), record)
+  return record
+
+
+def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None) -> dict:
+  """Runs every row of `table` not yet in `workdir` and writes <workdir>/<name>.{md,csv,png}.
+
+  Args:
+    table: a table ConfigDict (see the module docstring), e.g. `load_table('configs/table_fundus_quick.py')`.
+    workdir: where pretraining runs, per-row results and the tables live; rerunning resumes.
+    overrides: {dotted experiment key: value} applied to every row (after table.overrides), e.g. from
+      `--table.train.num_steps=100`; part of each row's hash like any other config value.
+  Returns:
+    {"rows": [result records, in row order, each with a 'status' of 'cached' or 'ran'],
+     "md": path, "csv": path, "png": path or None}.
+  """
+  rows = build_rows(table, overrides=overrides)  # Every row is validated before anything runs.
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  n_pretrain = len({r["pretrain_slug"] for r in rows})
+  print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
+  records, t_table = [], time.perf_counter()
+  for i, row in enumerate(rows, 1):
+    rdir = os.path.join(workdir, "rows", row["slug"])
+    pdir = os.path.join(workdir, "pretrain", row["pretrain_slug"])
+    path = os.path.join(rdir, RESULT_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        record = dict(json.load(f), status="cached")
+      print(f"[{i}/{len(rows)}] cached   {row['slug']} (finished {record.get('finished', '?')})", flush=True)
+    else:
+      print(f"[{i}/{len(rows)}] running  {row['slug']} (pretraining: pretrain/{row['pretrain_slug']})", flush=True)
+      t0 = time.perf_counter()
+      record = dict(_run_row(row, table_name=table.name, rdir=rdir, pdir=pdir, workdir=workdir), status="ran")
+      print(f"[{i}/{len(rows)}] done     {row['slug']} in {time.perf_counter() - t0:.1f}s", flush=True)
+    records.append(record)
+  out = write_outputs(table, records, workdir=workdir)
+  ran = sum(r["status"] == "ran" for r in records)
+  print(f"table {table.name}: {ran} row(s) run, {len(records) - ran} cached, "
+        f"{time.perf_counter() - t_table:.1f}s; wrote {out['md']}, {out['csv']}"
+        f"{', ' + out['png'] if out['png'] else ''}", flush=True)
+  return dict(rows=records, **out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs.
+
+def _label_name(spec: str) -> str:
+  return "100%" if spec in ("", "all", "100%") else spec
+
+
+def _extra_axes(records) -> list[str]:
+  """Grid axes that need a column of their own (not dataset / objective / protocol / labels / seeds)."""
+  shown = {"base_config", "objective.name", "eval.protocol", "eval.train_subset", "data.builder",
+           "data.builder_config", *SEED_AXES}
+  keys = []
+  for r in records:
+    keys += [k for k in r["axes"] if k not in shown and k not in keys]
+  return keys
+
+
+def _entries(records) -> list[dict]:
+  """One flat entry per (row, encoder): the CSV rows (ours)."""
+  out = []
+  for r in records:
+    for encoder, m in r["results"].items():
+      out.append(dict(
+          source="ours", table=r["table"], row=r["row"], dataset=r["dataset"], objective=r["objective"],
+          encoder=encoder, protocol=r["protocol"], label_subset=_label_name(r["train_subset"]),
+          subset_seed=r["subset_seed"], n_labelled=r["n_labelled"], seed=r["seed"],
+          accuracy=m.get("accuracy"), auroc=m.get("auroc"), eval_wall_clock_s=r["eval_wall_clock_s"],
+          pretrain_wall_clock_s=r["pretrain_wall_clock_s"], code_version=r["code_version"], **r["versions"],
+          status=r["status"], overrides=json.dumps(r["axes"], default=str), row_dir=f"rows/{r['row']}",
+          pretrain_dir=r["pretrain_dir"], axes=r["axes"]))
+  return out
+
+
+def _mean_std(values) -> str:
+  finite = [v for v in values if v is not None and math.isfinite(v)]
+  return metrics_lib.format_mean_std(finite) if finite else "nan"
+
+
+def _fmt(v, digits=4) -> str:
+  return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _aggregate(entries, extra) -> list[dict]:
+  """Entries grouped over seeds (seed, eval.subset_seed), in first-seen order."""
+  groups: dict[tuple, dict] = {}
+  for e in entries:
+    key = (e["dataset"], e["objective"], e["encoder"], e["protocol"], e["label_subset"],
+           *(json.dumps(e["axes"].get(k), default=str) for k in extra))
+    g = groups.setdefault(key, dict(e, accuracies=[], aurocs=[], n_labelled_set=set()))
+    g["accuracies"].append(e["accuracy"])
+    g["aurocs"].append(e["auroc"])
+    g["n_labelled_set"].add(e["n_labelled"])
+  return list(groups.values())
+
+
+def format_markdown(table, records, *, png: str | None = None) -> str:
+  """The table's Markdown: aggregated (mean ± std over seeds, published rows beside), then every run."""
+  entries = _entries(records)
+  extra = _extra_axes(records)
+  versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in records})
+  codes = sorted({r["code_version"] for r in records})
+  lines = [f"# {table.name}", ""]
+  if table.get("description", None):
+    lines += [table.description, ""]
+  bases = (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
+  lines += [f"Base config: {', '.join(f'`{b}`' for b in bases)}; grid: "
+            + "; ".join(f"`{k}` in {list(v)}" for k, v in _leaves(table.grid).items()),
+            f"Code version: {', '.join(codes)}; packages: "
+            + " | ".join(", ".join(f"{k} {v}" for k, v in json.loads(s).items()) for s in versions),
+            f"Written {datetime.datetime.now().isoformat(timespec='seconds')}; "
+            "accuracy and AUROC (macro one-vs-rest) on each dataset's test split.", ""]
+
+  lines += ["## Mean ± std over seeds", ""]
+  head = ["dataset", "objective", "encoder", "protocol", "labels", *extra, "accuracy", "AUROC", "source"]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for g in _aggregate(entries, extra):
+    n = ", ".join(str(v) for v in sorted(g["n_labelled_set"], key=str))
+    cells = [g["dataset"], g["objective"], g["encoder"], g["protocol"], f"{g['label_subset']} (n={n})",
+             *(str(g["axes"].get(k, "")) for k in extra), _mean_std(g["accuracies"]), _mean_std(g["aurocs"]), "ours"]
+    lines.append("| " + " | ".join(cells) + " |")
+  for p in table.get("published", None) or ():
+    cells = [p["dataset"], p["method"], "—", p.get("protocol", "") or "—", p.get("labels", "") or "—",
+             *("—" for _ in extra), _fmt(p.get("accuracy"), 3), _fmt(p.get("auroc"), 3),
+             f"published: {p['source']}" + (f" ({p['note']})" if p.get("note") else "")]
+    lines.append("| " + " | ".join(cells) + " |")
+  if png:
+    lines += ["", f"![mean AUROC vs labelled fraction]({os.path.basename(png)})"]
+
+  lines += ["", "## Every run", ""]
+  head = ["dataset", "objective", "encoder", "protocol", "labels (spec, subset seed, n)", *extra, "seed",
+          "accuracy", "AUROC", "eval s", "pretrain s", "code", "jax / flax / optax / numpy", "row"]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for e in entries:
+    labels = (f"{e['label_subset']} (n={e['n_labelled']})" if e["label_subset"] == "100%"
+              else f"{e['label_subset']} (seed {e['subset_seed']}, n={e['n_labelled']})")
+    cells = [e["dataset"], e["objective"], e["encoder"], e["protocol"], labels,
+             *(str(e["axes"].get(k, "")) for k in extra), str(e["seed"]), _fmt(e["accuracy"]), _fmt(e["auroc"]),
+             f"{e['eval_wall_clock_s']:.1f}", f"{e['pretrain_wall_clock_s']:.1f}", e["code_version"],
+             " / ".join(str(e[k]) for k in PACKAGES), f"`{e['row']}` ({e['status']})"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def format_csv(table, records) -> str:
+  """One CSV line per (row, encoder), then the published rows (source 'published: ...')."""
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+  w.writeheader()
+  for e in _entries(records):
+    w.writerow(e)
+  for p in table.get("published", None) or ():
+    w.writerow(dict(source=f"published: {p['source']}", table=table.name, dataset=p["dataset"],
+                    objective=p["method"], protocol=p.get("protocol", ""), label_subset=p.get("labels", ""),
+                    accuracy=p.get("accuracy"), auroc=p.get("auroc")))
+  return buf.getvalue()
+
+
+def _fraction(spec: str) -> float | None:
+  from medssl_jax.data import subsets
+  kind, value = subsets.parse_spec(spec)
+  return value if kind in ("all", "fraction") else None  # k-per-class subsets have no fraction.
+
+
+def plot_auroc_vs_labels(table, records, path: str) -> str | None:
+  """PNG of mean AUROC (± std over seeds) vs labelled fraction, one line per objective / protocol /
+  encoder; None (no file) unless the rows cover at least two label fractions."""
+  entries = [e for e in _entries(records) if _fraction(e["label_subset"]) is not None]
+  if len({_fraction(e["label_subset"]) for e in entries}) < 2:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")  # No display on servers and CI.
+  import matplotlib.pyplot as plt
+  import numpy as np
+  extra = _extra_axes(records)
+  lines: dict[str, dict[float, list]] = {}
+  for e in entries:
+    encoder = e["encoder"] if e["encoder"].startswith(e["objective"]) else f"{e['encoder']} ({e['objective']} recipe)"
+    label = " / ".join([encoder, e["protocol"], *(f"{k}={e['axes'].get(k)}" for k in extra)])
+    if len({x["dataset"] for x in entries}) > 1:
+      label = f"{e['dataset']}: {label}"
+    if e["auroc"] is not None and math.isfinite(e["auroc"]):
+      lines.setdefault(label, {}).setdefault(_fraction(e["label_subset"]), []).append(e["auroc"])
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for label, points in lines.items():
+    xs = sorted(points)
+    means = [float(np.mean(points[x])) for x in xs]
+    stds = [float(np.std(points[x], ddof=1)) if len(points[x]) > 1 else 0.0 for x in xs]
+    ax.errorbar([100 * x for x in xs], means, yerr=stds, marker="o", capsize=3, label=label,
+                linestyle="--" if "random init" in label else "-")  # Baselines dashed: they often coincide.
+  ax.set_xscale("log")
+  ticks = sorted({100 * _fraction(e["label_subset"]) for e in entries})
+  ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+  ax.minorticks_off()
+  ax.set_xlabel("labelled training records")
+  ax.set_ylabel("AUROC (mean ± std over seeds)")
+  ax.set_title(table.name)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def write_outputs(table, records, *, workdir: str) -> dict:
+  """Writes <workdir>/<name>.md, .csv and (with label fractions) .png; returns their paths."""
+  base = os.path.join(workdir, table.name)
+  png = plot_auroc_vs_labels(table, records, base + ".png")
+  with open(base + ".md", "w") as f:
+    f.write(format_markdown(table, records, png=png))
+  with open(base + ".csv", "w", newline="") as f:
+    f.write(format_csv(table, records))
+  return {"md": base + ".md", "csv": base + ".csv", "png": png}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line.
+
+def main(argv):
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # As main.py: orbax / TFDS INFO lines drown the progress.
+  import jax
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
+  flag = flags.FLAGS["table"]
+  table = load_table(config_flags.get_config_filename(flag))
+  # --table loads get_config (the base experiment), so --table.<key>=v is checked against the
+  # experiment schema by config_flags; the runner applies those values to every row.
+  run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)))
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("table", None, "Table config file (configs/table_*.py[:variant]); "
+                                  "--table.<experiment key>=value overrides every row.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for pretraining runs, per-row results and the tables.")
+  flags.mark_flags_as_required(["table", "workdir"])
+
+
+if __name__ == "__main__":
+  from absl import app
+  _define_flags()
+  app.run(main)

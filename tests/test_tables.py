@@ -1,0 +1,175 @@
+"""Table runner: a tiny grid runs into md/csv/png, reruns from cache, resumes, shares pretraining."""
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import pytest
+
+from medssl_jax.augment import views
+from medssl_jax.data import pipeline
+from medssl_jax.tables import runner
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tfds")
+  pipeline.get_builder("synthetic_fundus", data_dir=str(d), config="tiny")
+  return d
+
+
+def tiny_table(tfds_dir):
+  """2 label subsets x 2 seeds on synthetic_fundus/tiny: 4 rows, 2 pretrainings of 4 steps."""
+  t = ml_collections.ConfigDict()
+  t.name = "tiny"
+  t.base_config = "configs/demo_simclr.py:quick"
+  t.grid = ml_collections.ConfigDict({"eval": {"train_subset": ("50%", "")}, "seed": (0, 1)})
+  o = t.overrides = ml_collections.ConfigDict()
+  o.data = dict(data_dir=str(tfds_dir), builder_config="tiny", image_size=32)
+  o.augment = dict(views=[views.default_view(crop_size=32, crop_scale=(0.5, 1.0), grayscale_p=0.0, blur_p=0.0)] * 2)
+  o.train = dict(num_steps=4, checkpoint_every=2, log_every=2)
+  o.eval = dict(max_iter=10, l2_grid=(1e-2,), batch_size=32)
+  t.published = (dict(dataset="RetinaMNIST", method="ResNet-18 (28)", accuracy=0.524, auroc=0.717,
+                      source="Yang et al. 2023"),)
+  return t
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def _rows_dir(workdir):
+  return sorted((workdir / "rows").iterdir())
+
+
+def test_table_runs_resumes_caches_and_reruns_one_row(tfds_dir, tmp_path, capsys, monkeypatch):
+  table = tiny_table(tfds_dir)
+  workdir = tmp_path / "t"
+
+  # Interrupted in the first pretraining after its step-2 checkpoint: nothing is recorded for the row.
+  real = pipeline.make_train_iterator
+
+  def dying_iterator(*args, **kwargs):
+    it = real(*args, **kwargs)
+
+    class Wrapper:
+      n = 0
+      get_state, set_state = it.get_state, it.set_state
+
+      def __next__(self):
+        self.n += 1
+        if self.n > 3:
+          raise _Interrupt()
+        return next(it)
+
+    return Wrapper()
+
+  monkeypatch.setattr(pipeline, "make_train_iterator", dying_iterator)
+  with pytest.raises(_Interrupt):
+    runner.run_table(table, workdir=str(workdir))
+  monkeypatch.setattr(pipeline, "make_train_iterator", real)
+  assert not (workdir / "rows").exists() or not list((workdir / "rows").glob("*/result.json"))
+  capsys.readouterr()
+
+  out = runner.run_table(table, workdir=str(workdir))
+  log = capsys.readouterr().out
+  assert "table tiny: 4 rows, 2 pretraining run(s)" in log
+  assert "[1/4] running" in log and "[4/4] running" in log and "resumed from" in log and "] cached" not in log
+  assert [r["status"] for r in out["rows"]] == ["ran"] * 4
+
+  # Rows that differ only in eval keys (the label subset) share one pretraining workdir per seed.
+  pretrain_dirs = sorted(p.name for p in (workdir / "pretrain").iterdir())
+  assert len(pretrain_dirs) == 2 and [d.split("-")[0] for d in pretrain_dirs] == ["seed=0", "seed=1"]
+  assert sorted({r["pretrain_dir"] for r in out["rows"]}) == [f"pretrain/{d}" for d in pretrain_dirs]
+  for d in pretrain_dirs:  # One pretraining of 4 steps each; probe results live with the rows.
+    assert sorted(p.name for p in (workdir / "pretrain" / d / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+    assert not list((workdir / "pretrain" / d).glob("probe_results*"))
+  rows = _rows_dir(workdir)
+  assert len(rows) == 4 and all((r / "result.json").exists() and list(r.glob("probe_results*.md")) for r in rows)
+  assert rows[0].name.startswith("train_subset=50pct,seed=0-")
+
+  # CSV: one line per (row, encoder) plus the published row; provenance columns filled.
+  lines = list(csv.DictReader((workdir / "tiny.csv").open()))
+  assert tuple(lines[0]) == runner.CSV_COLUMNS
+  ours = [l for l in lines if l["source"] == "ours"]
+  assert len(ours) == 8 and {l["encoder"] for l in ours} == {"simclr (pretrained)", "random init"}
+  assert {(l["label_subset"], l["n_labelled"]) for l in ours} == {("50%", "32"), ("100%", "64")}
+  assert {l["seed"] for l in ours} == {"0", "1"} and {l["dataset"] for l in ours} == {"synthetic_fundus/tiny"}
+  assert all(0 <= float(l["accuracy"]) <= 1 and 0 <= float(l["auroc"]) <= 1 for l in ours)
+  assert all(l["code_version"] and l["jax"] == jax.__version__ and l["numpy"] for l in ours)
+  assert [l["source"] for l in lines if l["source"] != "ours"] == ["published: Yang et al. 2023"]
+
+  md = (workdir / "tiny.md").read_text()
+  assert "## Mean ± std over seeds" in md and "## Every run" in md and "![mean AUROC" in md
+  assert md.count("(n=2) |") >= 8  # 2 subsets x 2 encoders, accuracy and AUROC each over 2 seeds.
+  assert "| RetinaMNIST | ResNet-18 (28) |" in md and "0.717 | published: Yang et al. 2023 |" in md
+  assert (workdir / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+  # Rerunning runs nothing.
+  again = runner.run_table(table, workdir=str(workdir))
+  log = capsys.readouterr().out
+  assert log.count("] cached ") == 4 and "] running" not in log
+  assert [r["status"] for r in again["rows"]] == ["cached"] * 4
+
+  # Deleting one row's result reruns that row only (its finished pretraining is reused, not repeated).
+  (rows[1] / "result.json").unlink()
+  runner.run_table(table, workdir=str(workdir))
+  log = capsys.readouterr().out
+  assert log.count("] cached ") == 3 and log.count("] running") == 1 and f"running  {rows[1].name}" in log
+  assert "step 1/" not in log and (rows[1] / "result.json").exists()
+
+  # The command line: a table file, and a --table.<key> override that changes no result (logging cadence)
+  # finds every row cached.
+  (tmp_path / "table_tiny.py").write_text(
+      "from tests import test_tables\nimport os\n"
+      "def get_table(arg=None):\n  return test_tables.tiny_table(os.environ['TINY_TFDS'])\n"
+      "def get_config(arg=None):\n  from medssl_jax.tables import runner\n"
+      "  return runner.base_config(get_table())\n")
+  env = dict(os.environ, TINY_TFDS=str(tfds_dir), PYTHONPATH=str(ROOT))
+  cli = subprocess.run([sys.executable, "-m", "medssl_jax.tables.runner", f"--table={tmp_path / 'table_tiny.py'}",
+                        f"--workdir={workdir}", "--table.train.log_every=1"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert cli.returncode == 0, cli.stderr[-3000:]
+  assert cli.stdout.count("] cached ") == 4 and "0 row(s) run, 4 cached" in cli.stdout
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.grid.update({"train": {"num_step": (1, 2)}}),
+     r"table.grid: unknown config key 'train.num_step' \('num_step' is not in train; valid keys there: .*'num_steps'"),
+    (lambda t: t.grid.update({"objectiv": {"name": ("byol",)}}), r"unknown config key 'objectiv.name'"),
+    (lambda t: setattr(t, "grid", ml_collections.ConfigDict()), r"table.grid is empty"),
+    (lambda t: t.grid.update({"seed": ()}), r"table.grid.seed must be a non-empty tuple"),
+    (lambda t: t.grid.update({"seed": (0, 0)}), r"table.grid.seed lists a value twice"),
+    (lambda t: setattr(t, "grid", ml_collections.ConfigDict({"eval": ("a", "b")})), r"'eval' is a config section"),
+    (lambda t: t.grid.update({"mode": ("pretrain",)}), r"'mode' is set by the table runner"),
+    (lambda t: t.grid.update({"objective": {"name": ("simclr", "simclear")}}),
+     r"table row .*simclear.*config.objective.name='simclear' is not known"),
+    (lambda t: t.overrides.update({"train": {"batch_siz": 8}}), r"table.overrides: unknown config key 'train.batch_siz'"),
+    (lambda t: setattr(t, "nmae", "x"), r"Unknown table key 'nmae'; valid keys: \['name'"),
+    (lambda t: setattr(t, "published", (dict(dataset="X", method="Y", source="Z", accuracy=76.5),)),
+     r"published\[0\].accuracy=76.5 must be a fraction"),
+    (lambda t: setattr(t, "published", (dict(dataset="X", method="Y", accuracy=0.7),)), r"published\[0\] needs 'source'"),
+])
+def test_bad_table_configs_name_the_key(tmp_path, edit, match):
+  table = tiny_table(tmp_path)
+  with table.unlocked():
+    edit(table)
+  with pytest.raises(ValueError, match=match):
+    runner.run_table(table, workdir=str(tmp_path / "t"))
+  assert not (tmp_path / "t").exists()  # Every row is checked before anything is written.
+
+
+def test_example_table_config():
+  """configs/table_fundus_quick.py: 2 objectives x 2 label subsets x 2 seeds, 4 shared pretrainings."""
+  table = runner.load_table("configs/table_fundus_quick.py")
+  rows = runner.build_rows(table)
+  assert len(rows) == 8 and len({r["pretrain_slug"] for r in rows}) == 4
+  assert {(r["config"].objective.name, r["config"].eval.train_subset, r["config"].seed) for r in rows} == {
+      (o, s, k) for o in ("simclr", "byol") for s in ("10%", "") for k in (0, 1)}
+  assert {r["config"].objective.momentum for r in rows if r["config"].objective.name == "byol"} == {0.99}
+  assert all(p["source"] and p["accuracy"] for p in table.published)
