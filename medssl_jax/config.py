@@ -11,7 +11,7 @@ import ml_collections
 
 from medssl_jax.augment import views as views_lib
 
-MODES = ("pretrain", "linear_eval", "pretrain_and_probe")
+MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised")
 EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
 
 
@@ -103,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.finetune_backbone_lr_scale = 1.0
   c.eval.finetune_warmup_steps = 0
   c.eval.finetune_eval_every = 0        # Validation every N steps (0 = the module's default).
+  c.eval.finetune_schedule = "cosine"   # Or "multistep": x0.1 at each of finetune_milestones (fractions).
+  c.eval.finetune_milestones = (0.5, 0.75)
+  c.eval.finetune_augment = True        # Random resized crop (0.5, 1) + flip; False: resize only.
   c.eval.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
   c.eval.max_train_examples = 0         # 0 = the whole training split.
   # Low-label protocol: the labelled training records the probe may use ("" = all, "1%", "10%", "k=5"),
@@ -141,6 +144,10 @@ def validate(config) -> ml_collections.ConfigDict:
   _check_choice(config.model.encoder, models.ENCODERS, "config.model.encoder")
   _check_choice(config.objective.name, sorted(objectives.OBJECTIVES), "config.objective.name")
   _check_choice(config.eval.protocol, EVAL_PROTOCOLS, "config.eval.protocol")
+  if config.mode == "supervised" and config.eval.protocol != "finetune":
+    raise ValueError("config.mode='supervised' trains a randomly initialised encoder with labels, which is "
+                     f"eval.protocol='finetune'; got eval.protocol={config.eval.protocol!r}")
+  _check_choice(config.eval.finetune_schedule, ("cosine", "multistep"), "config.eval.finetune_schedule")
   _check_choice(config.data.builder, sorted(pipeline.BUILDERS), "config.data.builder")
   _check_choice(config.data.fit, pipeline.FITS, "config.data.fit")
   if config.eval.train_subset and not config.eval.subset_file:

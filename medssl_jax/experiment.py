@@ -140,7 +140,8 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         steps=e.finetune_steps, batch_size=e.finetune_batch_size, learning_rate=e.finetune_learning_rate,
         weight_decay=e.finetune_weight_decay, backbone_lr_scale=e.finetune_backbone_lr_scale,
         warmup_steps=e.finetune_warmup_steps, eval_every=e.finetune_eval_every or None,
-        eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh)
+        eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh, schedule=e.finetune_schedule,
+        milestones=tuple(e.finetune_milestones), augment=e.finetune_augment)
     r.pop("curve", None)  # Per-step training curve: in the log, not in the results table.
     if subset is not None:
       r["label_subset"] = {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
@@ -220,13 +221,19 @@ def run(config, workdir: str):
   if config.mode == "pretrain":
     pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
     return {}
-  if config.mode == "pretrain_and_probe":
+  if config.mode == "supervised":
+    # Supervised training from scratch (e.g. the MedMNIST recipe): the random encoder fine-tuned with
+    # labels; no pretraining, nothing to compare against.
+    os.makedirs(workdir, exist_ok=True)
+    rmodel, rvars = random_init_variables(config)
+    encoders = {"supervised (random init)": (rmodel, rvars, True)}
+  elif config.mode == "pretrain_and_probe":
     model, state = pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
-    variables = state.variables
+    encoders = {f"{config.objective.name} (pretrained)": (model, state.variables, False)}
   else:  # linear_eval
     model, variables = load_pretrained(config, workdir)
-  encoders = {f"{config.objective.name} (pretrained)": (model, variables, False)}
-  if config.eval.compare_random_init:
+    encoders = {f"{config.objective.name} (pretrained)": (model, variables, False)}
+  if config.eval.compare_random_init and config.mode != "supervised":
     rmodel, rvars = random_init_variables(config)
     encoders["random init"] = (rmodel, rvars, True)
   results = probe(config, encoders, builder=builder, mesh=mesh, workdir=workdir)

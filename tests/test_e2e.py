@@ -201,3 +201,28 @@ def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path):
   assert r["label_subset"]["num_selected"] == 32 and "val" in r["selection"].lower()
   table = experiment.format_table(results, config=config)
   assert table.startswith("Fine-tuning on synthetic_fundus/small") and "| supervised from scratch |" in table
+
+
+def test_supervised_mode_medmnist_recipe(tmp_path):
+  """configs/medmnist_supervised.py (the MedMNIST v2 ResNet-18 (28) recipe) in mode=supervised on a
+  dummy RetinaMNIST npz: trains from scratch with labels, selects on validation, names the recipe."""
+  from test_medmnist import write_npz
+  from medssl_jax import experiment
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  write_npz(manual / "retinamnist.npz", sizes=(40, 10, 12))
+  config = load_config("medmnist_supervised", "retinamnist,quick")
+  assert config.eval.finetune_steps == 2 * 9 and config.eval.finetune_eval_every == 9  # 2 epochs of 1080.
+  config.data.manual_dir = str(manual)
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.eval.finetune_steps = 4
+  config.eval.finetune_eval_every = 2
+  config.eval.finetune_batch_size = 8
+  results = experiment.run(config, str(tmp_path / "run"))
+  r = results["supervised (random init)"]
+  assert set(results) == {"supervised (random init)"} and r["selected_step"] in (2, 4)
+  assert "lr x0.1 at 50%, 75%" in r["protocol"] and "no augmentation" in r["protocol"] and "Adam, lr" in r["protocol"]
+  assert (tmp_path / "run" / "probe_results_finetune.json").exists()
+  config.eval.protocol = "linear_probe"
+  with pytest.raises(ValueError, match="mode='supervised'.*finetune"):
+    experiment.run(config, str(tmp_path / "run2"))

@@ -193,3 +193,14 @@ def test_clear_errors():
   for override, match in cases:
     with pytest.raises(ValueError, match=match):
       ft.finetune(**dict(base, **override))
+
+
+def test_multistep_schedule():
+  from medssl_jax.evals import finetune as ft
+  lrs = [ft.learning_rate_at(s, learning_rate=1e-3, steps=100, schedule="multistep", milestones=(0.5, 0.75))
+         for s in (1, 50, 51, 75, 76, 100)]
+  np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-9)
+  text = ft.describe(schedule="multistep", milestones=(0.5, 0.75), augment=False, weight_decay=0.0)
+  assert "Adam, lr x0.1" in text and "lr x0.1 at 50%, 75% of training" in text and "no augmentation" in text
+  with pytest.raises(ValueError, match="schedule='step'"):
+    ft.learning_rate_at(1, learning_rate=1.0, steps=10, schedule="step")

@@ -60,6 +60,19 @@ PROTOCOL = ("fine-tuning: backbone features -> new Dense head; AdamW, cosine dec
             "when fine-tuned; random resized crop (0.5, 1) + flip; checkpoint chosen by validation AUROC "
             "when validation data is given, else the last step")
 
+
+def describe(*, schedule: str = "cosine", milestones=(0.5, 0.75), augment: bool = True,
+             weight_decay: float = 1e-4) -> str:
+  """PROTOCOL with this run's schedule, weight decay and augmentation."""
+  text = PROTOCOL
+  if schedule == "multistep":
+    text = text.replace("cosine decay", "lr x0.1 at " + ", ".join(f"{m:.0%}" for m in milestones) + " of training")
+  if not weight_decay:
+    text = text.replace("AdamW", "Adam").replace(", weight decay on kernels", "")
+  if not augment:
+    text = text.replace("random resized crop (0.5, 1) + flip", "no augmentation")
+  return text
+
 HEAD_INIT_STD = 0.01
 CROP_SCALE = (0.5, 1.0)
 
@@ -89,13 +102,22 @@ def _decay_mask(params):
       lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
-def learning_rate_at(step: int, *, learning_rate: float, steps: int, warmup_steps: int = 0) -> float:
+SCHEDULES = ("cosine", "multistep")
+
+
+def learning_rate_at(step: int, *, learning_rate: float, steps: int, warmup_steps: int = 0,
+                     schedule: str = "cosine", milestones=(0.5, 0.75), gamma: float = 0.1) -> float:
   """The learning rate of update `step` (1-based): linear warm-up from 0 over `warmup_steps` updates, then
-  cosine decay to 0 at update `steps + 1` (optax's warmup_cosine_decay_schedule / cosine_decay_schedule
-  evaluated at count = step - 1)."""
+  either cosine decay to 0 at update `steps + 1` (optax's warmup_cosine_decay_schedule /
+  cosine_decay_schedule evaluated at count = step - 1), or "multistep": multiplied by `gamma` at each
+  milestone (fractions of `steps`; MedMNIST's recipe: x0.1 at 50% and 75% of training)."""
   t = step - 1
   if t < warmup_steps:
     return learning_rate * t / warmup_steps
+  if schedule == "multistep":
+    return learning_rate * gamma ** sum(t >= round(m * steps) for m in milestones)
+  if schedule != "cosine":
+    raise ValueError(f"schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
   frac = min(t - warmup_steps, steps - warmup_steps) / (steps - warmup_steps)
   return learning_rate * 0.5 * (1.0 + math.cos(math.pi * frac))
 
@@ -212,7 +234,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
              test_labels, num_classes: int, multi_label: bool = False, image_size: int, mean, std, steps: int,
              batch_size: int, learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
              augment: bool = True, seed: int = 0, mesh=None, eval_every: int | None = None,
-             warmup_steps: int = 0, eval_batch_size: int | None = None, return_variables: bool = False) -> dict:
+             warmup_steps: int = 0, eval_batch_size: int | None = None, return_variables: bool = False,
+             schedule: str = "cosine", milestones=(0.5, 0.75)) -> dict:
   """Fine-tunes `model.backbone` with a new Dense head and scores it (protocol: see the module docstring).
 
   Args:
@@ -232,6 +255,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     eval_batch_size: evaluation batch (default batch_size), rounded down to a multiple of the devices.
     return_variables: add "variables" (the selected checkpoint: {"params": {"backbone", "head"},
       "batch_stats": {"backbone"}}, host numpy) to the result; off by default so results stay JSON-able.
+    schedule, milestones: "cosine" (default) or "multistep" (x0.1 at each milestone, given as fractions
+      of `steps`; the MedMNIST recipe uses (0.5, 0.75)); see `learning_rate_at`.
 
   Returns:
     dict: test "accuracy", "auroc", "auroc_per_class", "loss"; "selected_step", "selection" (how it was
@@ -253,6 +278,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     raise ValueError(f"warmup_steps={warmup_steps!r} must be an int in [0, steps={steps})")
   if not backbone_lr_scale >= 0:
     raise ValueError(f"backbone_lr_scale={backbone_lr_scale!r} must be >= 0 (0 freezes the backbone)")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
   if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
     raise ValueError(f"eval_every={eval_every!r} must be None or a positive int")
   if (val_images is None) != (val_labels is None):
@@ -319,7 +346,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
   for step in range(1, steps + 1):
     idx = order[(step - 1) * batch_size:step * batch_size]
     b = mesh_lib.shard_batch({"x": train_images[idx], "y": train_labels[idx]}, mesh)
-    lr = learning_rate_at(step, learning_rate=learning_rate, steps=steps, warmup_steps=warmup_steps)
+    lr = learning_rate_at(step, learning_rate=learning_rate, steps=steps, warmup_steps=warmup_steps,
+                          schedule=schedule, milestones=tuple(milestones))
     params, batch_stats, opt_state, loss = train_step(
         params, bb_params, batch_stats, opt_state, b["x"], b["y"], jax.random.fold_in(key, step),
         np.float32(lr), np.float32(weight_decay), np.float32(backbone_lr_scale))
@@ -349,9 +377,11 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
       val_auroc=None if val_m is None else val_m["auroc"],
       curve={"step": list(range(1, steps + 1)), "train_loss": [float(x) for x in jax.device_get(losses)],
              "learning_rate": lrs},
-      val_curve=val_curve, protocol=PROTOCOL, multi_label=bool(multi_label), num_train=n, steps=steps,
+      val_curve=val_curve, multi_label=bool(multi_label),
+      protocol=describe(schedule=schedule, milestones=milestones, augment=augment, weight_decay=weight_decay), num_train=n, steps=steps,
       batch_size=batch_size, learning_rate=float(learning_rate), weight_decay=float(weight_decay),
-      backbone_lr_scale=float(backbone_lr_scale), augment=bool(augment), seed=seed, image_size=int(image_size))
+      backbone_lr_scale=float(backbone_lr_scale), augment=bool(augment), seed=seed, image_size=int(image_size),
+      schedule=schedule, milestones=list(milestones) if schedule == "multistep" else None)
   if return_variables:
     out = {"params": {"backbone": sel_bb, "head": sel_params["head"]}}
     if has_bn:

@@ -356,9 +356,15 @@ def _num_labelled(config, results) -> int | None:
 
 def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dict:
   from medssl_jax import experiment
-  pretrain_s = _pretrain(row, pdir)
   config = row["config"].copy_and_resolve_references()
-  config.mode = "linear_eval"  # Evaluates (probe / kNN / fine-tune per eval.protocol) the shared encoder.
+  if row["config"].mode == "supervised":
+    # Trained from scratch with labels (e.g. configs/medmnist_supervised.py): no pretraining to share;
+    # the row's own folder is its workdir.
+    pretrain_s, pdir = 0.0, rdir
+    os.makedirs(rdir, exist_ok=True)
+  else:
+    pretrain_s = _pretrain(row, pdir)
+    config.mode = "linear_eval"  # Evaluates (probe / kNN / fine-tune per eval.protocol) the shared encoder.
   t0 = time.perf_counter()
   results = experiment.run(config, pdir)
   eval_s = time.perf_counter() - t0

@@ -1,0 +1,69 @@
+"""MedMNIST v2's official supervised baseline: ResNet-18 (28) trained from scratch with labels.
+
+Reproduces: the "ResNet-18 (28)" row of MedMNIST v2 (Yang et al., Scientific Data 2023; TARGETS.md):
+            CIFAR-style ResNet-18 on 28x28 inputs normalised with mean/std 0.5, cross-entropy, Adam lr
+            1e-3 (no weight decay), batch 128, 100 epochs with lr x0.1 at epochs 50 and 75, no data
+            augmentation, the checkpoint with the best validation AUC (scored every epoch) tested.
+Command:    python main.py --config=configs/medmnist_supervised.py:retinamnist --workdir=/tmp/retina_sup
+            (`:<dataset>` is any MedMNIST 2D name at 28 px, e.g. pneumoniamnist, breastmnist;
+            `:<dataset>,quick` (`:quick` = RetinaMNIST) runs 2 epochs of a narrow network for smoke tests.)
+Data:       medmnist/<dataset> from the official npz in --config.data.manual_dir (default
+            $MEDSSL_SHARED_DATA/<dataset>, which must hold <dataset>.npz under its official name).
+Expected:   TARGETS.md: RetinaMNIST AUC 0.717 / ACC 0.524, PneumoniaMNIST 0.944 / 0.854 (one run each;
+            an independent 3-seed rerun: 0.738±0.001 / 0.511±0.025 and 0.942±0.014 / 0.812±0.054).
+Wall-clock: not yet measured here (about 850 / 3,700 steps for RetinaMNIST / PneumoniaMNIST: a GPU job).
+"""
+import math
+
+from medssl_jax import config as config_lib
+from medssl_jax.augment import views
+from medssl_jax.data import shared
+from tfds_builders.medmnist import DATASETS
+
+_EPOCHS, _BATCH = 100, 128
+
+
+def get_config(arg=None):
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  quick = "quick" in parts
+  names = [p for p in parts if p != "quick"]
+  name = names[0] if names else "retinamnist"
+  unknown = names[1:]
+  if name not in DATASETS or unknown:
+    raise ValueError(f"configs/medmnist_supervised.py:{arg}: expected '<dataset>[,quick]' with a dataset "
+                     f"in {sorted(DATASETS)}")
+  task, channels, labels, (n_train, _, _) = DATASETS[name]
+  if task == "multi-label":
+    raise ValueError(f"{name} is multi-label; this recipe config covers the single-label datasets")
+  c = config_lib.base_config()
+  c.mode = "supervised"
+  c.data.builder = "medmnist"
+  c.data.builder_config = name
+  c.data.manual_dir = str(shared.shared_data_dir() / name)
+  c.data.image_size = 28
+  c.data.channels = channels
+  c.data.mean = (0.5,) * channels
+  c.data.std = (0.5,) * channels
+  c.data.val_split = "validation"
+  c.model.encoder = "resnet18"
+  c.model.stem = "cifar"
+  c.model.width_multiplier = 1.0
+  # One full-size view: the fine-tuning protocol resizes to its crop size; no augmentation is applied.
+  c.augment.views = [views.default_view(crop_size=28), views.default_view(crop_size=28)]
+  epoch = math.ceil(n_train / _BATCH)
+  c.eval.protocol = "finetune"
+  c.eval.compare_random_init = False
+  c.eval.batch_size = 256
+  c.eval.finetune_steps = _EPOCHS * epoch
+  c.eval.finetune_batch_size = _BATCH
+  c.eval.finetune_learning_rate = 1e-3
+  c.eval.finetune_weight_decay = 0.0
+  c.eval.finetune_schedule = "multistep"
+  c.eval.finetune_milestones = (0.5, 0.75)
+  c.eval.finetune_augment = False
+  c.eval.finetune_eval_every = epoch
+  if quick:
+    c.model.width_multiplier = 0.125
+    c.eval.finetune_steps = 2 * epoch
+    c.eval.finetune_batch_size = 32
+  return c
