@@ -8,7 +8,8 @@ Command:    python main.py --config=configs/medmnist_supervised.py:retinamnist -
             (`:<dataset>` is any MedMNIST 2D name at 28 px, e.g. pneumoniamnist, breastmnist;
             `:<dataset>,quick` (`:quick` = RetinaMNIST) runs 2 epochs of a narrow network for smoke tests.)
 Data:       medmnist/<dataset> from the official npz in --config.data.manual_dir (default
-            $MEDSSL_SHARED_DATA/<dataset>, which must hold <dataset>.npz under its official name).
+            $MEDSSL_SHARED_DATA/<dataset>: <dataset>.npz, or one renamed copy of it, e.g. the shared
+            pneumoniamnist_reconstructed.npz).
 Expected:   TARGETS.md: RetinaMNIST AUC 0.717 / ACC 0.524, PneumoniaMNIST 0.944 / 0.854 (one run each;
             an independent 3-seed rerun: 0.738±0.001 / 0.511±0.025 and 0.942±0.014 / 0.812±0.054).
 Wall-clock: not yet measured here (about 850 / 3,700 steps for RetinaMNIST / PneumoniaMNIST: a GPU job).

@@ -5,9 +5,8 @@ Reproduces: MedMNIST v2's "ResNet-18 (28)" rows (Yang et al. 2023, TARGETS.md), 
             batch 128, 100 epochs, x0.1 at epochs 50 and 75, no augmentation, best validation AUC).
 Command:    python -m medssl_jax.tables.runner --table=configs/table_medmnist_supervised.py --workdir=/tmp/medmnist_t1
             (`:quick`: 2 epochs of a narrow network per row, to check the plumbing). The manual dirs default
-            to $MEDSSL_SHARED_DATA/<dataset>, which must hold <dataset>.npz under the official name: for the
-            shared PneumoniaMNIST reconstruction, link pneumoniamnist_reconstructed.npz as pneumoniamnist.npz
-            in a folder of your own and pass --table.data.manual_dir for that row (see the README).
+            to $MEDSSL_SHARED_DATA/<dataset> (the builder takes <dataset>.npz, or else one renamed copy
+            such as the shared pneumoniamnist_reconstructed.npz, and says so).
 Expected:   published ResNet-18 (28): RetinaMNIST AUC 0.717 / ACC 0.524, PneumoniaMNIST 0.944 / 0.854; an
             independent 3-seed rerun: 0.738±0.001 / 0.511±0.025 and 0.942±0.014 / 0.812±0.054.
 Wall-clock: not yet run (about 850 and 3,700 steps of a full ResNet-18 per seed: a GPU job).

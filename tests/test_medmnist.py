@@ -123,3 +123,18 @@ def test_grayscale_through_the_pipeline_and_a_train_step(tmp_path):
   step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
   _, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.key(1))
   assert np.isfinite(float(metrics["loss"]))
+
+
+def test_one_renamed_copy_is_used_and_said(tmp_path, capsys):
+  """A single renamed copy (e.g. the shared pneumoniamnist_reconstructed.npz) is read with a notice;
+  another size's file never is, and two candidates are ambiguous (the official name is asked for)."""
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  arrays = write_npz(manual / "breastmnist_reconstructed.npz", channels=1, num_labels=2)
+  write_npz(manual / "breastmnist_64.npz", size=64, channels=1, num_labels=2)
+  b = build(tmp_path, "breastmnist", manual)
+  assert "using breastmnist_reconstructed.npz (not the official file name)" in capsys.readouterr().out
+  np.testing.assert_array_equal(pipeline.load_split_arrays(b, split="test")["image"][..., 0], arrays["test_images"])
+  write_npz(manual / "breastmnist_other.npz", channels=1, num_labels=2)
+  with pytest.raises(FileNotFoundError, match=r"official MedMNIST file .*manual/breastmnist.npz"):
+    pipeline.get_builder("medmnist", config="breastmnist", data_dir=str(tmp_path / "tfds2"), manual_dir=str(manual))

@@ -132,8 +132,25 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder):
                          f'{sorted(set(np.unique(y).tolist()))}')
     return data
 
+  def _find_file(self, manual_dir) -> str:
+    """The official file, or else the one unambiguous renamed copy of it (e.g. a re-assembled
+    `pneumoniamnist_reconstructed.npz`), said out loud; never another size's file."""
+    c = self.builder_config
+    official = os.path.join(manual_dir, c.file_name)
+    if os.path.exists(official):
+      return official
+    stem = c.file_name[:-len('.npz')]
+    others = {f'{c.dataset}_{size}' for size in SIZES if size != c.image_size} | {c.dataset}
+    candidates = sorted(f for f in os.listdir(manual_dir) if f.endswith('.npz') and f.startswith(stem + '_')
+                        and not any(f[:-4] == o or f.startswith(o + '_') and o != stem for o in others))
+    if len(candidates) == 1:
+      print(f'medmnist/{c.name}: {c.file_name} not found in {manual_dir}; using {candidates[0]} '
+            '(not the official file name)', flush=True)
+      return os.path.join(manual_dir, candidates[0])
+    return official  # _load names the missing official file.
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    data = self._load(os.path.join(dl_manager.manual_dir, self.builder_config.file_name))
+    data = self._load(self._find_file(dl_manager.manual_dir))
     return {split: self._generate_examples(data[f'{prefix}_images'], data[f'{prefix}_labels'])
             for split, prefix in _SPLITS}
 
