@@ -417,6 +417,8 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
     if os.path.exists(path):
       with open(path) as f:
         record = dict(json.load(f), status="cached")
+      if record.get("config", {}).get("mode") == "supervised":  # Rows written before supervised rows were named.
+        record["objective"] = "none (supervised)"
       print(f"[{i}/{len(rows)}] cached   {row['slug']} (finished {record.get('finished', '?')})", flush=True)
     else:
       print(f"[{i}/{len(rows)}] running  {row['slug']} (pretraining: pretrain/{row['pretrain_slug']})", flush=True)
