@@ -77,6 +77,11 @@ def label_subset(config, builder, workdir: str | None):
   return np.asarray(record["indices"], np.int64), record
 
 
+def _subset_summary(subset) -> dict:
+  """What a results row records about its label subset (the index list stays in the subset file)."""
+  return {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
+
+
 def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = None) -> dict:
   """Linear-probes each named (model, variables) encoder on the same splits; returns {name: metrics}."""
   d, e = config.data, config.eval
@@ -111,7 +116,7 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
       detail = f"l2={results[name]['l2']:g}"
     r = results[name]
     if subset is not None:
-      r["label_subset"] = {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
+      r["label_subset"] = _subset_summary(subset)
     print(f"{e.protocol} [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  ({detail})", flush=True)
   print(f"{e.protocol} evaluations done in {time.perf_counter() - t0:.0f}s "
         f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
@@ -144,7 +149,7 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         milestones=tuple(e.finetune_milestones), augment=e.finetune_augment)
     r.pop("curve", None)  # Per-step training curve: in the log, not in the results table.
     if subset is not None:
-      r["label_subset"] = {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
+      r["label_subset"] = _subset_summary(subset)
     results[name] = r
     print(f"finetune [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  "
           f"(selected step {r['selected_step']})", flush=True)
