@@ -12,7 +12,7 @@ Data:       medmnist/<dataset> from the official npz in --config.data.manual_dir
             pneumoniamnist_reconstructed.npz).
 Expected:   TARGETS.md: RetinaMNIST AUC 0.717 / ACC 0.524, PneumoniaMNIST 0.944 / 0.854 (one run each;
             an independent 3-seed rerun: 0.738±0.001 / 0.511±0.025 and 0.942±0.014 / 0.812±0.054).
-Wall-clock: not yet measured here (about 850 / 3,700 steps for RetinaMNIST / PneumoniaMNIST: a GPU job).
+Wall-clock: not yet measured here (900 / 3,700 steps for RetinaMNIST / PneumoniaMNIST: 100 epochs of ceil(N/128) steps; a GPU job).
 """
 import math
 
