@@ -240,7 +240,9 @@ def run(config, workdir: str):
     encoders = {f"{config.objective.name} (pretrained)": (model, variables, False)}
   if config.eval.compare_random_init and config.mode != "supervised":
     rmodel, rvars = random_init_variables(config)
-    encoders["random init"] = (rmodel, rvars, True)
+    # Fine-tuned with labels, the random encoder is the supervised-from-scratch baseline: say so.
+    name = "supervised (random init)" if config.eval.protocol == "finetune" else "random init"
+    encoders[name] = (rmodel, rvars, True)
   results = probe(config, encoders, builder=builder, mesh=mesh, workdir=workdir)
   table = format_table(results, config=config)
   print("\n" + table + "\n", flush=True)

@@ -197,3 +197,65 @@ def test_supervised_rows_train_from_scratch_without_pretraining(tmp_path):
   assert not (tmp_path / "t" / "pretrain").exists() or not any((tmp_path / "t" / "pretrain").iterdir())
   md = pathlib.Path(out["md"]).read_text()
   assert "supervised (random init)" in md and "published" in md and "0.717" in md
+
+
+def _load_table_module(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_medmnist_ssl_table_grid():
+  """Table 2 of issue 5: per dataset, SimCLR pretrainings shared by every protocol and label fraction of a
+  seed; the seed also picks the label subset; the CPU variants override only the budget."""
+  module = _load_table_module("table_medmnist_ssl")
+  rows = runner.build_rows(module.get_table())
+  assert len(rows) == 2 * 2 * 3 * 3 and len({r["pretrain_slug"] for r in rows}) == 2 * 3
+  assert {(r["config"].data.builder_config, r["config"].eval.protocol, r["config"].eval.train_subset)
+          for r in rows} == {(d, p, s) for d in ("retinamnist", "pneumoniamnist")
+                             for p in ("linear_probe", "finetune") for s in ("1%", "10%", "")}
+  assert all(r["config"].eval.subset_seed == r["config"].seed for r in rows)
+  assert all(r["config"].objective.name == "simclr" and r["config"].eval.compare_random_init for r in rows)
+  cpu = runner.build_rows(module.get_table("retina_cpu"))
+  assert len(cpu) == 18 and {r["config"].model.width_multiplier for r in cpu} == {0.25}
+  assert {r["config"].data.channels for r in runner.build_rows(module.get_table("pneumonia_cpu"))} == {1}
+  with pytest.raises(ValueError, match="Unknown table variant 'retina'"):
+    module.get_table("retina")
+
+
+def test_subset_seed_from_seed_conflicts_with_a_subset_seed_axis(tfds_dir):
+  table = tiny_table(tfds_dir)
+  table.subset_seed_from_seed = True
+  assert {r["config"].eval.subset_seed for r in runner.build_rows(table)} == {0, 1}
+  table.grid.eval.subset_seed = (0, 1)
+  with pytest.raises(ValueError, match="subset_seed_from_seed=True.*remove the grid axis eval.subset_seed"):
+    runner.build_rows(table)
+
+
+def test_medmnist_ssl_table_runs_on_a_dummy_npz(tmp_path):
+  """The quick table on a dummy RetinaMNIST: one SimCLR pretraining, linear probe and fine-tune rows at 10%
+  and 100%, with the random encoder (probe) and supervised-from-scratch (fine-tune) baselines named."""
+  from test_medmnist import write_npz
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  write_npz(manual / "retinamnist.npz", sizes=(40, 10, 12))
+  table = _load_table_module("table_medmnist_ssl").get_table("quick")
+  table.base_config = table.base_config[:1]
+  table.grid.seed = (0,)
+  table.grid.eval.train_subset = ("50%", "")
+  out = runner.run_table(table, workdir=str(tmp_path / "t"), overrides={
+      "data.manual_dir": str(manual), "data.data_dir": str(tmp_path / "tfds"), "train.num_steps": 3,
+      "train.checkpoint_every": 3, "train.batch_size": 8, "eval.finetune_steps": 2, "eval.finetune_eval_every": 2,
+      "eval.finetune_batch_size": 8, "eval.max_iter": 5})
+  assert [r["status"] for r in out["rows"]] == ["ran"] * 4
+  assert len(list((tmp_path / "t" / "pretrain").iterdir())) == 1
+  encoders = {(r["protocol"], e) for r in out["rows"] for e in r["results"]}
+  assert encoders == {("linear_probe", "simclr (pretrained)"), ("linear_probe", "random init"),
+                      ("finetune", "simclr (pretrained)"), ("finetune", "supervised (random init)")}
+  subsets = {r["results"]["random init"]["label_subset"]["num_selected"] for r in out["rows"]
+             if r["protocol"] == "linear_probe" and r["train_subset"] == "50%"}
+  assert subsets == {20}
+  md = pathlib.Path(out["md"]).read_text()
+  assert "supervised (random init)" in md and "0.717" in md and out["png"] and os.path.exists(out["png"])

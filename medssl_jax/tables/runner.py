@@ -14,6 +14,8 @@ A table config file defines `get_table(arg=None)` returning a ConfigDict with (c
   published    (optional) tuple of dicts shown beside ours, marked published: dataset, method, source,
                accuracy and/or auroc (fractions), optional protocol, labels, note.
   description  (optional) one line under the title.
+  subset_seed_from_seed  (optional, default False) each row's eval.subset_seed is its seed, so seeds vary
+               the labelled subset too (the usual low-label protocol); eval.subset_seed may not be an axis then.
 It also defines `get_config(arg=None)` returning the (first) base experiment config, so that every file in
 configs/ stays a runnable, validated experiment config (main.py runs the base row; tests/test_config.py).
 
@@ -49,7 +51,7 @@ from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description")
+TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description", "subset_seed_from_seed")
 PUBLISHED_KEYS = ("dataset", "method", "source", "accuracy", "auroc", "protocol", "labels", "note")
 # Keys the runner sets itself (mode), or that say where data lives or how often to log: they never
 # change a result, so they stay out of the row and pretraining hashes.
@@ -163,6 +165,12 @@ def validate_table(table) -> ml_collections.ConfigDict:
   if "overrides" in table:
     for key in _leaves(table.overrides):
       _check_key(base, key, "table.overrides")
+  if table.get("subset_seed_from_seed", False):
+    if not isinstance(table.subset_seed_from_seed, bool):
+      raise ValueError(f"table.subset_seed_from_seed must be True or False, got {table.subset_seed_from_seed!r}")
+    if "eval.subset_seed" in _leaves(table.grid):
+      raise ValueError("table.subset_seed_from_seed=True sets eval.subset_seed from each row's seed; remove the "
+                       "grid axis eval.subset_seed (or set subset_seed_from_seed=False)")
   for i, row in enumerate(table.get("published", None) or ()):
     if not _is_section(row):
       raise ValueError(f"table.published[{i}] must be a dict, got {row!r}")
@@ -267,6 +275,8 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
     for key, value in itertools.chain(constant.items(), ((k, v) for k, v in axes.items() if k != "base_config")):
       _check_key(config, key, where)
       _set(config, key, value, where)
+    if table.get("subset_seed_from_seed", False):
+      config.eval.subset_seed = config.seed
     try:
       config_lib.validate(config)
     except ValueError as e:
@@ -407,7 +417,7 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
   rows = build_rows(table, overrides=overrides)  # Every row is validated before anything runs.
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  n_pretrain = len({r["pretrain_slug"] for r in rows})
+  n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode != "supervised"})  # Supervised rows have none.
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
   records, t_table = [], time.perf_counter()
   for i, row in enumerate(rows, 1):
