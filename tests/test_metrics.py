@@ -163,3 +163,28 @@ def test_mean_std_and_format():
     metrics.mean_std([])
   with pytest.raises(ValueError, match="finite"):
     metrics.mean_std([0.5, float("nan")])
+
+
+def test_report_adds_kappa_and_bootstrap_intervals():
+  from sklearn.metrics import cohen_kappa_score
+  from medssl_jax.evals import metrics
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(5), 40)
+  probs = rng.dirichlet(np.ones(5), size=len(y))
+  probs[np.arange(len(y)), y] += rng.uniform(0, 1.0, len(y))  # Informative but imperfect scores.
+  probs /= probs.sum(1, keepdims=True)
+  assert metrics.report(y, probs) == {}
+  r = metrics.report(y, probs, ordinal=True, bootstrap_samples=200, seed=3)
+  assert r["kappa"] == pytest.approx(cohen_kappa_score(y, probs.argmax(1), weights="quadratic"))
+  auc, acc = metrics.auroc(y, probs)[0], metrics.accuracy(y, probs)
+  for name, point in (("auroc", auc), ("accuracy", acc), ("kappa", r["kappa"])):
+    low, high = r[f"{name}_ci"]
+    assert low < point < high and high - low < 0.35, (name, low, point, high)
+  # Same as bootstrap_ci called directly (stratified), so the interval is reproducible from the seed.
+  direct = metrics.bootstrap_ci(lambda a, b: metrics.auroc(a, b)[0], y, probs, num_samples=200, seed=3,
+                                stratified=True)
+  assert r["auroc_ci"] == [direct["low"], direct["high"]] and r["ci_level"] == 0.95
+  multi = metrics.report(rng.integers(0, 2, (50, 3)), rng.uniform(size=(50, 3)), bootstrap_samples=20)
+  assert set(multi) == {"auroc_ci", "accuracy_ci", "ci_level", "bootstrap_samples"}
+  with pytest.raises(ValueError, match="ordinal=True.*single-label"):
+    metrics.report(np.zeros((4, 3), int), np.zeros((4, 3)), ordinal=True)

@@ -183,3 +183,40 @@ def format_mean_std(values, *, digits: int = 3) -> str:
   if n == 1:
     return f"{mean:.{digits}f} (n=1)"
   return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def report(labels, probs, *, ordinal: bool = False, bootstrap_samples: int = 0, seed: int = 0,
+           alpha: float = 0.05) -> dict:
+  """What every evaluation records beside accuracy / AUROC, from the test labels and class scores.
+
+  ordinal=True (graded labels such as DR grade 0-4) adds "kappa": quadratic-weighted kappa of the argmax
+  grade. bootstrap_samples > 0 adds percentile bootstrap intervals "auroc_ci" / "accuracy_ci" (and
+  "kappa_ci") as [low, high] at level 1 - alpha, resampling test examples within each class (single-label)
+  or all rows together (multi-label [N, K] targets), with `seed`. Empty dict when neither is asked for.
+  """
+  labels = np.asarray(labels)
+  probs = np.asarray(probs, np.float64)
+  multi_label = labels.ndim == 2
+  if ordinal and multi_label:
+    raise ValueError("ordinal=True (quadratic-weighted kappa) needs single-label grades [N]; got multi-label "
+                     f"targets of shape {labels.shape}")
+  out = {}
+  k = probs.shape[1] if probs.ndim == 2 else 2
+  kappa = lambda y, s: quadratic_weighted_kappa(y, s, num_classes=k)
+  if ordinal:
+    out["kappa"] = kappa(labels, probs)
+  if bootstrap_samples:
+    if multi_label:
+      fns = {"auroc": lambda y, s: multilabel_auroc(y, s)[0],
+             "accuracy": lambda y, s: accuracy(y.ravel().astype(np.int32), s.ravel())}
+    else:
+      fns = {"auroc": lambda y, s: auroc(y, s)[0], "accuracy": accuracy}
+      if ordinal:
+        fns["kappa"] = kappa
+    for name, fn in fns.items():
+      ci = bootstrap_ci(fn, labels, probs, num_samples=bootstrap_samples, alpha=alpha, seed=seed,
+                        stratified=not multi_label)
+      out[f"{name}_ci"] = [ci["low"], ci["high"]]
+    out["ci_level"] = 1 - alpha
+    out["bootstrap_samples"] = int(bootstrap_samples)
+  return out
