@@ -43,6 +43,7 @@ def get_config(arg=None):
   c.data.mean = (0.5,) * channels
   c.data.std = (0.5,) * channels
   c.data.val_split = "validation"
+  c.eval.ordinal = task == "ordinal-regression"  # RetinaMNIST's DR grades: quadratic-weighted kappa too.
   c.model.encoder = "resnet18"
   c.model.stem = "cifar"
   c.model.width_multiplier = 1.0

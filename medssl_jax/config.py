@@ -11,7 +11,7 @@ import ml_collections
 
 from medssl_jax.augment import views as views_lib
 
-MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised")
+MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised", "analyze")
 EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
 
 
@@ -114,6 +114,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.train_subset = ""
   c.eval.subset_seed = 0
   c.eval.subset_file = ""
+  # Where to cut (protocols linear_probe and knn; issue 5's "guillotine" comparison): the layers whose
+  # frozen features are probed, named as medssl_jax.evals.representation.available_layers gives them for
+  # the model, e.g. ("backbone", "projector/hidden1", "projector/out") or ResNet "stage1".."stage3".
+  # The default probes the backbone output only, with the results keys and file names of before.
+  c.eval.feature_layers = ("backbone",)
+  # Also neural-collapse measures (within- vs between-class variability, NC1/NC2, nearest class mean)
+  # of each probed layer's train and test features, stored in the results per encoder and layer.
+  c.eval.neural_collapse = False
+  # Metrics beside accuracy / AUROC (medssl_jax.evals.metrics.report): quadratic-weighted kappa for graded
+  # labels (DR grade 0-4: RetinaMNIST, EyePACS, APTOS, ...), and percentile bootstrap intervals (test
+  # examples resampled within each class; 0 = none) of AUROC, accuracy (and kappa).
+  c.eval.ordinal = False
+  c.eval.bootstrap_samples = 1000
+
+  # mode "analyze" (medssl_jax/analysis.py): representation analysis of the pretrained encoder in the
+  # workdir (and a random-init one when eval.compare_random_init), written to <workdir>/analysis/.
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.split = ""                 # Records analysed ("" = data.test_split).
+  c.analysis.max_examples = 512         # At most this many (a seeded random subset, split order kept; 0 = all).
+  c.analysis.label_key = "label"        # Single-label class feature for colours / neural collapse (e.g. "eye").
+  c.analysis.layers = ()                # Layers (representation.available_layers names); () = all of them.
+  c.analysis.nc_weighting = "balanced"  # Neural-collapse class weighting: "balanced" or "samples".
+  c.analysis.embedding_method = "tsne"  # 2-D map per layer: "tsne", "pca" or "none".
+  # Attention maps: "auto" (grad_cam for ResNets, rollout for ViTs), "grad_cam" (linear probe head fit on
+  # data.train_split features), "label_free" (= grad_feature_norm), "activation_norm",
+  # "grad_feature_norm", "rollout" (ViT) or "none".
+  c.analysis.attention = "auto"
+  c.analysis.cam_target = "label"       # grad_cam target class: "label" (the true class) or "predicted".
+  c.analysis.num_attention_images = 16  # Images in the overlay grid PNG (maps are computed for all).
+  c.analysis.mask_key = ""              # Mask feature (e.g. "mask", "fov_mask"): fraction of attention inside.
+
+  # Out-of-distribution targets (medssl_jax/evals/ood.py): the trained classifier scored on other datasets'
+  # splits sharing its label. A tuple of dicts: name, builder, label_map {target class: (source classes,)},
+  # optional builder_config, data_dir, manual_dir, split ("test"). Empty: no OOD evaluation.
+  c.ood = ml_collections.ConfigDict()
+  c.ood.targets = ()
   return c
 
 
@@ -132,6 +168,32 @@ def _check_keys(config, schema, path=""):
 def _check_choice(value, choices, name):
   if value not in choices:
     raise ValueError(f"{name}={value!r} is not known; valid choices: {list(choices)}")
+
+
+def _check_feature_layers(config):
+  """eval.feature_layers / eval.neural_collapse: known layer names of this model, protocols that use them."""
+  from medssl_jax import models  # Local import: the registries import jax.
+  from medssl_jax.evals import representation
+
+  e = config.eval
+  layers = e.feature_layers
+  if (isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not layers
+      or not all(isinstance(l, str) for l in layers)):
+    raise ValueError(f"config.eval.feature_layers must be a non-empty tuple of layer names, e.g. "
+                     f"('backbone', 'projector/out'), got {layers!r}")
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"config.eval.feature_layers lists a layer twice: {tuple(layers)!r}")
+  if e.protocol == "finetune" and (tuple(layers) != ("backbone",) or e.neural_collapse):
+    raise ValueError("config.eval.feature_layers and eval.neural_collapse apply to the frozen-feature protocols "
+                     "(linear_probe, knn); eval.protocol='finetune' trains a head on the backbone output, so it "
+                     f"needs feature_layers=('backbone',) and neural_collapse=False, got {tuple(layers)!r} and "
+                     f"{e.neural_collapse!r}")
+  # Building the module is cheap (no parameters are created) and names exactly what layer_features accepts.
+  valid = representation.available_layers(models.build_model(config))
+  unknown = [l for l in layers if l not in valid]
+  if unknown:
+    raise ValueError(f"config.eval.feature_layers: unknown layer(s) {unknown} for {config.model.encoder} with "
+                     f"the {config.objective.name!r} heads; valid layers: {valid}")
 
 
 def validate(config) -> ml_collections.ConfigDict:
@@ -176,7 +238,64 @@ def validate(config) -> ml_collections.ConfigDict:
   if len(config.data.mean) != config.data.channels or len(config.data.std) != config.data.channels:
     raise ValueError(f"config.data.mean/std need {config.data.channels} values (config.data.channels), "
                      f"got {tuple(config.data.mean)} / {tuple(config.data.std)}")
+  if not isinstance(config.eval.bootstrap_samples, int) or config.eval.bootstrap_samples < 0:
+    raise ValueError(f"config.eval.bootstrap_samples must be an integer >= 0 (0 = no intervals), got "
+                     f"{config.eval.bootstrap_samples!r}")
+  _check_feature_layers(config)  # Last: it builds the model, which needs the checks above to have passed.
+  _check_analysis(config)
+  _check_ood(config)
   return config
+
+
+def _check_ood(config):
+  """The ood section: target keys, builder names and label-map shape (class names are checked at run time,
+  against the datasets, by medssl_jax.evals.ood.evaluate_targets)."""
+  from medssl_jax.data import pipeline
+  from medssl_jax.evals import ood as ood_lib
+
+  ood_lib.validate_targets(config.ood.targets, builders=pipeline.BUILDERS)
+
+
+ANALYSIS_ATTENTION = ("auto", "grad_cam", "label_free", "activation_norm", "grad_feature_norm", "rollout", "none")
+
+
+def _check_analysis(config):
+  """The analysis section (mode "analyze"): choices, counts, and layer names of this model."""
+  from medssl_jax import models  # Local import: the registries import jax.
+  from medssl_jax.evals import representation
+
+  a = config.analysis
+  _check_choice(a.embedding_method, ("tsne", "pca", "none"), "config.analysis.embedding_method")
+  _check_choice(a.nc_weighting, representation.WEIGHTINGS, "config.analysis.nc_weighting")
+  _check_choice(a.attention, ANALYSIS_ATTENTION, "config.analysis.attention")
+  _check_choice(a.cam_target, ("label", "predicted"), "config.analysis.cam_target")
+  for k in ("max_examples", "num_attention_images"):
+    if not isinstance(a[k], int) or a[k] < 0:
+      raise ValueError(f"config.analysis.{k} must be an integer >= 0, got {a[k]!r}")
+  if not a.label_key:
+    raise ValueError("config.analysis.label_key must name the dataset's class feature (e.g. 'label'), got ''")
+  if a.mask_key and a.attention == "none":
+    raise ValueError(f"config.analysis.mask_key={a.mask_key!r} measures attention inside a mask, but "
+                     "config.analysis.attention='none' computes no maps; set attention (e.g. 'auto') or clear mask_key")
+  layers = a.layers
+  if isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not all(isinstance(l, str) for l in layers):
+    raise ValueError(f"config.analysis.layers must be a tuple of layer names (() = all), got {layers!r}")
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"config.analysis.layers lists a layer twice: {tuple(layers)!r}")
+  if config.mode == "analyze":
+    vit = config.model.encoder not in ("resnet18", "resnet50")  # The ViTs (MAE's encoder is one).
+    if vit and a.attention in ("grad_cam", "label_free", "activation_norm", "grad_feature_norm"):
+      raise ValueError(f"config.analysis.attention={a.attention!r} needs a ResNet; {config.model.encoder} is a ViT: "
+                       "use 'rollout' (or 'auto')")
+    if not vit and a.attention == "rollout":
+      raise ValueError(f"config.analysis.attention='rollout' needs a ViT; {config.model.encoder} is a ResNet: use "
+                       "'grad_cam', 'label_free' (or 'auto')")
+    if layers:
+      valid = representation.available_layers(models.build_model(config))
+      unknown = [l for l in layers if l not in valid]
+      if unknown:
+        raise ValueError(f"config.analysis.layers: unknown layer(s) {unknown} for {config.model.encoder} with the "
+                         f"{config.objective.name!r} heads; valid layers: {valid}")
 
 
 def with_variant(config, arg: str | None, variants: Mapping[str, Callable]) -> ml_collections.ConfigDict:

@@ -14,6 +14,9 @@ from medssl_jax.data import subsets
 from medssl_jax.evals import finetune as finetune_lib
 from medssl_jax.evals import knn as knn_lib
 from medssl_jax.evals import linear_probe as probe_lib
+from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.evals import ood as ood_lib
+from medssl_jax.evals import representation
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib
@@ -82,8 +85,47 @@ def _subset_summary(subset) -> dict:
   return {k: subset[k] for k in ("spec", "seed", "num_selected", "num_records", "sha256", "file")}
 
 
+DEFAULT_LAYERS = ("backbone",)
+
+
+def _layered(config) -> bool:
+  """Whether results are per layer (keys 'name @ layer', a layer column): any eval.feature_layers but the default."""
+  return tuple(config.eval.feature_layers) != DEFAULT_LAYERS
+
+
+def result_key(name: str, layer: str, *, layered: bool) -> str:
+  """The results key of one encoder and layer: the encoder name alone for the default backbone-only
+  probe (as before layers were selectable), else 'simclr (pretrained) @ projector/out'."""
+  return f"{name} @ {layer}" if layered else name
+
+
+def _frozen_features(model, variables, images, *, layers, mesh, **kw) -> dict:
+  """{layer: features [N, d]} of uint8 images, one forward pass for all layers."""
+  if tuple(layers) == DEFAULT_LAYERS:
+    # The backbone alone: exactly the linear-probe module's features (and its compiled program).
+    return {"backbone": probe_lib.extract_features(model, variables, images, mesh=mesh, **kw)}
+  return representation.layer_features(model, variables, images, layers=list(layers), mesh=mesh, **kw)
+
+
+def _neural_collapse(train_features, train_labels, test_features, test_labels) -> dict:
+  """Neural-collapse measures of one layer on the train and test features (class means of each split),
+  plus nearest-class-centre accuracy on the test split with the training split's class means."""
+  return {"train": representation.neural_collapse(features=train_features, labels=train_labels),
+          "test": representation.neural_collapse(features=test_features, labels=test_labels),
+          "ncc_test_accuracy": representation.ncc_accuracy(
+              train_features=train_features, train_labels=train_labels, test_features=test_features,
+              test_labels=test_labels)}
+
+
 def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = None) -> dict:
-  """Linear-probes each named (model, variables) encoder on the same splits; returns {name: metrics}."""
+  """Linear-probes (or kNN-classifies, per eval.protocol) the frozen features of each named
+  (model, variables, recalibrate) encoder on the same splits; returns {key: metrics}.
+
+  Each encoder is probed at every layer of eval.feature_layers (features of all layers from one
+  forward pass); keys are the encoder names for the default ("backbone",), else 'name @ layer', and
+  every result records its "layer". With eval.neural_collapse, each result also holds
+  "neural_collapse": {"train": ..., "test": ..., "ncc_test_accuracy": ...} of that layer's features.
+  """
   d, e = config.data, config.eval
   t0 = time.perf_counter()
   indices, subset = label_subset(config, builder, workdir)
@@ -96,34 +138,66 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   size = config.augment.views[0].crop_size
   kw = dict(image_size=size, mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
   results = {}
+  # OOD targets (config.ood): loaded once, scored by every encoder's trained classifier.
+  ood_targets = ood_lib.load_targets(config) if config.ood.targets else None
+  source_classes = pipeline.class_names(builder)
   if e.protocol == "finetune":
     return _finetune_all(config, encoders, builder=builder, train=train, test=test, subset=subset,
-                         num_classes=num_classes, mesh=mesh, t0=t0)
+                         num_classes=num_classes, mesh=mesh, t0=t0, ood_targets=ood_targets,
+                         source_classes=source_classes)
+  if e.neural_collapse and (np.ndim(train["label"]) != 1 or np.ndim(test["label"]) != 1):
+    raise ValueError(f"config.eval.neural_collapse needs one class label per image; {config.data.builder} "
+                     f"labels have shape {np.shape(train['label'])[1:]} per image (multi-label)")
+  layers, layered = tuple(e.feature_layers), _layered(config)
   for name, (model, variables, recalibrate) in encoders.items():
     if recalibrate:
       variables = probe_lib.recalibrate_batch_stats(model, variables, train["image"], image_size=size,
                                                     mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
-    tr = probe_lib.extract_features(model, variables, train["image"], mesh=mesh, **kw)
-    te = probe_lib.extract_features(model, variables, test["image"], mesh=mesh, **kw)
-    if e.protocol == "knn":
-      results[name] = knn_lib.knn_eval(train_features=tr, train_labels=train["label"], test_features=te,
-                                       test_labels=test["label"], num_classes=num_classes, k=e.knn_k,
-                                       temperature=e.knn_temperature, weighting=e.knn_weighting)
-      detail = f"k={e.knn_k}"
-    else:
-      results[name] = probe_lib.linear_probe(tr, train["label"], te, test["label"], num_classes=num_classes,
-                                             l2_grid=tuple(e.l2_grid), max_iter=e.max_iter, seed=config.seed)
-      detail = f"l2={results[name]['l2']:g}"
-    r = results[name]
-    if subset is not None:
-      r["label_subset"] = _subset_summary(subset)
-    print(f"{e.protocol} [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  ({detail})", flush=True)
+    train_features = _frozen_features(model, variables, train["image"], layers=layers, mesh=mesh, **kw)
+    test_features = _frozen_features(model, variables, test["image"], layers=layers, mesh=mesh, **kw)
+    for layer in layers:
+      tr, te = train_features[layer], test_features[layer]
+      if e.protocol == "knn":
+        r = knn_lib.knn_eval(train_features=tr, train_labels=train["label"], test_features=te,
+                             test_labels=test["label"], num_classes=num_classes, k=e.knn_k,
+                             temperature=e.knn_temperature, weighting=e.knn_weighting)
+        score = lambda f, tr=tr: knn_lib.knn_scores(
+            train_features=tr, train_labels=train["label"], test_features=f, num_classes=num_classes, k=e.knn_k,
+            temperature=e.knn_temperature, weighting=e.knn_weighting)
+        detail = f"k={e.knn_k}"
+      else:
+        r, score = probe_lib.linear_probe(tr, train["label"], te, test["label"], num_classes=num_classes,
+                                          l2_grid=tuple(e.l2_grid), max_iter=e.max_iter, seed=config.seed,
+                                          return_predictor=True)
+        detail = f"l2={r['l2']:g}"
+      r["layer"] = layer
+      r.update(_report(config, test["label"], score(te)))
+      if ood_targets:
+        predict = lambda images, score=score, layer=layer, model=model, variables=variables: score(
+            _frozen_features(model, variables, images, layers=(layer,), mesh=mesh, **kw)[layer])
+        r["ood"] = ood_lib.evaluate_targets(config, predict=predict, source_classes=source_classes,
+                                            loaded=ood_targets)
+      if e.neural_collapse:
+        r["neural_collapse"] = nc = _neural_collapse(tr, train["label"], te, test["label"])
+        detail += f"; NC1 train {nc['train']['nc1']:.4g} / test {nc['test']['nc1']:.4g}"
+      if subset is not None:
+        r["label_subset"] = _subset_summary(subset)
+      key = result_key(name, layer, layered=layered)
+      results[key] = r
+      print(f"{e.protocol} [{key}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  ({detail})", flush=True)
   print(f"{e.protocol} evaluations done in {time.perf_counter() - t0:.0f}s "
         f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
   return results
 
 
-def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes, mesh, t0):
+def _report(config, labels, probs) -> dict:
+  """Kappa (eval.ordinal) and bootstrap intervals (eval.bootstrap_samples) of one evaluation's test scores."""
+  return metrics_lib.report(labels, probs, ordinal=config.eval.ordinal,
+                            bootstrap_samples=config.eval.bootstrap_samples, seed=config.seed)
+
+
+def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes, mesh, t0, ood_targets=None,
+                  source_classes=None):
   """eval.protocol=finetune: each encoder's backbone fine-tuned with a new head on the (subset of the)
   training split, checkpoint selected by validation AUROC on data.val_split, scored on the test split.
   A randomly initialised encoder trained this way is the supervised-from-scratch baseline."""
@@ -146,7 +220,12 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         weight_decay=e.finetune_weight_decay, backbone_lr_scale=e.finetune_backbone_lr_scale,
         warmup_steps=e.finetune_warmup_steps, eval_every=e.finetune_eval_every or None,
         eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh, schedule=e.finetune_schedule,
-        milestones=tuple(e.finetune_milestones), augment=e.finetune_augment)
+        milestones=tuple(e.finetune_milestones), augment=e.finetune_augment, return_predictor=True)
+    r, predict = r
+    r.update(_report(config, test["label"], predict(test["image"])))
+    if ood_targets:
+      r["ood"] = ood_lib.evaluate_targets(config, predict=predict, source_classes=source_classes,
+                                          loaded=ood_targets)
     r.pop("curve", None)  # Per-step training curve: in the log, not in the results table.
     if subset is not None:
       r["label_subset"] = _subset_summary(subset)
@@ -170,18 +249,56 @@ def format_table(results: dict, *, config) -> str:
   else:
     protocol = probe_lib.PROTOCOL
   title = {"knn": "kNN", "finetune": "Fine-tuning"}.get(kind, "Linear probe")
+  layered = kind != "finetune" and _layered(config)
+  nc = kind != "finetune" and any("neural_collapse" in r for r in results.values())
+  extra_lines = []
+  if layered:
+    extra_lines.append(f"Layers: {', '.join(config.eval.feature_layers)} (inference mode; ResNet stages global-"
+                       "average-pooled; projector/hiddenN after BN and ReLU)")
+  if nc:
+    extra_lines.append(f"{representation.PROTOCOL[0].upper()}{representation.PROTOCOL[1:]}; NCC test = test split "
+                       "vs training class means")
+  ci = any("auroc_ci" in r for r in results.values())
+  kappa = any("kappa" in r for r in results.values())
+  level = next((r["ci_level"] for r in results.values() if "ci_level" in r), 0.95)
+  head = ["encoder", *(["layer"] if layered else []), "accuracy", "AUROC (macro OvR)",
+          *([f"AUROC {100 * level:g}% CI"] if ci else []), *(["kappa (quadratic)"] if kappa else []),
+          *(["NC1 (train)", "NC1 (test)", "tr(S_W)/tr(S_B) (train)", "NCC accuracy (test)"] if nc else [])]
   lines = [f"{title} on {config.data.builder}"
            f"{'/' + config.data.builder_config if config.data.builder_config else ''} "
            f"(train split '{config.data.train_split}', test split '{config.data.test_split}')",
-           f"Protocol: {protocol}", *_subset_line(results), "",
-           "| encoder | accuracy | AUROC (macro OvR) |", "|---|---|---|"]
-  for name, r in results.items():
-    lines.append(f"| {name} | {r['accuracy']:.4f} | {r['auroc']:.4f} |")
-  names = list(results)
-  if len(names) == 2:
-    a, b = results[names[0]], results[names[1]]
-    lines += ["", f"{names[0]} - {names[1]}: accuracy {a['accuracy'] - b['accuracy']:+.4f}, "
-              f"AUROC {a['auroc'] - b['auroc']:+.4f}"]
+           f"Protocol: {protocol}", *extra_lines, *_subset_line(results), "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  by_layer: dict[str, dict[str, dict]] = {}  # {layer: {encoder name: result}}, for the differences below.
+  for key, r in results.items():
+    layer = r.get("layer", "backbone")
+    name = key[:-len(f" @ {layer}")] if layered and key.endswith(f" @ {layer}") else key
+    by_layer.setdefault(layer, {})[name] = r
+    cells = [name, *([layer] if layered else []), f"{r['accuracy']:.4f}", f"{r['auroc']:.4f}"]
+    if ci:
+      cells.append("{:.4f}-{:.4f}".format(*r["auroc_ci"]) if "auroc_ci" in r else "—")
+    if kappa:
+      cells.append(f"{r['kappa']:.4f}" if "kappa" in r else "—")
+    if nc:
+      m = r.get("neural_collapse")
+      cells += ([f"{m['train']['nc1']:.4g}", f"{m['test']['nc1']:.4g}", f"{m['train']['within_between_ratio']:.4g}",
+                 f"{m['ncc_test_accuracy']:.4f}"] if m else ["—"] * 4)
+    lines.append("| " + " | ".join(cells) + " |")
+  diffs = []
+  for layer, named in by_layer.items():
+    names = list(named)
+    if len(names) == 2:
+      a, b = named[names[0]], named[names[1]]
+      diffs.append(f"{names[0]} - {names[1]}{f' @ {layer}' if layered else ''}: accuracy "
+                   f"{a['accuracy'] - b['accuracy']:+.4f}, AUROC {a['auroc'] - b['auroc']:+.4f}")
+  if diffs:
+    lines += ["", *diffs]
+  if ci:
+    lines += ["", f"CI: percentile bootstrap over test examples (resampled within each class), "
+              f"{next(r['bootstrap_samples'] for r in results.values() if 'bootstrap_samples' in r)} resamples."]
+  ood = ood_lib.format_ood(results)
+  if ood:
+    lines += ["", ood]
   return "\n".join(lines)
 
 
@@ -196,7 +313,8 @@ def _subset_line(results):
 def results_name(config) -> str:
   """File stem of an evaluation's results in the workdir: one per protocol and label subset, so
   evaluating a workdir another way never overwrites earlier results ('probe_results' is the linear
-  probe on all labels; e.g. 'probe_results_finetune_10pct_seed0' otherwise)."""
+  probe on all labels; e.g. 'probe_results_finetune_10pct_seed0' otherwise). Probes of other layers
+  than the backbone add '_layers-<layer>+<layer>' ('/' written '_'), neural-collapse measures '_nc'."""
   e = config.eval
   name = "probe_results" + ("" if e.protocol == "linear_probe" else f"_{e.protocol}")
   if e.subset_file:
@@ -204,6 +322,11 @@ def results_name(config) -> str:
   elif subsets.parse_spec(e.train_subset)[0] != "all":
     tag = subsets.file_name(dataset="x", split="x", spec=e.train_subset, seed=e.subset_seed)
     name += "_" + tag[len("x_x_"):-len(".json")]
+  if e.protocol != "finetune":  # Fine-tuning has neither (config.validate refuses them).
+    if _layered(config):
+      name += "_layers-" + "+".join(l.replace("/", "_") for l in e.feature_layers)
+    if e.neural_collapse:
+      name += "_nc"
   return name
 
 
@@ -226,6 +349,9 @@ def run(config, workdir: str):
   if config.mode == "pretrain":
     pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
     return {}
+  if config.mode == "analyze":
+    from medssl_jax import analysis  # Local: analysis imports this module (load_pretrained).
+    return analysis.run(config, workdir, builder=builder, mesh=mesh)
   if config.mode == "supervised":
     # Supervised training from scratch (e.g. the MedMNIST recipe): the random encoder fine-tuned with
     # labels; no pretraining, nothing to compare against.

@@ -225,3 +225,19 @@ def test_embedding_map_errors(tmp_path):
     rep.embedding_map(features=x, labels=y, path=str(tmp_path / "a.png"), method="pca", class_names=["a", "b"])
   with pytest.raises(ValueError, match="at least 4"):
     rep.embedding_map(features=x[:3], labels=y[:3], path=str(tmp_path / "a.png"))
+
+
+def test_nc1_ignores_rounding_directions_of_a_shared_offset():
+  """Features with a large shared offset: S_B has rank C - 1, and the rounding noise of the offset must
+  not count as a C-th direction (it once made NC1 ~1e28). NC1 equals the float64 reference computed on
+  offset-free features (NC1 does not depend on a shared offset)."""
+  from medssl_jax.evals import representation
+  worst = 0.0
+  for seed in range(40):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), 12)
+    base = 0.05 * rng.normal(size=(48, 8)) + 0.01 * rng.normal(size=(4, 8))[y]
+    shifted = representation.neural_collapse(features=(base + 0.3).astype(np.float32), labels=y)["nc1"]
+    plain = representation.neural_collapse(features=base.astype(np.float32), labels=y)["nc1"]
+    worst = max(worst, abs(shifted - plain) / plain)
+  assert worst < 1e-3, worst

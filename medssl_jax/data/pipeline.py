@@ -170,8 +170,8 @@ def _data_source(builder: Builder, split: str, indices=None):
   # Checked up front: array_record itself fails on an empty split with an obscure message.
   if builder.info.splits[split].num_examples == 0:
     raise ValueError(f'Split {split!r} of dataset {builder.name!r} is empty.')
-  # Skip TFDS image decoding (image and any masks): we get PNG/JPEG bytes and decode the image with
-  # PIL ourselves (see module docstring); masks are not needed by these pipelines.
+  # Skip TFDS image decoding (image and any masks): we get PNG/JPEG bytes and decode with PIL ourselves
+  # (see module docstring); masks are decoded only when asked for (load_split_arrays' extra_keys).
   skip = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
           if isinstance(f, tfds.features.Image)}
   source = builder.as_data_source(split=split, decoders=skip)
@@ -225,7 +225,7 @@ class _Decode:
     return _decode_record(record, index, self.split, self.image_size, self.channels, self.fit)
 
 
-def _decode_record(record, index, split, image_size, channels=3, fit='squash'):
+def _decode_record(record, index, split, image_size, channels=3, fit='squash', extra_keys=(), image_keys=()):
   data = record['image']
   try:
     if isinstance(data, np.ndarray):  # Already decoded (a source built with default decoders).
@@ -239,17 +239,71 @@ def _decode_record(record, index, split, image_size, channels=3, fit='squash'):
       pil = pil.convert(mode)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'Could not decode the image of record {index} in split {split!r}: {e}') from e
+  size = pil.size  # Before the fit: extra image features must share it to stay aligned.
   if image_size is not None and pil.size != (image_size, image_size):
     if fit != 'squash':  # Keep the aspect ratio: pad with black (e.g. fundus, X-ray) or crop the centre.
       pil = square(pil, fit=fit)
     pil = pil.resize((image_size, image_size), Image.BICUBIC)
   image = np.asarray(pil, np.uint8)
-  return {
+  out = {
       'image': image[..., None] if image.ndim == 2 else image,
       # A scalar, a vector for multi-label data, or -1 for data without image labels (segmentation).
       'label': np.asarray(record.get('label', -1), np.int32),
       'id': np.int32(record['id']),
   }
+  for key in extra_keys:
+    if key in image_keys:
+      out[key] = _decode_mask(record[key], key=key, index=index, split=split, size=size, image_size=image_size,
+                              fit=fit)
+    else:
+      out[key] = np.asarray(record[key])
+  return out
+
+
+def _decode_mask(data, *, key, index, split, size, image_size, fit):
+  """An image feature stored beside the image (a mask or label map) as uint8 [H, W, C], given the
+  image's geometry (same squaring by `fit`, same output size) but resized with nearest neighbour, so
+  it stays aligned with the image and no new values (class ids) appear."""
+  try:
+    if isinstance(data, np.ndarray):
+      pil = Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[-1] == 1 else data)
+    else:
+      pil = Image.open(io.BytesIO(data))
+      pil.load()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'Could not decode {key!r} of record {index} in split {split!r}: {e}') from e
+  if pil.size != size:
+    raise ValueError(f'{key!r} of record {index} in split {split!r} is {pil.size[0]}x{pil.size[1]} but its image is '
+                     f'{size[0]}x{size[1]} (W x H); a mask must match its image to be resized alongside it')
+  if pil.mode == '1':
+    pil = pil.convert('L')  # 1-bit masks: 0/255 after this; any non-zero value is inside.
+  if image_size is not None and pil.size != (image_size, image_size):
+    if fit != 'squash':
+      pil = square(pil, fit=fit)
+    pil = pil.resize((image_size, image_size), Image.NEAREST)
+  mask = np.asarray(pil)
+  if mask.dtype != np.uint8:
+    mask = mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask
+  return mask[..., None] if mask.ndim == 2 else mask
+
+
+def check_extra_keys(builder: Builder, extra_keys) -> tuple[tuple[str, ...], frozenset]:
+  """(extra keys as a tuple, the set of those that are image features) for `load_split_arrays`.
+
+  Raises a KeyError naming a key the dataset lacks (or one always returned) and listing its features.
+  """
+  extra_keys = tuple(extra_keys)
+  features = builder.info.features
+  reserved = [k for k in extra_keys if k in ('image', 'label', 'id')]
+  missing = [k for k in extra_keys if k not in features]
+  if reserved or missing or len(set(extra_keys)) != len(extra_keys):
+    name = builder.name + (f'/{builder.builder_config.name}' if builder.builder_config else '')
+    images = sorted(k for k, f in features.items() if isinstance(f, tfds.features.Image) and k != 'image')
+    what = (f'has no feature {missing[0]!r}' if missing and not reserved else
+            f'extra_keys {list(extra_keys)} must be distinct and not {reserved or "repeated"} (always returned)')
+    raise KeyError(f'Dataset {name!r} {what}; its features are {sorted(features.keys())} '
+                   f'(image features besides the image, e.g. masks: {images or "none"})')
+  return extra_keys, frozenset(k for k in extra_keys if isinstance(features[k], tfds.features.Image))
 
 
 def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_batch_size: int,
@@ -355,6 +409,22 @@ def _state_from_json(obj: Any) -> Any:
   return obj
 
 
+def _decoded_rows(builder: Builder, *, split: str, chunk_size: int, image_size: int | None, fit: str, indices,
+                  extra_keys=()) -> Iterator[list[dict[str, np.ndarray]]]:
+  """The split's records (or `indices`), in order, decoded, in lists of at most `chunk_size` rows."""
+  if fit not in FITS:
+    raise ValueError(f'fit={fit!r}; valid choices: {list(FITS)}')
+  extra_keys, image_keys = check_extra_keys(builder, extra_keys)
+  source = _data_source(builder, split, indices)
+  channels = image_channels(builder)
+  n = len(source)
+  names = list(range(n)) if indices is None else [int(i) for i in indices]
+  for start in range(0, n, chunk_size):
+    records = source.__getitems__(list(range(start, min(start + chunk_size, n))))
+    yield [_decode_record(r, names[start + i], split, image_size, channels, fit, extra_keys, image_keys)
+           for i, r in enumerate(records)]
+
+
 def iterate_eval(builder: Builder | str, *, split: str, batch_size: int, image_size: int | None = None,
                  fit: str = 'squash', indices=None) -> Iterator[dict[str, np.ndarray]]:
   """Yields the whole split (or its records `indices`) once, in order, in fixed-size batches.
@@ -365,16 +435,8 @@ def iterate_eval(builder: Builder | str, *, split: str, batch_size: int, image_s
   builder = _as_builder(builder)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
-  if fit not in FITS:
-    raise ValueError(f'fit={fit!r}; valid choices: {list(FITS)}')
-  source = _data_source(builder, split, indices)
-  channels = image_channels(builder)
-  n = len(source)
-  names = list(range(n)) if indices is None else [int(i) for i in indices]
-  for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    records = source.__getitems__(list(range(start, stop)))
-    rows = [_decode_record(r, names[start + i], split, image_size, channels, fit) for i, r in enumerate(records)]
+  for rows in _decoded_rows(builder, split=split, chunk_size=batch_size, image_size=image_size, fit=fit,
+                            indices=indices):
     batch = {k: np.stack([row[k] for row in rows]) for k in ('image', 'label', 'id')}
     pad = batch_size - len(rows)
     if pad:
@@ -384,10 +446,22 @@ def iterate_eval(builder: Builder | str, *, split: str, batch_size: int, image_s
 
 
 def load_split_arrays(builder: Builder | str, *, split: str, image_size: int | None = None,
-                      fit: str = 'squash', indices=None) -> dict[str, np.ndarray]:
-  """Returns the split (or its records `indices`) as numpy arrays
-  dict(image uint8 [N,H,W,C], label int32 [N] (or [N, K]), id int32 [N])."""
-  parts = [b for b in iterate_eval(builder, split=split, batch_size=256, image_size=image_size, fit=fit,
-                                   indices=indices)]
-  mask = np.concatenate([b['mask'] for b in parts])
-  return {k: np.concatenate([b[k] for b in parts])[mask] for k in ('image', 'label', 'id')}
+                      fit: str = 'squash', indices=None, extra_keys=()) -> dict[str, np.ndarray]:
+  """Returns the split (or its records `indices`, in that order) as numpy arrays
+  dict(image uint8 [N,H,W,C], label int32 [N] (or [N, K]), id int32 [N]), plus one array per feature
+  named in `extra_keys`.
+
+  Extra image features (masks and label maps such as HRF's 'mask' / 'fov_mask' or CHASE_DB1's 'mask')
+  come as uint8 [N, H, W, C] with the image's geometry: squared by the same `fit` and resized to the same
+  `image_size`, but with nearest neighbour, so they stay aligned with the image and keep their values.
+  Other features come as stored (e.g. 'eye' int64 [N], 'patient_id' bytes [N]). A key the dataset lacks
+  raises a KeyError listing its features.
+  """
+  builder = _as_builder(builder)
+  keys = ('image', 'label', 'id') + tuple(extra_keys)
+  parts = {k: [] for k in keys}
+  for rows in _decoded_rows(builder, split=split, chunk_size=256, image_size=image_size, fit=fit, indices=indices,
+                            extra_keys=extra_keys):
+    for k in keys:
+      parts[k].append(np.stack([row[k] for row in rows]))
+  return {k: np.concatenate(v) for k, v in parts.items()}

@@ -235,7 +235,7 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
              batch_size: int, learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
              augment: bool = True, seed: int = 0, mesh=None, eval_every: int | None = None,
              warmup_steps: int = 0, eval_batch_size: int | None = None, return_variables: bool = False,
-             schedule: str = "cosine", milestones=(0.5, 0.75)) -> dict:
+             schedule: str = "cosine", milestones=(0.5, 0.75), return_predictor: bool = False):
   """Fine-tunes `model.backbone` with a new Dense head and scores it (protocol: see the module docstring).
 
   Args:
@@ -257,6 +257,9 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
       "batch_stats": {"backbone"}}, host numpy) to the result; off by default so results stay JSON-able.
     schedule, milestones: "cosine" (default) or "multistep" (x0.1 at each milestone, given as fractions
       of `steps`; the MedMNIST recipe uses (0.5, 0.75)); see `learning_rate_at`.
+    return_predictor: return (result, predictor) instead of result, where predictor(uint8 images
+      [M, H, W, C]) -> probabilities [M, num_classes] (softmax; sigmoid for multi-label) of the selected
+      checkpoint, evaluated exactly as the test split is (e.g. on another dataset: evals/ood.py).
 
   Returns:
     dict: test "accuracy", "auroc", "auroc_per_class", "loss"; "selected_step", "selection" (how it was
@@ -387,4 +390,25 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     if has_bn:
       out["batch_stats"] = {"backbone": sel_bs}
     result["variables"] = jax.device_get(out)
-  return result
+  if not return_predictor:
+    return result
+
+  def predictor(images):
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] != channels:
+      raise ValueError(f"fine-tuned predictor: images must be uint8 [M, H, W, {channels}] (the training "
+                       f"images' channels), got {images.dtype} {images.shape}")
+    label_shape = (num_classes,) if multi_label else ()
+    probs = []
+    for i in range(0, len(images), eval_bs):
+      x = images[i:i + eval_bs]
+      pad = eval_bs - len(x)
+      if pad:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+      y = np.zeros((eval_bs, *label_shape), np.float32 if multi_label else np.int32)  # Loss unused.
+      b = mesh_lib.shard_batch({"x": x, "y": y, "m": np.zeros(eval_bs, np.float32)}, mesh)
+      p, _ = eval_step(sel_bb, sel_params["head"], sel_bs, b["x"], b["y"], b["m"])
+      probs.append(np.asarray(p)[:eval_bs - pad])
+    return np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
+
+  return result, predictor

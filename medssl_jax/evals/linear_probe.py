@@ -103,8 +103,13 @@ def _predict(params, x):
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1),
-                 max_iter=200, val_fraction=0.2, seed=0):
-  """Fits and scores a linear probe. Returns a dict of metrics and the chosen L2 weight."""
+                 max_iter=200, val_fraction=0.2, seed=0, return_predictor=False):
+  """Fits and scores a linear probe. Returns a dict of metrics and the chosen L2 weight.
+
+  return_predictor=True returns (metrics, predictor) instead: predictor(features [M, D]) -> class
+  probabilities [M, num_classes] of the refit probe (the training split's standardisation applied), e.g.
+  to score the probe on another dataset (medssl_jax/evals/ood.py). The metrics are the same either way.
+  """
   train_x = np.asarray(train_x, np.float32)
   test_x = np.asarray(test_x, np.float32)
   mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
@@ -121,6 +126,18 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, l2_grid=(1e-4
   params = _fit_softmax_regression(train_x, train_y, best_l2, num_classes=num_classes, max_iter=max_iter)
   probs = _predict(params, test_x)
   auc, per_class = metrics_lib.auroc(test_y, probs)
-  return {"accuracy": metrics_lib.accuracy(test_y, probs), "auroc": auc,
-          "auroc_per_class": per_class.tolist(), "l2": best_l2,
-          "val_accuracy": val_scores[best_l2], "train_accuracy": metrics_lib.accuracy(train_y, _predict(params, train_x))}
+  result = {"accuracy": metrics_lib.accuracy(test_y, probs), "auroc": auc,
+            "auroc_per_class": per_class.tolist(), "l2": best_l2,
+            "val_accuracy": val_scores[best_l2], "train_accuracy": metrics_lib.accuracy(train_y, _predict(params, train_x))}
+  if not return_predictor:
+    return result
+  dim = train_x.shape[1]
+
+  def predictor(features):
+    x = np.asarray(features, np.float32)
+    if x.ndim != 2 or x.shape[1] != dim:
+      raise ValueError(f"linear probe predictor: features must be [M, {dim}] (the probe's feature dimension), "
+                       f"got shape {x.shape}")
+    return _predict(params, (x - mu) / sd)
+
+  return result, predictor

@@ -77,8 +77,8 @@ def neural_collapse(*, features, labels, weighting: str = "balanced") -> dict:
   two coincide on balanced data. In both, S_B = (1/C) sum_c (mu_c - mu_G)(mu_c - mu_G)^T.
 
   Returns a dict of floats:
-    nc1: tr(S_W pinv(S_B)) / C (NC1; -> 0 under collapse). pinv keeps the singular directions of the
-      centred class means above max(C, D) * eps * the largest (S_B has rank <= C - 1).
+    nc1: tr(S_W pinv(S_B)) / C (NC1; -> 0 under collapse). pinv keeps at most the top C - 1 singular
+      directions of the centred class means (S_B has rank <= C - 1), those above max(C, D) * eps * the largest.
     within_between_ratio: tr(S_W) / tr(S_B) (class-distance normalised variance).
     norm_cv: std / mean of ||mu_c - mu_G|| over classes (NC2, equinorm; -> 0).
     cos_mean, cos_std: mean and std over pairs c < c' of cos(mu_c - mu_G, mu_c' - mu_G) (NC2,
@@ -117,6 +117,9 @@ def neural_collapse(*, features, labels, weighting: str = "balanced") -> dict:
   # v_k^T S_W v_k is the weighted mean of the squared projections of the within-class residuals.
   _, s, vt = np.linalg.svd(m, full_matrices=False)
   keep = s > s[0] * max(c, d) * np.finfo(np.float64).eps
+  # The centred means have rank <= C - 1 (they sum to zero, with either weighting): a C-th direction is
+  # rounding noise of a large shared offset, and dividing by its tiny s^2 blew NC1 up to ~1e28.
+  keep[c - 1:] = False
   if s[0] > 0:
     proj = within @ vt[keep].T  # [N, r]
     nc1 = float(np.sum((sample_w @ proj**2) * c / s[keep]**2) / c)

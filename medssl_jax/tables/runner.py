@@ -62,7 +62,7 @@ SEED_AXES = ("seed", "eval.subset_seed")  # Aggregated over (mean ± std), never
 PACKAGES = ("jax", "flax", "optax", "numpy")
 RESULT_FILE = "result.json"
 CSV_COLUMNS = ("source", "table", "row", "dataset", "objective", "encoder", "protocol", "label_subset",
-               "subset_seed", "n_labelled", "seed", "accuracy", "auroc", "eval_wall_clock_s",
+               "subset_seed", "n_labelled", "seed", "accuracy", "auroc", "auroc_ci_low", "auroc_ci_high", "eval_wall_clock_s",
                "pretrain_wall_clock_s", "code_version", *PACKAGES, "status", "overrides", "row_dir",
                "pretrain_dir")
 
@@ -225,9 +225,20 @@ def _flatten(d, prefix="") -> dict:
   return out
 
 
+_DEFAULTS = None
+
+
 def _flat_config(config, exclude) -> dict:
+  """The config's values that a hash covers: every key but `exclude`, and but keys at their schema default
+  (medssl_jax.config.base_config()), so adding a key whose default keeps the old behaviour leaves the
+  hashes, and so the cached rows and pretrainings of earlier runs, valid."""
+  global _DEFAULTS
+  if _DEFAULTS is None:
+    _DEFAULTS = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
   flat = _flatten(json.loads(config.to_json_best_effort()))
-  return {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in exclude)}
+  missing = object()
+  return {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in exclude)
+          and _DEFAULTS.get(k, missing) != v}
 
 
 def _slug_part(key: str, value) -> str:
@@ -462,19 +473,53 @@ def _extra_axes(records) -> list[str]:
 
 
 def _entries(records) -> list[dict]:
-  """One flat entry per (row, encoder): the CSV rows (ours)."""
+  """One flat entry per (row, encoder, layer): the CSV rows (ours). A result probed at a layer
+  (eval.feature_layers; key 'encoder @ layer') gives its layer its own field; results without one
+  (written before layers were selectable, or fine-tuning) are the backbone's."""
   out = []
   for r in records:
-    for encoder, m in r["results"].items():
+    for key, m in r["results"].items():
+      layer = m.get("layer", "backbone")
+      encoder = key[:-len(f" @ {layer}")] if key.endswith(f" @ {layer}") else key
+      nc = m.get("neural_collapse") or {}
       out.append(dict(
           source="ours", table=r["table"], row=r["row"], dataset=r["dataset"], objective=r["objective"],
-          encoder=encoder, protocol=r["protocol"], label_subset=_label_name(r["train_subset"]),
+          encoder=encoder, layer=layer, protocol=r["protocol"], label_subset=_label_name(r["train_subset"]),
           subset_seed=r["subset_seed"], n_labelled=r["n_labelled"], seed=r["seed"],
-          accuracy=m.get("accuracy"), auroc=m.get("auroc"), eval_wall_clock_s=r["eval_wall_clock_s"],
+          accuracy=m.get("accuracy"), auroc=m.get("auroc"), kappa=m.get("kappa"),
+          auroc_ci_low=(m.get("auroc_ci") or (None, None))[0], auroc_ci_high=(m.get("auroc_ci") or (None, None))[1],
+          nc1_train=nc.get("train", {}).get("nc1"),
+          nc1_test=nc.get("test", {}).get("nc1"), ncc_test_accuracy=nc.get("ncc_test_accuracy"),
+          eval_wall_clock_s=r["eval_wall_clock_s"],
           pretrain_wall_clock_s=r["pretrain_wall_clock_s"], code_version=r["code_version"], **r["versions"],
           status=r["status"], overrides=json.dumps(r["axes"], default=str), row_dir=f"rows/{r['row']}",
           pretrain_dir=r["pretrain_dir"], axes=r["axes"]))
   return out
+
+
+def _optional_columns(entries) -> tuple[bool, bool]:
+  """(layer column?, neural-collapse columns?): only tables that probed other layers than the backbone,
+  or measured neural collapse, get them, so every other table's output stays as it was."""
+  return (any(e["layer"] != "backbone" for e in entries),
+          any(e["nc1_train"] is not None or e["nc1_test"] is not None for e in entries))
+
+
+def _show_kappa(entries) -> bool:
+  """Kappa column only for graded labels (eval.ordinal), so other tables read as before."""
+  return any(e["kappa"] is not None for e in entries)
+
+
+def _csv_columns(entries) -> list[str]:
+  layers, nc = _optional_columns(entries)
+  cols = list(CSV_COLUMNS)
+  if layers:
+    cols.insert(cols.index("encoder") + 1, "layer")
+  i = cols.index("auroc_ci_high") + 1
+  if nc:
+    cols[i:i] = ["nc1_train", "nc1_test", "ncc_test_accuracy"]
+  if _show_kappa(entries):
+    cols[i:i] = ["kappa"]
+  return cols
 
 
 def _mean_std(values) -> str:
@@ -482,19 +527,36 @@ def _mean_std(values) -> str:
   return metrics_lib.format_mean_std(finite) if finite else "nan"
 
 
+def _mean_std_g(values) -> str:
+  """Mean ± std over seeds in significant figures: NC1 spans orders of magnitude across layers."""
+  finite = [v for v in values if v is not None and math.isfinite(v)]
+  if not finite:
+    return "nan"
+  mean, std, n = metrics_lib.mean_std(finite)
+  return f"{mean:.4g} (n=1)" if n == 1 else f"{mean:.4g} ± {std:.2g} (n={n})"
+
+
 def _fmt(v, digits=4) -> str:
   return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _fmt_g(v) -> str:
+  return "—" if v is None else f"{v:.4g}"  # NC1 spans orders of magnitude.
 
 
 def _aggregate(entries, extra) -> list[dict]:
   """Entries grouped over seeds (seed, eval.subset_seed), in first-seen order."""
   groups: dict[tuple, dict] = {}
   for e in entries:
-    key = (e["dataset"], e["objective"], e["encoder"], e["protocol"], e["label_subset"],
+    key = (e["dataset"], e["objective"], e["encoder"], e["layer"], e["protocol"], e["label_subset"],
            *(json.dumps(e["axes"].get(k), default=str) for k in extra))
-    g = groups.setdefault(key, dict(e, accuracies=[], aurocs=[], n_labelled_set=set()))
+    g = groups.setdefault(key, dict(e, accuracies=[], aurocs=[], kappas=[], nc1_trains=[], nc1_tests=[],
+                                    n_labelled_set=set()))
     g["accuracies"].append(e["accuracy"])
+    g["kappas"].append(e["kappa"])
     g["aurocs"].append(e["auroc"])
+    g["nc1_trains"].append(e["nc1_train"])
+    g["nc1_tests"].append(e["nc1_test"])
     g["n_labelled_set"].add(e["n_labelled"])
   return list(groups.values())
 
@@ -503,6 +565,12 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
   """The table's Markdown: aggregated (mean ± std over seeds, published rows beside), then every run."""
   entries = _entries(records)
   extra = _extra_axes(records)
+  show_layer, show_nc = _optional_columns(entries)
+  layer_head = ["layer"] if show_layer else []
+  nc_head = ["NC1 (train)", "NC1 (test)"] if show_nc else []
+  show_kappa = _show_kappa(entries)
+  kappa_head = ["kappa (quadratic)"] if show_kappa else []
+  show_ci = any(e["auroc_ci_low"] is not None for e in entries)
   versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in records})
   codes = sorted({r["code_version"] for r in records})
   lines = [f"# {table.name}", ""]
@@ -517,30 +585,36 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
             "accuracy and AUROC (macro one-vs-rest) on each dataset's test split.", ""]
 
   lines += ["## Mean ± std over seeds", ""]
-  head = ["dataset", "objective", "encoder", "protocol", "labels", *extra, "accuracy", "AUROC", "source"]
+  head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels", *extra, "accuracy", "AUROC",
+          *kappa_head, *nc_head, "source"]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for g in _aggregate(entries, extra):
     n = ", ".join(str(v) for v in sorted(g["n_labelled_set"], key=str))
-    cells = [g["dataset"], g["objective"], g["encoder"], g["protocol"], f"{g['label_subset']} (n={n})",
-             *(str(g["axes"].get(k, "")) for k in extra), _mean_std(g["accuracies"]), _mean_std(g["aurocs"]), "ours"]
+    cells = [g["dataset"], g["objective"], g["encoder"], *([g["layer"]] if show_layer else []), g["protocol"],
+             f"{g['label_subset']} (n={n})", *(str(g["axes"].get(k, "")) for k in extra),
+             _mean_std(g["accuracies"]), _mean_std(g["aurocs"]), *([_mean_std(g["kappas"])] if show_kappa else []),
+             *([_mean_std_g(g["nc1_trains"]), _mean_std_g(g["nc1_tests"])] if show_nc else []), "ours"]
     lines.append("| " + " | ".join(cells) + " |")
   for p in table.get("published", None) or ():
-    cells = [p["dataset"], p["method"], "—", p.get("protocol", "") or "—", p.get("labels", "") or "—",
-             *("—" for _ in extra), _fmt(p.get("accuracy"), 3), _fmt(p.get("auroc"), 3),
-             f"published: {p['source']}" + (f" ({p['note']})" if p.get("note") else "")]
+    cells = [p["dataset"], p["method"], "—", *("—" for _ in layer_head), p.get("protocol", "") or "—",
+             p.get("labels", "") or "—", *("—" for _ in extra), _fmt(p.get("accuracy"), 3), _fmt(p.get("auroc"), 3),
+             *("—" for _ in kappa_head), *("—" for _ in nc_head), f"published: {p['source']}" + (f" ({p['note']})" if p.get("note") else "")]
     lines.append("| " + " | ".join(cells) + " |")
   if png:
     lines += ["", f"![mean AUROC vs labelled fraction]({os.path.basename(png)})"]
 
   lines += ["", "## Every run", ""]
-  head = ["dataset", "objective", "encoder", "protocol", "labels (spec, subset seed, n)", *extra, "seed",
-          "accuracy", "AUROC", "eval s", "pretrain s", "code", "jax / flax / optax / numpy", "row"]
+  head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels (spec, subset seed, n)", *extra, "seed",
+          "accuracy", "AUROC", *(["AUROC 95% CI"] if show_ci else []), *kappa_head, *nc_head, "eval s", "pretrain s", "code", "jax / flax / optax / numpy", "row"]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for e in entries:
     labels = (f"{e['label_subset']} (n={e['n_labelled']})" if e["label_subset"] == "100%"
               else f"{e['label_subset']} (seed {e['subset_seed']}, n={e['n_labelled']})")
-    cells = [e["dataset"], e["objective"], e["encoder"], e["protocol"], labels,
+    cells = [e["dataset"], e["objective"], e["encoder"], *([e["layer"]] if show_layer else []), e["protocol"], labels,
              *(str(e["axes"].get(k, "")) for k in extra), str(e["seed"]), _fmt(e["accuracy"]), _fmt(e["auroc"]),
+             *([f"{_fmt(e['auroc_ci_low'])}-{_fmt(e['auroc_ci_high'])}"] if show_ci else []),
+             *([_fmt(e["kappa"])] if show_kappa else []),
+             *([_fmt_g(e["nc1_train"]), _fmt_g(e["nc1_test"])] if show_nc else []),
              f"{e['eval_wall_clock_s']:.1f}", f"{e['pretrain_wall_clock_s']:.1f}", e["code_version"],
              " / ".join(str(e[k]) for k in PACKAGES), f"`{e['row']}` ({e['status']})"]
     lines.append("| " + " | ".join(cells) + " |")
@@ -548,11 +622,13 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
 
 
 def format_csv(table, records) -> str:
-  """One CSV line per (row, encoder), then the published rows (source 'published: ...')."""
+  """One CSV line per (row, encoder, layer), then the published rows (source 'published: ...')."""
   buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+  entries = _entries(records)
+  # CSV_COLUMNS, plus 'layer' / neural-collapse columns when the table has them (_csv_columns).
+  w = csv.DictWriter(buf, fieldnames=_csv_columns(entries), extrasaction="ignore", lineterminator="\n")
   w.writeheader()
-  for e in _entries(records):
+  for e in entries:
     w.writerow(e)
   for p in table.get("published", None) or ():
     w.writerow(dict(source=f"published: {p['source']}", table=table.name, dataset=p["dataset"],
@@ -578,9 +654,11 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   import matplotlib.pyplot as plt
   import numpy as np
   extra = _extra_axes(records)
+  show_layer = _optional_columns(entries)[0]
   lines: dict[str, dict[float, list]] = {}
   for e in entries:
     encoder = e["encoder"] if e["encoder"].startswith(e["objective"]) else f"{e['encoder']} ({e['objective']} recipe)"
+    encoder += f" @ {e['layer']}" if show_layer else ""
     label = " / ".join([encoder, e["protocol"], *(f"{k}={e['axes'].get(k)}" for k in extra)])
     if len({x["dataset"] for x in entries}) > 1:
       label = f"{e['dataset']}: {label}"
@@ -616,7 +694,8 @@ def write_outputs(table, records, *, workdir: str) -> dict:
     f.write(format_markdown(table, records, png=png))
   with open(base + ".csv", "w", newline="") as f:
     f.write(format_csv(table, records))
-  return {"md": base + ".md", "csv": base + ".csv", "png": png}
+  ood = importlib.import_module("medssl_jax.tables.ood_matrix").write_ood_outputs(table, records, workdir=workdir)
+  return {"md": base + ".md", "csv": base + ".csv", "png": png, "ood": ood}
 
 
 # ---------------------------------------------------------------------------------------------------

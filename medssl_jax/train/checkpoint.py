@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 CONFIG_FILE = "config.json"
 # Keys that may differ between the run that wrote a workdir and a run that resumes it: they change
 # what happens after pretraining or how it is reported, not the pretrained weights.
-RESUMABLE_KEYS = ("mode", "eval", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+RESUMABLE_KEYS = ("mode", "eval", "analysis", "ood", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                   "data.worker_count", "data.data_dir", "data.manual_dir", "data.val_split")
 
 
@@ -47,7 +47,12 @@ def save_or_check_config(config, workdir: str):
       saved = json.load(f)
     a, b = _flatten(saved), _flatten(current)
     allowed = lambda k: any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not allowed(k))
+    # A key added to the schema after the run started is no difference while it holds its default
+    # (its default keeps the old behaviour), so upgrading the code does not lock a user out of a workdir.
+    from medssl_jax import config as config_lib
+    defaults = _flatten(_config_dict(config_lib.base_config()))
+    new_default = lambda k: k not in a and k in defaults and b.get(k) == defaults[k]
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not allowed(k) and not new_default(k))
     if diff:
       details = "; ".join(f"{k}: saved={a.get(k)!r} now={b.get(k)!r}" for k in diff[:10])
       raise ValueError(f"workdir {workdir!r} holds a run with a different config ({details}). "

@@ -1,0 +1,314 @@
+"""Out-of-distribution evaluation: a classifier trained on one dataset scored on another sharing its label.
+
+Protocol (named in every result as "protocol"):
+  * A target is another dataset's split (config.ood.targets; default its "test" split) and a label map
+    {target class: (source classes, ...)} grouping the source classifier's classes under the target's
+    class names, e.g. PneumoniaMNIST -> NIH1000: {"normal": ("normal",), "abnormal": ("pneumonia",)};
+    RetinaMNIST -> HRF: {"healthy": ("0",), "diabetic_retinopathy": ("1", "2", "3", "4")}.
+  * Images are loaded exactly as the source run loads its own test split: the source config's
+    data.image_size and data.fit; the target's images must have the source's data.channels (no silent
+    RGB <-> grayscale conversion; an error names both).
+  * Scores: the score of target class t is the sum of the source probabilities of the classes mapped to
+    t, renormalised over the mapped classes (divided by the total mapped probability; a row whose mapped
+    probability is 0 gets equal scores). Source classes mapped nowhere are ignored (their probability mass
+    is reported as 1 - "mapped_mass_mean").
+  * Target records whose class is not a key of the map are dropped and counted per class ("n_dropped",
+    "dropped_per_class"). The mapped target classes keep the target dataset's class order ("classes").
+  * Metrics (medssl_jax.evals.metrics): AUROC (2 mapped classes: the AUROC of the second class's score,
+    which equals that of the first class's score for the first class after renormalisation; more: mean
+    one-vs-rest), per-class AUROC, accuracy of the argmax of the grouped scores (lowest class on ties).
+
+Use: `evaluate_targets(config, predict=..., source_classes=...)` with a predictor from the source run
+(linear_probe(..., return_predictor=True), finetune(..., return_predictor=True), or knn_scores on the
+features) returns {target name: metrics}; `load_targets(config)` loads the targets once so that several
+encoders share them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from medssl_jax.evals import metrics as metrics_lib
+
+PROTOCOL = ("out-of-distribution: the source classifier applied to another dataset's split at the source's "
+            "image size / fit; target class score = sum of its mapped source-class probabilities, renormalised "
+            "over mapped classes; target records of unmapped classes dropped")
+TARGET_KEYS = ("name", "builder", "builder_config", "data_dir", "manual_dir", "split", "label_map")
+REQUIRED_KEYS = ("name", "builder", "label_map")
+_DEFAULTS = dict(builder_config="", data_dir="", manual_dir="", split="test")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Target specs: static checks (config.validate) and run-time checks against the class names.
+
+def _where(i, target) -> str:
+  name = target.get("name") if isinstance(target, Mapping) else None
+  return f"config.ood.targets[{i}]" + (f" ({name!r})" if isinstance(name, str) and name else "")
+
+
+def _class_tuple(value, where: str) -> tuple[str, ...]:
+  """The source classes of one label-map entry: a non-empty tuple/list of names (a single name allowed)."""
+  if isinstance(value, str):
+    value = (value,)
+  if not isinstance(value, (tuple, list)) or not value:
+    raise ValueError(f"{where} must be a non-empty tuple of source class names, got {value!r}")
+  for v in value:
+    if not isinstance(v, str) or not v:
+      raise ValueError(f"{where} must hold class names (non-empty strings), got {v!r} in {tuple(value)!r}")
+  return tuple(value)
+
+
+def normalize_target(target, *, index: int = 0, builders: Sequence[str] | None = None) -> dict:
+  """One target spec checked (keys, types, builder name, label-map shape) and completed with defaults.
+
+  Returns a plain dict with every key of TARGET_KEYS; label_map becomes {target class: tuple of source
+  classes}. Raises ValueError naming the target and the key. Class names are checked against the
+  datasets at run time (`resolve_label_map`).
+  """
+  if not isinstance(target, Mapping):
+    raise ValueError(f"config.ood.targets[{index}] must be a dict with keys {list(TARGET_KEYS)}, got {target!r}")
+  where = _where(index, target)
+  for key in target.keys():
+    if key not in TARGET_KEYS:
+      raise ValueError(f"Unknown key {key!r} in {where}; valid keys: {list(TARGET_KEYS)}")
+  for key in REQUIRED_KEYS:
+    if key not in target:
+      raise ValueError(f"{where} needs {key!r} (a target names itself, its builder and a label_map)")
+  spec = dict(_DEFAULTS, **{k: target[k] for k in target.keys()})
+  for key in ("name", "builder", "builder_config", "data_dir", "manual_dir", "split"):
+    if not isinstance(spec[key], str):
+      raise ValueError(f"{where}.{key} must be a string, got {spec[key]!r}")
+  for key in ("name", "builder", "split"):
+    if not spec[key]:
+      raise ValueError(f"{where}.{key} must be non-empty")
+  if builders is not None and spec["builder"] not in builders:
+    raise ValueError(f"{where}.builder={spec['builder']!r} is not known; valid choices: {sorted(builders)}")
+  label_map = spec["label_map"]
+  if not isinstance(label_map, Mapping):
+    raise ValueError(f"{where}.label_map must be a dict {{target class: (source classes, ...)}}, got {label_map!r}")
+  if len(label_map) < 2:
+    raise ValueError(f"{where}.label_map maps {len(label_map)} target class(es) ({list(label_map)}); AUROC needs "
+                     "at least 2, e.g. {'normal': ('normal',), 'abnormal': ('pneumonia',)}")
+  grouped, seen = {}, {}
+  for t, sources in label_map.items():
+    if not isinstance(t, str) or not t:
+      raise ValueError(f"{where}.label_map keys must be target class names (strings), got {t!r}")
+    grouped[t] = _class_tuple(sources, f"{where}.label_map[{t!r}]")
+    for s in grouped[t]:
+      if s in seen:  # Its probability would count twice.
+        raise ValueError(f"{where}.label_map maps source class {s!r} to both {seen[s]!r} and {t!r}; "
+                         "each source class may feed one target class only")
+      seen[s] = t
+  spec["label_map"] = grouped
+  return spec
+
+
+def validate_targets(targets, *, builders: Sequence[str] | None = None) -> list[dict]:
+  """Checks config.ood.targets (a tuple of dicts; see normalize_target) and that names are unique.
+
+  Returns the normalised specs (a list of dicts).
+  """
+  if targets is None:
+    return []
+  if isinstance(targets, (str, bytes)) or not isinstance(targets, (tuple, list)):
+    raise ValueError(f"config.ood.targets must be a tuple of dicts (one per target dataset), got {targets!r}")
+  specs = [normalize_target(t, index=i, builders=builders) for i, t in enumerate(targets)]
+  names = [s["name"] for s in specs]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ValueError(f"config.ood.targets names must be unique (they key the results); repeated: {dup}")
+  return specs
+
+
+def resolve_label_map(label_map: Mapping[str, Sequence[str]], *, target_classes: Sequence[str],
+                      source_classes: Sequence[str], where: str = "label_map"):
+  """Checks a label map against both datasets' class names and turns it into index arrays.
+
+  Returns (mapped target class names in the target's class order, target_to_group [K_target] int
+  (-1: dropped), group_matrix [K_source, T] float with 1 where a source class feeds a target group).
+  """
+  target_classes, source_classes = list(target_classes), list(source_classes)
+  if not target_classes:
+    raise ValueError(f"{where}: the target dataset has no class names (a multi-label or unlabelled dataset?); "
+                     "OOD label maps need a single-label ('ClassLabel') target")
+  if not source_classes:
+    raise ValueError(f"{where}: no source class names (a multi-label or unlabelled source?); OOD label maps "
+                     "need a single-label source classifier")
+  for t, sources in label_map.items():
+    if t not in target_classes:
+      raise ValueError(f"{where}: target class {t!r} is not a class of the target dataset; its classes: "
+                       f"{target_classes}")
+    for s in sources:
+      if s not in source_classes:
+        raise ValueError(f"{where}[{t!r}]: source class {s!r} is not a class of the source dataset; its "
+                         f"classes: {source_classes}")
+  classes = [t for t in target_classes if t in label_map]
+  target_to_group = np.array([classes.index(t) if t in label_map else -1 for t in target_classes], np.int64)
+  matrix = np.zeros((len(source_classes), len(classes)), np.float64)
+  for g, t in enumerate(classes):
+    for s in label_map[t]:
+      matrix[source_classes.index(s), g] = 1.0
+  return classes, target_to_group, matrix
+
+
+def group_probabilities(probs, group_matrix) -> tuple[np.ndarray, np.ndarray]:
+  """(grouped scores [N, T] renormalised over the mapped classes, mapped mass [N]) for probs [N, K]."""
+  probs = np.asarray(probs, np.float64)
+  summed = probs @ np.asarray(group_matrix, np.float64)
+  mass = summed.sum(axis=1)
+  safe = np.where(mass > 0, mass, 1.0)[:, None]
+  scores = np.where(mass[:, None] > 0, summed / safe, 1.0 / summed.shape[1])
+  return scores, mass
+
+
+def score_grouped(labels, probs, *, label_map: Mapping[str, Sequence[str]], target_classes: Sequence[str],
+                  source_classes: Sequence[str], where: str = "label_map") -> dict:
+  """OOD metrics of source-class probabilities [N, K_source] on target labels [N] (target class indices).
+
+  Returns a JSON-ready dict: auroc, auroc_per_class (aligned with classes), accuracy, classes, n (scored),
+  n_dropped and dropped_per_class (unmapped target classes), n_per_class, mapped_mass_mean,
+  label_map, source_classes.
+  """
+  labels = np.asarray(labels)
+  probs = np.asarray(probs, np.float64)
+  k_src = len(source_classes)
+  if labels.ndim != 1:
+    raise ValueError(f"{where}: target labels must be [N] class indices (single-label), got shape {labels.shape}")
+  if probs.shape != (len(labels), k_src):
+    raise ValueError(f"{where}: the predictor must return [N, {k_src}] probabilities (one column per source class "
+                     f"{list(source_classes)}) for the {len(labels)} target images, got shape {probs.shape}")
+  if not np.all(np.isfinite(probs)) or probs.min(initial=0.0) < 0:
+    raise ValueError(f"{where}: the predictor's scores must be finite, non-negative class probabilities (softmax "
+                     "or kNN vote fractions, not logits)")
+  classes, target_to_group, matrix = resolve_label_map(label_map, target_classes=target_classes,
+                                                       source_classes=source_classes, where=where)
+  if labels.size and (labels.min() < 0 or labels.max() >= len(target_classes)):
+    raise ValueError(f"{where}: target labels must lie in [0, {len(target_classes)}), got [{labels.min()}, {labels.max()}]")
+  group = target_to_group[labels.astype(np.int64)]
+  keep = group >= 0
+  y = group[keep]
+  scores, mass = group_probabilities(probs[keep], matrix)
+  dropped = {target_classes[c]: int(np.sum(labels[~keep] == c)) for c in range(len(target_classes))
+             if target_to_group[c] < 0}
+  result = dict(classes=classes, n=int(keep.sum()), n_dropped=int((~keep).sum()), dropped_per_class=dropped,
+                n_per_class={c: int(np.sum(y == g)) for g, c in enumerate(classes)},
+                label_map={t: list(v) for t, v in label_map.items()}, source_classes=list(source_classes))
+  if y.size == 0:
+    return dict(result, auroc=float("nan"), auroc_per_class=[float("nan")] * len(classes), accuracy=float("nan"),
+                mapped_mass_mean=float("nan"))
+  auc, per_class = metrics_lib.auroc(y, scores)
+  return dict(result, auroc=float(auc), auroc_per_class=[float(a) for a in per_class],
+              accuracy=metrics_lib.accuracy(y, scores), mapped_mass_mean=float(mass.mean()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading targets and scoring a predictor on them.
+
+@dataclasses.dataclass
+class LoadedTarget:
+  """One target's spec, its dataset name ('builder/config'), class names and the loaded split."""
+  spec: dict
+  dataset: str
+  classes: list
+  images: np.ndarray
+  labels: np.ndarray
+
+
+def _source_name(config) -> str:
+  d = config.data
+  return d.builder + (f"/{d.builder_config}" if d.builder_config else "")
+
+
+def describe_target(config, target) -> str:
+  """'medmnist/pneumoniamnist → nih_chestxray14/subset1000_patient_split (test)': source → target (split)."""
+  spec = normalize_target(target)  # Idempotent: fills the default split of a raw config entry.
+  dataset = spec["builder"] + (f"/{spec['builder_config']}" if spec["builder_config"] else "")
+  return f"{_source_name(config)} → {dataset} ({spec['split']})"
+
+
+def load_targets(config) -> list[LoadedTarget]:
+  """Loads every config.ood.targets split at the source's data.image_size / data.fit.
+
+  The builders are prepared if needed (data_dir "" = the source's data.data_dir; manual_dir "" = the
+  builder's default). Raises ValueError when a target's image channels differ from data.channels, its
+  split is unknown, or it has no single-label class names.
+  """
+  from medssl_jax.data import pipeline
+  d = config.data
+  loaded = []
+  for i, spec in enumerate(validate_targets(config.ood.targets, builders=pipeline.BUILDERS)):
+    where = _where(i, spec)
+    builder = pipeline.get_builder(spec["builder"], data_dir=spec["data_dir"] or d.data_dir or None,
+                                   config=spec["builder_config"] or None, manual_dir=spec["manual_dir"] or None)
+    dataset = spec["builder"] + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+    channels = pipeline.image_channels(builder)
+    if channels != d.channels:
+      raise ValueError(f"{where}: {dataset} has {channels}-channel images but the source classifier "
+                       f"({_source_name(config)}) takes config.data.channels={d.channels}; OOD targets must "
+                       "share the source's channels (choose a target of the same modality)")
+    classes = pipeline.class_names(builder)
+    if not classes:
+      raise ValueError(f"{where}: {dataset} has no single-label class names (label feature "
+                       f"{builder.info.features.get('label', None)!r}); OOD label maps need a ClassLabel target")
+    # Class names are checked before any image is decoded; source names are checked in evaluate_targets.
+    for t in spec["label_map"]:
+      if t not in classes:
+        raise ValueError(f"{where}.label_map: target class {t!r} is not a class of {dataset}; its classes: {classes}")
+    try:
+      pipeline.num_examples(builder, spec["split"])
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
+    arrays = pipeline.load_split_arrays(builder, split=spec["split"], image_size=d.image_size, fit=d.fit)
+    loaded.append(LoadedTarget(spec=spec, dataset=dataset, classes=classes, images=arrays["image"],
+                               labels=np.asarray(arrays["label"])))
+  return loaded
+
+
+def evaluate_targets(config, *, predict: Callable[[np.ndarray], np.ndarray], source_classes: Sequence[str],
+                     loaded: Sequence[LoadedTarget] | None = None) -> dict:
+  """Scores a source classifier on every config.ood.targets split; returns {target name: metrics}.
+
+  Args:
+    config: the source run's config (data.image_size / fit / channels / data_dir; ood.targets).
+    predict: uint8 images [N, H, W, C] -> class probabilities [N, len(source_classes)] of the source
+      classifier (e.g. softmax of a linear probe on the encoder's features).
+    source_classes: the source dataset's class names, in label order (pipeline.class_names(builder)).
+    loaded: `load_targets(config)` when several encoders are scored on the same targets (loads once).
+
+  Metrics per target: see `score_grouped`, plus "target" (describe_target), "dataset", "split" and
+  "protocol". Every label map is checked against both datasets' class names before any prediction.
+  """
+  loaded = load_targets(config) if loaded is None else loaded
+  source_classes = list(source_classes)
+  for i, t in enumerate(loaded):  # All maps first: a typo fails before any (slow) prediction.
+    resolve_label_map(t.spec["label_map"], target_classes=t.classes, source_classes=source_classes,
+                      where=f"{_where(i, t.spec)}.label_map")
+  out = {}
+  for i, t in enumerate(loaded):
+    probs = np.asarray(predict(t.images))
+    m = score_grouped(t.labels, probs, label_map=t.spec["label_map"], target_classes=t.classes,
+                      source_classes=source_classes, where=f"{_where(i, t.spec)}")
+    out[t.spec["name"]] = dict(m, target=describe_target(config, t.spec), dataset=t.dataset,
+                               split=t.spec["split"], protocol=PROTOCOL)
+  return out
+
+
+def format_ood(results: Mapping[str, Mapping]) -> str:
+  """Markdown lines for probe_results.md: one row per (encoder, target) with AUROC, accuracy, n and dropped.
+
+  results: {encoder: metrics} whose metrics may hold "ood" {target name: OOD metrics}; "" if none do.
+  """
+  rows = [(enc, name, m) for enc, r in results.items() for name, m in (r.get("ood") or {}).items()]
+  if not rows:
+    return ""
+  lines = ["Out-of-distribution targets (source classifier applied unchanged; label map groups its classes):", "",
+           "| encoder | target | label map | AUROC | accuracy | n | dropped |", "|---|---|---|---|---|---|---|"]
+  for enc, name, m in rows:
+    lmap = "; ".join(f"{t} ← {'+'.join(v)}" for t, v in m["label_map"].items())
+    dropped = f"{m['n_dropped']}" + (f" ({', '.join(f'{k}: {v}' for k, v in m['dropped_per_class'].items())})"
+                                     if m.get("dropped_per_class") else "")
+    lines.append(f"| {enc} | {name}: {m['target']} | {lmap} | {m['auroc']:.4f} | {m['accuracy']:.4f} | "
+                 f"{m['n']} | {dropped} |")
+  return "\n".join(lines)
