@@ -262,6 +262,11 @@ def _attention(config, method, enc_name, model, variables, *, images, labels, ma
   names = {c: class_name[int(c)] for c in np.unique(labels)}
   grid = _grid_indices(labels, a.num_attention_images)
   titles = [names[labels[i]] for i in grid]
+  # Grad-CAM of a class the head scores low is ReLU'd to all zeros (every channel weight negative): say
+  # so on the image, and count them, rather than leave a dark tile that reads like a failure.
+  empty = maps.reshape(len(maps), -1).max(axis=1) <= 0 if len(maps) else np.zeros(0, bool)
+  out["num_empty_maps"] = int(empty.sum())
+  titles = [f"{t} (empty map)" if empty[i] else t for t, i in zip(titles, grid)]
   if masks is not None:
     fraction = attention_lib.fraction_inside(maps, masks)
     # A uniform map's fraction is the mask's area at the maps' resolution: the chance level.
@@ -311,16 +316,19 @@ def format_summary(summary: dict) -> str:
       lines.append(f"| {enc} | {layer} | {m['dim']} | {m['nc1']:.4g} | {m['within_between_ratio']:.4g} | "
                    f"{m['norm_cv']:.3f} | {m['cos_mean']:.3f} ± {m['cos_std']:.3f} | {m['ncc_accuracy']:.3f} |")
   if s["attention_method"]:
-    lines += ["", f"## Attention maps ({s['attention_method']})", "", f"Protocol: {s['protocol']['attention']}."]
+    lines += ["", f"## Attention maps ({s['attention_method']})", "", f"Protocol: {s['protocol']['attention']}.",
+              "Empty maps: zero everywhere (Grad-CAM of a target class whose channel weights are all negative, "
+              "typically a class the probe head does not predict for that image)."]
     has_mask = bool(s["mask_key"])
     if has_mask:
       lines.append(f"Fraction of each map inside {s['mask_key']!r} (mean ± std over images); mask area = the "
                    "fraction a uniform map would have.")
-    lines += ["", "| encoder | probe head accuracy | fraction inside | mask area | per class (inside / area) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| encoder | probe head accuracy | empty maps | fraction inside | mask area | per class (inside / area) |",
+              "|---|---|---|---|---|---|"]
     for enc, r in s["encoders"].items():
       at = r.get("attention", {})
       acc = f"{at['probe_accuracy']:.3f}" if "probe_accuracy" in at else "-"
+      acc += f" | {at.get('num_empty_maps', '-')}"  # All-zero Grad-CAM maps (target class scored low).
       if has_mask:
         fi, ma = at["fraction_inside"], at["mask_area"]
         per = "; ".join(f"{c}: {_pm(fi['per_class'][c])} / {ma['per_class'][c]['mean']:.3f}" for c in fi["per_class"])
