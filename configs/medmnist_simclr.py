@@ -16,37 +16,17 @@ Recipe:     batch 256, AdamW 2e-3 (cosine, 50 warm-up steps), temperature 0.2, 2
             probe: L2-regularised softmax regression, L2 chosen on held-out training features.
 Wall-clock: see configs/table_medmnist_ssl.py (measured there, per row).
 """
-from medssl_jax import config as config_lib
 from medssl_jax.augment import views
-from medssl_jax.data import shared
 from tfds_builders.medmnist import DATASETS
+
+from configs import _medmnist
 
 
 def get_config(arg=None):
-  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
-  quick = "quick" in parts
-  names = [p for p in parts if p != "quick"]
-  name = names[0] if names else "retinamnist"
-  if name not in DATASETS or names[1:]:
-    raise ValueError(f"configs/medmnist_simclr.py:{arg}: expected '<dataset>[,quick]' with a dataset "
-                     f"in {sorted(DATASETS)}")
-  task, channels, _, _ = DATASETS[name]
-  if task == "multi-label":
-    raise ValueError(f"{name} is multi-label; this config covers the single-label datasets")
-  c = config_lib.base_config()
+  name, quick = _medmnist.parse(arg, config_file="configs/medmnist_simclr.py")
+  channels = DATASETS[name][1]
+  c = _medmnist.base(name)
   c.mode = "pretrain_and_probe"
-  c.data.builder = "medmnist"
-  c.data.builder_config = name
-  c.data.manual_dir = str(shared.shared_data_dir() / name)
-  c.data.image_size = 28
-  c.data.channels = channels
-  c.data.mean = (0.5,) * channels
-  c.data.std = (0.5,) * channels
-  c.data.val_split = "validation"
-  c.eval.ordinal = task == "ordinal-regression"  # RetinaMNIST's DR grades: quadratic-weighted kappa too.
-  c.model.encoder = "resnet18"
-  c.model.stem = "cifar"
-  c.model.width_multiplier = 1.0
   c.model.projector_hidden_dims = (512,)
   c.model.projector_dim = 128
   c.objective.name = "simclr"

@@ -16,40 +16,19 @@ Wall-clock: not yet measured here (900 / 3,700 steps for RetinaMNIST / Pneumonia
 """
 import math
 
-from medssl_jax import config as config_lib
 from medssl_jax.augment import views
-from medssl_jax.data import shared
 from tfds_builders.medmnist import DATASETS
+
+from configs import _medmnist
 
 _EPOCHS, _BATCH = 100, 128
 
 
 def get_config(arg=None):
-  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
-  quick = "quick" in parts
-  names = [p for p in parts if p != "quick"]
-  name = names[0] if names else "retinamnist"
-  unknown = names[1:]
-  if name not in DATASETS or unknown:
-    raise ValueError(f"configs/medmnist_supervised.py:{arg}: expected '<dataset>[,quick]' with a dataset "
-                     f"in {sorted(DATASETS)}")
-  task, channels, labels, (n_train, _, _) = DATASETS[name]
-  if task == "multi-label":
-    raise ValueError(f"{name} is multi-label; this recipe config covers the single-label datasets")
-  c = config_lib.base_config()
+  name, quick = _medmnist.parse(arg, config_file="configs/medmnist_supervised.py")
+  n_train = DATASETS[name][3][0]
+  c = _medmnist.base(name)
   c.mode = "supervised"
-  c.data.builder = "medmnist"
-  c.data.builder_config = name
-  c.data.manual_dir = str(shared.shared_data_dir() / name)
-  c.data.image_size = 28
-  c.data.channels = channels
-  c.data.mean = (0.5,) * channels
-  c.data.std = (0.5,) * channels
-  c.data.val_split = "validation"
-  c.eval.ordinal = task == "ordinal-regression"  # RetinaMNIST's DR grades: quadratic-weighted kappa too.
-  c.model.encoder = "resnet18"
-  c.model.stem = "cifar"
-  c.model.width_multiplier = 1.0
   # One full-size view: the fine-tuning protocol resizes to its crop size; no augmentation is applied.
   c.augment.views = [views.default_view(crop_size=28), views.default_view(crop_size=28)]
   epoch = math.ceil(n_train / _BATCH)

@@ -1,0 +1,37 @@
+"""Shared base of the configs/medmnist_<recipe>.py family (not itself a config): the `:<dataset>[,quick]`
+argument and MedMNIST v2's data and encoder settings (28 px, mean/std 0.5, CIFAR-stem ResNet-18)."""
+from medssl_jax import config as config_lib
+from medssl_jax.data import shared
+from tfds_builders.medmnist import DATASETS
+
+
+def parse(arg, *, config_file: str):
+  """'<dataset>[,quick]' -> (dataset, quick); the default dataset is RetinaMNIST. Multi-label datasets
+  are refused (these recipes are single-label)."""
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  names = [p for p in parts if p != "quick"]
+  name = names[0] if names else "retinamnist"
+  if name not in DATASETS or names[1:]:
+    raise ValueError(f"{config_file}:{arg}: expected '<dataset>[,quick]' with a dataset in {sorted(DATASETS)}")
+  if DATASETS[name][0] == "multi-label":
+    raise ValueError(f"{name} is multi-label; {config_file} covers the single-label datasets")
+  return name, "quick" in parts
+
+
+def base(name: str):
+  """A base config reading medmnist/<name> (28 px) with MedMNIST v2's ResNet-18 (28) encoder."""
+  task, channels, _, _ = DATASETS[name]
+  c = config_lib.base_config()
+  c.data.builder = "medmnist"
+  c.data.builder_config = name
+  c.data.manual_dir = str(shared.shared_data_dir() / name)
+  c.data.image_size = 28
+  c.data.channels = channels
+  c.data.mean = (0.5,) * channels
+  c.data.std = (0.5,) * channels
+  c.data.val_split = "validation"
+  c.eval.ordinal = task == "ordinal-regression"  # RetinaMNIST's DR grades: quadratic-weighted kappa too.
+  c.model.encoder = "resnet18"
+  c.model.stem = "cifar"
+  c.model.width_multiplier = 1.0
+  return c
