@@ -340,7 +340,8 @@ def _write_results(workdir, results, table, name="probe_results"):
 
 
 def run(config, workdir: str):
-  """Dispatches on config.mode. Returns the probe results dict (empty for mode=pretrain)."""
+  """Dispatches on config.mode. Returns the evaluation results {encoder: metrics} (probe, kNN or
+  fine-tuning per eval.protocol), the analysis summary for mode=analyze, and {} for mode=pretrain."""
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = mesh_lib.make_mesh()
