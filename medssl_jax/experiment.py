@@ -220,7 +220,8 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         weight_decay=e.finetune_weight_decay, backbone_lr_scale=e.finetune_backbone_lr_scale,
         warmup_steps=e.finetune_warmup_steps, eval_every=e.finetune_eval_every or None,
         eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh, schedule=e.finetune_schedule,
-        milestones=tuple(e.finetune_milestones), augment=e.finetune_augment, return_predictor=True)
+        milestones=tuple(e.finetune_milestones), augment=e.finetune_augment, return_predictor=True,
+        progress=name)
     r, predict = r
     r.update(_report(config, test["label"], predict(test["image"])))
     if ood_targets:

@@ -181,7 +181,7 @@ def test_knn_protocol_through_experiment(tfds_dir, tmp_path):
   assert table.startswith("kNN on synthetic_fundus/small") and "k=10" in table
 
 
-def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path):
+def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path, capsys):
   """eval.protocol=finetune on a k-per-class subset: backbone + head trained, checkpoint chosen on the
   validation split, test metrics and the selection rule in the table."""
   from medssl_jax import experiment
@@ -201,6 +201,10 @@ def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path):
   assert r["label_subset"]["num_selected"] == 32 and "val" in r["selection"].lower()
   table = experiment.format_table(results, config=config)
   assert table.startswith("Fine-tuning on synthetic_fundus/small") and "| supervised from scratch |" in table
+  # Progress: a line at each validation, with the best validation AUROC so far and an ETA.
+  out = capsys.readouterr().out
+  assert "finetune [supervised from scratch] step 3/6 | train loss" in out and "val AUROC" in out
+  assert "finetune [supervised from scratch] step 6/6" in out and "ETA 0s" in out
 
 
 def test_supervised_mode_medmnist_recipe(tmp_path):

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import flax.linen as nn
 import jax
@@ -235,7 +236,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
              batch_size: int, learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
              augment: bool = True, seed: int = 0, mesh=None, eval_every: int | None = None,
              warmup_steps: int = 0, eval_batch_size: int | None = None, return_variables: bool = False,
-             schedule: str = "cosine", milestones=(0.5, 0.75), return_predictor: bool = False):
+             schedule: str = "cosine", milestones=(0.5, 0.75), return_predictor: bool = False,
+             progress: str | None = None):
   """Fine-tunes `model.backbone` with a new Dense head and scores it (protocol: see the module docstring).
 
   Args:
@@ -257,6 +259,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
       "batch_stats": {"backbone"}}, host numpy) to the result; off by default so results stay JSON-able.
     schedule, milestones: "cosine" (default) or "multistep" (x0.1 at each milestone, given as fractions
       of `steps`; the MedMNIST recipe uses (0.5, 0.75)); see `learning_rate_at`.
+    progress: a name to print progress lines under (step, train loss, validation AUROC, best so far,
+      steps/s, ETA) at each validation and about ten times a run; None prints nothing.
     return_predictor: return (result, predictor) instead of result, where predictor(uint8 images
       [M, H, W, C]) -> probabilities [M, num_classes] (softmax; sigmoid for multi-label) of the selected
       checkpoint, evaluated exactly as the test split is (e.g. on another dataset: evals/ood.py).
@@ -346,6 +350,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
   order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps * batch_size / n))])
   losses, lrs, val_curve = [], [], []
   best = None  # (selection key, step, params, batch_stats, val metrics)
+  t_start, last_print = time.perf_counter(), 0
+  print_every = max(1, steps // 10)
   for step in range(1, steps + 1):
     idx = order[(step - 1) * batch_size:step * batch_size]
     b = mesh_lib.shard_batch({"x": train_images[idx], "y": train_labels[idx]}, mesh)
@@ -364,6 +370,15 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
       rank = (auc, m["accuracy"], -m["loss"])
       if best is None or rank > best[0]:
         best = (rank, step, params, batch_stats, m)
+    if progress and (step == steps or step % print_every == 0 or (val_curve and val_curve[-1]["step"] == step)):
+      # Long runs (e.g. the MedMNIST recipe's 3,700 steps) should not sit silent for minutes.
+      mean_loss = float(np.mean(jax.device_get(losses[last_print:step])))
+      rate = step / (time.perf_counter() - t_start)
+      line = f"finetune [{progress}] step {step}/{steps} | train loss {mean_loss:.4f}"
+      if val_curve and val_curve[-1]["step"] == step:
+        line += f" | val AUROC {val_curve[-1]['auroc']:.4f} (best {best[4]['auroc']:.4f} at step {best[1]})"
+      print(f"{line} | {rate:.2f} steps/s | ETA {(steps - step) / rate:.0f}s", flush=True)
+      last_print = step
   if best is None:
     best = (None, steps, params, batch_stats, None)
   _, sel_step, sel_params, sel_bs, val_m = best
