@@ -179,7 +179,8 @@ def plot_heatmap(table, records, path: str) -> str:
       text = f"{mean:.3f}" + (f"\n± {std:.3f}" if len(values) > 1 else "")
       ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if mean < 0.6 else "black")
     if cell["in_distribution"]:
-      ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+      # Inset, so the outline of an in-distribution cell does not also frame its neighbours.
+      ax.add_patch(plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=2))
   ax.set_xticks(range(len(cols)), [c.replace("/", "/\n") for c in cols], fontsize=7)
   ax.set_yticks(range(len(rows)), [r.replace(" · ", "\n", 1) for r in rows], fontsize=7)
   ax.set_xlabel("tested on (red: in-distribution)")
