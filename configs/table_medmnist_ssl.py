@@ -15,8 +15,8 @@ Command:    python -m medssl_jax.tables.runner --table=configs/table_medmnist_ss
             steps at batch 128, 300 fine-tuning steps at batch 64: what a 2-core CPU affords, not the
             full recipe); `:quick` (both datasets, a narrow network, a few steps: the plumbing, as CI runs it).
 Published:  MedMNIST v2 ResNet-18 (28), supervised on 100% labels (TARGETS.md), beside the 100% rows.
-Wall-clock: on the 2-core dev machine, `:retina_cpu` 33 min and `:pneumonia_cpu` 34 min (3 pretrainings of
-            7-15 min, then 18 evaluation rows of 5-60 s; per row in docs/tables/medmnist_simclr_*.md);
+Wall-clock: on the 2-core dev machine, `:retina_cpu` about 48 min and `:pneumonia_cpu` 34 min (3 pretrainings of
+            7-15 min, then 18 evaluation rows of 5-60 s; partly shared with other jobs; per row in docs/tables/medmnist_simclr_*.md);
             the full table (full width, 2,000 steps at batch 256) is a GPU job.
 Results:    docs/tables/medmnist_simclr_{retina,pneumonia}_cpu.md and the README's table 2.
 """

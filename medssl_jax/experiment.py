@@ -211,7 +211,7 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
     if recalibrate and e.finetune_backbone_lr_scale == 0:  # A frozen random backbone needs real BN statistics.
       variables = probe_lib.recalibrate_batch_stats(model, variables, train["image"], image_size=size,
                                                     mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
-    r = finetune_lib.finetune(
+    r, predict = finetune_lib.finetune(
         model=model, variables=variables, train_images=train["image"], train_labels=train["label"],
         val_images=None if val is None else val["image"], val_labels=None if val is None else val["label"],
         test_images=test["image"], test_labels=test["label"], num_classes=num_classes,
@@ -222,7 +222,6 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh, schedule=e.finetune_schedule,
         milestones=tuple(e.finetune_milestones), augment=e.finetune_augment, return_predictor=True,
         progress=name)
-    r, predict = r
     r.update(_report(config, test["label"], predict(test["image"])))
     if ood_targets:
       r["ood"] = ood_lib.evaluate_targets(config, predict=predict, source_classes=source_classes,
