@@ -11,7 +11,9 @@ import ml_collections
 
 from medssl_jax.augment import views as views_lib
 
-MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised", "analyze")
+MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised", "analyze",
+         # SWCL stages (medssl_jax/swcl/): each a mode, and "swcl" runs them all in order, resuming.
+         "pseudo_label", "propagate", "patches", "transfer", "segmentation", "swcl")
 EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
 
 
@@ -48,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_dim = 128             # MAE decoder width, depth and heads.
   c.model.decoder_depth = 2
   c.model.decoder_heads = 4
+  # Weights the encoder starts from instead of a random init (transfer stages and baselines): "" = random;
+  # a torchvision / timm ResNet state dict (.pth/.pt/.bin, .safetensors) converted by
+  # medssl_jax/models/convert_torch.py, or an .npz written by its export.
+  c.model.init_checkpoint = ""
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = "simclr"
@@ -70,6 +76,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.objective.num_global_views = 2      # Multi-crop: leading full-size views (teacher / assignments).
   c.objective.mask_ratio = 0.75         # MAE: fraction of patches masked.
   c.objective.norm_pix_loss = True      # MAE: per-patch normalised pixel targets.
+  # SWCL (objective "swcl", medssl_jax/objectives/swcl.py): which semi-weak labels make two patches
+  # positives. ("pair",) = only the two views of one patch (SimCLR on patches); otherwise patches are
+  # positives when they agree on every named key: "patient", "position", "abnormality" (thresholded),
+  # and "pseudo_label" (multi-label: positive weight = Jaccard overlap of the thresholded pseudo-labels).
+  c.objective.swcl_scheme = ("patient", "position", "abnormality")
 
   c.augment = ml_collections.ConfigDict()
   c.augment.views = [views_lib.default_view(), views_lib.default_view()]
@@ -150,6 +161,75 @@ def base_config() -> ml_collections.ConfigDict:
   # optional builder_config, data_dir, manual_dir, split ("test"). Empty: no OOD evaluation.
   c.ood = ml_collections.ConfigDict()
   c.ood.targets = ()
+
+  # SWCL (Yap & Ng 2021), stages 1-3 (medssl_jax/swcl/): mode "pseudo_label" trains a semi-supervised
+  # classifier on `labelled` + the unlabelled `pool` (<workdir>/pseudo_labeller/); "propagate" runs it over
+  # the pool and writes images, class activation maps and pseudo-labels (<workdir>/propagation/);
+  # "patches" builds the five-patch TFDS dataset `swcl_patches` from them (<workdir>/patches/). Stage 4 is
+  # mode "pretrain" with objective "swcl" on that dataset; stage 5 is "transfer" / "segmentation".
+  c.swcl = ml_collections.ConfigDict()
+  c.swcl.labelled = ml_collections.ConfigDict()  # Images with image-level labels (e.g. ODIR, HRF).
+  c.swcl.labelled.builder = "synthetic_fundus"
+  c.swcl.labelled.builder_config = "small"
+  c.swcl.labelled.data_dir = ""
+  c.swcl.labelled.manual_dir = ""
+  c.swcl.labelled.train_split = "train"
+  c.swcl.labelled.val_split = "validation"  # Reported during training ("" = none).
+  # Unlabelled pool (e.g. EyePACS): a tuple of dicts {builder, split, optional builder_config, data_dir,
+  # manual_dir}; their labels, if any, are never read.
+  c.swcl.pool = ({"builder": "synthetic_fundus", "builder_config": "small", "split": "test"},)
+  c.swcl.image_size = 448               # Images of stages 2-3 (the patch source), pixels.
+  c.swcl.patch_size = 224               # Stage 3: five patches of this size (four corners + centre).
+  c.swcl.classifier_image_size = 224    # Stages 1-2: the pseudo-labeller's input size.
+  c.swcl.fit = "pad"                    # How non-square fundus images become square (data.fit choices).
+  c.swcl.steps = 2000                   # Stage 1 optimisation steps.
+  c.swcl.batch_size = 32                # Labelled images per step.
+  c.swcl.unlabelled_ratio = 1           # Unlabelled images per labelled one in a step (FixMatch's mu).
+  c.swcl.learning_rate = 1e-3           # AdamW, cosine decay.
+  c.swcl.weight_decay = 1e-4
+  c.swcl.confidence_threshold = 0.95    # FixMatch: weak-view confidence for an unlabelled target.
+  c.swcl.unlabelled_weight = 1.0        # lambda_u.
+  c.swcl.eval_every = 500               # Validation AUROC every N steps (0 = at the end only).
+  c.swcl.normal_classes = ("healthy",)  # Labelled classes that are not abnormal (abnormality = the rest).
+  c.swcl.flip_right_eyes = True         # Stage 3: mirror right eyes so positions match left eyes.
+  c.swcl.abnormality_threshold = 0.5    # Stage 3/4: a patch is abnormal when its score exceeds this.
+  c.swcl.pseudo_label_threshold = 0.5   # Multi-label pseudo-labels: probability above which a class is on.
+
+  # Transfer, classification (mode "transfer"): each target dataset evaluated with config.eval's protocol on
+  # the pretrained encoder (and random init). A tuple of dicts {name, builder, optional builder_config,
+  # data_dir, manual_dir, train_split, val_split, test_split, image_size, fit, ordinal}; results in
+  # <workdir>/transfer/<name>/.
+  c.transfer = ml_collections.ConfigDict()
+  c.transfer.targets = ()
+
+  # Transfer, segmentation (mode "segmentation", medssl_jax/evals/segmentation.py): a U-Net decoder on the
+  # encoder's backbone, trained on random patches of the training images, scored on whole test images
+  # (Dice / F1, pixel AUROC, accuracy, sensitivity, specificity, pooled over the field of view).
+  c.segmentation = ml_collections.ConfigDict()
+  c.segmentation.builder = "chase_db1"
+  c.segmentation.builder_config = "original"
+  c.segmentation.data_dir = ""
+  c.segmentation.manual_dir = ""
+  c.segmentation.train_split = "train"
+  c.segmentation.test_split = "test"
+  c.segmentation.mask_key = "mask"      # The target map feature (vessels: 1, background: 0).
+  # Field of view the metrics are pooled over: a mask feature (HRF/DRIVE "fov_mask"), "auto" (pixels whose
+  # image is not near-black: CHASE_DB1 ships no FOV masks) or "none" (every pixel).
+  c.segmentation.fov = "auto"
+  c.segmentation.image_size = 0         # 0 = native resolution; else squared by data.fit and resized.
+  c.segmentation.patch_size = 128       # Training crops (pixels); test images are segmented whole.
+  c.segmentation.steps = 2000
+  c.segmentation.batch_size = 16
+  c.segmentation.learning_rate = 1e-3   # AdamW, cosine decay; the backbone at lr x backbone_lr_scale.
+  c.segmentation.weight_decay = 1e-4
+  c.segmentation.backbone_lr_scale = 1.0
+  c.segmentation.decoder_widths = ()    # () = each decoder block as wide as the skip it merges.
+  c.segmentation.augment = True         # Flips, 90-degree rotations, brightness/contrast jitter.
+  c.segmentation.threshold = 0.5        # Probability above which a pixel is predicted vessel (Dice, accuracy).
+  # Encoders compared: "pretrained" (the workdir's checkpoint), "random" (random init, trained end to end),
+  # "init_checkpoint" (model.init_checkpoint, e.g. ImageNet weights).
+  c.segmentation.encoders = ("pretrained", "random")
+  c.segmentation.seeds = (0,)           # Decoder init / patch sampling seeds; results are mean +- std.
   return c
 
 
@@ -244,7 +324,99 @@ def validate(config) -> ml_collections.ConfigDict:
   _check_feature_layers(config)  # Last: it builds the model, which needs the checks above to have passed.
   _check_analysis(config)
   _check_ood(config)
+  _check_swcl(config)
+  _check_transfer(config)
   return config
+
+
+POOL_KEYS = ("builder", "split", "builder_config", "data_dir", "manual_dir")
+TRANSFER_TARGET_KEYS = ("name", "builder", "builder_config", "data_dir", "manual_dir", "train_split", "val_split",
+                        "test_split", "image_size", "fit", "ordinal")
+SEGMENTATION_ENCODERS = ("pretrained", "random", "init_checkpoint")
+
+
+def _check_dicts(entries, *, where: str, required, allowed, builders):
+  if isinstance(entries, (str, Mapping)) or not isinstance(entries, (tuple, list)):
+    raise ValueError(f"{where} must be a tuple of dicts, got {entries!r}")
+  for i, e in enumerate(entries):
+    if not isinstance(e, Mapping):
+      raise ValueError(f"{where}[{i}] must be a dict with keys {list(allowed)}, got {e!r}")
+    unknown = sorted(set(e) - set(allowed))
+    missing = [k for k in required if not e.get(k)]
+    if unknown or missing:
+      raise ValueError(f"{where}[{i}]: " + (f"unknown key(s) {unknown}" if unknown else f"missing {missing}") +
+                       f"; valid keys: {list(allowed)} (required: {list(required)})")
+    _check_choice(e["builder"], sorted(builders), f"{where}[{i}].builder")
+
+
+def _check_swcl(config):
+  """The swcl section (SWCL stages 1-3) and objective.swcl_scheme."""
+  from medssl_jax.data import pipeline
+
+  s = config.swcl
+  _check_choice(s.labelled.builder, sorted(pipeline.BUILDERS), "config.swcl.labelled.builder")
+  _check_dicts(s.pool, where="config.swcl.pool", required=("builder", "split"), allowed=POOL_KEYS,
+               builders=pipeline.BUILDERS)
+  if config.mode in ("pseudo_label", "propagate", "swcl") and not s.pool:
+    raise ValueError(f"config.mode={config.mode!r} needs an unlabelled pool: config.swcl.pool is empty")
+  _check_choice(s.fit, pipeline.FITS, "config.swcl.fit")
+  for k in ("image_size", "patch_size", "classifier_image_size", "steps", "batch_size"):
+    if not isinstance(s[k], int) or s[k] <= 0:
+      raise ValueError(f"config.swcl.{k} must be a positive integer, got {s[k]!r}")
+  if s.patch_size > s.image_size:
+    raise ValueError(f"config.swcl.patch_size={s.patch_size} is larger than config.swcl.image_size={s.image_size}")
+  if not isinstance(s.unlabelled_ratio, int) or s.unlabelled_ratio < 0:
+    raise ValueError(f"config.swcl.unlabelled_ratio must be an integer >= 0, got {s.unlabelled_ratio!r}")
+  for k in ("confidence_threshold", "abnormality_threshold", "pseudo_label_threshold"):
+    if not 0.0 <= s[k] <= 1.0:
+      raise ValueError(f"config.swcl.{k} must lie in [0, 1], got {s[k]!r}")
+  if config.objective.name == "swcl":
+    from medssl_jax.objectives import swcl as swcl_objective
+    swcl_objective.check_scheme(config.objective.swcl_scheme)
+
+
+def _check_transfer(config):
+  """The transfer (classification targets) and segmentation sections."""
+  from medssl_jax.data import pipeline
+
+  targets = config.transfer.targets
+  _check_dicts(targets, where="config.transfer.targets", required=("name", "builder"),
+               allowed=TRANSFER_TARGET_KEYS, builders=pipeline.BUILDERS)
+  names = [t["name"] for t in targets]
+  for n in names:
+    if not isinstance(n, str) or not n.replace("_", "").replace("-", "").isalnum():
+      raise ValueError(f"config.transfer.targets: name {n!r} must be letters, digits, '-' or '_' (a folder name)")
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.transfer.targets: names must be distinct, got {names}")
+  if config.mode == "transfer" and not targets:
+    raise ValueError("config.mode='transfer' needs config.transfer.targets (a tuple of dataset dicts)")
+  g = config.segmentation
+  _check_choice(g.builder, sorted(pipeline.BUILDERS), "config.segmentation.builder")
+  enc = g.encoders
+  if isinstance(enc, str) or not isinstance(enc, (tuple, list)) or len(set(enc)) != len(enc):
+    raise ValueError(f"config.segmentation.encoders must be a tuple of distinct names from "
+                     f"{list(SEGMENTATION_ENCODERS)}, got {enc!r}")
+  for e in enc:
+    _check_choice(e, SEGMENTATION_ENCODERS, "config.segmentation.encoders[...]")
+  if "init_checkpoint" in enc and not config.model.init_checkpoint:
+    raise ValueError("config.segmentation.encoders has 'init_checkpoint' but config.model.init_checkpoint is empty")
+  if config.mode in ("segmentation",) and not enc:
+    raise ValueError("config.mode='segmentation' needs config.segmentation.encoders")
+  if enc and config.mode in ("segmentation", "swcl") and config.model.encoder not in ("resnet18", "resnet50"):
+    raise ValueError(f"segmentation transfer puts a U-Net decoder on a ResNet; config.model.encoder="
+                     f"{config.model.encoder!r} is not one")
+  for k in ("patch_size", "steps", "batch_size"):
+    if not isinstance(g[k], int) or g[k] <= 0:
+      raise ValueError(f"config.segmentation.{k} must be a positive integer, got {g[k]!r}")
+  if not isinstance(g.image_size, int) or g.image_size < 0:
+    raise ValueError(f"config.segmentation.image_size must be an integer >= 0 (0 = native), got {g.image_size!r}")
+  seeds = g.seeds
+  if isinstance(seeds, (str, int)) or not seeds or not all(isinstance(x, int) for x in seeds):
+    raise ValueError(f"config.segmentation.seeds must be a non-empty tuple of integers, got {seeds!r}")
+  if g.backbone_lr_scale < 0:
+    raise ValueError(f"config.segmentation.backbone_lr_scale must be >= 0 (0 = frozen), got {g.backbone_lr_scale!r}")
+  if not isinstance(g.fov, str) or not g.fov:
+    raise ValueError(f"config.segmentation.fov must be 'auto', 'none' or a mask feature name, got {g.fov!r}")
 
 
 def _check_ood(config):

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from medssl_jax import config as config_lib
+from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
 from medssl_jax.evals import finetune as finetune_lib
@@ -339,12 +340,121 @@ def _write_results(workdir, results, table, name="probe_results"):
     f.write(table + "\n")
 
 
+TRANSFER_ENCODERS = ("pretrained", "random", "init_checkpoint")
+
+
+def transfer_encoders(config, workdir: str, names) -> dict:
+  """{display name: (model, variables, recalibrate)} for the encoders a transfer stage compares:
+  "pretrained" (the checkpoint in `workdir`), "random" (random init) and "init_checkpoint" (random init
+  with the backbone from config.model.init_checkpoint, e.g. converted ImageNet weights)."""
+  # Pretrained and random encoders keep the architecture pretraining used: model.init_checkpoint switches the
+  # ResNet to torchvision's padding (models.build_backbone), which only the imported weights need.
+  plain = config
+  if config.model.init_checkpoint:
+    plain = config.copy_and_resolve_references()
+    with plain.unlocked():
+      plain.model.init_checkpoint = ""
+  out = {}
+  for name in names:
+    if name not in TRANSFER_ENCODERS:
+      raise ValueError(f"unknown transfer encoder {name!r}; valid choices: {list(TRANSFER_ENCODERS)}")
+    if name == "pretrained":
+      model, variables = load_pretrained(plain, workdir)
+      out[f"{config.objective.name} (pretrained)"] = (model, variables, False)
+    elif name == "random":
+      model, variables = random_init_variables(plain)
+      out["random init"] = (model, variables, True)
+    else:
+      if not config.model.init_checkpoint:
+        raise ValueError("transfer encoder 'init_checkpoint' needs config.model.init_checkpoint (a torchvision / "
+                         "timm ResNet state dict, see medssl_jax/models/convert_torch.py)")
+      from medssl_jax.models import convert_torch  # Local: only this encoder needs it.
+      model, variables = random_init_variables(config)
+      variables = convert_torch.init_backbone(config, variables)
+      label = os.path.basename(config.model.init_checkpoint)
+      out[f"imported ({label})"] = (model, variables, False)
+  return out
+
+
+def _target_config(config, target: dict):
+  """A copy of config whose data section (and probe input size) is one transfer target's."""
+  cfg = config.copy_and_resolve_references()
+  defaults = config_lib.base_config().data
+  with cfg.unlocked():
+    # The target's own dataset: unnamed fields take the schema defaults, not the pretraining data's values.
+    for k in ("builder", "builder_config", "data_dir", "manual_dir", "train_split", "val_split", "test_split",
+              "fit"):
+      cfg.data[k] = target.get(k, defaults[k])
+    if target.get("image_size"):
+      cfg.data.image_size = int(target["image_size"])
+      # The probe encodes images at views[0]'s size.
+      cfg.augment.views = [views_lib.default_view(**dict(v, crop_size=int(target["image_size"])))
+                           for v in cfg.augment.views]
+    if "ordinal" in target:
+      cfg.eval.ordinal = bool(target["ordinal"])
+  return cfg
+
+
+def transfer(config, workdir: str, *, mesh=None) -> dict:
+  """mode "transfer": each of config.transfer.targets evaluated with config.eval's protocol on the pretrained
+  encoder of `workdir` (and a random one when eval.compare_random_init, and the imported one when
+  model.init_checkpoint is set). Results per target in <workdir>/transfer/<name>/; a finished target is
+  read back, not recomputed. Returns {target name: {encoder: metrics}}."""
+  names = ["pretrained"] + (["random"] if config.eval.compare_random_init else [])
+  if config.model.init_checkpoint:
+    names.append("init_checkpoint")
+  encoders = None
+  out = {}
+  for target in config.transfer.targets:
+    cfg = _target_config(config, target)
+    tdir = os.path.join(workdir, "transfer", target["name"])
+    path = os.path.join(tdir, results_name(cfg) + ".json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out[target["name"]] = json.load(f)
+      print(f"transfer [{target['name']}]: results already in {path}", flush=True)
+      continue
+    os.makedirs(tdir, exist_ok=True)
+    builder = pipeline.builder_from_config(cfg.data)
+    pipeline.check_channels(builder, cfg.data.channels)
+    encoders = encoders or transfer_encoders(config, workdir, names)
+    print(f"transfer [{target['name']}]: {dataset_name(builder)}, {cfg.eval.protocol}", flush=True)
+    results = probe(cfg, encoders, builder=builder, mesh=mesh, workdir=tdir)
+    table = format_table(results, config=cfg)
+    print("\n" + table + "\n", flush=True)
+    _write_results(tdir, results, table, results_name(cfg))
+    out[target["name"]] = results
+  return out
+
+
+def segmentation(config, workdir: str, *, mesh=None) -> dict:
+  """mode "segmentation": a U-Net decoder on each encoder of config.segmentation.encoders, trained and scored
+  on config.segmentation's dataset (medssl_jax/evals/segmentation.py); results in <workdir>/segmentation/."""
+  from medssl_jax.evals import attention
+  from medssl_jax.evals import segmentation as segmentation_lib
+
+  encoders = {}
+  for name, (model, variables, _) in transfer_encoders(config, workdir, config.segmentation.encoders).items():
+    # The U-Net takes the bare backbone module (its padding as the encoder was built) and its variables.
+    encoders[name] = (model.backbone, attention.backbone_variables(variables))
+  return segmentation_lib.run(config, workdir, encoders=encoders, mesh=mesh)
+
+
 def run(config, workdir: str):
   """Dispatches on config.mode. Returns the evaluation results {encoder: metrics} (probe, kNN or
-  fine-tuning per eval.protocol), the analysis summary for mode=analyze, and {} for mode=pretrain."""
+  fine-tuning per eval.protocol), the analysis summary for mode=analyze, {} for mode=pretrain, and the
+  stage's summary for the SWCL / transfer modes."""
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = mesh_lib.make_mesh()
+  from medssl_jax.swcl import runner as swcl_runner  # Local: the SWCL stages import this module.
+  if config.mode in swcl_runner.STAGE_MODES:
+    return swcl_runner.run(config, workdir, mesh=mesh)
+  config = swcl_runner.resolve_patch_data(config, workdir)
+  if config.mode == "transfer":
+    return transfer(config, workdir, mesh=mesh)
+  if config.mode == "segmentation":
+    return segmentation(config, workdir, mesh=mesh)
   builder = pipeline.builder_from_config(config.data)
   pipeline.check_channels(builder, config.data.channels)
   if config.mode == "pretrain":

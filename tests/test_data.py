@@ -61,6 +61,27 @@ def test_fov_leaves_corners_black():
       assert corner.max() == 0
 
 
+def test_vessel_masks_leave_the_render_unchanged():
+  from scipy import ndimage
+  for index in range(6):
+    image, label, meta = sf.render_example(index, size=64)
+    image2, label2, meta2 = sf.render_example(index, size=64, return_masks=True)
+    vessels, fov = meta2.pop('vessel_mask'), meta2.pop('fov_mask')
+    assert image.tobytes() == image2.tobytes() and label == label2 and meta == meta2
+    assert vessels.dtype == fov.dtype == np.uint8 and vessels.shape == fov.shape == (64, 64)
+    assert set(np.unique(vessels)) == {0, 1} and set(np.unique(fov)) == {0, 1}
+    assert not (vessels & (1 - fov)).any()  # No vessel outside the field of view.
+    assert 0.02 < vessels[fov > 0].mean() < 0.2
+    # The FOV is the lit disc (up to its anti-aliased rim).
+    assert image[~ndimage.binary_dilation(fov > 0)].max() == 0
+    assert image[ndimage.binary_erosion(fov > 0)].max(-1).min() > 20
+    # Aligned with the drawing: vessel pixels are darker than their surroundings.
+    green = image[..., 1].astype(float)
+    ratio = green / np.maximum(ndimage.uniform_filter(green, 7), 1)
+    inside = fov > 0
+    assert ratio[(vessels > 0) & inside].mean() < ratio[(vessels == 0) & inside].mean() - 0.05
+
+
 def test_save_grid(tmp_path):
   grid = sf.save_grid(tmp_path / 'grid.png', size=32, per_class=2, scale=1)
   assert (tmp_path / 'grid.png').exists() and grid.shape == (4 * 34 + 2, 2 * 34 + 2, 3)
@@ -99,6 +120,23 @@ def test_builder_records_equal_generator(builder):
   assert not (ids['train'] & ids['validation'] or ids['train'] & ids['test']
               or ids['validation'] & ids['test'])
   assert set().union(*ids.values()) == set(range(128))
+
+
+def test_vessels_config_has_masks(tmp_path):
+  vessels = pipeline.get_builder('synthetic_fundus', config='vessels', data_dir=str(tmp_path))
+  assert {s: pipeline.num_examples(vessels, s) for s in ('train', 'validation', 'test')} == {
+      'train': 48, 'validation': 16, 'test': 16}
+  features = vessels.info.features
+  assert set(features.keys()) == {'image', 'label', 'id', 'eye', 'mask', 'fov_mask'}
+  assert features['mask'].shape == features['fov_mask'].shape == (64, 64, 1)
+  arrays = pipeline.load_split_arrays(vessels, split='test', extra_keys=('mask', 'fov_mask'))
+  for row in (0, 15):
+    image, label, meta = sf.render_example(int(arrays['id'][row]), size=64, return_masks=True)
+    np.testing.assert_array_equal(arrays['image'][row], image)
+    np.testing.assert_array_equal(arrays['mask'][row, ..., 0], meta['vessel_mask'])
+    np.testing.assert_array_equal(arrays['fov_mask'][row, ..., 0], meta['fov_mask'])
+    assert arrays['label'][row] == label
+  assert arrays['id'].tolist() == list(range(64, 80))
 
 
 def test_builder_is_reused_once_prepared(builder, capsys):

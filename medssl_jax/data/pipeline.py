@@ -55,6 +55,7 @@ BUILDERS = {
     'bccd': 'tfds_builders.bccd:Bccd',
     # A user's own data.
     'image_folder': 'tfds_builders.image_folder:ImageFolder',
+    'swcl_patches': 'tfds_builders.swcl_patches:SwclPatches',  # SWCL stage 3 (a stage-2 propagation folder).
 }
 _FILE_FORMAT = 'array_record'
 
@@ -210,19 +211,26 @@ def check_channels(builder: Builder, channels: int) -> None:
 
 
 class _Decode:
-  """Picklable record decoder for grain workers: PNG bytes -> dict(image uint8, label, id) int32."""
+  """Picklable record decoder for grain workers: PNG bytes -> dict(image uint8, label, id) int32,
+  plus the non-image features named in `extra_keys`, numeric ones cast to `extra_dtypes` (their
+  dataset dtype: a data source hands float32 scalars back as Python floats)."""
 
   def __init__(self, split: str, image_size: int | None, channels: int = 3, fit: str = 'squash',
-               indices=None):
+               indices=None, extra_keys=(), extra_dtypes=None):
     self.split = split
     self.image_size = image_size
     self.channels = channels
     self.fit = fit
     self.indices = None if indices is None else [int(i) for i in indices]
+    self.extra_keys = tuple(extra_keys)
+    self.extra_dtypes = dict(extra_dtypes or {})
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
     index = index if self.indices is None else self.indices[index]  # Name the split's record in errors.
-    return _decode_record(record, index, self.split, self.image_size, self.channels, self.fit)
+    out = _decode_record(record, index, self.split, self.image_size, self.channels, self.fit, self.extra_keys)
+    for key, dtype in self.extra_dtypes.items():
+      out[key] = out[key].astype(dtype, copy=False)
+    return out
 
 
 def _decode_record(record, index, split, image_size, channels=3, fit='squash', extra_keys=(), image_keys=()):
@@ -311,7 +319,7 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
                         worker_count: int = 0, process_index: int | None = None,
                         process_count: int | None = None, read_threads: int = 2,
                         prefetch_batches: int = 4, fit: str = 'squash',
-                        indices=None) -> grain.DatasetIterator:
+                        indices=None, extra_keys=()) -> grain.DatasetIterator:
   """Returns a shuffled, repeated, batched training iterator over this process's shard of `split`.
 
   Each process reads records `[process_index::process_count]` and yields batches of
@@ -333,6 +341,8 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
     fit: how a non-square image becomes square before resizing: 'squash' (plain resize), 'pad'
       (black borders, keeps everything) or 'center_crop'.
     indices: optional record indices of `split` to use (a label subset, see data/subsets.py).
+    extra_keys: further (non-image) features returned in each batch as stacked numpy arrays [B, ...]
+      in the dataset's dtype, aligned with 'id' (e.g. SWCL's 'patient', 'position', 'pseudo_label').
 
   Returns:
     A grain `DatasetIterator`; `get_state()` / `set_state()` checkpoint and restore it exactly.
@@ -351,10 +361,16 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
 
   if fit not in FITS:
     raise ValueError(f'fit={fit!r}; valid choices: {list(FITS)}')
+  extra_keys, image_keys = check_extra_keys(builder, extra_keys)
+  if image_keys:
+    raise ValueError(f'make_train_iterator: extra_keys {sorted(image_keys)} are image features (masks), which '
+                     f'training batches do not carry yet; use load_split_arrays(extra_keys=...) for them')
+  dtypes = {k: np.dtype(builder.info.features[k].np_dtype) for k in extra_keys}
+  dtypes = {k: d for k, d in dtypes.items() if d.kind in 'biuf'}  # Numeric; text stays as stored.
   source = _data_source(builder, split, indices)
   # Decode keyed by the record's index in the split, before sharding, so errors can name it.
   ds = grain.MapDataset.source(source).map_with_index(
-      _Decode(split, image_size, image_channels(builder), fit, indices))
+      _Decode(split, image_size, image_channels(builder), fit, indices, extra_keys, dtypes))
   ds = ds[process_index::process_count]
   if len(ds) == 0:
     raise ValueError(f'Process {process_index}/{process_count} got no records of split {split!r} '

@@ -29,6 +29,9 @@ NUM_CLASSES = len(CLASS_NAMES)
 
 _SS = 2  # Supersampling factor: draw at _SS * size, then box-downsample.
 _RGB_KEY = np.array([0.299, 0.587, 0.114], np.float32)
+# Fraction of an output pixel a vessel stroke must cover to count as vessel in the vessel map: a stroke
+# 1 canvas pixel wide (the thinnest tapered ends) covers half an output pixel.
+VESSEL_COVERAGE = 0.5
 
 
 def label_for_index(index: int, *, seed: int = 0) -> int:
@@ -75,8 +78,8 @@ def _sample_in_fov(rng, cx, cy, r, disc, n, min_disc_dist):
   return pts
 
 
-def render_example(index: int, *, size: int = 64, seed: int = 0,
-                   draw_lesions: bool = True) -> tuple[np.ndarray, int, dict]:
+def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: bool = True,
+                   return_masks: bool = False) -> tuple[np.ndarray, int, dict]:
   """Renders example `index` deterministically from (seed, index).
 
   Args:
@@ -84,11 +87,16 @@ def render_example(index: int, *, size: int = 64, seed: int = 0,
     size: output side length in pixels.
     seed: dataset seed.
     draw_lesions: if False, render the identical image without lesions (for tests and figures).
+    return_masks: also put the vessel map and the field of view in `meta` (computed from the drawing
+      masks after the fact: the image, label and other meta are identical either way).
 
   Returns:
     (image uint8 [size, size, 3], label int, meta dict with 'eye', 'num_lesions',
     'num_microaneurysms', 'num_haemorrhages', 'num_exudates' and 'lesion_pixels', the number of
-    output pixels covered at least 25% by a lesion).
+    output pixels covered at least 25% by a lesion). With `return_masks`, meta also holds
+    'vessel_mask' and 'fov_mask', uint8 {0, 1} [size, size]: an output pixel is vessel when at least
+    VESSEL_COVERAGE of it (on the 2x canvas) is covered by a vessel stroke inside the FOV, and inside
+    the FOV when at least half of it is inside the circle.
   """
   label = label_for_index(index, seed=seed)
   # Separate streams so lesions never perturb the nuisance draws (enables draw_lesions=False).
@@ -231,6 +239,12 @@ def render_example(index: int, *, size: int = 64, seed: int = 0,
   meta = {'eye': EYE_NAMES[eye], 'num_lesions': num_lesions if draw_lesions else 0,
           'num_microaneurysms': n_ma, 'num_haemorrhages': n_hm, 'num_exudates': n_ex,
           'lesion_pixels': lesion_pixels}
+  if return_masks:
+    # Vessels outside the FOV are blacked out in the image, so they are not vessels in the map either.
+    v = (np.asarray(vmask, np.float32) / 255.0) * (np.asarray(fov, np.float32) / 255.0)
+    v = v.reshape(size, _SS, size, _SS).mean(axis=(1, 3))
+    meta['vessel_mask'] = (v >= VESSEL_COVERAGE).astype(np.uint8)
+    meta['fov_mask'] = (fov_small >= 0.5).astype(np.uint8)
   return out, label, meta
 
 

@@ -20,8 +20,9 @@ def compute_dtype(config):
 def build_backbone(config):
   """The encoder named by config.model.encoder.
 
-  ResNets take config.model.stem and width_multiplier; ViTs take config.model.patch_size, ignore the
-  stem, and reject a width_multiplier other than 1.0 (their widths are the fixed DeiT sizes).
+  ResNets take config.model.stem and width_multiplier, and pad like torchvision (ResNet padding="torch")
+  when config.model.init_checkpoint names weights to start from; ViTs take config.model.patch_size, ignore
+  the stem, and reject a width_multiplier other than 1.0 (their widths are the fixed DeiT sizes).
   """
   m = config.model
   if m.encoder not in ENCODERS:
@@ -32,7 +33,10 @@ def build_backbone(config):
                        f"{m.encoder} has a fixed width: set it to 1.0 or pick a smaller ViT "
                        f"({sorted(VIT_SIZES)})")
     return vision_transformer(m.encoder, patch_size=m.patch_size, dtype=compute_dtype(config))
-  return resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config))
+  # Converted torchvision / timm weights (model.init_checkpoint) need torchvision's symmetric padding.
+  padding = "torch" if m.get("init_checkpoint") else "same"
+  return resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config),
+                padding=padding)
 
 
 def default_heads(config) -> dict:

@@ -16,6 +16,10 @@ ModuleDef = Any
 # Stage depths per depth; the block type follows from the depth.
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STEMS = ("imagenet", "cifar")
+# "same": flax SAME padding for 3x3 convs, which pads a stride-2 conv on an even input (0, 1) (the
+# default: existing checkpoints and results use it). "torch": symmetric (1, 1) like torchvision, so
+# converted torchvision / timm weights compute the same features (models/convert_torch.py).
+PADDINGS = ("same", "torch")
 
 
 def _last_bn_init(zero: bool):
@@ -31,14 +35,15 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
   strides: int = 1
   zero_init_residual: bool = False
+  padding: Any = "SAME"  # Of the 3x3 convs (ResNet.padding decides).
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv1")(x)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=self.padding, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), padding=self.padding, name="conv2")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn2")(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
@@ -53,6 +58,7 @@ class Bottleneck(nn.Module):
   norm: ModuleDef
   strides: int = 1
   zero_init_residual: bool = False
+  padding: Any = "SAME"  # Of the 3x3 conv (ResNet.padding decides).
   expansion = 4
 
   @nn.compact
@@ -60,7 +66,7 @@ class Bottleneck(nn.Module):
     residual = x
     y = self.conv(self.filters, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=self.padding, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn3")(y)
@@ -80,6 +86,9 @@ class ResNet(nn.Module):
     bn_momentum: decay of the running BatchNorm statistics used in evaluation.
     zero_init_residual: zero-init the last BatchNorm scale of each residual block.
     dtype: compute dtype (e.g. bfloat16); parameters and BatchNorm statistics stay float32.
+    padding: "same" (flax SAME for the 3x3 convs) or "torch" (symmetric, as torchvision: needed to reproduce
+      converted torchvision / timm weights; same parameters either way). The ImageNet stem's 7x7 conv and
+      max-pool pad symmetrically in both.
   """
   depth: int = 18
   stem: str = "imagenet"
@@ -87,6 +96,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
+  padding: str = "same"
 
   @property
   def num_features(self) -> int:
@@ -99,6 +109,9 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet depth {self.depth!r} is not supported; valid: {sorted(STAGE_SIZES)}")
     if self.stem not in STEMS:
       raise ValueError(f"ResNet stem {self.stem!r} is not supported; valid: {list(STEMS)}")
+    if self.padding not in PADDINGS:
+      raise ValueError(f"ResNet padding {self.padding!r} is not supported; valid: {list(PADDINGS)}")
+    pad3 = "SAME" if self.padding == "same" else ((1, 1), (1, 1))
     block_cls = Bottleneck if self.depth >= 50 else BasicBlock
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
@@ -121,7 +134,7 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = block_cls(width(64 * 2**i), conv=conv, norm=norm, strides=strides,
-                      zero_init_residual=self.zero_init_residual,
+                      zero_init_residual=self.zero_init_residual, padding=pad3,
                       name=f"stage{i + 1}_block{j + 1}")(x)
       stages.append(x)
     features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)

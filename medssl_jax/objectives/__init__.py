@@ -12,7 +12,8 @@ import importlib
 import jax.numpy as jnp
 
 from medssl_jax.objectives.base import Objective
-from medssl_jax.objectives.contrastive import contrastive_loss, l2_normalize, multiview_ids
+from medssl_jax.objectives.contrastive import (contrastive_loss, l2_normalize, multiview_ids,
+                                               weighted_contrastive_loss)
 
 # name -> "module:ATTRIBUTE" (an Objective).
 OBJECTIVES = {
@@ -27,6 +28,7 @@ OBJECTIVES = {
     "swav": "medssl_jax.objectives.swav:SWAV",
     "dino": "medssl_jax.objectives.dino:DINO",
     "mae": "medssl_jax.objectives.mae:MAE",
+    "swcl": "medssl_jax.objectives.swcl:SWCL",
 }
 
 
@@ -76,4 +78,4 @@ def available() -> list[str]:
 
 
 __all__ = ["OBJECTIVES", "Objective", "available", "contrastive_loss", "get_objective", "l2_normalize",
-           "multiview_ids"]
+           "multiview_ids", "weighted_contrastive_loss"]

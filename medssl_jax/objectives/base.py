@@ -9,6 +9,10 @@ An `Objective` names a pure loss function and declares what the trainer must pro
   from the shapes of one forward pass; the loss returns its updated values.
 * `multi_crop=True`: views may have different crop sizes (SwAV, DINO); each size is encoded in its
   own forward pass.
+* `batch_keys(config)`: dataset features besides image/label/id that the loss reads from `batch`
+  (e.g. SWCL's 'patient', 'position', ... as its scheme names them); the trainer asks the input
+  pipeline for them (`make_train_iterator(extra_keys=...)`) and fails before training when the
+  dataset lacks one. None: none needed.
 
 The loss is keyword-only and pure:
 
@@ -37,3 +41,4 @@ class Objective:
   teacher_views: int = 2                        # Leading views the teacher encodes (0: num_global_views).
   init_state: Callable[[Any, Any], dict] | None = None
   multi_crop: bool = False
+  batch_keys: Callable[[Any], tuple] | None = None  # config -> extra dataset features the loss reads.

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 CONFIG_FILE = "config.json"
 # Keys that may differ between the run that wrote a workdir and a run that resumes it: they change
 # what happens after pretraining or how it is reported, not the pretrained weights.
-RESUMABLE_KEYS = ("mode", "eval", "analysis", "ood", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+RESUMABLE_KEYS = ("mode", "eval", "analysis", "ood", "transfer", "segmentation", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                   "data.worker_count", "data.data_dir", "data.manual_dir", "data.val_split")
 
 

@@ -29,6 +29,24 @@ def input_shape(config):
   return (crop, crop, config.data.channels)
 
 
+def objective_batch_keys(config, objective, builder) -> tuple:
+  """The dataset features (besides image/label/id) the objective's loss reads (`Objective.batch_keys`),
+  checked against the builder: a ValueError naming the objective, its settings and the dataset's
+  features when one is missing, raised before any training work."""
+  if objective.batch_keys is None:
+    return ()
+  keys = tuple(objective.batch_keys(config))
+  missing = [k for k in keys if k not in builder.info.features]
+  if missing:
+    name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+    setting = (f" with config.objective.swcl_scheme={tuple(config.objective.swcl_scheme)}"
+               if objective.name == "swcl" else "")
+    raise ValueError(f"objective {objective.name!r}{setting} needs dataset features {list(keys)}, but dataset "
+                     f"{name!r} (config.data.builder) lacks {missing}; its features are "
+                     f"{sorted(builder.info.features.keys())}")
+  return keys
+
+
 def init_train_state(config, model, tx, key):
   """The initial TrainState for a config, with its objective's state (teacher, queue, centre)."""
   return state_lib.init_state(model, tx, key=key, image_shape=input_shape(config),
@@ -49,6 +67,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
   builder = builder or pipeline.builder_from_config(config.data)
   pipeline.check_channels(builder, config.data.channels)
   model, objective, tx, schedule = build(config)
+  extra_keys = objective_batch_keys(config, objective, builder)
   key = jax.random.key(config.seed)
   init_key, aug_key = jax.random.split(key)
   state = init_train_state(config, model, tx, init_key)
@@ -62,7 +81,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
   manager = ckpt_lib.make_manager(workdir, keep=t.keep_checkpoints)
   it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
                                     seed=config.seed, image_size=config.data.image_size, fit=config.data.fit,
-                                    worker_count=config.data.worker_count)
+                                    worker_count=config.data.worker_count, extra_keys=extra_keys)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = ckpt_lib.restore_latest(manager, abstract)
   start = 0

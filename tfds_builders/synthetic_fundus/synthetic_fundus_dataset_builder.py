@@ -15,6 +15,8 @@ Synthetic fundus-like colour images graded by lesions into healthy / mild / mode
 Images are rendered deterministically from (seed, index): retina colour, brightness, vignetting,
 optic disc side and vessels vary a lot, while the label is carried only by small lesions
 (microaneurysms, haemorrhages, exudates). Classes are exactly balanced in blocks of 4 indices.
+The 'vessels' config also carries each image's vessel map ('mask', 1 = vessel) and circular field of
+view ('fov_mask', 1 = inside), for the segmentation transfer protocol's tests and quick runs.
 """
 
 
@@ -26,6 +28,7 @@ class SyntheticFundusConfig(tfds.core.BuilderConfig):
   num_validation: int = 256
   num_test: int = 512
   seed: int = 0
+  vessel_masks: bool = False  # Add 'mask' (vessels) and 'fov_mask' image features.
 
 
 class SyntheticFundus(tfds.core.GeneratorBasedBuilder):
@@ -40,19 +43,28 @@ class SyntheticFundus(tfds.core.GeneratorBasedBuilder):
                             image_size=32, num_train=64, num_validation=32, num_test=32),
       SyntheticFundusConfig(name='small', description='64 px, 512/64/256 examples, for quick end-to-end runs.',
                             image_size=64, num_train=512, num_validation=64, num_test=256),
+      SyntheticFundusConfig(name='vessels', description='64 px, 48/16/16 examples with vessel and FOV masks, '
+                            'for segmentation tests.', image_size=64, num_train=48, num_validation=16,
+                            num_test=16, vessel_masks=True),
   ]
   DEFAULT_CONFIG_NAME = '64px'
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
+    features = {
+        'image': tfds.features.Image(shape=(s, s, 3), encoding_format='png'),
+        'label': tfds.features.ClassLabel(names=list(synthetic_fundus.CLASS_NAMES)),
+        'id': tfds.features.Scalar(dtype=np.int64, doc='Generator index of the example.'),
+        'eye': tfds.features.ClassLabel(names=list(synthetic_fundus.EYE_NAMES)),
+    }
+    if self.builder_config.vessel_masks:
+      features['mask'] = tfds.features.Image(shape=(s, s, 1), encoding_format='png',
+                                             doc='Vessels (1) vs background (0), inside the FOV.')
+      features['fov_mask'] = tfds.features.Image(shape=(s, s, 1), encoding_format='png',
+                                                 doc='Circular field of view (1 inside, 0 outside).')
     return self.dataset_info_from_configs(
         description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(s, s, 3), encoding_format='png'),
-            'label': tfds.features.ClassLabel(names=list(synthetic_fundus.CLASS_NAMES)),
-            'id': tfds.features.Scalar(dtype=np.int64, doc='Generator index of the example.'),
-            'eye': tfds.features.ClassLabel(names=list(synthetic_fundus.EYE_NAMES)),
-        }),
+        features=tfds.features.FeaturesDict(features),
         supervised_keys=('image', 'label'),
         # Keep records in index order: record i of a split is its i-th generator index, so reads are
         # reproducible and easy to check; training pipelines shuffle on their own.
@@ -71,8 +83,17 @@ class SyntheticFundus(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, start: int, stop: int):
     c = self.builder_config
     for index in range(start, stop):
-      image, label, meta = synthetic_fundus.render_example(index, size=c.image_size, seed=c.seed)
-      buf = io.BytesIO()
-      # PNG bytes, not arrays: encoding numpy images inside TFDS needs TensorFlow.
-      Image.fromarray(image).save(buf, format='PNG')
-      yield index, {'image': buf.getvalue(), 'label': label, 'id': index, 'eye': meta['eye']}
+      image, label, meta = synthetic_fundus.render_example(index, size=c.image_size, seed=c.seed,
+                                                           return_masks=c.vessel_masks)
+      record = {'image': _png(image), 'label': label, 'id': index, 'eye': meta['eye']}
+      if c.vessel_masks:
+        record['mask'] = _png(meta['vessel_mask'])
+        record['fov_mask'] = _png(meta['fov_mask'])
+      yield index, record
+
+
+def _png(array: np.ndarray) -> bytes:
+  """PNG bytes, not arrays: encoding numpy images inside TFDS needs TensorFlow. 2-D arrays become 'L'."""
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format='PNG')
+  return buf.getvalue()

@@ -1,0 +1,56 @@
+"""CHASE_DB1 vessel segmentation: SWCL-pretrained vs SimCLR vs random-init encoders under one U-Net decoder.
+
+Reproduces: issue 6's table (Yap & Ng 2021 transfer to vessel segmentation): a U-Net decoder on each encoder,
+            trained on the 20 CHASE_DB1 training images (children 01-10) and scored on the 8 test images
+            (children 11-14), pixel Dice / AUROC / accuracy pooled over the field of view, beside the
+            published U-Net row (as reported in the R2U-Net paper, Alom et al. 2018).
+Command:    python -m medssl_jax.tables.segmentation_table --table=configs/table_chase_db1_swcl.py:cpu \
+              --workdir=/tmp/chase_swcl --out=docs/tables
+            (resumable: rerun the same command after an interruption.)
+Variants:   `cpu`: configs/fundus_swcl.py:cpu and :cpu_pair (ResNet-18 x0.25; HRF + CHASE_DB1-train pool;
+              3 segmentation seeds); `quick`: the synthetic smoke variant (no published row applies).
+            (none): the paper-scale runs (configs/fundus_swcl.py, GPU + downloaded datasets).
+
+`get_table` returns the table (medssl_jax/tables/segmentation_table.py documents its keys); `get_config`
+returns the SWCL run of the same variant, so this file is also a normal config.
+"""
+
+PUBLISHED = (
+    {"method": "U-Net", "source": "Alom et al. 2018 (R2U-Net paper), as listed in ../shared/TARGETS.md",
+     "dice": 0.7783, "auroc": 0.9772, "accuracy": 0.9578, "sensitivity": None, "specificity": None,
+     "note": "U-Net (as reported in the R2U-Net paper, 2018) on CHASE_DB1 20 train / 8 test, full resolution, "
+             "trained from scratch on many more patches; R2U-Net 0.8171 / 0.9784, IterNet 0.8073 / 0.9851."},
+)
+
+
+def get_table(arg=None):
+  variant = arg or ""
+  if variant not in ("", "cpu", "quick"):
+    raise ValueError(f"Unknown table variant {variant!r}; valid variants: ['cpu', 'quick'] (or none)")
+  swcl, pair = ("configs/fundus_swcl.py", "configs/fundus_swcl.py")
+  if variant:
+    swcl, pair = f"{swcl}:{variant}", f"{pair}:{variant}_pair" if variant == "cpu" else f"{pair}:{variant}"
+  runs = {"swcl": swcl}
+  rows = [{"label": "SWCL (patient + position + abnormality)", "run": "swcl", "encoder": "swcl (pretrained)"}]
+  if variant != "quick":
+    runs["simclr_patches"] = pair
+    rows.append({"label": "SimCLR (same patches, pair positives)", "run": "simclr_patches",
+                 "encoder": "swcl (pretrained)"})
+  rows.append({"label": "random init (U-Net trained from scratch)", "run": "swcl", "encoder": "random init"})
+  return {
+      "name": f"chase_db1_swcl{'_' + variant if variant else ''}",
+      "description": ("CHASE_DB1 vessel segmentation (20 train / 8 test images, native 999x960): a U-Net decoder "
+                      "on each encoder, fine-tuned end to end; mean ± std over the segmentation seeds. SWCL and "
+                      "SimCLR pretrain on the same five-patch dataset (HRF + CHASE_DB1 training images); the "
+                      "SimCLR row is SWCL's loss with pair-only positives."),
+      "runs": runs,
+      "rows": tuple(rows),
+      "published": PUBLISHED if variant != "quick" else (),
+  }
+
+
+def get_config(arg=None):
+  from medssl_jax import config as config_lib
+  spec = get_table(arg)["runs"]["swcl"]
+  file, _, variant = spec.partition(":")
+  return config_lib.load(file, variant or None)

@@ -1,0 +1,655 @@
+"""Segmentation transfer: a U-Net on a (pretrained) ResNet encoder, trained on patches, scored on whole images.
+
+Protocol (`finetune_segmentation`, named in its result as "protocol"):
+  * Model: `UNet(backbone, num_classes=1)` (medssl_jax/models/unet.py). Its "backbone" parameters and
+    BatchNorm statistics start from the given backbone variables (the tree of a plain `ResNet`, e.g. an
+    SSL model's `backbone`); the decoder is randomly initialised from `seed`, except the output bias, set to
+    the log-odds of the foreground fraction of the training FOV pixels (the prior init of Lin et al. 2017:
+    otherwise the first steps go to pushing every background pixel down from p = 0.5).
+  * Training data: `batch_size` random `patch_size` x `patch_size` crops per step, drawn on device from
+    the training images (uniform over images and crop origins; origins lie on a grid of stride
+    patch_size // 16 plus a uniform jitter, and only crops at least MIN_CROP_FOV inside the field of view
+    are drawn). Augmentation (`augment=True`, on device with jax.random, one key per crop): horizontal
+    and vertical flips (p 0.5 each), a rotation by k x 90 degrees (k uniform in 0-3), brightness x U(0.8,
+    1.2) and contrast x U(0.8, 1.2) about the crop's mean, clipped to [0, 1]. Then (x - mean) / std.
+  * Loss: binary cross-entropy + soft Dice (1 - (2 sum p y + 1) / (sum p + sum y + 1) over the batch),
+    on every pixel of the crops.
+  * Optimiser: AdamW (b1 0.9, b2 0.999), cosine decay of `learning_rate` to 0 over `steps`, weight decay on
+    kernels only; the backbone's learning rate (and decoupled weight decay) is x `backbone_lr_scale`
+    (0: the backbone's parameters are not trained; its BatchNorm running statistics still adapt).
+    BatchNorm in train mode (batch statistics of the crops; running statistics updated).
+  * Test: each whole image (any size) is padded (reflect where it fits, else zeros) at the bottom and
+    right to a multiple of 32, segmented in inference mode (running BatchNorm statistics) in batches of
+    up to EVAL_BATCH images, and the logits are cropped back to the image. Metrics
+    (`segmentation_metrics.segmentation_report`): Dice, pixel AUROC, accuracy, sensitivity, specificity
+    over all test pixels inside the FOV pooled across images (the retinal-vessel literature's
+    convention; probability >= `threshold` is vessel), plus the mean per-image Dice. No validation
+    split and no checkpoint selection: the last step is scored.
+
+FOV convention (`fov_masks`): True = the pixel is inside the field of view and is scored. "auto" (CHASE_DB1
+ships no FOV masks): pixels whose brightest channel exceeds AUTO_FOV_THRESHOLD (20 / 255), cleaned up
+per image by keeping the largest connected component and filling its holes. A mask feature
+(e.g. HRF / DRIVE "fov_mask"): its non-zero pixels. "none": every pixel.
+
+`run(config, workdir, encoders=...)` is the stage behind `config.segmentation`: every encoder x seed,
+results.json / results.md / overlays in <workdir>/segmentation/, resuming finished runs.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.evals import segmentation_metrics
+from medssl_jax.evals.finetune import learning_rate_at
+from medssl_jax.models.resnet import ResNet
+from medssl_jax.models.unet import UNet
+from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train.step import normalize
+
+PROTOCOL = ("segmentation transfer: U-Net (encoder from the given backbone, bilinear decoder from random init, "
+            "output bias at the foreground prior) "
+            "trained on random {patch}px crops (at least {min_fov:.0%} field of view){aug}; BCE + soft Dice; AdamW, cosine "
+            "decay, weight decay on kernels, backbone lr x {bb}; BatchNorm in train mode; whole test images padded "
+            "to a multiple of 32; metrics over field-of-view pixels pooled across test images, threshold {thr}")
+
+FOV_CHOICES = ("auto", "none")
+AUTO_FOV_THRESHOLD = 20  # uint8 level of the brightest channel above which a pixel is inside the FOV.
+MIN_CROP_FOV = 0.25      # Training crops hold at least this fraction of FOV pixels.
+PAD_MULTIPLE = 32        # Total stride of a ResNet with the ImageNet stem.
+EVAL_BATCH = 4
+BRIGHTNESS = 0.2         # Brightness / contrast factors drawn from U(1 - x, 1 + x).
+CONTRAST = 0.2
+METRICS = ("dice", "auroc", "accuracy", "sensitivity", "specificity")
+
+
+def describe(*, patch_size: int, augment: bool, backbone_lr_scale: float, threshold: float) -> str:
+  """PROTOCOL with this run's patch size, augmentation, backbone lr scale and threshold."""
+  aug = " with flips, 90-degree rotations, brightness/contrast jitter" if augment else ", no augmentation"
+  bb = f"{backbone_lr_scale:g}" + (" (frozen parameters)" if backbone_lr_scale == 0 else "")
+  return PROTOCOL.format(patch=patch_size, min_fov=MIN_CROP_FOV, aug=aug, bb=bb, thr=f"{threshold:g}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field of view.
+
+def _auto_fov(image: np.ndarray) -> np.ndarray:
+  from scipy import ndimage
+  fov = image.max(axis=-1) > AUTO_FOV_THRESHOLD
+  # The largest 8-connected component: drops bright speckle (JPEG noise, text) outside the disc.
+  labels, n = ndimage.label(fov, structure=np.ones((3, 3), bool))
+  if n > 1:
+    sizes = ndimage.sum(fov, labels, index=np.arange(1, n + 1))
+    fov = labels == 1 + int(np.argmax(sizes))
+  return ndimage.binary_fill_holes(fov)  # Dark vessels / lesions inside the disc stay in the FOV.
+
+
+def fov_masks(images, *, fov, masks=None) -> np.ndarray:
+  """Field-of-view masks bool [N, H, W] (True = inside, scored) of uint8 images [N, H, W, C].
+
+  fov: "auto": pixels whose brightest channel is above AUTO_FOV_THRESHOLD (20 of 255), per image cleaned
+    to the largest connected component (8-connected) with its holes filled (for fundus
+    photographs without official FOV masks, e.g. CHASE_DB1); "none": every pixel; an array [N, H, W(, 1)]:
+    that mask (non-zero = inside); or the name of a mask feature, with its array passed as `masks`.
+  Raises ValueError for an unknown `fov`, a shape mismatch, or an image whose FOV is empty.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"fov_masks: images must be [N, H, W, C], got shape {images.shape}")
+  n, h, w = images.shape[:3]
+  if isinstance(fov, str) and fov in FOV_CHOICES:
+    if fov == "none":
+      return np.ones((n, h, w), bool)
+    out = np.stack([_auto_fov(im) for im in images]) if n else np.zeros((0, h, w), bool)
+    source = "fov='auto'"
+  else:
+    if isinstance(fov, str):
+      if masks is None:
+        raise ValueError(f"fov={fov!r} is not known; valid choices: {list(FOV_CHOICES)}, a mask array, or the "
+                         f"name of a FOV mask feature together with its array as masks=")
+      source = f"fov mask {fov!r}"
+    else:
+      masks, source = fov, "the fov mask array"
+    out = np.asarray(masks)
+    if out.ndim == 4 and out.shape[-1] == 1:
+      out = out[..., 0]
+    if out.shape != (n, h, w):
+      raise ValueError(f"fov_masks: {source} has shape {out.shape}; expected [N, H, W] = {(n, h, w)} "
+                       f"(or [N, H, W, 1]) to match the images {images.shape}")
+    out = out != 0
+  empty = np.flatnonzero(~out.reshape(n, -1).any(axis=1))
+  if empty.size:
+    raise ValueError(f"fov_masks: {source} is empty (no pixel inside) for image(s) {empty[:10].tolist()}")
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training and inference.
+
+def _decay_mask(params):
+  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def _augment_one(key, image, mask):
+  """Flips, a k x 90-degree rotation (image and mask alike) and brightness/contrast jitter (image only)."""
+  k_h, k_v, k_rot, k_b, k_c = jax.random.split(key, 5)
+  channels = image.shape[-1]
+  both = jnp.concatenate([image, mask[..., None]], axis=-1)
+  both = jnp.where(jax.random.bernoulli(k_h), both[:, ::-1], both)
+  both = jnp.where(jax.random.bernoulli(k_v), both[::-1], both)
+  both = jax.lax.switch(jax.random.randint(k_rot, (), 0, 4),
+                        [functools.partial(jnp.rot90, k=k) for k in range(4)], both)
+  image, mask = both[..., :channels], both[..., channels]
+  image = image * jax.random.uniform(k_b, (), minval=1 - BRIGHTNESS, maxval=1 + BRIGHTNESS)
+  mu = jnp.mean(image)
+  image = (image - mu) * jax.random.uniform(k_c, (), minval=1 - CONTRAST, maxval=1 + CONTRAST) + mu
+  return jnp.clip(image, 0.0, 1.0), mask
+
+
+def soft_dice_loss(probs, targets, *, smooth: float = 1.0):
+  """1 - (2 sum p y + smooth) / (sum p + sum y + smooth), summed over every pixel of the batch."""
+  inter = jnp.sum(probs * targets)
+  return 1.0 - (2.0 * inter + smooth) / (jnp.sum(probs) + jnp.sum(targets) + smooth)
+
+
+@functools.lru_cache(maxsize=16)
+def _functions(model: UNet, patch: int, mean: tuple, std: tuple, augment: bool, frozen: bool, batch_size: int,
+               stride: int, batch_sharding):
+  """Jitted train_step and init_opt, cached so repeated seeds / encoders with one setup compile once.
+
+  The learning rate, weight decay and backbone lr scale are traced arguments (computed on the host).
+  """
+  adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+
+  def sample(key, images, masks, origins):
+    k_idx, k_jit, k_aug = jax.random.split(key, 3)
+    h, w, c = images.shape[1:]
+    o = origins[jax.random.randint(k_idx, (batch_size,), 0, origins.shape[0])]
+    jit = jax.random.randint(k_jit, (batch_size, 2), 0, stride)
+    y0 = jnp.minimum(o[:, 1] + jit[:, 0], h - patch)
+    x0 = jnp.minimum(o[:, 2] + jit[:, 1], w - patch)
+    crop = lambda i, y, x: (jax.lax.dynamic_slice(images, (i, y, x, 0), (1, patch, patch, c))[0],
+                            jax.lax.dynamic_slice(masks, (i, y, x), (1, patch, patch))[0])
+    x, m = jax.vmap(crop)(o[:, 0], y0, x0)
+    x, m = x.astype(jnp.float32) / 255.0, m.astype(jnp.float32)
+    if augment:
+      x, m = jax.vmap(_augment_one)(jax.random.split(k_aug, batch_size), x, m)
+    if batch_sharding is not None:
+      x, m = (jax.lax.with_sharding_constraint(a, batch_sharding) for a in (x, m))
+    return normalize(x, mean, std), m
+
+  @jax.jit
+  def train_step(params, batch_stats, opt_state, images, masks, origins, key, lr, weight_decay, bb_lr_scale):
+    x, m = sample(key, images, masks, origins)
+    trainable = {k: v for k, v in params.items() if not (frozen and k == "backbone")}
+
+    def loss_fn(trainable):
+      logits, new = model.apply({"params": {**params, **trainable}, "batch_stats": batch_stats}, x, train=True,
+                                mutable=["batch_stats"])
+      logits = logits[..., 0]
+      loss = (optax.sigmoid_binary_cross_entropy(logits, m).mean()
+              + soft_dice_loss(jax.nn.sigmoid(logits), m))
+      return loss, new["batch_stats"]
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, opt_state = adam.update(grads, opt_state, trainable)
+    updates = jax.tree.map(lambda u, p, d: u + weight_decay * p if d else u, updates, trainable,
+                           _decay_mask(trainable))
+    updates = {k: jax.tree.map(lambda u, s=-lr * (bb_lr_scale if k == "backbone" else 1.0): (s * u).astype(u.dtype),
+                               v) for k, v in updates.items()}
+    return {**params, **optax.apply_updates(trainable, updates)}, new_stats, opt_state, loss
+
+  def init_opt(params):
+    return adam.init({k: v for k, v in params.items() if not (frozen and k == "backbone")})
+
+  return train_step, init_opt
+
+
+@functools.lru_cache(maxsize=16)
+def predict_fn(model: UNet, mean: tuple, std: tuple):
+  """Jitted predict(params, batch_stats, uint8 images [B, H, W, C]) -> probabilities [B, H, W] (inference
+  mode), cached per model and normalisation (one compile per input shape)."""
+
+  @jax.jit
+  def predict(params, batch_stats, images):
+    x = normalize(images.astype(jnp.float32) / 255.0, mean, std)
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+    return jax.nn.sigmoid(logits[..., 0])
+
+  return predict
+
+
+def _pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+  """Pads [N, H, W, C] at the bottom / right to multiples of `multiple` (reflect where it fits, else 0)."""
+  h, w = images.shape[1:3]
+  ph, pw = -h % multiple, -w % multiple
+  if not (ph or pw):
+    return images
+  mode = "reflect" if ph < h and pw < w else "constant"
+  return np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def predict_images(predict, params, batch_stats, images, *, batch: int = EVAL_BATCH) -> np.ndarray:
+  """Probabilities float32 [N, H, W] of uint8 images [N, H, W, C]: padded to a multiple of PAD_MULTIPLE,
+  run `batch` at a time (the last batch zero-filled, so one compile per image size), cropped back."""
+  n, h, w = images.shape[:3]
+  padded = _pad_to_multiple(images, PAD_MULTIPLE)
+  batch = max(1, min(batch, n))
+  out = np.empty((n, h, w), np.float32)
+  for i in range(0, n, batch):
+    x = padded[i:i + batch]
+    k = len(x)
+    if k < batch:
+      x = np.concatenate([x, np.zeros((batch - k, *x.shape[1:]), x.dtype)])
+    out[i:i + k] = np.asarray(predict(params, batch_stats, x))[:k, :h, :w]
+  return out
+
+
+def _check_split(images, masks, fov, *, name: str):
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+    raise ValueError(f"{name}_images must be uint8 [N, H, W, C] with C in (1, 3), got {images.dtype} "
+                     f"{images.shape}")
+  if len(images) == 0:
+    raise ValueError(f"{name}_images is empty")
+  masks = np.asarray(masks)
+  if masks.ndim == 4 and masks.shape[-1] == 1:
+    masks = masks[..., 0]
+  if masks.shape != images.shape[:3]:
+    raise ValueError(f"{name}_masks shape {masks.shape} does not match {name}_images {images.shape}: expected "
+                     f"[N, H, W] = {images.shape[:3]} (or [N, H, W, 1])")
+  if not (masks.dtype == bool or np.isin(masks, (0, 1)).all()):
+    raise ValueError(f"{name}_masks must be binary {{0, 1}}; found values {np.unique(masks)[:5].tolist()} "
+                     f"(binarise first, e.g. masks > 0)")
+  if fov is None:
+    fov = np.ones(images.shape[:3], bool)
+  else:
+    fov = np.asarray(fov)
+    if fov.ndim == 4 and fov.shape[-1] == 1:
+      fov = fov[..., 0]
+    if fov.shape != images.shape[:3]:
+      raise ValueError(f"{name}_fov shape {fov.shape} does not match {name}_images {images.shape}: expected "
+                       f"[N, H, W] = {images.shape[:3]}")
+    fov = fov != 0
+    empty = np.flatnonzero(~fov.reshape(len(fov), -1).any(axis=1))
+    if empty.size:
+      raise ValueError(f"{name}_fov is empty (no pixel inside the field of view) for image(s) {empty[:10].tolist()}")
+  return images, masks.astype(np.uint8), fov
+
+
+def _crop_origins(fov: np.ndarray, patch: int, stride: int) -> np.ndarray:
+  """int32 [K, 3] (image, y, x) of crop origins on a `stride` grid whose crop is >= MIN_CROP_FOV inside
+  the FOV (all origins with any FOV pixel when no crop reaches that)."""
+  n, h, w = fov.shape
+  ys = np.unique(np.r_[np.arange(0, h - patch + 1, stride), h - patch])
+  xs = np.unique(np.r_[np.arange(0, w - patch + 1, stride), w - patch])
+  integral = np.pad(fov.astype(np.int64).cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+  y, x = ys[:, None], xs[None, :]
+  inside = (integral[:, y + patch, x + patch] - integral[:, y, x + patch] - integral[:, y + patch, x]
+            + integral[:, y, x]) / float(patch * patch)  # [N, len(ys), len(xs)]
+  ok = inside >= MIN_CROP_FOV
+  if not ok.any():
+    ok = inside > 0
+  i, a, b = np.nonzero(ok)
+  return np.stack([i, ys[a], xs[b]], axis=1).astype(np.int32)
+
+
+def finetune_segmentation(*, backbone, backbone_variables, train_images, train_masks, test_images, test_masks,
+                          test_fov=None, train_fov=None, patch_size: int, steps: int, batch_size: int,
+                          learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
+                          decoder_widths=None, augment: bool = True, threshold: float = 0.5, mean, std,
+                          seed: int = 0, progress: str | None = None, return_predictions: bool = False,
+                          return_variables: bool = False, mesh=None) -> dict:
+  """Trains a U-Net on `backbone` (from `backbone_variables`) and scores it (protocol: module docstring).
+
+  Args:
+    backbone: a `ResNet` module; backbone_variables: its variables {"params", "batch_stats"} (a plain
+      ResNet's tree, e.g. `attention.backbone_variables(ssl_variables)`), copied, never modified.
+    train_images, test_images: uint8 [N, H, W, C] (training images all of one size >= patch_size; test
+      images of any one size). train_masks, test_masks: {0, 1} [N, H, W] (or [N, H, W, 1]).
+    train_fov, test_fov: optional bool [N, H, W] fields of view (None: every pixel): training crops hold
+      >= MIN_CROP_FOV of FOV pixels, test metrics pool FOV pixels only (see `fov_masks`).
+    patch_size: training crop side, a multiple of 32. steps, batch_size, learning_rate, weight_decay:
+      AdamW with cosine decay. backbone_lr_scale: backbone lr multiplier (0 = parameters frozen).
+    decoder_widths: `UNet.decoder_widths` (None: as wide as each skip). augment: flips, rotations,
+      brightness/contrast jitter. threshold: probability from which a pixel is predicted foreground.
+    mean, std: per-channel normalisation of [0, 1] images (as in pretraining).
+    seed: decoder init, crop sampling and augmentation keys.
+    progress: a tag; prints progress lines (step, loss, steps/s, ETA) when given.
+    return_predictions: add "probabilities" (float32 [N, H, W] test maps; not JSON-able).
+    return_variables: add "variables" (the trained U-Net's {"params", "batch_stats"}, host numpy).
+    mesh: optional 1-D data mesh: crops are sharded over it (batch_size divisible by its devices) and
+      the state replicated; None: the default device.
+
+  Returns:
+    dict: the metrics of `segmentation_report` (dice, auroc, accuracy, sensitivity, specificity,
+    dice_per_image_mean, n_images) plus steps, train_seconds, curve {"step", "loss"} (mean training loss
+    over each block of steps), protocol and the settings.
+  """
+  if not isinstance(backbone, ResNet):
+    raise ValueError(f"finetune_segmentation: backbone must be a ResNet (the U-Net taps its stages), got "
+                     f"{type(backbone).__name__}")
+  if not isinstance(patch_size, int) or patch_size < PAD_MULTIPLE or patch_size % PAD_MULTIPLE:
+    raise ValueError(f"patch_size={patch_size!r} must be a positive multiple of {PAD_MULTIPLE}")
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps={steps!r} must be a positive int")
+  if not backbone_lr_scale >= 0:
+    raise ValueError(f"backbone_lr_scale={backbone_lr_scale!r} must be >= 0 (0 freezes the backbone's parameters)")
+  n_dev = 1 if mesh is None else mesh.devices.size
+  if not isinstance(batch_size, int) or batch_size < 1 or batch_size % n_dev:
+    raise ValueError(f"batch_size={batch_size!r} must be a positive multiple of the mesh's {n_dev} devices")
+  train_images, train_masks, train_fov = _check_split(train_images, train_masks, train_fov, name="train")
+  test_images, test_masks, test_fov_arr = _check_split(test_images, test_masks, test_fov, name="test")
+  channels = train_images.shape[-1]
+  if test_images.shape[-1] != channels:
+    raise ValueError(f"test_images has {test_images.shape[-1]} channels, train_images has {channels}")
+  if min(train_images.shape[1:3]) < patch_size:
+    raise ValueError(f"patch_size={patch_size} is larger than the training images {train_images.shape[1:3]}")
+  mean, std = tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std))
+  if len(mean) not in (1, channels) or len(std) not in (1, channels):
+    raise ValueError(f"mean / std must have 1 or {channels} entries (the images' channels), got {mean} / {std}")
+
+  widths = tuple(int(w) for w in decoder_widths) if decoder_widths else None
+  model = UNet(backbone=backbone, num_classes=1, decoder_widths=widths)
+  frozen = backbone_lr_scale == 0
+  stride = max(1, patch_size // 16)
+  sharding = None if mesh is None else mesh_lib.data_sharding(mesh)
+  train_step, init_opt = _functions(model, patch_size, mean, std, bool(augment), frozen, batch_size, stride,
+                                    sharding)
+  predict = predict_fn(model, mean, std)
+
+  key = jax.random.key(seed)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.fold_in(key, 0), jnp.zeros((1, patch_size, patch_size, channels), jnp.float32))
+  given = {c: backbone_variables.get(c, {}) for c in ("params", "batch_stats")}
+  for col in ("params", "batch_stats"):
+    want = jax.tree.map(np.shape, variables[col]["backbone"])
+    got = jax.tree.map(np.shape, given[col])
+    if want != got:
+      raise ValueError(f"backbone_variables[{col!r}] do not fit the backbone {backbone.__class__.__name__}"
+                       f"(depth={backbone.depth}, stem={backbone.stem!r}, width={backbone.width_multiplier}): "
+                       f"tree/shapes differ (expected {len(jax.tree.leaves(want))} leaves, got "
+                       f"{len(jax.tree.leaves(got))}); pass the plain ResNet's variables")
+  # Own copies: the caller's arrays are never aliased (or donated) by the training state.
+  params = {**variables["params"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True), given["params"])}
+  # Output bias at the log-odds of the training foreground fraction (Lin et al. 2017's prior init): the
+  # first steps then do not spend themselves pushing every background pixel down from p = 0.5.
+  prior = float(np.clip(train_masks[train_fov].mean(), 1e-3, 1 - 1e-3))
+  params["logits"] = {**params["logits"], "bias": jnp.full_like(params["logits"]["bias"], math.log(prior / (1 - prior)))}
+  stats = {**variables["batch_stats"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True),
+                                                                given["batch_stats"])}
+  opt_state = init_opt(params)
+  origins = _crop_origins(train_fov, patch_size, stride)
+  data = (train_images, train_masks, origins)
+  if mesh is not None:
+    params, stats, opt_state, data = mesh_lib.replicate((params, stats, opt_state, data), mesh)
+  else:
+    data = jax.device_put(data)
+
+  log_every = max(1, steps // 50)
+  print_every = max(1, steps // 10)
+  losses, curve = [], {"step": [], "loss": []}
+  t0 = time.perf_counter()
+  last_print = 0
+  for step in range(1, steps + 1):
+    lr = learning_rate_at(step, learning_rate=learning_rate, steps=steps)
+    params, stats, opt_state, loss = train_step(params, stats, opt_state, *data, jax.random.fold_in(key, step),
+                                                np.float32(lr), np.float32(weight_decay),
+                                                np.float32(backbone_lr_scale))
+    losses.append(loss)
+    if step % log_every == 0 or step == steps:
+      start = (curve["step"][-1] if curve["step"] else 0)
+      curve["step"].append(step)
+      curve["loss"].append(float(np.mean(jax.device_get(losses[start:step]))))
+    if progress and (step % print_every == 0 or step == steps):
+      mean_loss = float(np.mean(jax.device_get(losses[last_print:step])))
+      rate = step / (time.perf_counter() - t0)
+      print(f"segmentation [{progress}] step {step}/{steps} | loss {mean_loss:.4f} | lr {lr:.2e} | "
+            f"{rate:.2f} steps/s | ETA {(steps - step) / rate:.0f}s", flush=True)
+      last_print = step
+  jax.block_until_ready(params)
+  train_seconds = time.perf_counter() - t0
+
+  t1 = time.perf_counter()
+  if mesh is not None:  # Inference on one device: whole images do not split over a data axis evenly.
+    params, stats = jax.device_get((params, stats))
+  probs = predict_images(predict, params, stats, test_images)
+  report = segmentation_metrics.segmentation_report(probs, test_masks, valid=test_fov_arr, threshold=threshold)
+  if progress:
+    print(f"segmentation [{progress}] test: Dice {report['dice']:.4f} | AUROC {report['auroc']:.4f} | "
+          f"sensitivity {report['sensitivity']:.4f} | specificity {report['specificity']:.4f} "
+          f"({len(test_images)} images, {time.perf_counter() - t1:.1f}s)", flush=True)
+  result = dict(report)
+  result.update(
+      steps=steps, train_seconds=train_seconds, test_seconds=time.perf_counter() - t1, curve=curve,
+      protocol=describe(patch_size=patch_size, augment=bool(augment), backbone_lr_scale=float(backbone_lr_scale),
+                        threshold=float(threshold)),
+      patch_size=patch_size, batch_size=batch_size, learning_rate=float(learning_rate),
+      weight_decay=float(weight_decay), backbone_lr_scale=float(backbone_lr_scale),
+      decoder_widths=list(widths) if widths else None, augment=bool(augment), threshold=float(threshold),
+      seed=seed, num_train=len(train_images), fov_pixel_fraction=float(test_fov_arr.mean()),
+      vessel_fraction_in_fov=float(test_masks[test_fov_arr].mean()))
+  if return_predictions:
+    result["probabilities"] = probs
+  if return_variables:
+    result["variables"] = jax.device_get({"params": params, "batch_stats": stats})
+  return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures and the config-driven stage.
+
+def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, threshold: float = 0.5):
+  """PNG grid, one row per image (first `max_images`): image | truth | probability | thresholded.
+
+  Outside the FOV (when given) the probability and thresholded panels are greyed out.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  images, masks, probs = np.asarray(images), np.asarray(masks), np.asarray(probs)
+  if masks.ndim == 4:
+    masks = masks[..., 0]
+  n = min(max_images, len(images))
+  if n == 0:
+    raise ValueError("save_overlays: no images")
+  fov = np.ones(masks.shape, bool) if fov is None else np.asarray(fov).reshape(masks.shape) != 0
+  h, w = images.shape[1:3]
+  fig, axes = plt.subplots(n, 4, figsize=(4 * 3 * w / max(h, w), n * 3 * h / max(h, w)), squeeze=False)
+  for r in range(n):
+    img = images[r, ..., 0] if images.shape[-1] == 1 else images[r]
+    p = np.where(fov[r], probs[r], np.nan)
+    t = np.where(fov[r], (probs[r] >= threshold).astype(float), np.nan)
+    panels = [(img, "image", "gray"), (masks[r], "truth", "gray"), (p, "probability", "magma"),
+              (t, f"p >= {threshold:g}", "gray")]
+    for ax, (a, title, cmap) in zip(axes[r], panels):
+      cm = matplotlib.colormaps[cmap].with_extremes(bad="0.5")  # Outside the FOV: grey.
+      ax.imshow(a, cmap=cm, vmin=0, vmax=1 if a.ndim == 2 else None, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(title)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
+  fig.savefig(str(path), dpi=100)
+  plt.close(fig)
+  return str(path)
+
+
+def _slug(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "encoder"
+
+
+def _variables_sha256(variables) -> str:
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    a = np.asarray(leaf)
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(str(a.dtype).encode() + str(a.shape).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def _write_json(path, obj):
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, default=float)
+  os.replace(tmp, path)
+
+
+def _summary(runs: list[dict]) -> dict:
+  """{"mean": {metric: ...}, "std": {metric: sample std, nan for one seed}, "n": seeds} over finite values."""
+  out = {"mean": {}, "std": {}, "n": len(runs)}
+  for k in METRICS:
+    vals = [r[k] for r in runs if r.get(k) is not None and np.isfinite(r[k])]
+    mean, std, _ = metrics_lib.mean_std(vals) if vals else (float("nan"), float("nan"), 0)
+    out["mean"][k], out["std"][k] = mean, std
+  return out
+
+
+def _fmt(runs, key):
+  vals = [r[key] for r in runs if r.get(key) is not None and np.isfinite(r[key])]
+  return metrics_lib.format_mean_std(vals, digits=4) if vals else "n/a"
+
+
+def _markdown(results: dict) -> str:
+  lines = [f"# Segmentation transfer: {results['dataset']}", "",
+           "| encoder | Dice | AUROC | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
+  for name, enc in results["encoders"].items():
+    runs = [enc["seeds"][str(s)] for s in results["seeds"] if str(s) in enc["seeds"]]
+    lines.append(f"| {name} | " + " | ".join(_fmt(runs, k) for k in METRICS) + " |")
+  lines += ["", "Mean ± sample std over seeds " + ", ".join(str(s) for s in results["seeds"]) + ".", "",
+            f"Data: {results['dataset']}, train split '{results['train_split']}' ({results['num_train']} images), "
+            f"test split '{results['test_split']}' ({results['num_test']} images, {results['test_image_shape']}), "
+            f"target '{results['mask_key']}' (> 0 = foreground), image size "
+            f"{results['image_size'] or 'native'}.", "",
+            f"Field of view: {results['fov_convention']}", "", f"Protocol: {results['protocol']}", ""]
+  return "\n".join(lines)
+
+
+def _fov_convention(fov: str) -> str:
+  if fov == "auto":
+    return (f"'auto': pixels whose brightest channel > {AUTO_FOV_THRESHOLD}/255, largest connected "
+            f"component, holes filled (no official FOV masks); metrics pool test pixels inside it")
+  if fov == "none":
+    return "'none': every pixel is scored"
+  return f"the dataset's {fov!r} mask (non-zero = inside); metrics pool test pixels inside it"
+
+
+def run(config, workdir, *, encoders, mesh=None) -> dict:
+  """The segmentation-transfer stage of `config.segmentation` for each encoder and seed.
+
+  Args:
+    config: the experiment config (reads `config.segmentation`, `config.data.fit/mean/std`).
+    workdir: results go to <workdir>/segmentation/: results.json, results.md (the table) and
+      overlays_<encoder slug>.png (the first seed's test maps).
+    encoders: {name: (ResNet module, its variables)}: a plain ResNet's {"params", "batch_stats"}, or an
+      SSL model's variables (their "backbone" subtrees are taken).
+    mesh: optional 1-D data mesh for training (see `finetune_segmentation`).
+
+  results.json (and the returned dict): {"dataset", "train_split", "test_split", "mask_key", "fov",
+  "fov_convention", "image_size", "num_train", "num_test", "test_image_shape", "seeds" [list], "protocol",
+  "encoders": {name: {"seeds": {"<seed>": finetune_segmentation's result + "settings", "backbone_sha256"},
+  "mean": {metric: ...}, "std": {metric: sample std over seeds (NaN for one seed)}, "n": seeds}}} for
+  the metrics dice, auroc, accuracy, sensitivity, specificity. A finished (encoder, seed) result already in
+  results.json is reused when its settings and backbone weights (sha256) are unchanged, so the stage
+  resumes after an interruption; encoders of earlier calls not named now are kept in the file.
+  """
+  from medssl_jax.data import pipeline
+
+  cfg = config.segmentation
+  out_dir = os.path.join(str(workdir), "segmentation")
+  os.makedirs(out_dir, exist_ok=True)
+  builder = pipeline.get_builder(cfg.builder, data_dir=cfg.data_dir or None, config=cfg.builder_config or None,
+                                 manual_dir=cfg.manual_dir or None)
+  features = builder.info.features
+  dataset = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+  image_features = sorted(k for k in features.keys() if k != "image"
+                          and type(features[k]).__name__ == "Image")
+  fov = cfg.fov
+  if fov not in FOV_CHOICES and fov not in image_features:
+    raise ValueError(f"config.segmentation.fov={fov!r} is not known for {dataset}; valid choices: "
+                     f"{list(FOV_CHOICES) + image_features}")
+  if cfg.mask_key not in image_features:
+    raise ValueError(f"config.segmentation.mask_key={cfg.mask_key!r} is not an image feature of {dataset}; "
+                     f"valid choices: {image_features}")
+  extra = (cfg.mask_key,) + ((fov,) if fov not in FOV_CHOICES and fov != cfg.mask_key else ())
+  image_size = int(cfg.image_size) or None
+  splits = {}
+  for split in (cfg.train_split, cfg.test_split):
+    a = pipeline.load_split_arrays(builder, split=split, image_size=image_size, fit=config.data.fit,
+                                   extra_keys=extra)
+    masks = (a[cfg.mask_key][..., 0] > 0).astype(np.uint8)
+    fmask = fov_masks(a["image"], fov=fov, masks=a.get(fov))
+    splits[split] = (a["image"], masks, fmask)
+  (tr_x, tr_m, tr_f), (te_x, te_m, te_f) = splits[cfg.train_split], splits[cfg.test_split]
+  print(f"segmentation: {dataset} train '{cfg.train_split}' {tr_x.shape}, test '{cfg.test_split}' {te_x.shape}, "
+        f"fov {fov!r}", flush=True)
+
+  settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()
+              if k not in ("encoders", "seeds")}
+  settings.update(fit=config.data.fit, mean=list(config.data.mean), std=list(config.data.std))
+  path = os.path.join(out_dir, "results.json")
+  previous = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f).get("encoders", {})
+  seeds = [int(s) for s in cfg.seeds]
+  results = {"dataset": dataset, "train_split": cfg.train_split, "test_split": cfg.test_split,
+             "mask_key": cfg.mask_key, "fov": fov, "fov_convention": _fov_convention(fov),
+             "image_size": image_size, "num_train": len(tr_x), "num_test": len(te_x),
+             "test_image_shape": "x".join(map(str, te_x.shape[1:3])), "seeds": seeds,
+             "protocol": describe(patch_size=int(cfg.patch_size), augment=bool(cfg.augment),
+                                  backbone_lr_scale=float(cfg.backbone_lr_scale), threshold=float(cfg.threshold)),
+             "encoders": {}}
+  for name, (backbone, variables) in encoders.items():
+    if "backbone" in variables.get("params", {}):
+      from medssl_jax.evals.attention import backbone_variables as _bb
+      variables = _bb(variables)
+    sha = _variables_sha256(variables)
+    runs = {k: v for k, v in previous.get(name, {}).get("seeds", {}).items()
+            if v.get("settings") == settings and v.get("backbone_sha256") == sha}
+    for seed in seeds:
+      if str(seed) in runs:
+        print(f"segmentation: {name} seed {seed}: reusing the finished result in {path}", flush=True)
+        continue
+      first = seed == seeds[0]
+      res = finetune_segmentation(
+          backbone=backbone, backbone_variables=variables, train_images=tr_x, train_masks=tr_m, train_fov=tr_f,
+          test_images=te_x, test_masks=te_m, test_fov=te_f, patch_size=int(cfg.patch_size), steps=int(cfg.steps),
+          batch_size=int(cfg.batch_size), learning_rate=float(cfg.learning_rate),
+          weight_decay=float(cfg.weight_decay), backbone_lr_scale=float(cfg.backbone_lr_scale),
+          decoder_widths=tuple(cfg.decoder_widths) or None, augment=bool(cfg.augment),
+          threshold=float(cfg.threshold), mean=config.data.mean, std=config.data.std, seed=seed,
+          progress=f"{name} seed {seed}", return_predictions=first, mesh=mesh)
+      if first:
+        probs = res.pop("probabilities")
+        save_overlays(te_x, te_m, probs, os.path.join(out_dir, f"overlays_{_slug(name)}.png"), fov=te_f,
+                      threshold=float(cfg.threshold))
+      runs[str(seed)] = dict(res, settings=settings, backbone_sha256=sha)
+      results["encoders"][name] = {"seeds": runs}
+      _write_json(path, {**results, "encoders": {**previous, **results["encoders"]}})
+    # Only this config's seeds are kept and summarised (a seed dropped from config.segmentation.seeds goes).
+    chosen = {str(s): runs[str(s)] for s in seeds}
+    results["encoders"][name] = {"seeds": chosen, **_summary(list(chosen.values()))}
+  # Encoders of earlier calls that this one did not ask for stay in the file (not in the table).
+  _write_json(path, {**results, "encoders": {**previous, **results["encoders"]}})
+  with open(os.path.join(out_dir, "results.md"), "w") as f:
+    f.write(_markdown(results))
+  print(_markdown(results), flush=True)
+  return results
+
+
+__all__ = ["finetune_segmentation", "fov_masks", "predict_fn", "predict_images", "run", "save_overlays", "soft_dice_loss",
+           "describe", "PROTOCOL", "FOV_CHOICES"]

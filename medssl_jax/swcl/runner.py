@@ -1,0 +1,188 @@
+"""SWCL end to end (Yap & Ng 2021): the stages in order, each resumable, all outputs in one workdir.
+
+  stage 1  mode "pseudo_label"  semi-supervised classifier (labelled set + unlabelled pool)  <workdir>/pseudo_labeller/
+  stage 2  mode "propagate"     pseudo-labels + class activation maps of the pool            <workdir>/propagation/
+  stage 3  mode "patches"       five patches per image, right eyes mirrored, abnormality     <workdir>/patches/
+  stage 4  mode "pretrain"      objective "swcl" on the patches (label-aware contrastive)    <workdir>/checkpoints/
+  stage 5  mode "transfer"      classification targets (config.transfer.targets)             <workdir>/transfer/
+           mode "segmentation"  U-Net on the encoder (config.segmentation)                   <workdir>/segmentation/
+
+mode "swcl" runs them all; every stage skips work it finds finished, so rerunning the same command after an
+interruption continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+STAGE_MODES = ("pseudo_label", "propagate", "patches", "swcl")
+STAGES = ("pseudo_label", "propagate", "patches", "pretrain", "transfer", "segmentation")
+PATCH_BUILDER = "swcl_patches"
+
+
+def patch_builder_config(config) -> str:
+  """The swcl_patches builder config naming the patch size and eye mirroring, e.g. "p224_flip"."""
+  s = config.swcl
+  return f"p{int(s.patch_size)}_{'flip' if s.flip_right_eyes else 'noflip'}"
+
+
+def resolve_patch_data(config, workdir: str):
+  """For data.builder == "swcl_patches": a copy of config whose empty data fields point at this workdir's
+  stage-3 dataset (builder_config from swcl.patch_size / flip_right_eyes, manual_dir <workdir>/propagation,
+  data_dir <workdir>/patches). Other configs are returned unchanged."""
+  d = config.data
+  if d.builder != PATCH_BUILDER:
+    return config
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.builder_config = d.builder_config or patch_builder_config(config)
+    cfg.data.manual_dir = d.manual_dir or os.path.join(workdir, "propagation")
+    cfg.data.data_dir = d.data_dir or os.path.join(workdir, "patches")
+  return cfg
+
+
+def build_patches(config, workdir: str):
+  """Stage 3: the five-patch TFDS dataset from <workdir>/propagation (built once), plus
+  <workdir>/patches/summary.json and a PNG grid of patches with their positions and abnormality scores."""
+  from medssl_jax.data import pipeline
+
+  manifest = os.path.join(workdir, "propagation", "manifest.json")
+  if not os.path.exists(manifest):
+    raise FileNotFoundError(f"{manifest} does not exist: run stage 2 first (mode 'propagate', or mode 'swcl' "
+                            "which runs every stage in order)")
+  cfg = resolve_patch_data(_with_patch_data(config), workdir)
+  builder = pipeline.builder_from_config(cfg.data)
+  out_dir = os.path.join(workdir, "patches")
+  summary_path = os.path.join(out_dir, "summary.json")
+  if not os.path.exists(summary_path):
+    summary = _summarise_patches(builder, config, out_dir)
+    with open(summary_path, "w") as f:
+      json.dump(summary, f, indent=2)
+  with open(summary_path) as f:
+    summary = json.load(f)
+  print(f"patch dataset: {summary['num_patches']} patches of {summary['num_images']} images "
+        f"({summary['num_patients']} patients), {100 * summary['abnormal_fraction']:.1f}% above the abnormality "
+        f"threshold {summary['abnormality_threshold']}; grid: {summary['grid']}", flush=True)
+  return builder
+
+
+def _with_patch_data(config):
+  """config with data.builder set to the patch dataset (stage 3 builds it whatever data.builder says)."""
+  if config.data.builder == PATCH_BUILDER:
+    return config
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.data.builder, cfg.data.builder_config, cfg.data.manual_dir, cfg.data.data_dir = PATCH_BUILDER, "", "", ""
+  return cfg
+
+
+def _summarise_patches(builder, config, out_dir: str) -> dict:
+  from medssl_jax.data import pipeline
+
+  keys = ("position", "abnormality", "patient", "eye", "flipped")
+  data = pipeline.load_split_arrays(builder, split="train", extra_keys=keys)
+  positions = builder.info.features["position"].names
+  thr = float(config.swcl.abnormality_threshold)
+  abnormal = data["abnormality"] > thr
+  summary = {
+      "num_patches": int(len(data["id"])),
+      "num_images": int(len(data["id"]) // len(positions)),
+      "num_patients": int(len(np.unique(data["patient"]))),
+      "patch_size": int(data["image"].shape[1]),
+      "abnormality_threshold": thr,
+      "abnormal_fraction": float(abnormal.mean()),
+      "abnormal_fraction_by_position": {p: float(abnormal[data["position"] == i].mean())
+                                        for i, p in enumerate(positions)},
+      "abnormality_mean": float(data["abnormality"].mean()),
+      "flipped_fraction": float(np.mean(data["flipped"])),
+      "builder": f"{builder.name}/{builder.builder_config.name}",
+  }
+  summary["grid"] = _save_patch_grid(data, positions, thr, os.path.join(out_dir, "patches_grid.png"))
+  return summary
+
+
+def _save_patch_grid(data, positions, thr, path, *, num_images: int = 6) -> str:
+  """Rows = images (the most and the least abnormal ones), columns = the five positions."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  k = len(positions)
+  per_image = data["abnormality"].reshape(-1, k).max(axis=1)
+  order = np.argsort(-per_image)
+  rows = list(order[:num_images // 2]) + list(order[::-1][:num_images - num_images // 2])
+  fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.7 * len(rows)), squeeze=False)
+  for r, img in enumerate(rows):
+    for c in range(k):
+      i = img * k + c
+      ax = axes[r][c]
+      ax.imshow(data["image"][i].squeeze())
+      score = float(data["abnormality"][i])
+      ax.set_title(f"{positions[c]}\n{score:.2f}", fontsize=7, color="red" if score > thr else "black")
+      ax.axis("off")
+  fig.suptitle(f"SWCL patches (most / least abnormal images; red: abnormality > {thr})", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _stage(i: int, name: str, detail: str = ""):
+  print(f"\n== SWCL stage {i}/{len(STAGES)}: {name}{' - ' + detail if detail else ''} ==", flush=True)
+
+
+def run(config, workdir: str, *, mesh=None):
+  """Runs config.mode: one of stages 1-3, or "swcl" = every stage in order (each resuming)."""
+  from medssl_jax import experiment
+  from medssl_jax.swcl import propagate as propagate_lib
+  from medssl_jax.swcl import pseudo_labeller
+  from medssl_jax.train import pretrain as pretrain_lib
+
+  os.makedirs(workdir, exist_ok=True)
+  mode = config.mode
+  if mode == "pseudo_label":
+    return pseudo_labeller.train(config, workdir, mesh=mesh)[2]
+  if mode == "propagate":
+    return propagate_lib.propagate(config, workdir, mesh=mesh)
+  if mode == "patches":
+    build_patches(config, workdir)
+    return _read_json(os.path.join(workdir, "patches", "summary.json"))
+  if mode != "swcl":
+    raise ValueError(f"medssl_jax.swcl.runner.run: config.mode={mode!r} is not an SWCL stage {STAGE_MODES}")
+  if config.data.builder != PATCH_BUILDER:
+    raise ValueError(f"config.mode='swcl' pretrains on the stage-3 patches: set config.data.builder="
+                     f"{PATCH_BUILDER!r} (got {config.data.builder!r})")
+  t0 = time.perf_counter()
+  out = {}
+  _stage(1, "pseudo-labeller", "semi-supervised classifier on the labelled set + unlabelled pool")
+  out["pseudo_label"] = pseudo_labeller.train(config, workdir, mesh=mesh)[2]
+  _stage(2, "label propagation", "pseudo-labels and activation maps of the pool")
+  out["propagate"] = propagate_lib.propagate(config, workdir, mesh=mesh)
+  _stage(3, "patch dataset", "five patches per image")
+  builder = build_patches(config, workdir)
+  out["patches"] = _read_json(os.path.join(workdir, "patches", "summary.json"))
+  _stage(4, "pretraining", f"{config.objective.name}, scheme {tuple(config.objective.swcl_scheme)}")
+  cfg = resolve_patch_data(config, workdir)
+  pretrain_lib.pretrain(cfg, workdir, builder=builder, mesh=mesh)
+  if config.transfer.targets:
+    _stage(5, "transfer (classification)", ", ".join(t["name"] for t in config.transfer.targets))
+    out["transfer"] = experiment.transfer(cfg, workdir, mesh=mesh)
+  if config.segmentation.encoders:
+    _stage(6, "transfer (segmentation)", f"{config.segmentation.builder}, encoders "
+           f"{tuple(config.segmentation.encoders)}")
+    out["segmentation"] = experiment.segmentation(cfg, workdir, mesh=mesh)
+  minutes = (time.perf_counter() - t0) / 60
+  print(f"\nSWCL pipeline done in {minutes:.1f} min (this run; finished stages were reused). Outputs in {workdir}",
+        flush=True)
+  return out
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+__all__ = ["STAGES", "STAGE_MODES", "build_patches", "patch_builder_config", "resolve_patch_data", "run"]

@@ -1,0 +1,192 @@
+"""Segmentation transfer tables: run the experiments a table names, collect their segmentation results.
+
+    python -m medssl_jax.tables.segmentation_table --table=configs/table_chase_db1_swcl.py[:variant] \
+        --workdir=/tmp/chase_table [--out=docs/tables]
+
+A table file's `get_table(arg)` returns a dict:
+  name         file stem of the outputs (<out>/<name>.md / .csv / .png)
+  description  a paragraph for the Markdown
+  runs         {run name: "configs/<file>.py[:variant]"}: each is run with `experiment.run` in <workdir>/<run name>
+               (mode "swcl" or "segmentation"; every stage resumes, so rerunning the command continues)
+  rows         ({"label", "run", "encoder"}, ...): one table row per encoder of a run's segmentation results
+  published    ({"method", "dice", "auroc", "accuracy", "source", "note"}, ...): rows shown beside ours
+Rows report mean ± std over the run's config.segmentation.seeds.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+
+METRICS = (("dice", "Dice (F1)"), ("auroc", "AUROC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
+           ("specificity", "specificity"))
+TABLE_KEYS = ("name", "description", "runs", "rows", "published")
+
+
+def load_table(spec: str) -> dict:
+  """The table dict of 'configs/<file>.py[:arg]', validated (unknown keys, rows naming unknown runs)."""
+  from medssl_jax import config as config_lib
+
+  path, _, arg = spec.partition(":")
+  import importlib.util
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"table file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  table = dict(module.get_table(arg or None))
+  unknown = sorted(set(table) - set(TABLE_KEYS))
+  if unknown or not table.get("name") or not table.get("runs") or not table.get("rows"):
+    raise ValueError(f"table {spec!r}: keys {sorted(table)}; valid keys {list(TABLE_KEYS)} (name, runs and rows "
+                     "required)")
+  for i, row in enumerate(table["rows"]):
+    if set(row) != {"label", "run", "encoder"} or row["run"] not in table["runs"]:
+      raise ValueError(f"table {spec!r}: rows[{i}]={row!r} needs keys label, run (one of {sorted(table['runs'])}) "
+                       "and encoder")
+  for name, cfg in table["runs"].items():
+    file, _, variant = cfg.partition(":")
+    config_lib.load(file, variant or None)  # Fails now, not an hour in, on a typo.
+  return table
+
+
+def run_table(table: dict, *, workdir: str) -> list[dict]:
+  """Runs every run of the table (resuming) and returns the table's row records."""
+  from medssl_jax import config as config_lib
+  from medssl_jax import experiment
+
+  workdir = os.path.abspath(workdir)
+  results = {}
+  for i, (name, spec) in enumerate(table["runs"].items()):
+    rdir = os.path.join(workdir, name)
+    path = os.path.join(rdir, "segmentation", "results.json")
+    file, _, variant = spec.partition(":")
+    config = config_lib.load(file, variant or None)
+    print(f"\n#### run {i + 1}/{len(table['runs'])}: {name} ({spec}) in {rdir}", flush=True)
+    t0 = time.perf_counter()
+    experiment.run(config, rdir)
+    with open(path) as f:
+      results[name] = json.load(f)
+    print(f"#### run {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+  rows = []
+  for row in table["rows"]:
+    entry = _encoder_entry(results[row["run"]], row["encoder"], where=f"run {row['run']!r}")
+    rows.append({"label": row["label"], "run": row["run"], "config": table["runs"][row["run"]],
+                 "encoder": row["encoder"], **entry})
+  return rows
+
+
+def _encoder_entry(results: dict, encoder: str, *, where: str) -> dict:
+  """{metric: mean, metric_std: std, seeds: n} of one encoder in a segmentation results.json."""
+  encoders = results.get("encoders", results)
+  if encoder not in encoders:
+    raise KeyError(f"{where}: no segmentation results for encoder {encoder!r}; it has {sorted(encoders)}")
+  r = encoders[encoder]
+  out = {"seeds": len(r.get("seeds", {})) or 1}
+  for key, _ in METRICS:
+    out[key] = r["mean"][key]
+    out[key + "_std"] = r["std"][key]
+  for key in ("protocol", "dataset", "fov"):
+    if key in results:
+      out[key] = results[key]
+  return out
+
+
+def _mean_std(mean, std) -> str:
+  """'0.7012 ± 0.0123', or the mean alone when there is no spread to show (one seed: std is NaN)."""
+  return f"{mean:.4f}" if std is None or std != std else f"{mean:.4f} ± {std:.4f}"
+
+
+def format_markdown(table: dict, rows: list[dict]) -> str:
+  head = ["method", "encoder run", *[label for _, label in METRICS], "seeds"]
+  lines = [f"# {table['name']}", "", table.get("description", "").strip(), ""]
+  protocol = next((r["protocol"] for r in rows if r.get("protocol")), "")
+  if protocol:
+    lines += [f"Protocol: {protocol}", ""]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [r["label"], f"{r['run']} (`{r['config']}`)"]
+    cells += [_mean_std(r[k], r[k + "_std"]) for k, _ in METRICS] + [str(r["seeds"])]
+    lines.append("| " + " | ".join(cells) + " |")
+  for p in table.get("published", ()):
+    cells = [f"{p['method']} (published)", p.get("source", "")]
+    cells += [f"{p[k]:.4f}" if p.get(k) is not None else "—" for k, _ in METRICS] + ["—"]
+    lines.append("| " + " | ".join(cells) + " |")
+  notes = [p["note"] for p in table.get("published", ()) if p.get("note")]
+  if notes:
+    lines += [""] + [f"Published rows: {n}" for n in notes]
+  return "\n".join(lines) + "\n"
+
+
+def write_outputs(table: dict, rows: list[dict], out_dir: str) -> list[str]:
+  """<out_dir>/<name>.md, .csv and a bar chart .png; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  stem = os.path.join(out_dir, table["name"])
+  with open(stem + ".md", "w") as f:
+    f.write(format_markdown(table, rows))
+  keys = ["label", "run", "config", "encoder", "seeds"] + [k for m, _ in METRICS for k in (m, m + "_std")]
+  with open(stem + ".csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    for p in table.get("published", ()):
+      w.writerow({"label": p["method"] + " (published)", "config": p.get("source", ""),
+                  **{m: p.get(m) for m, _ in METRICS}})
+  _plot(table, rows, stem + ".png")
+  return [stem + ".md", stem + ".csv", stem + ".png"]
+
+
+def _plot(table, rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+  x = np.arange(len(rows))
+  for ax, (key, label) in zip(axes, METRICS[:2]):
+    err = [0.0 if r[key + "_std"] != r[key + "_std"] else r[key + "_std"] for r in rows]  # NaN: one seed.
+    ax.bar(x, [r[key] for r in rows], yerr=err, color="tab:blue", capsize=3)
+    for p in table.get("published", ()):
+      if p.get(key) is not None:
+        ax.axhline(p[key], ls="--", lw=1, color="tab:red")
+        ax.text(len(rows) - 0.5, p[key], p["method"].split(" (")[0], fontsize=7, color="tab:red", ha="right",
+                va="bottom")
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel(label)
+    lo = min(r[key] - e for r, e in zip(rows, err))
+    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+  fig.suptitle(table["name"], fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+_TABLE = flags.DEFINE_string("table", None, "Table file: configs/<file>.py[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs live (one folder per run).")
+_OUT = flags.DEFINE_string("out", "", "Also write the table here (e.g. docs/tables); default: the workdir only.")
+
+
+def main(argv):
+  del argv
+  import jax
+  from absl import logging
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # As main.py: orbax / TFDS INFO lines drown the progress.
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
+  table = load_table(_TABLE.value)
+  rows = run_table(table, workdir=_WORKDIR.value)
+  paths = write_outputs(table, rows, os.path.abspath(_WORKDIR.value))
+  if _OUT.value:
+    paths += write_outputs(table, rows, _OUT.value)
+  print("\n" + format_markdown(table, rows), flush=True)
+  print("wrote " + ", ".join(paths), flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["table", "workdir"])
+  app.run(main)
