@@ -18,14 +18,20 @@ Variants:   (none): the paper's setting: labelled ODIR-5K (8 diseases, multi-lab
               448 px images, 224 px patches, ResNet-18; transfer to APTOS 2019 DR grading (AUROC + quadratic
               kappa), REFUGE glaucoma, RFMiD multi-disease; CHASE_DB1 vessel segmentation. A GPU job; the
               datasets must be downloaded by hand (see each builder's MANUAL_DOWNLOAD_INSTRUCTIONS).
+            `pair`: swcl_scheme ("pair",), SimCLR on the same patches (the SimCLR baseline).
             `cpu`: the real data in $MEDSSL_SHARED_DATA on a 2-core CPU: labelled HRF (27 training images,
               healthy / DR / glaucoma), unlabelled pool = all 45 HRF images + the 20 CHASE_DB1 training
               images; 256 px images, 128 px patches, ResNet-18 x0.25; transfer to RetinaMNIST DR grading and
               HRF; CHASE_DB1 vessel segmentation (20 train / 8 test, native 999x960).
             `cpu_pair`: `cpu` with swcl_scheme ("pair",): SimCLR on the same patches, the SimCLR baseline of
               the CHASE_DB1 table (configs/table_chase_db1_swcl.py).
+            `cpu_byol`, `cpu_dino`: `cpu` pretrained with BYOL / DINO (their configs/fundus_<name>.py
+              recipes) on the same patches: the table's other SSL baselines. The `cpu` run also transfers
+              its stage-1 pseudo-labeller backbone (supervised CE + FixMatch on HRF labels): the
+              supervised-pretraining baseline.
             `quick`: the embedded synthetic fundus data, a tiny model, every stage in about a minute (CI).
 """
+from medssl_jax import config as config_lib
 from medssl_jax.augment import views
 from medssl_jax.data import shared
 
@@ -82,9 +88,10 @@ def get_config(arg=None):
   g = c.segmentation
   g.builder, g.builder_config, g.fov = "chase_db1", "original", "auto"
   g.patch_size, g.steps, g.batch_size = 256, 4000, 16
-  g.encoders = ("pretrained", "random")
+  g.encoders = ("pretrained", "random", "pseudo_labeller")
   g.seeds = (0, 1, 2)
-  return _fundus.with_quick(c, arg, quick=quick, cpu=cpu, cpu_pair=cpu_pair)
+  return _fundus.with_quick(c, arg, quick=quick, pair=pair, cpu=cpu, cpu_pair=cpu_pair, cpu_byol=_cpu_baseline("byol"),
+                            cpu_dino=_cpu_baseline("dino"))
 
 
 def cpu(c):
@@ -130,13 +137,36 @@ def cpu(c):
   g.patch_size, g.steps, g.batch_size = 128, 800, 8
   g.learning_rate = 2e-3
   g.seeds = (0, 1, 2)
+  g.encoders = ("pretrained", "random", "pseudo_labeller")
+
+
+def _cpu_baseline(objective: str):
+  """`cpu` pretrained with another objective on the same patches, with that objective's fundus recipe
+  (configs/fundus_<objective>.py: heads, views, momentum, temperatures) and `cpu`'s steps, batch and lr."""
+  def variant(c):
+    cpu(c)
+    other = config_lib.load(f"fundus_{objective}")
+    c.objective = other.objective.copy_and_resolve_references()
+    for k in ("projector_hidden_dims", "projector_dim", "predictor_hidden_dims"):
+      c.model[k] = other.model[k]
+    c.augment.views = list(other.augment.views)
+    c.train.grad_clip_norm = other.train.grad_clip_norm
+    if objective == "dino":  # Teacher temperature warm-up over the first 30% of this run, as in fundus_dino.
+      c.objective.teacher_temperature_warmup_steps = int(0.3 * c.train.num_steps)
+    c.segmentation.encoders = ("pretrained",)  # Random init and the pseudo-labeller come from the `cpu` run.
+  return variant
+
+
+def pair(c):
+  """Positives = the two views of one patch only: SimCLR on the same patches."""
+  c.objective.swcl_scheme = ("pair",)
+  c.segmentation.encoders = ("pretrained",)  # The random-init and supervised rows come from the SWCL run.
 
 
 def cpu_pair(c):
-  """`cpu` with positives = the two views of one patch only: SimCLR on the same patches."""
+  """`cpu` with pair-only positives (SimCLR on the same patches)."""
   cpu(c)
-  c.objective.swcl_scheme = ("pair",)
-  c.segmentation.encoders = ("pretrained",)  # The random-init row comes from the `cpu` run.
+  pair(c)
 
 
 def quick(c):
@@ -164,3 +194,4 @@ def quick(c):
   g = c.segmentation
   g.builder, g.builder_config, g.manual_dir, g.fov = "synthetic_fundus", "vessels", "", "fov_mask"
   g.patch_size, g.steps, g.batch_size, g.seeds = 32, 20, 8, (0,)
+  g.encoders = ("pretrained", "random", "pseudo_labeller")

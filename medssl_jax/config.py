@@ -227,7 +227,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.segmentation.augment = True         # Flips, 90-degree rotations, brightness/contrast jitter.
   c.segmentation.threshold = 0.5        # Probability above which a pixel is predicted vessel (Dice, accuracy).
   # Encoders compared: "pretrained" (the workdir's checkpoint), "random" (random init, trained end to end),
-  # "init_checkpoint" (model.init_checkpoint, e.g. ImageNet weights).
+  # "init_checkpoint" (model.init_checkpoint, e.g. ImageNet weights), "pseudo_labeller" (SWCL stage 1's
+  # backbone: supervised cross-entropy + FixMatch, the supervised-pretraining baseline).
   c.segmentation.encoders = ("pretrained", "random")
   c.segmentation.seeds = (0,)           # Decoder init / patch sampling seeds; results are mean +- std.
   return c
@@ -332,7 +333,7 @@ def validate(config) -> ml_collections.ConfigDict:
 POOL_KEYS = ("builder", "split", "builder_config", "data_dir", "manual_dir")
 TRANSFER_TARGET_KEYS = ("name", "builder", "builder_config", "data_dir", "manual_dir", "train_split", "val_split",
                         "test_split", "image_size", "fit", "ordinal")
-SEGMENTATION_ENCODERS = ("pretrained", "random", "init_checkpoint")
+SEGMENTATION_ENCODERS = ("pretrained", "random", "init_checkpoint", "pseudo_labeller")
 
 
 def _check_dicts(entries, *, where: str, required, allowed, builders):

@@ -340,13 +340,15 @@ def _write_results(workdir, results, table, name="probe_results"):
     f.write(table + "\n")
 
 
-TRANSFER_ENCODERS = ("pretrained", "random", "init_checkpoint")
+TRANSFER_ENCODERS = ("pretrained", "random", "init_checkpoint", "pseudo_labeller")
 
 
 def transfer_encoders(config, workdir: str, names) -> dict:
   """{display name: (model, variables, recalibrate)} for the encoders a transfer stage compares:
-  "pretrained" (the checkpoint in `workdir`), "random" (random init) and "init_checkpoint" (random init
-  with the backbone from config.model.init_checkpoint, e.g. converted ImageNet weights)."""
+  "pretrained" (the checkpoint in `workdir`), "random" (random init), "init_checkpoint" (random init
+  with the backbone from config.model.init_checkpoint, e.g. converted ImageNet weights) and
+  "pseudo_labeller" (the backbone of SWCL stage 1 in `workdir`: supervised cross-entropy on the labelled
+  set plus FixMatch on the pool, the supervised-pretraining baseline)."""
   # Pretrained and random encoders keep the architecture pretraining used: model.init_checkpoint switches the
   # ResNet to torchvision's padding (models.build_backbone), which only the imported weights need.
   plain = config
@@ -364,6 +366,12 @@ def transfer_encoders(config, workdir: str, names) -> dict:
     elif name == "random":
       model, variables = random_init_variables(plain)
       out["random init"] = (model, variables, True)
+    elif name == "pseudo_labeller":
+      from medssl_jax.swcl import pseudo_labeller  # Local: only this encoder needs it.
+      _, stage1, _ = pseudo_labeller.load(plain, workdir)
+      model, variables = random_init_variables(plain)  # Heads stay random; probes use the backbone only.
+      variables = {col: dict(tree, backbone=stage1[col]["backbone"]) for col, tree in variables.items()}
+      out["pseudo-labeller (CE + FixMatch)"] = (model, variables, False)
     else:
       if not config.model.init_checkpoint:
         raise ValueError("transfer encoder 'init_checkpoint' needs config.model.init_checkpoint (a torchvision / "

@@ -31,7 +31,7 @@ def test_every_stage_writes_its_outputs(swcl_run):
   assert set(transfer) == {"swcl (pretrained)", "random init"}
   seg = json.load(open(os.path.join(workdir, "segmentation", "results.json")))
   encoders = seg.get("encoders", seg)
-  assert {"swcl (pretrained)", "random init"} <= set(encoders)
+  assert set(encoders) == {"swcl (pretrained)", "random init", "pseudo-labeller (CE + FixMatch)"}
   for r in encoders.values():
     assert 0.0 <= r["mean"]["dice"] <= 1.0 and 0.0 <= r["mean"]["auroc"] <= 1.0
 
