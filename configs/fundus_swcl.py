@@ -136,7 +136,7 @@ def cpu(c):
   g.manual_dir = str(data / "chase_db1")
   g.patch_size, g.steps, g.batch_size = 128, 800, 8
   g.learning_rate = 2e-3
-  g.seeds = (0, 1, 2)
+  g.seeds = (0, 1, 2, 3, 4)  # Seed-to-seed spread (about 0.01 Dice) is as large as the gaps between encoders.
   g.encoders = ("pretrained", "random", "pseudo_labeller")
 
 

@@ -8,7 +8,7 @@ Command:    python -m medssl_jax.tables.segmentation_table --table=configs/table
               --workdir=/tmp/chase_swcl --out=docs/tables
             (resumable: rerun the same command after an interruption.)
 Variants:   `cpu`: configs/fundus_swcl.py:cpu, :cpu_pair, :cpu_byol and :cpu_dino (ResNet-18 x0.25; HRF +
-              CHASE_DB1-train pool; 3 segmentation seeds); the `cpu` run also gives the random-init and
+              CHASE_DB1-train pool; 5 segmentation seeds); the `cpu` run also gives the random-init and
               supervised (stage-1 pseudo-labeller) rows; `quick`: the synthetic smoke variant (no published row applies).
             (none): the paper-scale runs (configs/fundus_swcl.py, GPU + downloaded datasets).
 

@@ -405,29 +405,37 @@ def _target_config(config, target: dict):
 
 def transfer(config, workdir: str, *, mesh=None) -> dict:
   """mode "transfer": each of config.transfer.targets evaluated with config.eval's protocol on the pretrained
-  encoder of `workdir` (and a random one when eval.compare_random_init, and the imported one when
-  model.init_checkpoint is set). Results per target in <workdir>/transfer/<name>/; a finished target is
-  read back, not recomputed. Returns {target name: {encoder: metrics}}."""
+  encoder of `workdir` (and a random one when eval.compare_random_init, the imported one when
+  model.init_checkpoint is set, and SWCL's stage-1 pseudo-labeller when the workdir holds one). Results per
+  target in <workdir>/transfer/<name>/; encoders already evaluated there are read back, not recomputed.
+  Returns {target name: {encoder: metrics}}."""
   names = ["pretrained"] + (["random"] if config.eval.compare_random_init else [])
   if config.model.init_checkpoint:
     names.append("init_checkpoint")
+  from medssl_jax.swcl import pseudo_labeller  # Local: the SWCL stages import this module.
+  if os.path.exists(os.path.join(pseudo_labeller.stage_dir(workdir), "summary.json")):
+    names.append("pseudo_labeller")
   encoders = None
   out = {}
   for target in config.transfer.targets:
     cfg = _target_config(config, target)
     tdir = os.path.join(workdir, "transfer", target["name"])
     path = os.path.join(tdir, results_name(cfg) + ".json")
+    done = {}
     if os.path.exists(path):
       with open(path) as f:
-        out[target["name"]] = json.load(f)
+        done = json.load(f)
+    encoders = encoders or transfer_encoders(config, workdir, names)
+    todo = {k: v for k, v in encoders.items() if k not in done}
+    if not todo:
+      out[target["name"]] = done
       print(f"transfer [{target['name']}]: results already in {path}", flush=True)
       continue
     os.makedirs(tdir, exist_ok=True)
     builder = pipeline.builder_from_config(cfg.data)
     pipeline.check_channels(builder, cfg.data.channels)
-    encoders = encoders or transfer_encoders(config, workdir, names)
-    print(f"transfer [{target['name']}]: {dataset_name(builder)}, {cfg.eval.protocol}", flush=True)
-    results = probe(cfg, encoders, builder=builder, mesh=mesh, workdir=tdir)
+    print(f"transfer [{target['name']}]: {dataset_name(builder)}, {cfg.eval.protocol}: {', '.join(todo)}", flush=True)
+    results = dict(done, **probe(cfg, todo, builder=builder, mesh=mesh, workdir=tdir))
     table = format_table(results, config=cfg)
     print("\n" + table + "\n", flush=True)
     _write_results(tdir, results, table, results_name(cfg))

@@ -28,7 +28,7 @@ def test_every_stage_writes_its_outputs(swcl_run):
   assert patches["num_patches"] == 5 * patches["num_images"] == 5 * 32  # synthetic_fundus/tiny test split.
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps)))
   transfer = out["transfer"]["synthetic_grading"]
-  assert set(transfer) == {"swcl (pretrained)", "random init"}
+  assert set(transfer) == {"swcl (pretrained)", "random init", "pseudo-labeller (CE + FixMatch)"}
   seg = json.load(open(os.path.join(workdir, "segmentation", "results.json")))
   encoders = seg.get("encoders", seg)
   assert set(encoders) == {"swcl (pretrained)", "random init", "pseudo-labeller (CE + FixMatch)"}
@@ -39,7 +39,8 @@ def test_every_stage_writes_its_outputs(swcl_run):
 def test_rerun_resumes_without_recomputing(swcl_run, capsys):
   config, workdir, _ = swcl_run
   stamps = {p: os.path.getmtime(os.path.join(workdir, p)) for p in
-            ("pseudo_labeller/summary.json", "propagation/manifest.json", "patches/summary.json")}
+            ("pseudo_labeller/summary.json", "propagation/manifest.json", "patches/summary.json",
+             "transfer/synthetic_grading/probe_results.json")}
   seg = json.load(open(os.path.join(workdir, "segmentation", "results.json")))
   experiment.run(config, workdir)
   for p, t in stamps.items():
@@ -68,6 +69,7 @@ def test_segmentation_table_collects_rows(swcl_run, tmp_path):
   paths = segmentation_table.write_outputs(table, rows, str(tmp_path / "out"))
   md = open(paths[0]).read()
   assert "SWCL" in md and "| 1 |" in md  # One seed in the quick variant: means only.
+  assert "## Classification transfer" in md and "synthetic_grading AUROC" in md
   assert all(os.path.exists(p) for p in paths)
 
 

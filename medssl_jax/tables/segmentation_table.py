@@ -59,7 +59,7 @@ def run_table(table: dict, *, workdir: str) -> list[dict]:
   from medssl_jax import experiment
 
   workdir = os.path.abspath(workdir)
-  results = {}
+  results, transfer = {}, {}
   for i, (name, spec) in enumerate(table["runs"].items()):
     rdir = os.path.join(workdir, name)
     path = os.path.join(rdir, "segmentation", "results.json")
@@ -67,16 +67,46 @@ def run_table(table: dict, *, workdir: str) -> list[dict]:
     config = config_lib.load(file, variant or None)
     print(f"\n#### run {i + 1}/{len(table['runs'])}: {name} ({spec}) in {rdir}", flush=True)
     t0 = time.perf_counter()
-    experiment.run(config, rdir)
+    out = experiment.run(config, rdir)
     with open(path) as f:
       results[name] = json.load(f)
+    transfer[name] = out.get("transfer", {}) if isinstance(out, dict) else {}
     print(f"#### run {name}: {time.perf_counter() - t0:.0f} s", flush=True)
   rows = []
   for row in table["rows"]:
     entry = _encoder_entry(results[row["run"]], row["encoder"], where=f"run {row['run']!r}")
     rows.append({"label": row["label"], "run": row["run"], "config": table["runs"][row["run"]],
-                 "encoder": row["encoder"], **entry})
+                 "encoder": row["encoder"], **entry,
+                 "transfer": {t: r[row["encoder"]] for t, r in transfer[row["run"]].items() if row["encoder"] in r}})
   return rows
+
+
+def _transfer_lines(rows: list[dict]) -> list[str]:
+  """A second table: each row's encoder on the runs' classification transfer targets (config.transfer)."""
+  targets = []
+  for r in rows:
+    targets += [t for t in r.get("transfer", {}) if t not in targets]
+  if not targets:
+    return []
+  kappa = {t: any("kappa" in r.get("transfer", {}).get(t, {}) for r in rows) for t in targets}
+  head = ["method"]
+  for t in targets:
+    head += [f"{t} AUROC"] + ([f"{t} kappa"] if kappa[t] else [])
+  lines = ["", "## Classification transfer", "",
+           "Each encoder on the runs' `config.transfer.targets` with the run's `eval.protocol` (the cpu configs: "
+           "linear probe on frozen backbone features); one run per row, so no spread over seeds; in brackets the "
+           "bootstrap 95% interval over test images where the run computed one.",
+           "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    cells = [r["label"]]
+    for t in targets:
+      m = r.get("transfer", {}).get(t)
+      ci = m.get("auroc_ci") if m else None
+      cells.append("—" if not m else f"{m['auroc']:.4f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
+      if kappa[t]:
+        cells.append(f"{m['kappa']:.4f}" if m and "kappa" in m else "—")
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
 
 
 def _encoder_entry(results: dict, encoder: str, *, where: str) -> dict:
@@ -118,6 +148,7 @@ def format_markdown(table: dict, rows: list[dict]) -> str:
   notes = [p["note"] for p in table.get("published", ()) if p.get("note")]
   if notes:
     lines += [""] + [f"Published rows: {n}" for n in notes]
+  lines += _transfer_lines(rows)
   return "\n".join(lines) + "\n"
 
 
