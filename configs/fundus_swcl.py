@@ -19,6 +19,7 @@ Variants:   (none): the paper's setting: labelled ODIR-5K (8 diseases, multi-lab
               kappa), REFUGE glaucoma, RFMiD multi-disease; CHASE_DB1 vessel segmentation. A GPU job; the
               datasets must be downloaded by hand (see each builder's MANUAL_DOWNLOAD_INSTRUCTIONS).
             `pair`: swcl_scheme ("pair",), SimCLR on the same patches (the SimCLR baseline).
+            `refuge_disc_cup`: segmentation transfer to REFUGE optic disc / cup (mask_mode "classes").
             `cpu`: the real data in $MEDSSL_SHARED_DATA on a 2-core CPU: labelled HRF (27 training images,
               healthy / DR / glaucoma), unlabelled pool = all 45 HRF images + the 20 CHASE_DB1 training
               images; 256 px images, 128 px patches, ResNet-18 x0.25; transfer to RetinaMNIST DR grading and
@@ -90,7 +91,7 @@ def get_config(arg=None):
   g.patch_size, g.steps, g.batch_size = 256, 4000, 16
   g.encoders = ("pretrained", "random", "pseudo_labeller")
   g.seeds = (0, 1, 2)
-  return _fundus.with_quick(c, arg, quick=quick, pair=pair, cpu=cpu, cpu_pair=cpu_pair, cpu_byol=_cpu_baseline("byol"),
+  return _fundus.with_quick(c, arg, quick=quick, pair=pair, refuge_disc_cup=refuge_disc_cup, cpu=cpu, cpu_pair=cpu_pair, cpu_byol=_cpu_baseline("byol"),
                             cpu_dino=_cpu_baseline("dino"))
 
 
@@ -155,6 +156,14 @@ def _cpu_baseline(objective: str):
       c.objective.teacher_temperature_warmup_steps = int(0.3 * c.train.num_steps)
     c.segmentation.encoders = ("pretrained",)  # Random init and the pseudo-labeller come from the `cpu` run.
   return variant
+
+
+def refuge_disc_cup(c):
+  """The paper-scale run with optic disc / cup segmentation on REFUGE (class-id masks: 1 rim, 2 cup)
+  instead of CHASE_DB1 vessels; results report per-class Dice and the whole-disc Dice (`dice_ge_1`)."""
+  g = c.segmentation
+  g.builder, g.builder_config, g.mask_key, g.mask_mode, g.fov = "refuge", "512", "mask", "classes", "auto"
+  g.train_split, g.test_split, g.image_size, g.patch_size = "train", "test", 0, 256
 
 
 def pair(c):

@@ -213,6 +213,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.segmentation.train_split = "train"
   c.segmentation.test_split = "test"
   c.segmentation.mask_key = "mask"      # The target map feature (vessels: 1, background: 0).
+  # "binary": mask > 0 is foreground (one sigmoid output, e.g. vessels); "classes": mask values are class ids
+  # 0..K-1 (0 = background, K = the training masks' largest id + 1; e.g. REFUGE 1 disc rim, 2 cup): softmax.
+  c.segmentation.mask_mode = "binary"
   # Field of view the metrics are pooled over: a mask feature (HRF/DRIVE "fov_mask"), "auto" (pixels whose
   # image is not near-black: CHASE_DB1 ships no FOV masks) or "none" (every pixel).
   c.segmentation.fov = "auto"
@@ -418,6 +421,9 @@ def _check_transfer(config):
     raise ValueError(f"config.segmentation.backbone_lr_scale must be >= 0 (0 = frozen), got {g.backbone_lr_scale!r}")
   if not isinstance(g.fov, str) or not g.fov:
     raise ValueError(f"config.segmentation.fov must be 'auto', 'none' or a mask feature name, got {g.fov!r}")
+  if g.mask_mode not in ("binary", "classes"):
+    raise ValueError(f"config.segmentation.mask_mode={g.mask_mode!r} is not known; valid choices: 'binary' "
+                     f"(mask > 0 = foreground) or 'classes' (mask values are class ids 0..K-1)")
 
 
 def _check_ood(config):

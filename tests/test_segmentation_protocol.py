@@ -1,6 +1,7 @@
 """The segmentation transfer protocol (medssl_jax/evals/segmentation.py) on the synthetic 'vessels' data:
 a tiny U-Net beats trivial baselines, pretrained backbone weights are really used, FOV masks, whole-image
-padding, the config-driven stage with resume, and its errors."""
+padding, the config-driven stage with resume, and its errors. mask_mode "classes" (class-id maps): a
+synthetic disc / cup problem, the multi-class metrics against sklearn, run() on REFUGE's dummy data."""
 
 import json
 
@@ -160,6 +161,17 @@ def test_run_writes_results_and_resumes(data_dir, vessels, tmp_path, monkeypatch
     raise AssertionError("a finished result was recomputed")
 
   monkeypatch.setattr(seg, "finetune_segmentation", boom)
+  # results.json written before config.segmentation.mask_mode existed: its settings lack the key. Binary
+  # runs leave it out of settings (it holds its default), so such results are reused.
+  before = _config(data_dir).segmentation.to_dict()
+  del before["mask_mode"], before["encoders"], before["seeds"]
+  c = config_lib.base_config()
+  before.update(fit=c.data.fit, mean=list(c.data.mean), std=list(c.data.std))
+  old_file = json.loads((out / "results.json").read_text())
+  for r in old_file["encoders"]["random init"]["seeds"].values():
+    assert "mask_mode" not in r["settings"] and "mask_mode" not in r and "mask_mode" not in old_file
+    r["settings"] = json.loads(json.dumps(before))
+  (out / "results.json").write_text(json.dumps(old_file))
   again = seg.run(_config(data_dir), tmp_path, encoders=encoders)
   assert again["encoders"]["random init"]["seeds"]["1"]["dice"] == enc["seeds"]["1"]["dice"]
   # Other settings are not reused.
@@ -203,3 +215,150 @@ def test_fov_auto_on_real_chase_db1(tmp_path):
     assert f[v].mean() > 0.995  # Annotated vessels lie inside it.
     rows = np.flatnonzero(f.any(1))
     assert f[rows[0]:rows[-1] + 1].any(1).all()  # One solid region, no stray rows.
+
+
+# ----------------------------------------------------------------------------------------------------
+# mask_mode "classes".
+
+def _discs(n, *, size=40, seed=0):
+  """Noisy grey images with a disc (class 1) holding a brighter inner cup (class 2) at random places."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:size, :size]
+  images = np.empty((n, size, size, 3), np.uint8)
+  masks = np.empty((n, size, size), np.uint8)
+  for i in range(n):
+    cy, cx = rng.uniform(11, size - 11, 2)
+    r = rng.uniform(7, 10)
+    d = np.hypot(yy - cy, xx - cx)
+    masks[i] = (d <= r).astype(np.uint8) + (d <= 0.5 * r)
+    img = np.array([70.0, 150.0, 230.0])[masks[i]] + rng.normal(0, 20, (size, size))
+    images[i] = np.clip(img, 0, 255).astype(np.uint8)[..., None]
+  return images, masks
+
+
+def _class_args(**kw):
+  tr_x, tr_m = _discs(24, seed=0)
+  te_x, te_m = _discs(6, seed=1)
+  bb, v = _backbone()
+  args = dict(backbone=bb, backbone_variables=v, train_images=tr_x, train_masks=tr_m, test_images=te_x,
+              test_masks=te_m, patch_size=32, steps=40, batch_size=8, learning_rate=2e-2, weight_decay=1e-4,
+              mean=MEAN, std=STD, seed=0, mask_mode="classes")
+  args.update(kw)
+  return args
+
+
+def test_classes_unet_learns_disc_and_cup():
+  args = _class_args()
+  te_m = args["test_masks"]
+  r = seg.finetune_segmentation(**args, return_predictions=True)
+  probs = r["probabilities"]
+  assert probs.shape == (*te_m.shape, 3) and r["num_classes"] == 3 and r["mask_mode"] == "classes"
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  # Chance: a predictor drawing classes at their frequencies has an expected Dice of the class fraction.
+  frac = np.asarray(r["class_fraction_in_fov"])
+  np.testing.assert_allclose(frac, np.bincount(te_m.ravel(), minlength=3) / te_m.size)
+  assert frac[1:].max() < 0.2
+  assert r["dice"] > 0.8, r
+  assert min(r["dice_class_1"], r["dice_class_2"]) > 0.7, r
+  assert r["dice_ge_1"] > 0.9 and r["auroc"] > 0.95, r
+  # The reported numbers are multiclass_segmentation_report's on the returned maps.
+  assert r["dice"] == pytest.approx(sm.multiclass_segmentation_report(probs, te_m)["dice"])
+  assert r["curve"]["loss"][-1] < r["curve"]["loss"][0] and "3 classes" in r["protocol"]
+  assert "threshold" not in r and "vessel_fraction_in_fov" not in r
+  json.dumps({k: v for k, v in r.items() if k != "probabilities"})
+
+
+def test_multiclass_metrics_match_sklearn():
+  from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
+  rng = np.random.default_rng(3)
+  n, h, w, k = 3, 9, 11, 4
+  true = rng.integers(0, k, (n, h, w))
+  logits = rng.normal(size=(n, h, w, k)) + 1.5 * np.eye(k)[true]
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  valid = rng.random((n, h, w)) < 0.8
+  for v in (None, valid, valid[0]):
+    sel = np.ones((n, h, w), bool) if v is None else np.broadcast_to(v, (n, h, w))
+    t, p, pr = true[sel], probs.argmax(-1)[sel], probs[sel]
+    r = sm.multiclass_segmentation_report(probs, true, valid=v)
+    fg = [1, 2, 3]
+    dice = f1_score(t, p, labels=fg, average=None)
+    iou = jaccard_score(t, p, labels=fg, average=None)
+    auc = [roc_auc_score(t == c, pr[:, c]) for c in fg]
+    for i, c in enumerate(fg):
+      assert r[f"dice_class_{c}"] == pytest.approx(dice[i])
+      assert r[f"iou_class_{c}"] == pytest.approx(iou[i])
+      assert r[f"auroc_class_{c}"] == pytest.approx(auc[i])
+      assert r[f"dice_ge_{c}"] == pytest.approx(f1_score(t >= c, p >= c))
+    assert r["dice"] == pytest.approx(np.mean(dice)) and r["iou"] == pytest.approx(np.mean(iou))
+    assert r["auroc"] == pytest.approx(np.mean(auc)) and r["accuracy"] == pytest.approx(np.mean(t == p))
+    per = [np.mean(f1_score(true[i][sel[i]], probs[i].argmax(-1)[sel[i]], labels=fg, average=None))
+           for i in range(n)]
+    assert r["dice_per_image_mean"] == pytest.approx(np.mean(per))
+    assert sorted(k_ for k_ in r if k_ not in ("dice_per_image_mean", "num_classes", "n_images")) == \
+        sorted(sm.class_metric_names(k))
+  # A class absent from truth and prediction: its Dice / IoU / AUROC are nan and left out of the means.
+  t2 = np.where(true == 3, 0, true)
+  p2 = probs.copy()
+  p2[..., 3] = 0
+  r = sm.multiclass_segmentation_report(p2, t2)
+  assert np.isnan(r["dice_class_3"]) and np.isnan(r["auroc_class_3"])
+  assert r["dice"] == pytest.approx(np.mean([r["dice_class_1"], r["dice_class_2"]]))
+  # Soft Dice loss over the foreground classes, against its formula.
+  y = np.eye(k)[true]
+  want = np.mean([1 - (2 * (probs[..., c] * y[..., c]).sum() + 1) / (probs[..., c].sum() + y[..., c].sum() + 1)
+                  for c in fg])
+  assert float(seg.multiclass_soft_dice_loss(probs, y)) == pytest.approx(want, rel=1e-5)
+  with pytest.raises(ValueError, match=r"true_labels has class id\(s\) \[4\] outside \[0, 3\]"):
+    sm.multiclass_segmentation_report(probs, np.where(true == 3, 4, true))
+
+
+def test_classes_run_on_refuge_dummy(tmp_path):
+  from tfds_builders.refuge import dummy_data
+  manual = dummy_data.write(tmp_path / "manual")
+  c = config_lib.base_config()
+  s = c.segmentation
+  s.builder, s.builder_config, s.data_dir, s.manual_dir = "refuge", "original", str(tmp_path / "tfds"), str(manual)
+  s.mask_mode, s.fov, s.patch_size, s.steps, s.batch_size, s.learning_rate = "classes", "auto", 32, 3, 8, 1e-2
+  s.seeds = (0,)
+  config_lib.validate(c)
+  bb, v = _backbone()
+  res = seg.run(c, tmp_path, encoders={"random init": (bb, v)})
+  out = tmp_path / "segmentation"
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["dataset"] == "refuge/original" and saved["mask_mode"] == "classes" and saved["num_classes"] == 3
+  assert saved["num_train"] == 5 and saved["num_test"] == 4 and saved["test_image_shape"] == "36x40"
+  enc = saved["encoders"]["random init"]
+  run0 = enc["seeds"]["0"]
+  assert run0["settings"]["mask_mode"] == "classes" and run0["num_classes"] == 3
+  for key in sm.class_metric_names(3):
+    assert key in enc["mean"] and (np.isnan(run0[key]) or enc["mean"][key] == pytest.approx(run0[key]))
+  assert 0 <= run0["accuracy"] <= 1 and res["encoders"]["random init"]["n"] == 1
+  md = (out / "results.md").read_text()
+  assert "| encoder | mean Dice | mean IoU | mean AUROC | accuracy | Dice 1 | Dice 2 |" in md
+  assert "Dice >= 1 | Dice >= 2 |" in md and "class ids 0..2" in md and "| random init | " in md
+  assert (out / "overlays_random_init.png").stat().st_size > 1000
+
+
+def test_classes_errors(data_dir, tmp_path):
+  args = _class_args(steps=1)
+  te_m = args["test_masks"].copy()
+  te_m[0, :2, :2] = 3
+  with pytest.raises(ValueError, match=r"test_masks has class id\(s\) \[3\] >= num_classes=3 \(inferred"):
+    seg.finetune_segmentation(**dict(args, test_masks=te_m))
+  with pytest.raises(ValueError, match=r"train_masks hold only class 0"):
+    seg.finetune_segmentation(**dict(args, train_masks=np.zeros_like(args["train_masks"])))
+  with pytest.raises(ValueError, match=r"must hold integer class ids"):
+    seg.finetune_segmentation(**dict(args, train_masks=args["train_masks"] + 0.5))
+  with pytest.raises(ValueError, match=r"mask_mode='multi' is not known; valid choices: \['binary', 'classes'\]"):
+    seg.finetune_segmentation(**dict(args, mask_mode="multi"))
+  with pytest.raises(ValueError, match=r"num_classes=3 is for mask_mode='classes'"):
+    seg.finetune_segmentation(**dict(args, mask_mode="binary", num_classes=3, train_masks=args["train_masks"] > 0,
+                                     test_masks=args["test_masks"] > 0))
+  with pytest.raises(ValueError, match=r"must be binary .* or mask_mode='classes' for class-id maps"):
+    seg.finetune_segmentation(**dict(args, mask_mode="binary"))
+  c = _config(data_dir, mask_mode="multi")
+  with pytest.raises(ValueError, match=r"config.segmentation.mask_mode='multi' is not known; valid choices: "
+                     r"'binary' .* or 'classes'"):
+    config_lib.validate(c)
+  with pytest.raises(ValueError, match=r"config.segmentation.mask_mode='multi' is not known"):
+    seg.run(c, tmp_path, encoders={})

@@ -26,6 +26,16 @@ Protocol (`finetune_segmentation`, named in its result as "protocol"):
     convention; probability >= `threshold` is vessel), plus the mean per-image Dice. No validation
     split and no checkpoint selection: the last step is scored.
 
+Mask modes (`mask_mode`, config.segmentation.mask_mode): "binary" (above; mask > 0 is foreground, e.g. vessel
+maps) or "classes": masks are class-id label maps 0..K-1 (0 = background; e.g. REFUGE: 1 optic disc rim,
+2 optic cup), K inferred from the training masks (max id + 1) unless given. Then the U-Net has K output
+channels with a softmax; output biases at the log of each class's training FOV pixel fraction (the same
+prior init); loss = softmax cross-entropy + multi-class soft Dice (`multiclass_soft_dice_loss`: the mean over
+the foreground classes of the binary soft Dice loss); the augmentation moves the class map with the image.
+A pixel's prediction is the argmax class (no threshold); metrics are those of
+`segmentation_metrics.multiclass_segmentation_report` (per foreground class Dice / IoU / one-vs-rest pixel
+AUROC and their means, accuracy, Dice of each cumulative group "class >= k": REFUGE's whole disc and cup).
+
 FOV convention (`fov_masks`): True = the pixel is inside the field of view and is scored. "auto" (CHASE_DB1
 ships no FOV masks): pixels whose brightest channel exceeds AUTO_FOV_THRESHOLD (20 / 255), cleaned up
 per image by keeping the largest connected component and filling its holes. A mask feature
@@ -63,6 +73,14 @@ PROTOCOL = ("segmentation transfer: U-Net (encoder from the given backbone, bili
             "decay, weight decay on kernels, backbone lr x {bb}; BatchNorm in train mode; whole test images padded "
             "to a multiple of 32; metrics over field-of-view pixels pooled across test images, threshold {thr}")
 
+PROTOCOL_CLASSES = ("segmentation transfer, {k} classes (class-id masks, 0 = background): U-Net (encoder from the "
+                    "given backbone, bilinear decoder from random init, softmax output biases at the class priors) "
+                    "trained on random {patch}px crops (at least {min_fov:.0%} field of view){aug}; softmax CE + "
+                    "soft Dice averaged over the foreground classes; AdamW, cosine decay, weight decay on kernels, "
+                    "backbone lr x {bb}; BatchNorm in train mode; whole test images padded to a multiple of 32; "
+                    "argmax prediction; metrics over field-of-view pixels pooled across test images")
+
+MASK_MODES = ("binary", "classes")
 FOV_CHOICES = ("auto", "none")
 AUTO_FOV_THRESHOLD = 20  # uint8 level of the brightest channel above which a pixel is inside the FOV.
 MIN_CROP_FOV = 0.25      # Training crops hold at least this fraction of FOV pixels.
@@ -71,12 +89,19 @@ EVAL_BATCH = 4
 BRIGHTNESS = 0.2         # Brightness / contrast factors drawn from U(1 - x, 1 + x).
 CONTRAST = 0.2
 METRICS = ("dice", "auroc", "accuracy", "sensitivity", "specificity")
+# config.segmentation keys added after results.json files existed, with their defaults: `run` leaves a key out of
+# a run's "settings" while it holds this value, so results computed before the key existed are still reused.
+SETTINGS_DEFAULTS = {"mask_mode": "binary"}
 
 
-def describe(*, patch_size: int, augment: bool, backbone_lr_scale: float, threshold: float) -> str:
-  """PROTOCOL with this run's patch size, augmentation, backbone lr scale and threshold."""
+def describe(*, patch_size: int, augment: bool, backbone_lr_scale: float, threshold: float,
+             mask_mode: str = "binary", num_classes: int | None = None) -> str:
+  """PROTOCOL (PROTOCOL_CLASSES for mask_mode "classes", with `num_classes`) with this run's patch size,
+  augmentation, backbone lr scale and threshold (binary only)."""
   aug = " with flips, 90-degree rotations, brightness/contrast jitter" if augment else ", no augmentation"
   bb = f"{backbone_lr_scale:g}" + (" (frozen parameters)" if backbone_lr_scale == 0 else "")
+  if mask_mode == "classes":
+    return PROTOCOL_CLASSES.format(k=num_classes, patch=patch_size, min_fov=MIN_CROP_FOV, aug=aug, bb=bb)
   return PROTOCOL.format(patch=patch_size, min_fov=MIN_CROP_FOV, aug=aug, bb=bb, thr=f"{threshold:g}")
 
 
@@ -162,13 +187,24 @@ def soft_dice_loss(probs, targets, *, smooth: float = 1.0):
   return 1.0 - (2.0 * inter + smooth) / (jnp.sum(probs) + jnp.sum(targets) + smooth)
 
 
+def multiclass_soft_dice_loss(probs, onehot, *, smooth: float = 1.0):
+  """Mean over the foreground classes k = 1..K-1 of 1 - (2 sum p_k y_k + smooth) / (sum p_k + sum y_k + smooth),
+  each sum over every pixel of the batch; probs, onehot: [..., K] (class 0 = background, left out)."""
+  axes = tuple(range(probs.ndim - 1))
+  inter = jnp.sum(probs[..., 1:] * onehot[..., 1:], axis=axes)
+  den = jnp.sum(probs[..., 1:], axis=axes) + jnp.sum(onehot[..., 1:], axis=axes)
+  return jnp.mean(1.0 - (2.0 * inter + smooth) / (den + smooth))
+
+
 @functools.lru_cache(maxsize=16)
 def _functions(model: UNet, patch: int, mean: tuple, std: tuple, augment: bool, frozen: bool, batch_size: int,
                stride: int, batch_sharding):
   """Jitted train_step and init_opt, cached so repeated seeds / encoders with one setup compile once.
 
   The learning rate, weight decay and backbone lr scale are traced arguments (computed on the host).
+  model.num_classes 1: binary (sigmoid, BCE + soft Dice); K >= 2: class ids (softmax CE + multi-class soft Dice).
   """
+  num_classes = model.num_classes
   adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
 
   def sample(key, images, masks, origins):
@@ -196,9 +232,14 @@ def _functions(model: UNet, patch: int, mean: tuple, std: tuple, augment: bool, 
     def loss_fn(trainable):
       logits, new = model.apply({"params": {**params, **trainable}, "batch_stats": batch_stats}, x, train=True,
                                 mutable=["batch_stats"])
-      logits = logits[..., 0]
-      loss = (optax.sigmoid_binary_cross_entropy(logits, m).mean()
-              + soft_dice_loss(jax.nn.sigmoid(logits), m))
+      if num_classes == 1:
+        logits = logits[..., 0]
+        loss = (optax.sigmoid_binary_cross_entropy(logits, m).mean()
+                + soft_dice_loss(jax.nn.sigmoid(logits), m))
+      else:  # m holds class ids as float32 (exact after flips / rotations).
+        labels = m.astype(jnp.int32)
+        loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                + multiclass_soft_dice_loss(jax.nn.softmax(logits), jax.nn.one_hot(labels, num_classes)))
       return loss, new["batch_stats"]
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
@@ -217,13 +258,16 @@ def _functions(model: UNet, patch: int, mean: tuple, std: tuple, augment: bool, 
 
 @functools.lru_cache(maxsize=16)
 def predict_fn(model: UNet, mean: tuple, std: tuple):
-  """Jitted predict(params, batch_stats, uint8 images [B, H, W, C]) -> probabilities [B, H, W] (inference
-  mode), cached per model and normalisation (one compile per input shape)."""
+  """Jitted predict(params, batch_stats, uint8 images [B, H, W, C]) -> probabilities (inference mode), cached
+  per model and normalisation (one compile per input shape): [B, H, W] sigmoid foreground probabilities when
+  model.num_classes == 1 (binary), else [B, H, W, K] softmax class probabilities."""
 
   @jax.jit
   def predict(params, batch_stats, images):
     x = normalize(images.astype(jnp.float32) / 255.0, mean, std)
     logits = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+    if model.num_classes > 1:
+      return jax.nn.softmax(logits, axis=-1)
     return jax.nn.sigmoid(logits[..., 0])
 
   return predict
@@ -240,22 +284,26 @@ def _pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def predict_images(predict, params, batch_stats, images, *, batch: int = EVAL_BATCH) -> np.ndarray:
-  """Probabilities float32 [N, H, W] of uint8 images [N, H, W, C]: padded to a multiple of PAD_MULTIPLE,
-  run `batch` at a time (the last batch zero-filled, so one compile per image size), cropped back."""
+  """Probabilities float32 [N, H, W] (binary; [N, H, W, K] for a K-class `predict`) of uint8 images
+  [N, H, W, C]: padded to a multiple of PAD_MULTIPLE, run `batch` at a time (the last batch zero-filled, so
+  one compile per image size), cropped back."""
   n, h, w = images.shape[:3]
   padded = _pad_to_multiple(images, PAD_MULTIPLE)
   batch = max(1, min(batch, n))
-  out = np.empty((n, h, w), np.float32)
+  out = None
   for i in range(0, n, batch):
     x = padded[i:i + batch]
     k = len(x)
     if k < batch:
       x = np.concatenate([x, np.zeros((batch - k, *x.shape[1:]), x.dtype)])
-    out[i:i + k] = np.asarray(predict(params, batch_stats, x))[:k, :h, :w]
+    y = np.asarray(predict(params, batch_stats, x))
+    if out is None:
+      out = np.empty((n, h, w, *y.shape[3:]), np.float32)
+    out[i:i + k] = y[:k, :h, :w]
   return out
 
 
-def _check_split(images, masks, fov, *, name: str):
+def _check_split(images, masks, fov, *, name: str, mask_mode: str = "binary"):
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
     raise ValueError(f"{name}_images must be uint8 [N, H, W, C] with C in (1, 3), got {images.dtype} "
@@ -268,9 +316,15 @@ def _check_split(images, masks, fov, *, name: str):
   if masks.shape != images.shape[:3]:
     raise ValueError(f"{name}_masks shape {masks.shape} does not match {name}_images {images.shape}: expected "
                      f"[N, H, W] = {images.shape[:3]} (or [N, H, W, 1])")
-  if not (masks.dtype == bool or np.isin(masks, (0, 1)).all()):
+  if mask_mode == "classes":
+    ok = masks.dtype != bool and (np.issubdtype(masks.dtype, np.integer)
+                                  or (np.issubdtype(masks.dtype, np.floating) and np.all(masks == np.round(masks))))
+    if not ok or masks.min() < 0 or masks.max() > 255:
+      raise ValueError(f"{name}_masks must hold integer class ids in [0, 255] for mask_mode='classes'; got dtype "
+                       f"{masks.dtype}, values {np.unique(masks)[:5].tolist()}...")
+  elif not (masks.dtype == bool or np.isin(masks, (0, 1)).all()):
     raise ValueError(f"{name}_masks must be binary {{0, 1}}; found values {np.unique(masks)[:5].tolist()} "
-                     f"(binarise first, e.g. masks > 0)")
+                     f"(binarise first, e.g. masks > 0, or mask_mode='classes' for class-id maps)")
   if fov is None:
     fov = np.ones(images.shape[:3], bool)
   else:
@@ -304,25 +358,49 @@ def _crop_origins(fov: np.ndarray, patch: int, stride: int) -> np.ndarray:
   return np.stack([i, ys[a], xs[b]], axis=1).astype(np.int32)
 
 
+def _num_classes(train_masks, test_masks, num_classes) -> int:
+  """K for mask_mode "classes": `num_classes`, or the training masks' largest id + 1; checks both splits."""
+  largest = int(train_masks.max())
+  if num_classes is None:
+    num_classes, source = largest + 1, "inferred from train_masks: largest class id + 1"
+  else:
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+      raise ValueError(f"num_classes={num_classes!r} must be an integer >= 2 (background + foreground classes)")
+    num_classes, source = int(num_classes), "given"
+    if largest >= num_classes:
+      raise ValueError(f"train_masks has class id {largest} >= num_classes={num_classes}")
+  if num_classes < 2:
+    raise ValueError("mask_mode='classes': train_masks hold only class 0 (background); need at least one "
+                     "foreground class id")
+  bad = np.unique(test_masks[test_masks >= num_classes])
+  if bad.size:
+    raise ValueError(f"test_masks has class id(s) {bad[:5].tolist()} >= num_classes={num_classes} ({source}); "
+                     f"every test class must occur in the training masks (or pass num_classes)")
+  return num_classes
+
+
 def finetune_segmentation(*, backbone, backbone_variables, train_images, train_masks, test_images, test_masks,
                           test_fov=None, train_fov=None, patch_size: int, steps: int, batch_size: int,
                           learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
                           decoder_widths=None, augment: bool = True, threshold: float = 0.5, mean, std,
                           seed: int = 0, progress: str | None = None, return_predictions: bool = False,
-                          return_variables: bool = False, mesh=None) -> dict:
+                          return_variables: bool = False, mesh=None, mask_mode: str = "binary",
+                          num_classes: int | None = None) -> dict:
   """Trains a U-Net on `backbone` (from `backbone_variables`) and scores it (protocol: module docstring).
 
   Args:
     backbone: a `ResNet` module; backbone_variables: its variables {"params", "batch_stats"} (a plain
       ResNet's tree, e.g. `attention.backbone_variables(ssl_variables)`), copied, never modified.
     train_images, test_images: uint8 [N, H, W, C] (training images all of one size >= patch_size; test
-      images of any one size). train_masks, test_masks: {0, 1} [N, H, W] (or [N, H, W, 1]).
+      images of any one size). train_masks, test_masks: [N, H, W] (or [N, H, W, 1]): {0, 1} (mask_mode
+      "binary") or integer class ids 0..K-1 (mask_mode "classes", 0 = background).
     train_fov, test_fov: optional bool [N, H, W] fields of view (None: every pixel): training crops hold
       >= MIN_CROP_FOV of FOV pixels, test metrics pool FOV pixels only (see `fov_masks`).
     patch_size: training crop side, a multiple of 32. steps, batch_size, learning_rate, weight_decay:
       AdamW with cosine decay. backbone_lr_scale: backbone lr multiplier (0 = parameters frozen).
     decoder_widths: `UNet.decoder_widths` (None: as wide as each skip). augment: flips, rotations,
-      brightness/contrast jitter. threshold: probability from which a pixel is predicted foreground.
+      brightness/contrast jitter. threshold: probability from which a pixel is predicted foreground (binary
+      only; "classes" predicts the argmax class).
     mean, std: per-channel normalisation of [0, 1] images (as in pretraining).
     seed: decoder init, crop sampling and augmentation keys.
     progress: a tag; prints progress lines (step, loss, steps/s, ETA) when given.
@@ -330,11 +408,17 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
     return_variables: add "variables" (the trained U-Net's {"params", "batch_stats"}, host numpy).
     mesh: optional 1-D data mesh: crops are sharded over it (batch_size divisible by its devices) and
       the state replicated; None: the default device.
+    mask_mode: "binary" (sigmoid output, BCE + soft Dice) or "classes" (softmax over K classes, CE +
+      multi-class soft Dice; see the module docstring). num_classes: K for "classes" (None: the training
+      masks' largest id + 1); test masks with an id >= K are refused.
 
   Returns:
-    dict: the metrics of `segmentation_report` (dice, auroc, accuracy, sensitivity, specificity,
-    dice_per_image_mean, n_images) plus steps, train_seconds, curve {"step", "loss"} (mean training loss
-    over each block of steps), protocol and the settings.
+    dict: the metrics of `segmentation_report` (binary: dice, auroc, accuracy, sensitivity, specificity,
+    dice_per_image_mean, n_images) or `multiclass_segmentation_report` ("classes": dice, iou, auroc,
+    accuracy, per-class and cumulative-group keys, num_classes, ...) plus steps, train_seconds, curve
+    {"step", "loss"} (mean training loss over each block of steps), protocol and the settings ("classes"
+    adds mask_mode and class_fraction_in_fov, the test FOV pixel fraction of each class, instead of
+    vessel_fraction_in_fov and threshold). "probabilities" ([N, H, W] or [N, H, W, K]) when asked.
   """
   if not isinstance(backbone, ResNet):
     raise ValueError(f"finetune_segmentation: backbone must be a ResNet (the U-Net taps its stages), got "
@@ -348,8 +432,17 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
   n_dev = 1 if mesh is None else mesh.devices.size
   if not isinstance(batch_size, int) or batch_size < 1 or batch_size % n_dev:
     raise ValueError(f"batch_size={batch_size!r} must be a positive multiple of the mesh's {n_dev} devices")
-  train_images, train_masks, train_fov = _check_split(train_images, train_masks, train_fov, name="train")
-  test_images, test_masks, test_fov_arr = _check_split(test_images, test_masks, test_fov, name="test")
+  if mask_mode not in MASK_MODES:
+    raise ValueError(f"mask_mode={mask_mode!r} is not known; valid choices: {list(MASK_MODES)}")
+  classes = mask_mode == "classes"
+  train_images, train_masks, train_fov = _check_split(train_images, train_masks, train_fov, name="train",
+                                                      mask_mode=mask_mode)
+  test_images, test_masks, test_fov_arr = _check_split(test_images, test_masks, test_fov, name="test",
+                                                       mask_mode=mask_mode)
+  if classes:
+    num_classes = _num_classes(train_masks, test_masks, num_classes)
+  elif num_classes not in (None, 1):
+    raise ValueError(f"num_classes={num_classes!r} is for mask_mode='classes'; mask_mode='binary' has one output")
   channels = train_images.shape[-1]
   if test_images.shape[-1] != channels:
     raise ValueError(f"test_images has {test_images.shape[-1]} channels, train_images has {channels}")
@@ -360,7 +453,7 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
     raise ValueError(f"mean / std must have 1 or {channels} entries (the images' channels), got {mean} / {std}")
 
   widths = tuple(int(w) for w in decoder_widths) if decoder_widths else None
-  model = UNet(backbone=backbone, num_classes=1, decoder_widths=widths)
+  model = UNet(backbone=backbone, num_classes=num_classes if classes else 1, decoder_widths=widths)
   frozen = backbone_lr_scale == 0
   stride = max(1, patch_size // 16)
   sharding = None if mesh is None else mesh_lib.data_sharding(mesh)
@@ -384,8 +477,14 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
   params = {**variables["params"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True), given["params"])}
   # Output bias at the log-odds of the training foreground fraction (Lin et al. 2017's prior init): the
   # first steps then do not spend themselves pushing every background pixel down from p = 0.5.
-  prior = float(np.clip(train_masks[train_fov].mean(), 1e-3, 1 - 1e-3))
-  params["logits"] = {**params["logits"], "bias": jnp.full_like(params["logits"]["bias"], math.log(prior / (1 - prior)))}
+  if classes:  # Softmax biases at log(class fraction): the initial prediction is the class prior.
+    frac = np.bincount(train_masks[train_fov].ravel(), minlength=num_classes) / float(train_fov.sum())
+    bias = np.log(np.clip(frac, 1e-3, None)).astype(np.float32)
+    params["logits"] = {**params["logits"], "bias": jnp.asarray(bias, params["logits"]["bias"].dtype)}
+  else:
+    prior = float(np.clip(train_masks[train_fov].mean(), 1e-3, 1 - 1e-3))
+    params["logits"] = {**params["logits"],
+                        "bias": jnp.full_like(params["logits"]["bias"], math.log(prior / (1 - prior)))}
   stats = {**variables["batch_stats"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True),
                                                                 given["batch_stats"])}
   opt_state = init_opt(params)
@@ -424,8 +523,17 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
   if mesh is not None:  # Inference on one device: whole images do not split over a data axis evenly.
     params, stats = jax.device_get((params, stats))
   probs = predict_images(predict, params, stats, test_images)
-  report = segmentation_metrics.segmentation_report(probs, test_masks, valid=test_fov_arr, threshold=threshold)
-  if progress:
+  if classes:
+    report = segmentation_metrics.multiclass_segmentation_report(probs, test_masks, valid=test_fov_arr)
+    if progress:
+      per = " ".join(f"{report[f'dice_class_{k}']:.4f}" for k in range(1, num_classes))
+      print(f"segmentation [{progress}] test: mean Dice {report['dice']:.4f} (per class {per}) | mean IoU "
+            f"{report['iou']:.4f} | mean AUROC {report['auroc']:.4f} | accuracy {report['accuracy']:.4f} "
+            f"({len(test_images)} images, {time.perf_counter() - t1:.1f}s)", flush=True)
+  else:
+    report = segmentation_metrics.segmentation_report(probs, test_masks, valid=test_fov_arr,
+                                                      threshold=threshold)
+  if progress and not classes:
     print(f"segmentation [{progress}] test: Dice {report['dice']:.4f} | AUROC {report['auroc']:.4f} | "
           f"sensitivity {report['sensitivity']:.4f} | specificity {report['specificity']:.4f} "
           f"({len(test_images)} images, {time.perf_counter() - t1:.1f}s)", flush=True)
@@ -433,12 +541,16 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
   result.update(
       steps=steps, train_seconds=train_seconds, test_seconds=time.perf_counter() - t1, curve=curve,
       protocol=describe(patch_size=patch_size, augment=bool(augment), backbone_lr_scale=float(backbone_lr_scale),
-                        threshold=float(threshold)),
+                        threshold=float(threshold), mask_mode=mask_mode, num_classes=num_classes),
       patch_size=patch_size, batch_size=batch_size, learning_rate=float(learning_rate),
       weight_decay=float(weight_decay), backbone_lr_scale=float(backbone_lr_scale),
       decoder_widths=list(widths) if widths else None, augment=bool(augment), threshold=float(threshold),
       seed=seed, num_train=len(train_images), fov_pixel_fraction=float(test_fov_arr.mean()),
       vessel_fraction_in_fov=float(test_masks[test_fov_arr].mean()))
+  if classes:
+    del result["vessel_fraction_in_fov"], result["threshold"]
+    counts = np.bincount(test_masks[test_fov_arr].ravel(), minlength=num_classes)
+    result.update(mask_mode=mask_mode, class_fraction_in_fov=(counts / counts.sum()).tolist())
   if return_predictions:
     result["probabilities"] = probs
   if return_variables:
@@ -452,7 +564,10 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
 def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, threshold: float = 0.5):
   """PNG grid, one row per image (first `max_images`): image | truth | probability | thresholded.
 
-  Outside the FOV (when given) the probability and thresholded panels are greyed out.
+  probs [N, H, W] (binary): foreground probability, thresholded at `threshold`. probs [N, H, W, K] (class
+  ids, masks 0..K-1): the truth and argmax panels are colour-coded class maps (0 black, 1.. tab10 colours)
+  and the probability panel is P(foreground) = 1 - P(class 0). Outside the FOV (when given) the probability
+  and prediction panels are greyed out.
   """
   import matplotlib
   matplotlib.use("Agg")
@@ -466,16 +581,30 @@ def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, 
     raise ValueError("save_overlays: no images")
   fov = np.ones(masks.shape, bool) if fov is None else np.asarray(fov).reshape(masks.shape) != 0
   h, w = images.shape[1:3]
+  classes = probs.ndim == 4
+  if classes:
+    k = probs.shape[-1]
+    colours = ["black"] + [matplotlib.colormaps["tab10"](i % 10) for i in range(k - 1)]
+    class_cm = matplotlib.colors.ListedColormap(colours).with_extremes(bad="0.5")
   fig, axes = plt.subplots(n, 4, figsize=(4 * 3 * w / max(h, w), n * 3 * h / max(h, w)), squeeze=False)
   for r in range(n):
     img = images[r, ..., 0] if images.shape[-1] == 1 else images[r]
-    p = np.where(fov[r], probs[r], np.nan)
-    t = np.where(fov[r], (probs[r] >= threshold).astype(float), np.nan)
-    panels = [(img, "image", "gray"), (masks[r], "truth", "gray"), (p, "probability", "magma"),
-              (t, f"p >= {threshold:g}", "gray")]
+    if classes:
+      p = np.where(fov[r], 1.0 - probs[r, ..., 0], np.nan)
+      t = np.where(fov[r], np.argmax(probs[r], axis=-1).astype(float), np.nan)
+      panels = [(img, "image", "gray"), (masks[r].astype(float), f"truth (classes 0-{k - 1})", class_cm),
+                (p, "P(foreground)", "magma"), (t, "argmax class", class_cm)]
+    else:
+      p = np.where(fov[r], probs[r], np.nan)
+      t = np.where(fov[r], (probs[r] >= threshold).astype(float), np.nan)
+      panels = [(img, "image", "gray"), (masks[r], "truth", "gray"), (p, "probability", "magma"),
+                (t, f"p >= {threshold:g}", "gray")]
     for ax, (a, title, cmap) in zip(axes[r], panels):
-      cm = matplotlib.colormaps[cmap].with_extremes(bad="0.5")  # Outside the FOV: grey.
-      ax.imshow(a, cmap=cm, vmin=0, vmax=1 if a.ndim == 2 else None, interpolation="nearest")
+      if not isinstance(cmap, str):  # A class map: one colour per id.
+        ax.imshow(a, cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest")
+      else:
+        cm = matplotlib.colormaps[cmap].with_extremes(bad="0.5")  # Outside the FOV: grey.
+        ax.imshow(a, cmap=cm, vmin=0, vmax=1 if a.ndim == 2 else None, interpolation="nearest")
       ax.set_xticks([])
       ax.set_yticks([])
       if r == 0:
@@ -508,10 +637,10 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
-def _summary(runs: list[dict]) -> dict:
+def _summary(runs: list[dict], metrics=METRICS) -> dict:
   """{"mean": {metric: ...}, "std": {metric: sample std, nan for one seed}, "n": seeds} over finite values."""
   out = {"mean": {}, "std": {}, "n": len(runs)}
-  for k in METRICS:
+  for k in metrics:
     vals = [r[k] for r in runs if r.get(k) is not None and np.isfinite(r[k])]
     mean, std, _ = metrics_lib.mean_std(vals) if vals else (float("nan"), float("nan"), 0)
     out["mean"][k], out["std"][k] = mean, std
@@ -524,6 +653,8 @@ def _fmt(runs, key):
 
 
 def _markdown(results: dict) -> str:
+  if results.get("mask_mode", "binary") == "classes":
+    return _markdown_classes(results)
   lines = [f"# Segmentation transfer: {results['dataset']}", "",
            "| encoder | Dice | AUROC | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
   for name, enc in results["encoders"].items():
@@ -535,6 +666,28 @@ def _markdown(results: dict) -> str:
             f"target '{results['mask_key']}' (> 0 = foreground), image size "
             f"{results['image_size'] or 'native'}.", "",
             f"Field of view: {results['fov_convention']}", "", f"Protocol: {results['protocol']}", ""]
+  return "\n".join(lines)
+
+
+def _markdown_classes(results: dict) -> str:
+  """results.md for mask_mode "classes": mean and per-class Dice / IoU / AUROC and cumulative-group Dice."""
+  k = results["num_classes"]
+  fg = range(1, k)
+  cols = ([("dice", "mean Dice"), ("iou", "mean IoU"), ("auroc", "mean AUROC"), ("accuracy", "accuracy")]
+          + [(f"dice_class_{c}", f"Dice {c}") for c in fg] + [(f"iou_class_{c}", f"IoU {c}") for c in fg]
+          + [(f"dice_ge_{c}", f"Dice >= {c}") for c in fg])
+  lines = [f"# Segmentation transfer: {results['dataset']}", "",
+           "| encoder | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  for name, enc in results["encoders"].items():
+    runs = [enc["seeds"][str(s)] for s in results["seeds"] if str(s) in enc["seeds"]]
+    lines.append(f"| {name} | " + " | ".join(_fmt(runs, key) for key, _ in cols) + " |")
+  lines += ["", "Mean ± sample std over seeds " + ", ".join(str(s) for s in results["seeds"]) + ". "
+            f"Classes 1..{k - 1} are the foreground ids of the mask (0 = background); 'Dice >= c' is the Dice of "
+            "the union of classes >= c (REFUGE: >= 1 the whole optic disc, >= 2 the cup). Prediction: argmax.", "",
+            f"Data: {results['dataset']}, train split '{results['train_split']}' ({results['num_train']} images), "
+            f"test split '{results['test_split']}' ({results['num_test']} images, {results['test_image_shape']}), "
+            f"target '{results['mask_key']}' (class ids 0..{k - 1}), image size {results['image_size'] or 'native'}.",
+            "", f"Field of view: {results['fov_convention']}", "", f"Protocol: {results['protocol']}", ""]
   return "\n".join(lines)
 
 
@@ -562,9 +715,13 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   "fov_convention", "image_size", "num_train", "num_test", "test_image_shape", "seeds" [list], "protocol",
   "encoders": {name: {"seeds": {"<seed>": finetune_segmentation's result + "settings", "backbone_sha256"},
   "mean": {metric: ...}, "std": {metric: sample std over seeds (NaN for one seed)}, "n": seeds}}} for
-  the metrics dice, auroc, accuracy, sensitivity, specificity. A finished (encoder, seed) result already in
-  results.json is reused when its settings and backbone weights (sha256) are unchanged, so the stage
-  resumes after an interruption; encoders of earlier calls not named now are kept in the file.
+  the metrics dice, auroc, accuracy, sensitivity, specificity. With config.segmentation.mask_mode "classes"
+  (class-id masks, K = the training masks' largest id + 1) it also holds "mask_mode" and "num_classes", and
+  the summarised metrics are `segmentation_metrics.class_metric_names(K)`. A finished (encoder, seed)
+  result already in results.json is reused when its settings and backbone weights (sha256) are unchanged,
+  so the stage resumes after an interruption; encoders of earlier calls not named now are kept in the file.
+  "settings" is config.segmentation less encoders / seeds and less keys holding SETTINGS_DEFAULTS (keys
+  added later, so results from before them stay reusable), plus data.fit / mean / std.
   """
   from medssl_jax.data import pipeline
 
@@ -584,21 +741,31 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   if cfg.mask_key not in image_features:
     raise ValueError(f"config.segmentation.mask_key={cfg.mask_key!r} is not an image feature of {dataset}; "
                      f"valid choices: {image_features}")
+  mask_mode = cfg.get("mask_mode", "binary")
+  if mask_mode not in MASK_MODES:
+    raise ValueError(f"config.segmentation.mask_mode={mask_mode!r} is not known; valid choices: {list(MASK_MODES)}")
+  classes = mask_mode == "classes"
   extra = (cfg.mask_key,) + ((fov,) if fov not in FOV_CHOICES and fov != cfg.mask_key else ())
   image_size = int(cfg.image_size) or None
   splits = {}
   for split in (cfg.train_split, cfg.test_split):
     a = pipeline.load_split_arrays(builder, split=split, image_size=image_size, fit=config.data.fit,
                                    extra_keys=extra)
-    masks = (a[cfg.mask_key][..., 0] > 0).astype(np.uint8)
+    masks = a[cfg.mask_key][..., 0] if classes else (a[cfg.mask_key][..., 0] > 0).astype(np.uint8)
     fmask = fov_masks(a["image"], fov=fov, masks=a.get(fov))
     splits[split] = (a["image"], masks, fmask)
   (tr_x, tr_m, tr_f), (te_x, te_m, te_f) = splits[cfg.train_split], splits[cfg.test_split]
+  num_classes = None
+  if classes:
+    try:
+      num_classes = _num_classes(tr_m, te_m, None)
+    except ValueError as e:
+      raise ValueError(f"config.segmentation.mask_mode='classes' on {dataset} {cfg.mask_key!r}: {e}") from e
   print(f"segmentation: {dataset} train '{cfg.train_split}' {tr_x.shape}, test '{cfg.test_split}' {te_x.shape}, "
-        f"fov {fov!r}", flush=True)
+        f"fov {fov!r}" + (f", {num_classes} classes" if classes else ""), flush=True)
 
   settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()
-              if k not in ("encoders", "seeds")}
+              if k not in ("encoders", "seeds") and not (k in SETTINGS_DEFAULTS and v == SETTINGS_DEFAULTS[k])}
   settings.update(fit=config.data.fit, mean=list(config.data.mean), std=list(config.data.std))
   path = os.path.join(out_dir, "results.json")
   previous = {}
@@ -611,8 +778,12 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
              "image_size": image_size, "num_train": len(tr_x), "num_test": len(te_x),
              "test_image_shape": "x".join(map(str, te_x.shape[1:3])), "seeds": seeds,
              "protocol": describe(patch_size=int(cfg.patch_size), augment=bool(cfg.augment),
-                                  backbone_lr_scale=float(cfg.backbone_lr_scale), threshold=float(cfg.threshold)),
+                                  backbone_lr_scale=float(cfg.backbone_lr_scale), threshold=float(cfg.threshold),
+                                  mask_mode=mask_mode, num_classes=num_classes),
              "encoders": {}}
+  if classes:
+    results.update(mask_mode=mask_mode, num_classes=num_classes)
+  metrics = segmentation_metrics.class_metric_names(num_classes) if classes else METRICS
   for name, (backbone, variables) in encoders.items():
     if "backbone" in variables.get("params", {}):
       from medssl_jax.evals.attention import backbone_variables as _bb
@@ -632,7 +803,8 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
           weight_decay=float(cfg.weight_decay), backbone_lr_scale=float(cfg.backbone_lr_scale),
           decoder_widths=tuple(cfg.decoder_widths) or None, augment=bool(cfg.augment),
           threshold=float(cfg.threshold), mean=config.data.mean, std=config.data.std, seed=seed,
-          progress=f"{name} seed {seed}", return_predictions=first, mesh=mesh)
+          progress=f"{name} seed {seed}", return_predictions=first, mesh=mesh, mask_mode=mask_mode,
+          num_classes=num_classes)
       if first:
         probs = res.pop("probabilities")
         save_overlays(te_x, te_m, probs, os.path.join(out_dir, f"overlays_{_slug(name)}.png"), fov=te_f,
@@ -642,7 +814,7 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
       _write_json(path, {**results, "encoders": {**previous, **results["encoders"]}})
     # Only this config's seeds are kept and summarised (a seed dropped from config.segmentation.seeds goes).
     chosen = {str(s): runs[str(s)] for s in seeds}
-    results["encoders"][name] = {"seeds": chosen, **_summary(list(chosen.values()))}
+    results["encoders"][name] = {"seeds": chosen, **_summary(list(chosen.values()), metrics)}
   # Encoders of earlier calls that this one did not ask for stay in the file (not in the table).
   _write_json(path, {**results, "encoders": {**previous, **results["encoders"]}})
   with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -652,4 +824,5 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
 
 
 __all__ = ["finetune_segmentation", "fov_masks", "predict_fn", "predict_images", "run", "save_overlays", "soft_dice_loss",
-           "describe", "PROTOCOL", "FOV_CHOICES"]
+           "multiclass_soft_dice_loss", "describe", "PROTOCOL", "PROTOCOL_CLASSES", "FOV_CHOICES", "MASK_MODES",
+           "SETTINGS_DEFAULTS"]

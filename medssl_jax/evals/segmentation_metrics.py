@@ -1,4 +1,6 @@
-"""Binary segmentation metrics (numpy, host side): Dice, pixel AUROC, accuracy, sensitivity, specificity.
+"""Segmentation metrics (numpy, host side): binary (Dice, pixel AUROC, accuracy, sensitivity, specificity) and
+multi-class (per-class and mean Dice / IoU / one-vs-rest AUROC, cumulative-group Dice:
+`multiclass_segmentation_report`).
 
 Retinal-vessel papers (DRIVE, CHASE_DB1, STARE) pool every pixel of every test image into one confusion
 matrix / one ROC curve, usually only inside the field-of-view (FOV) mask; `segmentation_report` follows
@@ -124,3 +126,101 @@ def segmentation_report(scores, true_masks, *, valid=None, threshold: float = 0.
       "dice_per_image_mean": float(np.mean(finite)) if finite else float("nan"),
       "n_images": int(true.shape[0]),
   }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multi-class (class-id label maps, e.g. REFUGE optic disc rim 1 / cup 2, background 0).
+
+def class_metric_names(num_classes: int) -> list[str]:
+  """The keys of `multiclass_segmentation_report` for `num_classes` (K >= 2) classes, summary first:
+  dice, iou, auroc, accuracy, then per foreground class k = 1..K-1 dice_class_k, iou_class_k, auroc_class_k,
+  then the cumulative groups dice_ge_k."""
+  fg = range(1, int(num_classes))
+  return (["dice", "iou", "auroc", "accuracy"] + [f"{m}_class_{k}" for k in fg for m in ("dice", "iou", "auroc")]
+          + [f"dice_ge_{k}" for k in fg])
+
+
+def _class_ids(labels, name: str, *, num_classes: int, fn: str) -> np.ndarray:
+  """`labels` as int64, checking they are integers in [0, num_classes)."""
+  m = np.asarray(labels)
+  if m.dtype == bool or not np.issubdtype(m.dtype, np.integer):
+    if not (np.issubdtype(m.dtype, np.floating) and np.all(m == np.round(m))):
+      raise ValueError(f"{fn}: {name} must hold integer class ids, got dtype {m.dtype}")
+  m = m.astype(np.int64)
+  bad = (m < 0) | (m >= num_classes)
+  if bad.any():
+    raise ValueError(f"{fn}: {name} has class id(s) {np.unique(m[bad])[:5].tolist()} outside "
+                     f"[0, {num_classes - 1}] (num_classes={num_classes})")
+  return m
+
+
+def multiclass_segmentation_report(probs, true_labels, *, valid=None) -> dict:
+  """Multi-class segmentation metrics of softmax maps, pooled over the valid pixels of all images.
+
+  probs: [N, H, W, K] class probabilities (K >= 2, each pixel's summing to 1; class 0 = background);
+  true_labels: [N, H, W] integer class ids in [0, K); valid: optional {0, 1} field-of-view mask, [N, H, W]
+  or one [H, W] for all images. The predicted class of a pixel is argmax_k probs (first on ties).
+  Over all valid pixels pooled across images (one confusion matrix per class for the whole set), for each
+  foreground class k = 1..K-1, with TP_k = #(pred = k and true = k), FP_k = #(pred = k, true != k),
+  FN_k = #(pred != k, true = k):
+    dice_class_k  = 2 TP_k / (2 TP_k + FP_k + FN_k)
+    iou_class_k   = TP_k / (TP_k + FP_k + FN_k)
+    auroc_class_k = ROC AUC of the score probs[..., k] for "true = k" against the rest (one-vs-rest).
+  dice, iou, auroc: their means over the foreground classes (undefined classes skipped).
+  dice_ge_k (k = 1..K-1): Dice of the cumulative group "class >= k", i.e. of the binary masks pred >= k
+    and true >= k (for nested structures: REFUGE's k = 1 is the whole optic disc, k = 2 the cup, the
+    challenge's convention).
+  accuracy: fraction of valid pixels with pred = true (all classes).
+  dice_per_image_mean: per image the mean foreground Dice (classes absent from its prediction and truth
+    skipped), averaged over the images where it is defined. Undefined ratios are nan.
+  Also returns num_classes and n_images.
+  """
+  fn = "multiclass_segmentation_report"
+  p = np.asarray(probs, np.float64)
+  if p.ndim != 4 or p.shape[-1] < 2:
+    raise ValueError(f"{fn}: probs must be [N, H, W, K] with K >= 2 classes, got shape {p.shape}")
+  k_all = p.shape[-1]
+  true = _class_ids(true_labels, "true_labels", num_classes=k_all, fn=fn)
+  if true.shape != p.shape[:3]:
+    raise ValueError(f"{fn}: true_labels shape {true.shape} must be probs' [N, H, W] {p.shape[:3]}")
+  if p.size == 0:
+    raise ValueError(f"{fn}: probs is empty (shape {p.shape})")
+  if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+    raise ValueError(f"{fn}: probs must be finite probabilities in [0, 1], got range [{np.nanmin(p)}, "
+                     f"{np.nanmax(p)}] (apply a softmax to logits first)")
+  v = np.ones(true.shape, bool) if valid is None else _binary(valid, "valid", fn=fn)
+  if v.shape == true.shape[1:]:
+    v = np.broadcast_to(v, true.shape)
+  if v.shape != true.shape:
+    raise ValueError(f"{fn}: valid shape {v.shape} must equal true_labels shape {true.shape} or [H, W] "
+                     f"{true.shape[1:]}")
+  pred = np.argmax(p, axis=-1)
+  pv, tv = pred[v], true[v]
+  out = {}
+  for k in range(1, k_all):
+    tp, fp, fn_, _ = _confusion(pv == k, tv == k)
+    out[f"dice_class_{k}"] = _ratio(2 * tp, 2 * tp + fp + fn_)
+    out[f"iou_class_{k}"] = _ratio(tp, tp + fp + fn_)
+    out[f"auroc_class_{k}"] = binary_auroc(tv == k, p[..., k][v])
+  for k in range(1, k_all):
+    tp, fp, fn_, _ = _confusion(pv >= k, tv >= k)
+    out[f"dice_ge_{k}"] = _ratio(2 * tp, 2 * tp + fp + fn_)
+
+  def nanmean(vals):
+    vals = [x for x in vals if not np.isnan(x)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+  per_image = []
+  for pi, ti, vi in zip(pred, true, v):
+    per_class = []
+    for k in range(1, k_all):
+      tp, fp, fn_, _ = _confusion(pi[vi] == k, ti[vi] == k)
+      per_class.append(_ratio(2 * tp, 2 * tp + fp + fn_))
+    per_image.append(nanmean(per_class))
+  fg = range(1, k_all)
+  summary = {"dice": nanmean([out[f"dice_class_{k}"] for k in fg]),
+             "iou": nanmean([out[f"iou_class_{k}"] for k in fg]),
+             "auroc": nanmean([out[f"auroc_class_{k}"] for k in fg]),
+             "accuracy": _ratio(np.sum(pv == tv), pv.size)}
+  return {**summary, **out, "dice_per_image_mean": nanmean(per_image), "num_classes": int(k_all),
+          "n_images": int(true.shape[0])}

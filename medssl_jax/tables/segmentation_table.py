@@ -116,9 +116,9 @@ def _encoder_entry(results: dict, encoder: str, *, where: str) -> dict:
     raise KeyError(f"{where}: no segmentation results for encoder {encoder!r}; it has {sorted(encoders)}")
   r = encoders[encoder]
   out = {"seeds": len(r.get("seeds", {})) or 1}
-  for key, _ in METRICS:
-    out[key] = r["mean"][key]
-    out[key + "_std"] = r["std"][key]
+  for key, _ in METRICS:  # Class-id (mask_mode "classes") results have no sensitivity / specificity.
+    out[key] = r["mean"].get(key)
+    out[key + "_std"] = r["std"].get(key)
   for key in ("protocol", "dataset", "fov"):
     if key in results:
       out[key] = results[key]
@@ -127,6 +127,8 @@ def _encoder_entry(results: dict, encoder: str, *, where: str) -> dict:
 
 def _mean_std(mean, std) -> str:
   """'0.7012 ± 0.0123', or the mean alone when there is no spread to show (one seed: std is NaN)."""
+  if mean is None:
+    return "—"
   return f"{mean:.4f}" if std is None or std != std else f"{mean:.4f} ± {std:.4f}"
 
 
