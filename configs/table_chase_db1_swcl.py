@@ -42,7 +42,7 @@ def get_table(arg=None):
         rows.append({"label": f"{label} (same patches)", "run": f"{name}_patches", "encoder": f"{name} (pretrained)"})
     rows.append({"label": "supervised CE + FixMatch (stage-1 pseudo-labeller)", "run": "swcl",
                  "encoder": "pseudo-labeller (CE + FixMatch)"})
-  rows.append({"label": "random init (U-Net trained from scratch)", "run": "swcl", "encoder": "random init"})
+  rows.append({"label": "random init", "run": "swcl", "encoder": "random init"})
   return {
       "name": f"chase_db1_swcl{'_' + variant if variant else ''}",
       "description": ("CHASE_DB1 vessel segmentation (20 train / 8 test images, native 999x960): a U-Net decoder "
@@ -50,7 +50,8 @@ def get_table(arg=None):
                       "pretrain on the same five-patch dataset (the pool's images, for `cpu` HRF + the CHASE_DB1 "
                       "training images; the test children are never seen before the test); the SimCLR row is "
                       "SWCL's loss with pair-only positives; the supervised row is SWCL's own stage-1 "
-                      "pseudo-labeller (cross-entropy on the labelled set + FixMatch on the pool)."),
+                      "pseudo-labeller (cross-entropy on the labelled set + FixMatch on the pool); random init is "
+                      "the U-Net trained from scratch."),
       "runs": runs,
       "rows": tuple(rows),
       "published": PUBLISHED if variant != "quick" else (),
