@@ -13,7 +13,10 @@ from medssl_jax.augment import views as views_lib
 
 MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised", "analyze",
          # SWCL stages (medssl_jax/swcl/): each a mode, and "swcl" runs them all in order, resuming.
-         "pseudo_label", "propagate", "patches", "transfer", "segmentation", "swcl")
+         "pseudo_label", "propagate", "patches", "transfer", "segmentation", "swcl",
+         # Microscopy particle embeddings (medssl_jax/evals/particles.py): pretrain without particles.holdout_class,
+         # then cluster quality, few-label classification and novelty of the held-out class.
+         "particles")
 EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
 
 
@@ -234,6 +237,18 @@ def base_config() -> ml_collections.ConfigDict:
   # backbone: supervised cross-entropy + FixMatch, the supervised-pretraining baseline).
   c.segmentation.encoders = ("pretrained", "random")
   c.segmentation.seeds = (0,)           # Decoder init / patch sampling seeds; results are mean +- std.
+
+  # mode "particles" (medssl_jax/evals/particles.py): does the embedding separate particle types (cluster
+  # quality, embedding map), can a few labels per class classify them, and does a type never seen in
+  # pretraining stand out (novelty AUROC)? holdout_class ("" = none) is left out of pretraining and of the
+  # few-label classes, and is the "novel" class of the novelty score.
+  c.particles = ml_collections.ConfigDict()
+  c.particles.holdout_class = ""        # A class name of the dataset's 'label' feature, e.g. "WBC".
+  c.particles.shots = (1, 5, 10)        # Labelled training crops per known class for the few-label probe.
+  c.particles.shot_seeds = (0, 1, 2)    # One k-per-class draw per seed; results are mean +- std.
+  c.particles.knn_k = 10                # Neighbours for kNN purity and the novelty score (cosine).
+  c.particles.max_examples = 2000       # Records per split (a seeded subset of larger splits; 0 = all).
+  c.particles.embedding_method = "tsne"  # 2-D map of the test split: "tsne", "pca" or "none".
   return c
 
 
@@ -330,6 +345,7 @@ def validate(config) -> ml_collections.ConfigDict:
   _check_ood(config)
   _check_swcl(config)
   _check_transfer(config)
+  _check_particles(config)
   return config
 
 
@@ -433,6 +449,23 @@ def _check_ood(config):
   from medssl_jax.evals import ood as ood_lib
 
   ood_lib.validate_targets(config.ood.targets, builders=pipeline.BUILDERS)
+
+
+def _check_particles(config):
+  """The particles section (mode "particles"); the holdout class name is checked against the dataset at run time."""
+  p = config.particles
+  if not isinstance(p.holdout_class, str):
+    raise ValueError(f"config.particles.holdout_class must be a class name or '' (none), got {p.holdout_class!r}")
+  for k, lo in (("shots", 1), ("shot_seeds", 0)):
+    v = p[k]
+    if (isinstance(v, (str, int)) or not isinstance(v, (tuple, list)) or not v
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)):
+      raise ValueError(f"config.particles.{k} must be a non-empty tuple of integers >= {lo}, got {v!r}")
+  if not isinstance(p.knn_k, int) or p.knn_k < 1:
+    raise ValueError(f"config.particles.knn_k must be a positive integer, got {p.knn_k!r}")
+  if not isinstance(p.max_examples, int) or p.max_examples < 0:
+    raise ValueError(f"config.particles.max_examples must be an integer >= 0 (0 = all), got {p.max_examples!r}")
+  _check_choice(p.embedding_method, ("tsne", "pca", "none"), "config.particles.embedding_method")
 
 
 ANALYSIS_ATTENTION = ("auto", "grad_cam", "label_free", "activation_norm", "grad_feature_norm", "rollout", "none")

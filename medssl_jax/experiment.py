@@ -456,6 +456,23 @@ def segmentation(config, workdir: str, *, mesh=None) -> dict:
   return segmentation_lib.run(config, workdir, encoders=encoders, mesh=mesh)
 
 
+def _particles(config, workdir, *, builder, mesh):
+  """mode "particles": pretraining on the training split without particles.holdout_class (so that class is new
+  to the encoder), then medssl_jax/evals/particles.py on the pretrained (and random) encoder."""
+  from medssl_jax.evals import particles
+
+  indices = particles.pretrain_indices(builder, config.data.train_split, config.particles.holdout_class)
+  if indices is not None:
+    print(f"pretraining on {len(indices)} '{config.data.train_split}' records without class "
+          f"{config.particles.holdout_class!r}", flush=True)
+  model, state = pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh, indices=indices)
+  encoders = {f"{config.objective.name} (pretrained)": (model, state.variables, False)}
+  if config.eval.compare_random_init:
+    rmodel, rvars = random_init_variables(config)
+    encoders["random init"] = (rmodel, rvars, True)
+  return particles.run(config, workdir, encoders=encoders, builder=builder, mesh=mesh)
+
+
 def run(config, workdir: str):
   """Dispatches on config.mode. Returns the evaluation results {encoder: metrics} (probe, kNN or
   fine-tuning per eval.protocol), the analysis summary for mode=analyze, {} for mode=pretrain, and the
@@ -476,6 +493,8 @@ def run(config, workdir: str):
   if config.mode == "pretrain":
     pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
     return {}
+  if config.mode == "particles":
+    return _particles(config, workdir, builder=builder, mesh=mesh)
   if config.mode == "analyze":
     from medssl_jax import analysis  # Local: analysis imports this module (load_pretrained).
     return analysis.run(config, workdir, builder=builder, mesh=mesh)

@@ -28,6 +28,7 @@ from tfds_builders.common import square
 # tfds_builders/<name>/ with its MANUAL_DOWNLOAD_INSTRUCTIONS, dummy_data.py and tests/test_builder_<name>.py.
 BUILDERS = {
     'synthetic_fundus': 'tfds_builders.synthetic_fundus:SyntheticFundus',
+    'synthetic_cxr': 'tfds_builders.synthetic_cxr:SyntheticCxr',  # Paired image + report demo data.
     'medmnist': 'tfds_builders.medmnist:MedMNIST',
     # Fundus.
     'eyepacs': 'tfds_builders.eyepacs:Eyepacs',

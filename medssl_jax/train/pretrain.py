@@ -53,10 +53,11 @@ def init_train_state(config, model, tx, key):
                               objective=objectives.get_objective(config.objective.name), config=config)
 
 
-def pretrain(config, workdir: str, *, builder=None, mesh=None):
+def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None):
   """Runs (or resumes) pretraining in `workdir`; returns (model, final TrainState on host).
 
   A finished run is not repeated: rerunning the command restores the last checkpoint and returns.
+  `indices`: optional record indices of data.train_split to pretrain on (e.g. without a held-out class).
   """
   mesh = mesh or mesh_lib.make_mesh()
   t = config.train
@@ -81,7 +82,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None):
   manager = ckpt_lib.make_manager(workdir, keep=t.keep_checkpoints)
   it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
                                     seed=config.seed, image_size=config.data.image_size, fit=config.data.fit,
-                                    worker_count=config.data.worker_count, extra_keys=extra_keys)
+                                    worker_count=config.data.worker_count, indices=indices, extra_keys=extra_keys)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = ckpt_lib.restore_latest(manager, abstract)
   start = 0

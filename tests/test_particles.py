@@ -1,0 +1,194 @@
+"""Particle-embedding evaluation (medssl_jax/evals/particles.py): each metric against a direct numpy reference on
+synthetic clustered features, the holdout bookkeeping on BCCD, and `run` end to end on a miniature BCCD."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from medssl_jax import config as config_lib
+from medssl_jax.data import pipeline
+from medssl_jax.evals import particles
+from tfds_builders.bccd import dummy_data
+
+
+def _clusters(*, n_per_class=30, num_classes=3, dim=16, spread=0.05, seed=0):
+  """Tight clusters around random unit directions (cosine-separated)."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(num_classes, dim))
+  y = np.repeat(np.arange(num_classes), n_per_class)
+  x = centres[y] + spread * rng.normal(size=(len(y), dim))
+  return x, y
+
+
+def _cos(a, b):
+  return (a @ b.T) / np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
+
+
+def _ref_purity(x, y, k):
+  sim = _cos(x, x)
+  out = []
+  for i in range(len(x)):
+    others = [j for j in range(len(x)) if j != i]
+    nn = sorted(others, key=lambda j: (-sim[i, j], j))[:k]
+    out.append(np.mean([y[j] == y[i] for j in nn]))
+  return float(np.mean(out))
+
+
+def _ref_silhouette(x, y):
+  d = 1.0 - _cos(x, x)
+  s = []
+  for i in range(len(x)):
+    same = (y == y[i]) & (np.arange(len(x)) != i)
+    a = d[i, same].mean()
+    b = min(d[i, y == c].mean() for c in np.unique(y) if c != y[i])
+    s.append((b - a) / max(a, b))
+  return float(np.mean(s))
+
+
+def test_cluster_quality_separated_and_random():
+  x, y = _clusters()
+  q = particles.cluster_quality(features=x, labels=y, k=10)
+  assert q["knn_purity"] == pytest.approx(_ref_purity(x, y, 10)) and q["knn_purity"] == 1.0
+  assert q["silhouette"] == pytest.approx(_ref_silhouette(x, y), abs=1e-9) and q["silhouette"] > 0.9
+  assert q["num_classes"] == 3 and q["num_examples"] == 90 and q["k"] == 10
+  # Random features and labels: purity near chance (sum of squared class fractions = 1/3), silhouette near 0.
+  rng = np.random.default_rng(1)
+  xr, yr = rng.normal(size=(300, 16)), rng.integers(0, 3, 300)
+  q = particles.cluster_quality(features=xr, labels=yr, k=5)
+  chance = float(np.sum((np.bincount(yr) / len(yr)) ** 2))
+  assert q["knn_purity"] == pytest.approx(_ref_purity(xr, yr, 5))
+  assert abs(q["knn_purity"] - chance) < 0.06 and q["knn_purity_chance"] == pytest.approx(chance)
+  assert q["silhouette"] == pytest.approx(_ref_silhouette(xr, yr), abs=1e-9) and abs(q["silhouette"]) < 0.05
+  # k larger than N - 1 is capped; errors name the argument.
+  assert particles.cluster_quality(features=x[:4], labels=np.array([0, 0, 1, 1]), k=10)["k"] == 3
+  with pytest.raises(ValueError, match="labels for features must be 1-D"):
+    particles.cluster_quality(features=x, labels=y[:5])
+  with pytest.raises(ValueError, match="k must be a positive integer"):
+    particles.knn_purity(features=x, labels=y, k=0)
+
+
+def test_few_label_classifier():
+  x, y = _clusters(n_per_class=40, spread=0.3, seed=2)
+  tx, ty = _clusters(n_per_class=20, spread=0.3, seed=2)  # Same centres (same seed), fresh noise below.
+  tx = tx + 0.05 * np.random.default_rng(3).normal(size=tx.shape)
+  r = particles.few_label_classifier(train_features=x, train_labels=y, test_features=tx, test_labels=ty,
+                                     shots=(1, 5), seeds=(0, 1, 2), num_classes=3)
+  assert list(r) == ["1", "5"]
+  for k, m in r.items():
+    assert [s["num_labelled"] for s in m["per_seed"]] == [3 * int(k)] * 3
+    assert m["accuracy_mean"] > 0.97 and m["auroc_mean"] > 0.99
+    accs = [s["accuracy"] for s in m["per_seed"]]
+    assert m["accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert m["accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    s0 = m["per_seed"][0]
+    assert s0["balanced_accuracy"] > 0.97 and m["balanced_accuracy_mean"] == pytest.approx(
+        np.mean([s["balanced_accuracy"] for s in m["per_seed"]]))
+  # Label-free features: chance level.
+  rng = np.random.default_rng(4)
+  r = particles.few_label_classifier(train_features=rng.normal(size=(120, 8)), train_labels=y,
+                                     test_features=rng.normal(size=(600, 8)), test_labels=rng.integers(0, 3, 600),
+                                     shots=(10,), seeds=(0, 1, 2), num_classes=3)
+  assert abs(r["10"]["accuracy_mean"] - 1 / 3) < 0.1 and abs(r["10"]["auroc_mean"] - 0.5) < 0.08
+  with pytest.raises(ValueError, match="50 shots per class requested but class 0 has only 40"):
+    particles.few_label_classifier(train_features=x, train_labels=y, test_features=tx, test_labels=ty,
+                                   shots=(50,), num_classes=3)
+  with pytest.raises(ValueError, match=r"classes \[3\] have no training examples"):
+    particles.few_label_classifier(train_features=x, train_labels=y, test_features=tx, test_labels=ty, num_classes=4)
+
+
+def test_novelty_scores_and_auroc():
+  x, y = _clusters(n_per_class=30, num_classes=3, spread=0.05, seed=5)
+  ref = x[y < 2]  # Classes 0 and 1 known; class 2 is the far, held-out cluster.
+  q, qy = _clusters(n_per_class=10, num_classes=3, spread=0.05, seed=5)
+  scores = particles.novelty_scores(reference_features=ref, query_features=q, k=7)
+  want = 1.0 - np.sort(_cos(q, ref), axis=1)[:, -7:].mean(axis=1)
+  np.testing.assert_allclose(scores, want, atol=1e-12)
+  r = particles.novelty_auroc(reference_features=ref, query_features=q, query_is_novel=qy == 2, k=7)
+  assert r["auroc"] == 1.0 and r["num_novel"] == 10 and r["num_known"] == 20
+  assert r["mean_score_novel"] > r["mean_score_known"]
+  # The "novel" class mixed in with the known ones (same distribution): chance.
+  rng = np.random.default_rng(6)
+  ref, q = rng.normal(size=(400, 8)), rng.normal(size=(600, 8))
+  r = particles.novelty_auroc(reference_features=ref, query_features=q, query_is_novel=rng.random(600) < 0.3, k=10)
+  assert abs(r["auroc"] - 0.5) < 0.07
+  with pytest.raises(ValueError, match="needs both novel and known queries"):
+    particles.novelty_auroc(reference_features=ref, query_features=q, query_is_novel=np.zeros(600, bool))
+  with pytest.raises(ValueError, match="8 columns but query_features 3"):
+    particles.novelty_scores(reference_features=ref, query_features=q[:, :3])
+
+
+def test_pretrain_indices_real_bccd(tmp_path):
+  from medssl_jax.data import shared
+  try:
+    manual = shared.dataset_dir("bccd")
+  except FileNotFoundError as e:
+    pytest.skip(f"real data absent: {e}")
+  b = pipeline.get_builder("bccd", config="64", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+  idx = particles.pretrain_indices(b, "train", "WBC")
+  labels = np.asarray(pipeline.read_column(b, split="train", key="label"))
+  # Train crops RBC 2381 / WBC 214 / Platelets 209 (tests/test_builder_bccd.py): 2590 left, no WBC, in order.
+  assert len(idx) == 2590 and np.all(np.diff(idx) > 0)
+  assert np.bincount(labels[idx], minlength=3).tolist() == [2381, 0, 209]
+  assert particles.pretrain_indices(b, "train", "") is None
+  with pytest.raises(ValueError, match=r"holdout_class='Neutrophil' is not a class .*\['RBC', 'WBC', 'Platelets'\]"):
+    particles.pretrain_indices(b, "train", "Neutrophil")
+
+
+def _tiny_config(tfds_dir, manual):
+  from medssl_jax.augment import views
+  c = config_lib.load("particles_simclr", "quick")
+  c.data.data_dir = str(tfds_dir)
+  c.data.manual_dir = str(manual)
+  c.data.image_size = 32
+  c.augment.views = [views.default_view(**dict(v, crop_size=32)) for v in c.augment.views]
+  c.eval.batch_size = 16
+  c.particles.holdout_class = "Platelets"
+  c.particles.shots = (1, 2)
+  c.particles.shot_seeds = (0, 1)
+  return c
+
+
+def test_config_section(tmp_path, monkeypatch):
+  assert "particles" in config_lib.MODES
+  for arg in (None, "cpu", "quick"):
+    c = config_lib.validate(config_lib.load("particles_simclr", arg))
+    assert c.mode == "particles" and c.data.builder == "bccd" and c.particles.holdout_class == "WBC"
+  c = config_lib.load("particles_simclr", "quick")
+  assert c.train.num_steps == 20 and c.model.width_multiplier == 0.125
+  assert config_lib.base_config().particles.to_dict() == {
+      "holdout_class": "", "shots": (1, 5, 10), "shot_seeds": (0, 1, 2), "knn_k": 10, "max_examples": 2000,
+      "embedding_method": "tsne"}
+  for key, value, match in (("shots", (), "particles.shots must be a non-empty tuple"),
+                            ("shots", (0, 5), "particles.shots must be"), ("knn_k", 0, "particles.knn_k"),
+                            ("max_examples", -1, "particles.max_examples"),
+                            ("embedding_method", "umap", "particles.embedding_method='umap' is not known")):
+    bad = config_lib.load("particles_simclr", "quick")
+    bad.particles[key] = value
+    with pytest.raises(ValueError, match=match):
+      config_lib.validate(bad)
+
+
+def test_run_tiny_random_encoder(tmp_path):
+  from medssl_jax import experiment
+  manual = dummy_data.write(tmp_path / "manual")
+  c = _tiny_config(tmp_path / "tfds", manual)
+  b = pipeline.builder_from_config(c.data)
+  # Miniature BCCD: train RBC 4 / WBC 4 / Platelets 1, test 2 / 2 / 1 crops.
+  assert particles.pretrain_indices(b, "train", "Platelets").tolist() == [0, 1, 2, 3, 4, 6, 7, 8]  # Record 5: Platelets.
+  model, variables = experiment.random_init_variables(c)
+  workdir = tmp_path / "work"
+  s = particles.run(c, str(workdir), encoders={"random init": (model, variables, True)}, builder=b)
+  out = workdir / "particles"
+  with open(out / "summary.json") as f:
+    on_disk = json.load(f)
+  assert on_disk["encoders"].keys() == s["encoders"].keys() == {"random init"}
+  r = s["encoders"]["random init"]
+  assert s["splits"]["test"]["class_counts"] == {"RBC": 2, "WBC": 2, "Platelets": 1}
+  assert r["cluster_quality"]["num_examples"] == 5 and r["cluster_quality"]["k"] == 4
+  assert list(r["few_label"]) == ["1", "2"] and r["few_label"]["2"]["per_seed"][0]["num_labelled"] == 4
+  assert r["novelty"]["num_novel"] == 1 and r["novelty"]["num_known"] == 4 and 0 <= r["novelty"]["auroc"] <= 1
+  png = r["embedding_map"]
+  assert os.path.dirname(png) == str(out) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  md = (out / "summary.md").read_text()
+  assert "| random init |" in md and "novelty AUROC (Platelets)" in md and "labelled per class" in md
