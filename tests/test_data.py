@@ -301,6 +301,10 @@ def test_train_iterator_on_a_subset_covers_exactly_it(builder):
   it = _train(builder, global_batch_size=4, num_epochs=1, indices=indices)
   ids = np.concatenate([b['id'] for b in it])
   assert sorted(ids.tolist()) == indices  # The record ids of the split, not positions in the subset.
+  # Several epochs: grain passes later epochs' positions unreduced; each epoch still covers exactly the subset.
+  it = _train(builder, global_batch_size=4, num_epochs=3, indices=indices)
+  ids = np.concatenate([b['id'] for b in it])
+  assert len(ids) == 24 and sorted(ids.tolist()) == sorted(indices * 3)
 
 
 def test_eval_on_a_subset_and_read_column(builder):

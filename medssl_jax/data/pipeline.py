@@ -217,8 +217,9 @@ class _Decode:
   dataset dtype: a data source hands float32 scalars back as Python floats)."""
 
   def __init__(self, split: str, image_size: int | None, channels: int = 3, fit: str = 'squash',
-               indices=None, extra_keys=(), extra_dtypes=None):
+               indices=None, extra_keys=(), extra_dtypes=None, num_records: int = 0):
     self.split = split
+    self.num_records = int(num_records)
     self.image_size = image_size
     self.channels = channels
     self.fit = fit
@@ -227,7 +228,11 @@ class _Decode:
     self.extra_dtypes = dict(extra_dtypes or {})
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
-    index = index if self.indices is None else self.indices[index]  # Name the split's record in errors.
+    # Name the split's record in errors. grain hands later epochs' indices unreduced (epoch * n + i).
+    if self.indices is not None:
+      index = self.indices[index % len(self.indices)]
+    elif self.num_records:
+      index = index % self.num_records
     out = _decode_record(record, index, self.split, self.image_size, self.channels, self.fit, self.extra_keys)
     for key, dtype in self.extra_dtypes.items():
       out[key] = out[key].astype(dtype, copy=False)
@@ -371,7 +376,7 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
   source = _data_source(builder, split, indices)
   # Decode keyed by the record's index in the split, before sharding, so errors can name it.
   ds = grain.MapDataset.source(source).map_with_index(
-      _Decode(split, image_size, image_channels(builder), fit, indices, extra_keys, dtypes))
+      _Decode(split, image_size, image_channels(builder), fit, indices, extra_keys, dtypes, num_records=len(source)))
   ds = ds[process_index::process_count]
   if len(ds) == 0:
     raise ValueError(f'Process {process_index}/{process_count} got no records of split {split!r} '
