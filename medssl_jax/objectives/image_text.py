@@ -1,0 +1,137 @@
+"""Image-text contrastive losses (CLIP, ConVIRT) and retrieval recall@k.
+
+Both losses are InfoNCE between paired image and text embeddings: with s_ij the cosine similarity of
+image i and text j and t the temperature,
+
+    L_i2t = mean_i -log( exp(s_ii / t) / sum_j exp(s_ij / t) )     (image anchors, text candidates)
+    L_t2i = mean_j -log( exp(s_jj / t) / sum_i exp(s_ij / t) )     (text anchors, image candidates)
+
+CLIP (Radford et al. 2021) averages the two directions: (L_i2t + L_t2i) / 2. ConVIRT (Zhang et al.
+2020) weights them: lambda * L_i2t + (1 - lambda) * L_t2i, so ConVIRT with lambda = 0.5 is CLIP at the
+same temperature. Temperature convention: both take t itself (logits = s / t). CLIP's learnable
+`logit_scale` is log(1 / t); a caller learning it passes temperature=exp(-logit_scale) (any traced
+scalar works), and clamps it as it sees fit.
+
+Like objectives/contrastive.py the losses are written on the *global* batch: under jit with a
+data-sharded batch XLA gathers what the [N, N] similarity matrix needs, so every row sees every
+other row's pair as a negative (no per-device negatives, no hand-written all_gather).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from medssl_jax.objectives.contrastive import l2_normalize
+
+_NEG_INF = -1e9
+
+
+def _check_pair(image_embeddings, text_embeddings, mask):
+  if image_embeddings.ndim != 2 or text_embeddings.ndim != 2:
+    raise ValueError(f"image_embeddings and text_embeddings must be [N, D], got shapes "
+                     f"{image_embeddings.shape} and {text_embeddings.shape}")
+  if image_embeddings.shape != text_embeddings.shape:
+    raise ValueError(f"image_embeddings {image_embeddings.shape} and text_embeddings {text_embeddings.shape} "
+                     "must have the same shape [N, D] (row i of each is one pair)")
+  n = image_embeddings.shape[0]
+  if mask is not None and mask.shape != (n,):
+    raise ValueError(f"mask must be [N]=({n},), got shape {mask.shape}")
+
+
+def _directional_losses(image_embeddings, text_embeddings, temperature, mask):
+  """(L_i2t, L_t2i, metrics) over the valid pairs; see the module docstring for the formulas."""
+  _check_pair(image_embeddings, text_embeddings, mask)
+  n = image_embeddings.shape[0]
+  valid = jnp.ones((n,), jnp.bool_) if mask is None else mask.astype(jnp.bool_)
+  sim = l2_normalize(image_embeddings) @ l2_normalize(text_embeddings).T  # [images, texts]
+  pair_valid = valid[:, None] & valid[None, :]
+  logits = jnp.where(pair_valid, sim / temperature, _NEG_INF)
+  diag = jnp.diagonal(logits)
+  # Rows of padding have every logit at -1e9 (finite, so no NaN); they are dropped from the mean.
+  i2t = jax.nn.logsumexp(logits, axis=1) - diag
+  t2i = jax.nn.logsumexp(logits, axis=0) - diag
+  num = jnp.maximum(valid.sum(), 1)
+  loss_i2t = jnp.where(valid, i2t, 0.0).sum() / num
+  loss_t2i = jnp.where(valid, t2i, 0.0).sum() / num
+
+  eye = jnp.eye(n, dtype=jnp.bool_)
+  masked_sim = jnp.where(pair_valid, sim, _NEG_INF)
+  idx = jnp.arange(n)
+  i2t_hit = jnp.argmax(masked_sim, axis=1) == idx
+  t2i_hit = jnp.argmax(masked_sim, axis=0) == idx
+  negatives = pair_valid & ~eye
+  metrics = {
+      "i2t_top1": jnp.where(valid, i2t_hit, False).sum() / num,
+      "t2i_top1": jnp.where(valid, t2i_hit, False).sum() / num,
+      "pos_sim": jnp.where(valid, jnp.diagonal(sim), 0.0).sum() / num,
+      "neg_sim": jnp.where(negatives, sim, 0.0).sum() / jnp.maximum(negatives.sum(), 1),
+      "num_pairs": valid.sum(),
+  }
+  metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
+  return loss_i2t, loss_t2i, metrics
+
+
+def clip_loss(*, image_embeddings, text_embeddings, temperature=0.07, mask=None):
+  """CLIP's symmetric InfoNCE: (L_i2t + L_t2i) / 2 over the global batch of pairs.
+
+  Args:
+    image_embeddings: [N, D] image projections; row i is paired with text row i.
+    text_embeddings: [N, D] text projections.
+    temperature: t in logits = cosine / t; a Python float or a (traced) scalar, e.g. exp(-logit_scale)
+      for a learned CLIP logit scale.
+    mask: optional [N] bool/0-1; pairs with mask 0 (padding) are neither anchors nor candidates.
+
+  Returns:
+    (loss, metrics): scalar float32 loss and float32 scalars
+      i2t_top1 / t2i_top1: fraction of valid images (texts) whose most similar valid text (image) is
+        their own pair,
+      pos_sim / neg_sim: mean cosine similarity of matched / unmatched valid pairs,
+      num_pairs: valid pairs, and loss_i2t / loss_t2i, the two directions.
+  """
+  loss_i2t, loss_t2i, metrics = _directional_losses(image_embeddings, text_embeddings, temperature, mask)
+  metrics.update(loss_i2t=loss_i2t, loss_t2i=loss_t2i)
+  return 0.5 * (loss_i2t + loss_t2i), metrics
+
+
+def convirt_loss(*, image_embeddings, text_embeddings, temperature=0.1, image_to_text_weight=0.75, mask=None):
+  """ConVIRT's bidirectional loss: lambda * L_i2t + (1 - lambda) * L_t2i (Zhang et al. 2020).
+
+  Args as `clip_loss`, plus image_to_text_weight: lambda in [0, 1] (the paper's 0.75 by default).
+  Returns (loss, metrics) with the same metrics as `clip_loss`.
+  """
+  if isinstance(image_to_text_weight, (int, float)) and not 0.0 <= image_to_text_weight <= 1.0:
+    raise ValueError(f"image_to_text_weight (ConVIRT's lambda) must be in [0, 1], got {image_to_text_weight}")
+  loss_i2t, loss_t2i, metrics = _directional_losses(image_embeddings, text_embeddings, temperature, mask)
+  metrics.update(loss_i2t=loss_i2t, loss_t2i=loss_t2i)
+  return image_to_text_weight * loss_i2t + (1.0 - image_to_text_weight) * loss_t2i, metrics
+
+
+def retrieval_recall(*, image_embeddings, text_embeddings, ks: Sequence[int] = (1, 5, 10)) -> dict:
+  """Cross-modal retrieval recall@k of paired embeddings (numpy, for evaluation).
+
+  Image i's query succeeds at k when its own text i ranks among the k texts most cosine-similar to
+  it (and symmetrically for texts). The rank counts candidates strictly more similar than the true
+  pair, so ties resolve in the query's favour. k larger than N gives recall 1.
+
+  Returns:
+    {"i2t_R@k": float, "t2i_R@k": float} for each k in `ks`.
+  """
+  img = np.asarray(image_embeddings, np.float64)
+  txt = np.asarray(text_embeddings, np.float64)
+  _check_pair(img, txt, None)
+  if any(int(k) < 1 for k in ks):
+    raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+  img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+  txt = txt / np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
+  sim = img @ txt.T
+  pos = np.diagonal(sim)
+  rank_i2t = (sim > pos[:, None]).sum(axis=1)  # Texts beating image i's own text.
+  rank_t2i = (sim > pos[None, :]).sum(axis=0)  # Images beating text j's own image.
+  out = {}
+  for k in ks:
+    out[f"i2t_R@{k}"] = float(np.mean(rank_i2t < k))
+    out[f"t2i_R@{k}"] = float(np.mean(rank_t2i < k))
+  return out
