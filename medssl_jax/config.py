@@ -16,7 +16,9 @@ MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised", "analyze
          "pseudo_label", "propagate", "patches", "transfer", "segmentation", "swcl",
          # Microscopy particle embeddings (medssl_jax/evals/particles.py): pretrain without particles.holdout_class,
          # then cluster quality, few-label classification and novelty of the held-out class.
-         "particles")
+         "particles",
+         # Curricular pretraining (medssl_jax/train/curriculum.py): curriculum.stages in order, each resuming.
+         "curriculum")
 EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
 
 
@@ -249,6 +251,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.particles.knn_k = 10                # Neighbours for kNN purity and the novelty score (cosine).
   c.particles.max_examples = 2000       # Records per split (a seeded subset of larger splits; 0 = all).
   c.particles.embedding_method = "tsne"  # 2-D map of the test split: "tsne", "pca" or "none".
+
+  # mode "curriculum" (medssl_jax/train/curriculum.py; de Andres Tame et al. 2023): pretext stages of rising
+  # difficulty, each starting from the previous one's final params and batch_stats (fresh optimizer and
+  # objective state). A tuple of dicts {"name": str, "num_steps": int, "overrides": {dotted key: value}};
+  # overrides may set augment.*, objective.* (same parameter shapes), train.base_learning_rate, warmup_steps,
+  # weight_decay. Stage k runs in <workdir>/stages/<k>_<name>/; the final variables go to <workdir>/checkpoints.
+  c.curriculum = ml_collections.ConfigDict()
+  c.curriculum.stages = ()
   return c
 
 
@@ -346,6 +356,7 @@ def validate(config) -> ml_collections.ConfigDict:
   _check_swcl(config)
   _check_transfer(config)
   _check_particles(config)
+  _check_curriculum(config)
   return config
 
 
@@ -466,6 +477,13 @@ def _check_particles(config):
   if not isinstance(p.max_examples, int) or p.max_examples < 0:
     raise ValueError(f"config.particles.max_examples must be an integer >= 0 (0 = all), got {p.max_examples!r}")
   _check_choice(p.embedding_method, ("tsne", "pca", "none"), "config.particles.embedding_method")
+
+
+def _check_curriculum(config):
+  """The curriculum section: stage dicts, override keys (medssl_jax/train/curriculum.py checks them)."""
+  from medssl_jax.train import curriculum  # Local import: it imports jax.
+
+  curriculum.check_stages(config)
 
 
 ANALYSIS_ATTENTION = ("auto", "grad_cam", "label_free", "activation_norm", "grad_feature_norm", "rollout", "none")

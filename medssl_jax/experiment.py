@@ -495,6 +495,9 @@ def run(config, workdir: str):
     return {}
   if config.mode == "particles":
     return _particles(config, workdir, builder=builder, mesh=mesh)
+  if config.mode == "curriculum":
+    from medssl_jax.train import curriculum  # Local: curriculum imports this module (probe, results).
+    return curriculum.run_curriculum(config, workdir, builder=builder, mesh=mesh)
   if config.mode == "analyze":
     from medssl_jax import analysis  # Local: analysis imports this module (load_pretrained).
     return analysis.run(config, workdir, builder=builder, mesh=mesh)

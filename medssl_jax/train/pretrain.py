@@ -53,11 +53,40 @@ def init_train_state(config, model, tx, key):
                               objective=objectives.get_objective(config.objective.name), config=config)
 
 
-def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None):
+def with_variables(state, variables, tx):
+  """`state` restarted from `variables` ({"params", "batch_stats"}): fresh optimizer state, an EMA teacher
+  (if any) as a copy of the params, the rest of the objective state as initialised. A ValueError names the
+  first leaf whose path or shape differs (a different architecture)."""
+  for col in ("params", "batch_stats"):
+    want = jax.tree_util.tree_flatten_with_path(getattr(state, col))[0]
+    got = jax.tree_util.tree_flatten_with_path(variables.get(col, {}))[0]
+    want_s = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in want}
+    got_s = {jax.tree_util.keystr(p): tuple(jnp.shape(x)) for p, x in got}
+    if want_s != got_s:
+      bad = sorted(k for k in set(want_s) | set(got_s) if want_s.get(k) != got_s.get(k))
+      k = bad[0]
+      raise ValueError(f"init_variables do not fit this model: {col}{k} is {got_s.get(k, 'missing')} there but "
+                       f"{want_s.get(k, 'absent')} in the model ({len(bad)} differing leaves); the architecture "
+                       "(config.model.*, heads of config.objective.name) must stay the same")
+  # Own buffers (the step donates its input), in the model's dtypes.
+  params = jax.tree.map(lambda x, ref: jnp.array(x, dtype=ref.dtype), variables["params"], state.params)
+  batch_stats = jax.tree.map(lambda x, ref: jnp.array(x, dtype=ref.dtype), variables.get("batch_stats", {}),
+                             state.batch_stats)
+  objective_state = dict(state.objective_state)
+  if "teacher" in objective_state:
+    objective_state["teacher"] = jax.tree.map(jnp.copy, params)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                       objective_state=objective_state)
+
+
+def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, init_variables=None):
   """Runs (or resumes) pretraining in `workdir`; returns (model, final TrainState on host).
 
   A finished run is not repeated: rerunning the command restores the last checkpoint and returns.
   `indices`: optional record indices of data.train_split to pretrain on (e.g. without a held-out class).
+  `init_variables`: optional {"params", "batch_stats"} to start from instead of the random init (a
+  curriculum stage continuing the previous one), with a fresh optimizer and objective state (an EMA
+  teacher starts as a copy of them). Used only when `workdir` has no checkpoint yet.
   """
   mesh = mesh or mesh_lib.make_mesh()
   t = config.train
@@ -72,6 +101,8 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None):
   key = jax.random.key(config.seed)
   init_key, aug_key = jax.random.split(key)
   state = init_train_state(config, model, tx, init_key)
+  if init_variables is not None:
+    state = with_variables(state, init_variables, tx)
   parts = ", ".join(f"{state_lib.num_params(v):,} {k}" for k, v in state.params.items())
   m = config.model
   arch = (f"patch {m.patch_size}" if m.encoder.startswith("vit") else f"{m.stem} stem, width x{m.width_multiplier}")
