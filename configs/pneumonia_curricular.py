@@ -13,7 +13,8 @@ Command:    python main.py --config=configs/pneumonia_curricular.py:cpu --workdi
             (compare with main.py --config=configs/medmnist_simclr.py:pneumoniamnist at the same width)
 Data:       medmnist/pneumoniamnist from $MEDSSL_SHARED_DATA/pneumoniamnist (default ../shared/data).
 Variants:   (none) 600 + 700 + 700 steps, batch 256, width x0.25; `:cpu` the same stages at batch 128 (the
-            2-core CPU budget); `:quick` 5 + 5 + 5 steps of a ResNet-18 x0.125, batch 32 (a smoke run).
+            2-core CPU budget); `:cpu_single` one 2000-step stage at the strong views (the single-stage
+            baseline, same code path); `:quick` 5 + 5 + 5 steps of a ResNet-18 x0.125, batch 32 (a smoke run).
 Outputs:    <workdir>/stages/<k>_<name>/ per stage, <workdir>/checkpoints/2000/ (final encoder, usable by
             modes linear_eval / transfer / analyze), probe_results.{json,md}.
 """
@@ -46,6 +47,14 @@ def _stages(steps, warmup):
 def cpu(c):
   """Batch 128: the 2-core CPU budget (same stages and total steps)."""
   c.train.batch_size = 128
+
+
+def cpu_single(c):
+  """`cpu` with one stage: 2000 steps at the final (strong) views, the single-stage SSL baseline through the
+  same code path (same encoder, optimizer, batch and total steps)."""
+  cpu(c)
+  c.curriculum.stages = ({"name": "strong", "num_steps": 2000,
+                          "overrides": {"augment.views": STRONG, "train.warmup_steps": 50}},)
 
 
 def quick(c):
@@ -83,4 +92,4 @@ def get_config(arg=None):
   c.curriculum.stages = _stages((600, 700, 700), warmup=50)
   c.eval.batch_size = 256
   c.eval.compare_random_init = True
-  return config_lib.with_variant(c, arg, {"cpu": cpu, "quick": quick})
+  return config_lib.with_variant(c, arg, {"cpu": cpu, "cpu_single": cpu_single, "quick": quick})
