@@ -303,6 +303,17 @@ def predict_images(predict, params, batch_stats, images, *, batch: int = EVAL_BA
   return out
 
 
+def _per_pixel(x, images, what: str, images_name: str) -> np.ndarray:
+  """A per-pixel map ([N, H, W] or [N, H, W, 1]) as [N, H, W], checked against its images' geometry."""
+  x = np.asarray(x)
+  if x.ndim == 4 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.shape != images.shape[:3]:
+    raise ValueError(f"{what} shape {x.shape} does not match {images_name} {images.shape}: expected "
+                     f"[N, H, W] = {images.shape[:3]} (or [N, H, W, 1])")
+  return x
+
+
 def _check_split(images, masks, fov, *, name: str, mask_mode: str = "binary"):
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
@@ -310,12 +321,7 @@ def _check_split(images, masks, fov, *, name: str, mask_mode: str = "binary"):
                      f"{images.shape}")
   if len(images) == 0:
     raise ValueError(f"{name}_images is empty")
-  masks = np.asarray(masks)
-  if masks.ndim == 4 and masks.shape[-1] == 1:
-    masks = masks[..., 0]
-  if masks.shape != images.shape[:3]:
-    raise ValueError(f"{name}_masks shape {masks.shape} does not match {name}_images {images.shape}: expected "
-                     f"[N, H, W] = {images.shape[:3]} (or [N, H, W, 1])")
+  masks = _per_pixel(masks, images, f"{name}_masks", f"{name}_images")
   if mask_mode == "classes":
     ok = masks.dtype != bool and (np.issubdtype(masks.dtype, np.integer)
                                   or (np.issubdtype(masks.dtype, np.floating) and np.all(masks == np.round(masks))))
@@ -328,13 +334,7 @@ def _check_split(images, masks, fov, *, name: str, mask_mode: str = "binary"):
   if fov is None:
     fov = np.ones(images.shape[:3], bool)
   else:
-    fov = np.asarray(fov)
-    if fov.ndim == 4 and fov.shape[-1] == 1:
-      fov = fov[..., 0]
-    if fov.shape != images.shape[:3]:
-      raise ValueError(f"{name}_fov shape {fov.shape} does not match {name}_images {images.shape}: expected "
-                       f"[N, H, W] = {images.shape[:3]}")
-    fov = fov != 0
+    fov = _per_pixel(fov, images, f"{name}_fov", f"{name}_images") != 0
     empty = np.flatnonzero(~fov.reshape(len(fov), -1).any(axis=1))
     if empty.size:
       raise ValueError(f"{name}_fov is empty (no pixel inside the field of view) for image(s) {empty[:10].tolist()}")
