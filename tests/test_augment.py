@@ -5,6 +5,7 @@ the file stays fast on a 2-core CPU.
 """
 import colorsys
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,8 @@ _JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
 _RANDOM_OPS = [
     ("random_resized_crop", dict(out_size=12, scale=(0.2, 1.0))),
     ("random_flip", dict(p=0.5)),
+    ("random_vflip", dict(p=0.5)),
+    ("random_rot90", dict(p=0.75)),
     ("color_jitter", dict(_JITTER, p=1.0)),
     ("random_grayscale", dict(p=0.5)),
     ("gaussian_blur", dict(p=1.0, sigma=(0.5, 2.0), kernel_size=5)),
@@ -146,6 +149,47 @@ def test_flip():
   flipped = [bool(np.array_equal(_op("random_flip", p=0.5)(k, image), image[:, ::-1]))
              for k in _keys(16)]
   assert 0 < sum(flipped) < 16
+
+
+def test_vflip():
+  image = _rgb()
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(_op("random_vflip", p=1.0)(key, image), image[::-1])
+  np.testing.assert_array_equal(ops.random_vflip(key, image, p=0.0), image)
+  flipped = [bool(np.array_equal(_op("random_vflip", p=0.5)(k, image), image[::-1])) for k in _keys(16)]
+  assert 0 < sum(flipped) < 16
+
+
+def _quarter_turns(out, image):
+  """Which k in 0..3 gives out == rot90(image, k) (-1: none)."""
+  for k in range(4):
+    if np.array_equal(out, np.rot90(np.asarray(image), k, axes=(0, 1))):
+      return k
+  return -1
+
+
+def test_rot90_turns_are_uniform_and_exact():
+  image = _rgb(size=6)  # Asymmetric: the four orientations are distinct.
+  keys = jax.random.split(jax.random.key(0), 600)
+  for p, identity_rate in ((1.0, 0.0), (0.5, 0.5)):
+    outs = np.asarray(jax.vmap(lambda k, p=p: ops.random_rot90(k, image, p=p))(keys))
+    turns = np.array([_quarter_turns(o, image) for o in outs])
+    assert np.all(turns >= 0)  # Every output is an exact rotation of the input.
+    counts = np.bincount(turns, minlength=4) / len(turns)
+    assert abs(counts[0] - identity_rate) < 0.07
+    # k in {1, 2, 3} uniform among the rotated outputs.
+    np.testing.assert_allclose(counts[1:] / counts[1:].sum(), [1 / 3] * 3, atol=0.07)
+  # k = 1 is a counter-clockwise quarter turn: the top-right corner moves to the top-left.
+  ccw = np.rot90(np.asarray(image), 1, axes=(0, 1))
+  assert ccw[0, 0, 0] == image[0, -1, 0]
+  np.testing.assert_array_equal(ops.random_rot90(jax.random.key(0), image, p=0.0), image)
+
+
+def test_rot90_rejects_non_square():
+  with pytest.raises(ValueError, match=r"random_rot90: expected a square image.*\(4, 6, 3\)"):
+    ops.random_rot90(jax.random.key(0), jnp.zeros((4, 6, 3)), p=0.5)
+  with pytest.raises(ValueError, match="square"):  # Even when p = 0: a config error, not a no-op.
+    ops.random_rot90(jax.random.key(0), jnp.zeros((4, 6, 3)), p=0.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +373,8 @@ def test_default_view_and_overrides():
   assert (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue) == (0.4, 0.4, 0.4, 0.1)
   assert cfg.blur_p == 0.5 and cfg.blur_sigma == (0.1, 2.0) and cfg.solarize_p == 0.0
   assert cfg.grayscale_safe is False
+  assert cfg.vflip_p == 0.0 and cfg.rot90_p == 0.0  # Off by default: earlier configs are unchanged.
+  assert views.default_view(vflip_p=1, rot90_p=0.5).rot90_p == 0.5
   cfg = views.default_view(crop_size=32, blur_p=0.1, crop_scale=[0.5, 1.0])
   assert cfg.crop_size == 32 and cfg.blur_p == 0.1 and cfg.crop_scale == (0.5, 1.0)
   # Partial plain dicts are completed with defaults.
@@ -339,6 +385,9 @@ def test_default_view_and_overrides():
     (dict(flip_pp=0.5), "flip_pp"),
     (dict(flip_p=1.5), "flip_p"),
     (dict(solarize_p=-0.1), "solarize_p"),
+    (dict(vflip_p=1.01), "vflip_p"),
+    (dict(rot90_p=-0.5), "rot90_p"),
+    (dict(rot90_p="0.5"), "rot90_p"),
     (dict(crop_scale=(0.9, 0.2)), "crop_scale"),
     (dict(crop_scale=(0.0, 1.0)), "crop_scale"),
     (dict(crop_scale=(0.2, 1.5)), "crop_scale"),
@@ -461,3 +510,33 @@ def test_augment_batch_bit_identical_across_shardings():
   np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1))
   # The work really was split over the batch axis.
   assert out8.sharding.is_equivalent_to(NamedSharding(mesh8, P("data")), out8.ndim)
+
+
+# sha256 of views.augment_batch(key(0), _batch(), _VIEW) and of key(5) on the 1-channel batch, recorded
+# with the code before vflip_p / rot90_p existed: policies that leave them at 0 must not change a bit.
+_REFERENCE_SHA256 = {
+    3: "5f7b1c88fb55b4fe1a683735f5b1e4a43dbfc61191c5ed5b440d969d017f1ae7",
+    1: "3048987f3dbf76a9e4c79551c4b134e26e3a3d7f100efc4436c632c17946b3cc",
+}
+
+
+@pytest.mark.parametrize("channels,seed", [(3, 0), (1, 5)])
+def test_default_view_output_matches_recorded_reference(channels, seed):
+  out = np.asarray(views.augment_batch(jax.random.key(seed), _batch(channels=channels), _VIEW))
+  assert out.dtype == np.float32
+  assert hashlib.sha256(out.tobytes()).hexdigest() == _REFERENCE_SHA256[channels], (
+      "a view policy without vflip/rot90 no longer reproduces the views recorded before they were added")
+
+
+def test_view_vflip_and_rot90_act_after_the_horizontal_flip():
+  # Without colour ops (spatially equivariant up to rounding), vflip_p=1 / rot90_p=1 give the views of
+  # the same policy without them, flipped / turned: the other ops' keys are unchanged.
+  plain = dict(crop_size=12, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+  images = _batch()
+  key = jax.random.key(2)
+  base = np.asarray(views.augment_batch(key, images, plain))
+  vflipped = np.asarray(views.augment_batch(key, images, dict(plain, vflip_p=1.0)))
+  np.testing.assert_array_equal(vflipped, base[:, ::-1])
+  turned = np.asarray(views.augment_batch(key, images, dict(plain, rot90_p=1.0)))
+  turns = [_quarter_turns(t, b) for t, b in zip(turned, base)]
+  assert all(k in (1, 2, 3) for k in turns) and len(set(turns)) > 1, turns

@@ -56,3 +56,22 @@ def test_config_check(tmp_path):
   with pytest.raises(ValueError, match=r"different config.*seed: saved=0 now=1.*train.num_steps: saved=10 now=20"):
     ckpt_lib.save_or_check_config(c, str(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text()) == saved  # Nothing overwritten.
+
+
+def test_view_keys_added_later_do_not_lock_old_workdirs(tmp_path):
+  """A config.json written before views had vflip_p / rot90_p resumes while they hold their old-behaviour
+  value (0), and is refused once one is switched on."""
+  from medssl_jax import config as config_lib
+  from medssl_jax.augment import views as views_lib
+
+  config = config_lib.load("demo_simclr", "quick")
+  ckpt_lib.save_or_check_config(config, str(tmp_path))
+  path = tmp_path / ckpt_lib.CONFIG_FILE
+  saved = json.loads(path.read_text())
+  assert all(k not in v for v in saved["augment"]["views"] for k in views_lib.LATER_KEYS)
+  # As an older version wrote it: the full view without the later keys (the same file, here).
+  ckpt_lib.save_or_check_config(config_lib.load("demo_simclr", "quick"), str(tmp_path))
+  changed = config_lib.load("demo_simclr", "quick")
+  changed.augment.views[0].vflip_p = 0.5
+  with pytest.raises(ValueError, match="augment.views"):
+    ckpt_lib.save_or_check_config(changed, str(tmp_path))

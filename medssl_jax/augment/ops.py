@@ -201,6 +201,31 @@ def random_flip(key, image, *, p: float = 0.5):
   return _apply_with_prob(key, p, lambda x: x[:, ::-1, :], image)
 
 
+def random_vflip(key, image, *, p: float = 0.5):
+  """Flips the image vertically (along H) with probability p (for data without an up direction)."""
+  _check_image(image, "random_vflip")
+  return _apply_with_prob(key, p, lambda x: x[::-1, :, :], image)
+
+
+def random_rot90(key, image, *, p: float = 0.5):
+  """With probability p, rotates a square image by k * 90 degrees, k uniform in {1, 2, 3}.
+
+  k counts counter-clockwise quarter turns (`jnp.rot90(image, k, axes=(0, 1))`). With p = 0.75 every
+  one of the four orientations is equally likely. Only square images [S, S, C]: a quarter turn of a
+  non-square image would change its shape, which a jitted/vmapped pipeline cannot do per example.
+  """
+  _check_image(image, "random_rot90")
+  if image.shape[0] != image.shape[1]:
+    raise ValueError(f"random_rot90: expected a square image [S, S, C] (a quarter turn must keep the shape), "
+                     f"got shape {image.shape}")
+  if _static_zero(p):
+    return image
+  k_apply, k_turns = jax.random.split(key)
+  turns = jax.random.randint(k_turns, (), 1, 4)  # 1, 2 or 3 quarter turns.
+  branches = [lambda x, k=k: jnp.rot90(x, k, axes=(0, 1)) for k in (1, 2, 3)]
+  return _apply_with_prob(k_apply, p, lambda x: jax.lax.switch(turns - 1, branches, x), image)
+
+
 # --------------------------------------------------------------------------------------------------
 # Colour.
 # --------------------------------------------------------------------------------------------------

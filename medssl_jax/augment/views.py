@@ -3,12 +3,14 @@
 A view policy is a flat ConfigDict (or dict) of static strengths. `augment_batch` turns one key and
 a batch of images into one augmented view of the batch, vmapping the per-image pipeline
 
-    crop -> flip -> color_jitter -> grayscale -> blur -> solarize
+    crop -> flip -> vflip -> rot90 -> color_jitter -> grayscale -> blur -> solarize
 
 with one key per example (op i of an example uses fold_in(example_key, i), so adding an op later
-leaves the others' randomness unchanged). Everything is jit-able and works on global arrays sharded
-over the batch axis; the result does not depend on the sharding (the random draws use partitionable
-threefry, and `ops` keeps the arithmetic sharding-invariant too; see its module docstring).
+leaves the others' randomness unchanged; vflip and rot90 came later, with indices 6 and 7, and do
+no work at probability 0, so policies without them give the same views bit for bit as before).
+Everything is jit-able and works on global arrays sharded over the batch axis; the result does not
+depend on the sharding (the random draws use partitionable threefry, and `ops` keeps the arithmetic
+sharding-invariant too; see its module docstring).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ _DEFAULTS = dict(
     crop_scale=(0.2, 1.0),
     crop_ratio=(3 / 4, 4 / 3),
     flip_p=0.5,
+    vflip_p=0.0,  # Vertical flip and quarter turns: for data without an orientation (microscopy).
+    rot90_p=0.0,  # Probability of a k * 90 degree turn, k uniform in {1, 2, 3}.
     jitter_p=0.8,
     brightness=0.4,
     contrast=0.4,
@@ -41,9 +45,25 @@ _DEFAULTS = dict(
     grayscale_safe=False,
 )
 VALID_KEYS = tuple(_DEFAULTS)
+# View keys added after view policies were first saved in workdirs (config.json) and table-row hashes, with the
+# value that keeps the old behaviour. `strip_later_defaults` removes them at that value, so a config holding
+# them there is the same run as one written before they existed (resume and cached rows stay valid).
+LATER_KEYS = {"vflip_p": 0.0, "rot90_p": 0.0}
+
+
+def strip_later_defaults(obj):
+  """A JSON-like copy of `obj` (a config as dicts / lists) in which every view policy (a dict with
+  'crop_size' and 'flip_p') lacks the LATER_KEYS that hold their old-behaviour value."""
+  if isinstance(obj, dict):
+    is_view = "crop_size" in obj and "flip_p" in obj
+    return {k: strip_later_defaults(v) for k, v in obj.items()
+            if not (is_view and k in LATER_KEYS and v == LATER_KEYS[k])}
+  if isinstance(obj, (list, tuple)):
+    return [strip_later_defaults(v) for v in obj]
+  return obj
 
 # Fixed per-op indices for fold_in: adding or removing an op never changes the others' randomness.
-_OP_CROP, _OP_FLIP, _OP_JITTER, _OP_GRAYSCALE, _OP_BLUR, _OP_SOLARIZE = range(6)
+_OP_CROP, _OP_FLIP, _OP_JITTER, _OP_GRAYSCALE, _OP_BLUR, _OP_SOLARIZE, _OP_VFLIP, _OP_ROT90 = range(8)
 
 
 def default_view(**overrides) -> ml_collections.ConfigDict:
@@ -94,7 +114,8 @@ def validate_view(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
     raise ValueError(f"view config: crop_size={size!r} must be a positive int")
   _check_range(c, "crop_scale", lo_min=0.0, hi_max=1.0)
   _check_range(c, "crop_ratio", lo_min=0.0)
-  for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "solarize_threshold"):
+  for name in ("flip_p", "vflip_p", "rot90_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p",
+               "solarize_threshold"):
     _check_prob(c, name)
   for name in ("brightness", "contrast", "saturation"):
     if not _is_number(c[name]) or c[name] < 0:
@@ -124,7 +145,7 @@ def to_float_images(images):
 
 
 def augment_image(key, image, view_cfg):
-  """The per-image pipeline crop -> flip -> color_jitter -> grayscale -> blur -> solarize.
+  """The per-image pipeline crop -> flip -> vflip -> rot90 -> jitter -> grayscale -> blur -> solarize.
 
   Args:
     key: PRNG key for this image; op i uses fold_in(key, i) with a fixed index per op.
@@ -136,6 +157,8 @@ def augment_image(key, image, view_cfg):
   x = ops.random_resized_crop(sub(_OP_CROP), image, out_size=c.crop_size, scale=c.crop_scale,
                               ratio=c.crop_ratio)
   x = ops.random_flip(sub(_OP_FLIP), x, p=c.flip_p)
+  x = ops.random_vflip(sub(_OP_VFLIP), x, p=c.vflip_p)
+  x = ops.random_rot90(sub(_OP_ROT90), x, p=c.rot90_p)  # The crop is square, as rot90 needs.
   x = ops.color_jitter(sub(_OP_JITTER), x, brightness=c.brightness, contrast=c.contrast,
                        saturation=c.saturation, hue=c.hue, p=c.jitter_p,
                        grayscale_safe=c.grayscale_safe)

@@ -47,6 +47,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from medssl_jax import config as config_lib
+from medssl_jax.augment import views as views_lib
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 
@@ -234,8 +235,8 @@ def _flat_config(config, exclude) -> dict:
   hashes, and so the cached rows and pretrainings of earlier runs, valid."""
   global _DEFAULTS
   if _DEFAULTS is None:
-    _DEFAULTS = _flatten(json.loads(config_lib.base_config().to_json_best_effort()))
-  flat = _flatten(json.loads(config.to_json_best_effort()))
+    _DEFAULTS = _flatten(views_lib.strip_later_defaults(json.loads(config_lib.base_config().to_json_best_effort())))
+  flat = _flatten(views_lib.strip_later_defaults(json.loads(config.to_json_best_effort())))
   missing = object()
   return {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in exclude)
           and _DEFAULTS.get(k, missing) != v}

@@ -12,6 +12,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from medssl_jax.augment import views as views_lib
+
 CONFIG_FILE = "config.json"
 # Keys that may differ between the run that wrote a workdir and a run that resumes it: they change
 # what happens after pretraining or how it is reported, not the pretrained weights.
@@ -31,7 +33,8 @@ def _flatten(d, prefix=""):
 
 
 def _config_dict(config) -> dict:
-  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+  d = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+  return views_lib.strip_later_defaults(d)  # View keys added later, at their old-behaviour value, change nothing.
 
 
 def save_or_check_config(config, workdir: str):
