@@ -12,8 +12,9 @@ Command:    python main.py --config=configs/particles_simclr.py:cpu --workdir=/t
 Variants:   (none) 3000 steps, batch 256 (not run on the 2-core CPU); `:cpu` 600 steps, batch 128;
             `:quick` 20 steps of a ResNet-18 x0.125 (smoke run).
 Views:      microscopy crops have no canonical scale or orientation but their stain colour is informative:
-            crop scale (0.5, 1), horizontal flips (the view policy has no vertical flip / rotation), mild
-            colour jitter, no grayscale, light blur, no solarize.
+            crop scale (0.5, 1), horizontal and vertical flips (p 0.5 each) and quarter turns (p 0.5 of a
+            k * 90 degree turn, k uniform in {1, 2, 3}), mild colour jitter, no grayscale, light blur,
+            no solarize.
 """
 from configs import _fundus
 from medssl_jax import config as config_lib
@@ -22,9 +23,10 @@ from medssl_jax.data import shared
 
 
 def _view(size: int, **overrides):
-  return views.default_view(**dict(dict(crop_size=size, crop_scale=(0.5, 1.0), flip_p=0.5, jitter_p=0.8,
-                                        brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, grayscale_p=0.0,
-                                        blur_p=0.2, blur_sigma=(0.1, 1.0), solarize_p=0.0), **overrides))
+  return views.default_view(**dict(dict(crop_size=size, crop_scale=(0.5, 1.0), flip_p=0.5, vflip_p=0.5,
+                                        rot90_p=0.5, jitter_p=0.8, brightness=0.2, contrast=0.2, saturation=0.2,
+                                        hue=0.02, grayscale_p=0.0, blur_p=0.2, blur_sigma=(0.1, 1.0),
+                                        solarize_p=0.0), **overrides))
 
 
 def cpu(c):

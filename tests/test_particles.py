@@ -8,6 +8,7 @@ import pytest
 
 from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
+from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import particles
 from tfds_builders.bccd import dummy_data
 
@@ -118,6 +119,136 @@ def test_novelty_scores_and_auroc():
     particles.novelty_scores(reference_features=ref, query_features=q[:, :3])
 
 
+def _ref_local_density(ref, q, k):
+  """Double loop: d_k = mean cosine distance to the k nearest references (self excluded), ties by index."""
+  d_rr, d_qr = 1.0 - _cos(ref, ref), 1.0 - _cos(q, ref)
+  def nearest(dists, skip=None):
+    return sorted((j for j in range(len(ref)) if j != skip), key=lambda j: (dists[j], j))[:k]
+  d_ref = [np.mean([d_rr[i, j] for j in nearest(d_rr[i], skip=i)]) for i in range(len(ref))]
+  out = []
+  for i in range(len(q)):
+    nn = nearest(d_qr[i])
+    out.append(np.mean([d_qr[i, j] for j in nn]) / np.mean([d_ref[j] for j in nn]))
+  return np.array(out)
+
+
+def _ref_mahalanobis(ref, ref_y, q, ridge):
+  from scipy.spatial.distance import mahalanobis
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  ref, q = unit(ref), unit(q)
+  means = {c: ref[ref_y == c].mean(axis=0) for c in np.unique(ref_y)}
+  cov = sum(np.outer(x - means[c], x - means[c]) for x, c in zip(ref, ref_y)) / len(ref)
+  cov = cov + ridge * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+  inv = np.linalg.inv(cov)
+  return np.array([min(mahalanobis(x, mu, inv) for mu in means.values()) for x in q])
+
+
+def test_local_density_and_mahalanobis_match_direct_implementations():
+  rng = np.random.default_rng(7)
+  ref, q = rng.normal(size=(40, 6)) + 0.5, rng.normal(size=(15, 6)) + 0.5
+  ref_y = rng.integers(0, 3, 40)
+  for k in (1, 4, 100):  # 100 is capped at 39 references - 1.
+    np.testing.assert_allclose(particles.local_density_scores(reference_features=ref, query_features=q, k=k),
+                               _ref_local_density(ref, q, min(k, 39)), rtol=1e-10)
+  for ridge in (1e-3, 0.5):
+    np.testing.assert_allclose(
+        particles.mahalanobis_scores(reference_features=ref, reference_labels=ref_y, query_features=q, ridge=ridge),
+        _ref_mahalanobis(ref, ref_y, q, ridge), rtol=1e-9)
+  # More dimensions than references: the ridge keeps the covariance invertible.
+  wide, wide_q = rng.normal(size=(10, 32)), rng.normal(size=(5, 32))
+  np.testing.assert_allclose(
+      particles.mahalanobis_scores(reference_features=wide, reference_labels=np.arange(10) % 2, query_features=wide_q),
+      _ref_mahalanobis(wide, np.arange(10) % 2, wide_q, 1e-3), rtol=1e-7)
+  # Scale-free: features are l2-normalised, so scaling a row changes no score.
+  np.testing.assert_allclose(particles.local_density_scores(reference_features=3 * ref, query_features=q * 0.1, k=4),
+                             particles.local_density_scores(reference_features=ref, query_features=q, k=4), rtol=1e-12)
+
+
+def _bccd_failure_mode(seed=0, dim=16):
+  """Known class A: large and diffuse (RBC); known class B: small and tight (platelets); the novel class C:
+  a tighter cluster right beside B (WBC), offset along a direction in which no known class varies."""
+  rng = np.random.default_rng(seed)
+  def blob(n, centre, sd):
+    x = np.tile(centre, (n, 1))
+    x[:, 2:6] += sd * rng.normal(size=(n, 4))  # Known variation lives in a 4-D subspace...
+    return x + 0.01 * rng.normal(size=(n, dim))  # ...with a little everywhere.
+  a, b = 10 * np.eye(dim)[0], 10 * np.eye(dim)[1]
+  c = b + 0.8 * np.eye(dim)[8]
+  ref = np.concatenate([blob(200, a, 1.5), blob(40, b, 0.2)])
+  query = np.concatenate([blob(100, a, 1.5), blob(20, b, 0.2), blob(20, c, 0.05)])
+  return ref, np.repeat([0, 1], [200, 40]), query, np.repeat([False, True], [120, 20])
+
+
+def test_novelty_report_bccd_failure_mode():
+  ref, ref_y, q, novel = _bccd_failure_mode()
+  r = particles.novelty_report(reference_features=ref, reference_labels=ref_y, query_features=q,
+                               query_is_novel=novel, k=5)
+  assert list(r) == ["knn", "local_density", "mahalanobis"]
+  # knn: the novel crops sit closer to known ones than the diffuse known class's crops sit to each other.
+  assert r["knn"]["auroc"] < 0.3 and r["knn"]["mean_score_novel"] < r["knn"]["mean_score_known"]
+  assert r["local_density"]["auroc"] == 1.0 and r["local_density"]["mean_score_novel"] > 3.0
+  assert 0.8 < r["local_density"]["mean_score_known"] < 1.3  # Known crops: as dense as their neighbourhood.
+  assert r["mahalanobis"]["auroc"] == 1.0
+  assert r["knn"]["k"] == 5 and r["local_density"]["k"] == 5
+  assert r["mahalanobis"]["ridge"] == 1e-3 and r["mahalanobis"]["num_classes"] == 2
+  assert all(v["num_novel"] == 20 and v["num_known"] == 120 for v in r.values())
+  # Each AUROC is that of its score; "knn" is novelty_auroc's numbers exactly.
+  ld = particles.local_density_scores(reference_features=ref, query_features=q, k=5)
+  assert r["local_density"]["auroc"] == metrics_lib.binary_auroc(novel, ld)
+  assert r["local_density"]["mean_score_novel"] == pytest.approx(ld[novel].mean())
+  assert r["knn"] == particles.novelty_auroc(reference_features=ref, query_features=q, query_is_novel=novel, k=5)
+  only = particles.novelty_report(reference_features=ref, query_features=q, query_is_novel=novel, k=5,
+                                  methods=("local_density", "knn"))
+  assert list(only) == ["local_density", "knn"] and only["knn"] == r["knn"]
+
+
+def test_novelty_errors_name_the_argument():
+  ref, ref_y, q, novel = _bccd_failure_mode()
+  kw = dict(reference_features=ref, query_features=q, query_is_novel=novel)
+  with pytest.raises(ValueError, match=r"methods must be a tuple of distinct names from \['knn', 'local_density', "
+                                       r"'mahalanobis'\], got \('lof',\)"):
+    particles.novelty_report(**kw, reference_labels=ref_y, methods=("lof",))
+  with pytest.raises(ValueError, match="methods must be a tuple"):
+    particles.novelty_report(**kw, reference_labels=ref_y, methods="knn")
+  with pytest.raises(ValueError, match="'mahalanobis' needs reference_labels"):
+    particles.novelty_report(**kw)
+  with pytest.raises(ValueError, match=r"query_is_novel must be a boolean array with one entry per query row \(140\)"):
+    particles.novelty_report(reference_features=ref, query_features=q, query_is_novel=novel[:5], methods=("knn",))
+  with pytest.raises(ValueError, match="query_is_novel must be a boolean array"):
+    particles.novelty_report(reference_features=ref, query_features=q, query_is_novel=novel.astype(int),
+                             methods=("knn",))
+  with pytest.raises(ValueError, match="labels for reference_features must be 1-D with one entry per row"):
+    particles.mahalanobis_scores(reference_features=ref, reference_labels=ref_y[:10], query_features=q)
+  with pytest.raises(ValueError, match="ridge must be a number > 0"):
+    particles.mahalanobis_scores(reference_features=ref, reference_labels=ref_y, query_features=q, ridge=0.0)
+  with pytest.raises(ValueError, match="zero within-class covariance"):
+    particles.mahalanobis_scores(reference_features=np.eye(3)[[0, 0, 1]], reference_labels=np.array([0, 0, 1]),
+                                 query_features=q[:, :3])
+  with pytest.raises(ValueError, match="needs at least 2 reference rows"):
+    particles.local_density_scores(reference_features=ref[:1], query_features=q)
+  with pytest.raises(ValueError, match="16 columns but query_features 3"):
+    particles.local_density_scores(reference_features=ref, query_features=q[:, :3])
+  with pytest.raises(ValueError, match="k must be a positive integer"):
+    particles.local_density_scores(reference_features=ref, query_features=q, k=0)
+
+
+def test_format_summary_reads_summaries_without_novelty_methods():
+  knn = {"auroc": 0.164, "mean_score_novel": 0.032, "mean_score_known": 0.055, "num_novel": 71, "num_known": 874,
+         "k": 10}
+  split = {"split": "test", "num_records": 9, "num_examples": 9, "class_counts": {"RBC": 5, "WBC": 4}}
+  s = {"dataset": "bccd/64", "classes": ["RBC", "WBC"], "holdout_class": "WBC", "input_size": 64,
+       "splits": {"train": split, "test": split}, "shot_seeds": [0], "knn_k": 10, "protocol": {},
+       "encoders": {"old": {"cluster_quality": {"silhouette": 0.1, "knn_purity": 0.9, "knn_purity_chance": 0.5},
+                            "few_label": {}, "novelty": knn},
+                    "new": {"cluster_quality": {"silhouette": 0.2, "knn_purity": 0.9, "knn_purity_chance": 0.5},
+                            "few_label": {}, "novelty": knn,
+                            "novelty_methods": {"knn": knn, "mahalanobis": dict(knn, auroc=0.9)}}}}
+  md = particles.format_summary(s)
+  assert "| novelty AUROC knn (WBC) | knn score WBC / known | novelty AUROC mahalanobis (WBC) |" in md
+  assert "| old | 0.100 | 0.900 | 0.500 | 0.164 | 0.032 / 0.055 | n/a |" in md
+  assert "| new | 0.200 | 0.900 | 0.500 | 0.164 | 0.032 / 0.055 | 0.900 |" in md
+
+
 def test_pretrain_indices_real_bccd(tmp_path):
   from medssl_jax.data import shared
   try:
@@ -158,7 +289,8 @@ def test_config_section(tmp_path, monkeypatch):
   assert c.train.num_steps == 20 and c.model.width_multiplier == 0.125
   assert config_lib.base_config().particles.to_dict() == {
       "holdout_class": "", "shots": (1, 5, 10), "shot_seeds": (0, 1, 2), "knn_k": 10, "max_examples": 2000,
-      "embedding_method": "tsne"}
+      "embedding_method": "tsne", "novelty_methods": ("knn", "local_density", "mahalanobis")}
+  assert particles.NOVELTY_METHODS == config_lib.NOVELTY_METHODS
   for key, value, match in (("shots", (), "particles.shots must be a non-empty tuple"),
                             ("shots", (0, 5), "particles.shots must be"), ("knn_k", 0, "particles.knn_k"),
                             ("max_examples", -1, "particles.max_examples"),
@@ -188,7 +320,13 @@ def test_run_tiny_random_encoder(tmp_path):
   assert r["cluster_quality"]["num_examples"] == 5 and r["cluster_quality"]["k"] == 4
   assert list(r["few_label"]) == ["1", "2"] and r["few_label"]["2"]["per_seed"][0]["num_labelled"] == 4
   assert r["novelty"]["num_novel"] == 1 and r["novelty"]["num_known"] == 4 and 0 <= r["novelty"]["auroc"] <= 1
+  assert list(r["novelty_methods"]) == ["knn", "local_density", "mahalanobis"] == s["novelty_methods"]
+  assert r["novelty"] == r["novelty_methods"]["knn"] and r["novelty_methods"]["mahalanobis"]["num_classes"] == 2
+  # 8 known training crops (RBC, WBC) as references, knn_k 10: capped at 8 (knn) and 8 - 1 (local_density).
+  assert [on_disk["encoders"]["random init"]["novelty_methods"][m]["k"] for m in ("knn", "local_density")] == [8, 7]
   png = r["embedding_map"]
   assert os.path.dirname(png) == str(out) and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   md = (out / "summary.md").read_text()
-  assert "| random init |" in md and "novelty AUROC (Platelets)" in md and "labelled per class" in md
+  assert "| random init |" in md and "labelled per class" in md
+  assert ("novelty AUROC knn (Platelets) | knn score Platelets / known | novelty AUROC local_density (Platelets) | "
+          "novelty AUROC mahalanobis (Platelets) |") in md

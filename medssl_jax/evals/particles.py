@@ -6,10 +6,16 @@ Three questions, each a pure function over frozen embeddings [N, D] and integer 
    nearest cosine neighbours, itself excluded, that share its label) and a 2-D embedding map.
 2. Few labels: `few_label_classifier` fits a logistic regression on `shots` labelled crops per class
    (seeded, nested k-per-class draws of medssl_jax/data/subsets.py) and scores the test split.
-3. Novelty: `novelty_scores` = 1 - mean cosine similarity to the k nearest reference embeddings;
-   `novelty_auroc` asks whether a class never seen in pretraining (config.particles.holdout_class)
-   scores higher than the known classes. For the question to be fair the held-out class must be left out
-   of pretraining too: `pretrain_indices` gives the training records without it.
+3. Novelty: does a class never seen in pretraining (config.particles.holdout_class) score higher than the
+   known classes? `novelty_report` gives the AUROC of each score of NOVELTY_METHODS:
+   "knn" (`novelty_scores`: 1 - mean cosine similarity to the k nearest reference embeddings),
+   "local_density" (`local_density_scores`: that kNN distance relative to the neighbours' own, LOF-style:
+   finds a novel cluster beside a tight known class, when a diffuse known class has larger kNN distances
+   that "knn" ranks as more novel, the BCCD failure) and
+   "mahalanobis" (`mahalanobis_scores`: Lee et al. 2018, class means with a shared covariance: finds a
+   novel cluster offset along directions in which the known classes hardly vary). For the question to be
+   fair the held-out class must be left out of pretraining too: `pretrain_indices` gives the training
+   records without it.
 
 `run` ties them together for mode "particles" and writes <workdir>/particles/summary.json, summary.md and
 embedding_<encoder>_<method>.png (test split; the held-out class drawn on top, outlined).
@@ -36,9 +42,18 @@ PROTOCOL = {
     "few_label": "known classes only: `shots` training crops per class (subsets.select 'k=<shots>', seeded, nested "
                  "over shots), features standardised with the whole (capped) training split's mean/std (no labels "
                  "used), logistic regression (sklearn lbfgs, C=1), scored on the known-class test crops",
-    "novelty": "score = 1 - mean cosine similarity to the k nearest known-class training embeddings; AUROC of the "
-               "score for held-out-class test crops vs known-class test crops",
+    "novelty": "AUROC of each novelty score for held-out-class test crops vs known-class test crops, the "
+               "known-class training embeddings as reference",
+    "novelty_knn": "1 - mean cosine similarity to the k nearest reference embeddings",
+    "novelty_local_density": "d_k(q) / mean of d_k(r) over q's k nearest references r, d_k = mean cosine "
+                             "distance to the k nearest references (for r: itself excluded); > 1 = sparser "
+                             "than its neighbourhood (simplified LOF: no reachability distances)",
+    "novelty_mahalanobis": "min over known classes of the Mahalanobis distance of the l2-normalised "
+                           "embedding to the class mean, shared covariance of the labelled reference "
+                           "embeddings + ridge 1e-3 * trace / D (Lee et al. 2018)",
 }
+NOVELTY_METHODS = ("knn", "local_density", "mahalanobis")  # Same names as medssl_jax.config.NOVELTY_METHODS.
+MAHALANOBIS_RIDGE = 1e-3  # Ridge added to the shared covariance, as a fraction of its mean eigenvalue.
 _EPS = 1e-12
 _CHUNK = 1024  # Rows of a similarity matrix computed at once (memory stays O(chunk x N)).
 
@@ -185,20 +200,135 @@ def novelty_scores(*, reference_features, query_features, k: int = 10) -> np.nda
   return np.concatenate(out)
 
 
-def novelty_auroc(*, reference_features, query_features, query_is_novel, k: int = 10) -> dict:
-  """AUROC of `novelty_scores` for separating novel queries (query_is_novel True: e.g. the held-out class)
-  from known ones (0.5 = no better than chance, 1 = every novel query scores above every known one).
-  Returns {"auroc", "mean_score_novel", "mean_score_known", "num_novel", "num_known", "k"}."""
-  novel = np.asarray(query_is_novel, bool)
-  scores = novelty_scores(reference_features=reference_features, query_features=query_features, k=k)
-  if novel.shape != scores.shape:
-    raise ValueError(f"novelty_auroc: query_is_novel must have one entry per query row ({len(scores)}), "
-                     f"got shape {novel.shape}")
+def _knn_distances(queries, references, k, *, exclude_self=False):
+  """(indices [M, k] of the k nearest references by cosine similarity, ties broken by index; their mean
+  cosine distance [M]). Rows must be unit vectors; with exclude_self, queries are the references and a
+  row is never its own neighbour."""
+  idx, dist = [], []
+  for start in range(0, len(queries), _CHUNK):
+    sim = queries[start:start + _CHUNK] @ references.T
+    if exclude_self:
+      rows = np.arange(sim.shape[0])
+      sim[rows, start + rows] = -np.inf
+    nn = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    idx.append(nn)
+    dist.append(1.0 - np.take_along_axis(sim, nn, axis=1).mean(axis=1))
+  return np.concatenate(idx), np.concatenate(dist)
+
+
+def local_density_scores(*, reference_features, query_features, k: int = 10) -> np.ndarray:
+  """Per query row q: d_k(q) / mean over q's k nearest references r of d_k(r) (a simplified LOF).
+
+  d_k(x) is the mean cosine distance (1 - cosine similarity) from x to its k nearest reference rows; for a
+  reference row r those exclude r itself. So a query in a region as dense as its neighbours scores about 1
+  and one sparser than its neighbourhood (a novel cluster beside a tight known class, farther from it than
+  that class's members are from each other) scores > 1. Unlike Breunig et al.'s LOF there are no
+  reachability distances and d_k is the mean rather than the k-th distance. k is capped at the number of
+  references - 1; neighbour ties are broken by reference index; the denominator is floored at 1e-12
+  (duplicate references). Float64 [M].
+  """
+  fn = "local_density_scores"
+  r, _ = _check_xy(reference_features, None, fn=fn, name="reference_features")
+  q, _ = _check_xy(query_features, None, fn=fn, name="query_features")
+  if r.shape[1] != q.shape[1]:
+    raise ValueError(f"{fn}: reference_features have {r.shape[1]} columns but query_features {q.shape[1]}")
+  if len(r) < 2:
+    raise ValueError(f"{fn}: needs at least 2 reference rows (a reference's neighbours exclude itself), got {len(r)}")
+  k = min(_check_k(k, fn=fn), len(r) - 1)
+  r, q = _unit(r), _unit(q)
+  _, ref_dist = _knn_distances(r, r, k, exclude_self=True)
+  nn, query_dist = _knn_distances(q, r, k)
+  return query_dist / np.maximum(ref_dist[nn].mean(axis=1), _EPS)
+
+
+def mahalanobis_scores(*, reference_features, reference_labels, query_features,
+                       ridge: float = MAHALANOBIS_RIDGE) -> np.ndarray:
+  """Per query row: min over the reference classes c of sqrt((q - mu_c)^T S^-1 (q - mu_c)) (Lee et al. 2018).
+
+  All rows are l2-normalised first. mu_c is the mean of class c's reference rows; S is the shared (tied)
+  within-class covariance, sum over references of (r - mu_{y_r})(r - mu_{y_r})^T / N, plus
+  ridge * trace(S) / D on the diagonal (D = feature dimension) so that it is invertible when N <= D or the
+  embedding is degenerate. Higher = farther from every known class. Float64 [M].
+  """
+  fn = "mahalanobis_scores"
+  r, y = _check_xy(reference_features, reference_labels, fn=fn, name="reference_features")
+  if y is None:
+    raise ValueError(f"{fn}: reference_labels are required (one integer class id per reference row)")
+  q, _ = _check_xy(query_features, None, fn=fn, name="query_features")
+  if r.shape[1] != q.shape[1]:
+    raise ValueError(f"{fn}: reference_features have {r.shape[1]} columns but query_features {q.shape[1]}")
+  if not (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and ridge > 0):
+    raise ValueError(f"{fn}: ridge must be a number > 0 (fraction of the mean covariance eigenvalue), got {ridge!r}")
+  r, q = _unit(r), _unit(q)
+  classes, inverse = np.unique(y, return_inverse=True)
+  means = np.stack([r[inverse == i].mean(axis=0) for i in range(len(classes))])
+  centred = r - means[inverse]
+  cov = centred.T @ centred / len(r)
+  scale = np.trace(cov) / cov.shape[0]
+  if not scale > 0:
+    raise ValueError(f"{fn}: every reference row equals its class mean (zero within-class covariance); the "
+                     "Mahalanobis distance is undefined")
+  cov[np.diag_indices_from(cov)] += ridge * scale
+  chol = np.linalg.cholesky(cov)
+  best = np.full(len(q), np.inf)
+  for mu in means:
+    # ||L^-1 (q - mu)||^2 = (q - mu)^T S^-1 (q - mu) for S = L L^T.
+    z = np.linalg.solve(chol, (q - mu).T)
+    best = np.minimum(best, np.sqrt(np.sum(z * z, axis=0)))
+  return best
+
+
+def novelty_report(*, reference_features, query_features, query_is_novel, reference_labels=None, k: int = 10,
+                   methods=NOVELTY_METHODS, ridge: float = MAHALANOBIS_RIDGE) -> dict:
+  """The AUROC of each novelty score in `methods` (names of NOVELTY_METHODS) for separating novel queries
+  (query_is_novel True: e.g. the held-out class) from known ones (0.5 = chance, 1 = every novel query
+  scores above every known one; < 0.5 = novel queries look MORE familiar than known ones).
+
+  reference_features: the known-class embeddings the scores compare with (e.g. known training crops);
+  reference_labels: their integer classes (needed by "mahalanobis" only). k: neighbours of "knn" and
+  "local_density"; ridge: see `mahalanobis_scores`.
+
+  Returns {method: {"auroc", "mean_score_novel", "mean_score_known", "num_novel", "num_known"} plus "k" (as
+  used) for "knn" and "local_density", "ridge" and "num_classes" for "mahalanobis"}, in `methods` order.
+  """
+  fn = "novelty_report"
+  if isinstance(methods, str) or not isinstance(methods, (tuple, list)) or len(set(methods)) != len(methods) \
+      or any(m not in NOVELTY_METHODS for m in methods):
+    raise ValueError(f"{fn}: methods must be a tuple of distinct names from {list(NOVELTY_METHODS)}, got {methods!r}")
+  if "mahalanobis" in methods and reference_labels is None:
+    raise ValueError(f"{fn}: method 'mahalanobis' needs reference_labels (integer class ids of the references)")
+  num_queries = len(_check_xy(query_features, None, fn=fn, name="query_features")[0])
+  num_refs = len(_check_xy(reference_features, None, fn=fn, name="reference_features")[0])
+  novel = np.asarray(query_is_novel)
+  if novel.dtype != bool or novel.shape != (num_queries,):
+    raise ValueError(f"{fn}: query_is_novel must be a boolean array with one entry per query row ({num_queries}), "
+                     f"got dtype {novel.dtype} and shape {novel.shape}")
   if novel.all() or not novel.any():
-    raise ValueError(f"novelty_auroc: needs both novel and known queries, got {int(novel.sum())} novel of {len(novel)}")
-  return {"auroc": metrics_lib.binary_auroc(novel, scores), "mean_score_novel": float(scores[novel].mean()),
-          "mean_score_known": float(scores[~novel].mean()), "num_novel": int(novel.sum()),
-          "num_known": int((~novel).sum()), "k": int(min(k, len(np.asarray(reference_features))))}
+    raise ValueError(f"{fn}: needs both novel and known queries, got {int(novel.sum())} novel of {len(novel)}")
+  out = {}
+  for method in methods:
+    extra = {}
+    if method == "knn":
+      scores = novelty_scores(reference_features=reference_features, query_features=query_features, k=k)
+      extra["k"] = int(min(k, num_refs))
+    elif method == "local_density":
+      scores = local_density_scores(reference_features=reference_features, query_features=query_features, k=k)
+      extra["k"] = int(min(k, num_refs - 1))
+    else:
+      scores = mahalanobis_scores(reference_features=reference_features, reference_labels=reference_labels,
+                                  query_features=query_features, ridge=ridge)
+      extra.update(ridge=float(ridge), num_classes=int(len(np.unique(np.asarray(reference_labels)))))
+    out[method] = {"auroc": metrics_lib.binary_auroc(novel, scores), "mean_score_novel": float(scores[novel].mean()),
+                   "mean_score_known": float(scores[~novel].mean()), "num_novel": int(novel.sum()),
+                   "num_known": int((~novel).sum()), **extra}
+  return out
+
+
+def novelty_auroc(*, reference_features, query_features, query_is_novel, k: int = 10) -> dict:
+  """AUROC of `novelty_scores` ("knn") for separating novel queries from known ones: `novelty_report`'s
+  "knn" entry, {"auroc", "mean_score_novel", "mean_score_known", "num_novel", "num_known", "k"}."""
+  return novelty_report(reference_features=reference_features, query_features=query_features,
+                        query_is_novel=np.asarray(query_is_novel, bool), k=k, methods=("knn",))["knn"]
 
 
 def holdout_label(builder, holdout_class: str) -> int | None:
@@ -273,9 +403,11 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
   encoders: {name: (model, variables)} or experiment's {name: (model, variables, recalibrate)}; with
   recalibrate True (a random init) BatchNorm statistics are re-estimated on the known-class training images
   first. data.train_split and data.test_split are loaded (each capped at particles.max_examples records, a
-  seeded subset in split order), encoded at views[0]'s crop size, and scored. Writes
-  <workdir>/particles/summary.json, summary.md and one embedding map PNG per encoder (process 0 only);
-  returns the summary dict.
+  seeded subset in split order), encoded at views[0]'s crop size, and scored. With a held-out class, each
+  encoder's result has "novelty_methods" ({method: `novelty_report` entry} for particles.novelty_methods) and,
+  when "knn" is among them, "novelty" (the "knn" entry, as in summaries before novelty_methods existed).
+  Writes <workdir>/particles/summary.json, summary.md and one embedding map PNG per encoder (process 0
+  only); returns the summary dict.
   """
   t0 = time.perf_counter()
   p, d, e = config.particles, config.data, config.eval
@@ -286,6 +418,7 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
   if not names:
     raise ValueError(f"particles: dataset {dataset!r} has no ClassLabel 'label' feature (particle types)")
   holdout = holdout_label(builder, p.holdout_class)
+  methods = tuple(p.novelty_methods)
   size = config.augment.views[0].crop_size
   prep = dict(image_size=size, mean=tuple(d.mean), std=tuple(d.std))
 
@@ -321,6 +454,7 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
                         "class_counts": counts(v["label"]), "record_indices": v["indices"]}
                  for role, v in data.items()},
       "shots": list(p.shots), "shot_seeds": list(p.shot_seeds), "knn_k": int(p.knn_k),
+      "novelty_methods": list(methods),
       "embedding_method": p.embedding_method, "protocol": PROTOCOL, "output_dir": out_dir, "encoders": {},
   }
   for enc_name, entry in encoders.items():
@@ -337,9 +471,13 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
         train_features=feats["train"][train_known], train_labels=remap[train_y[train_known]],
         test_features=feats["test"][test_known], test_labels=remap[test_y[test_known]], shots=tuple(p.shots),
         seeds=tuple(p.shot_seeds), num_classes=len(known))
-    if holdout is not None:
-      result["novelty"] = novelty_auroc(reference_features=feats["train"][train_known], query_features=feats["test"],
-                                        query_is_novel=~test_known, k=p.knn_k)
+    if holdout is not None and methods:
+      report = novelty_report(reference_features=feats["train"][train_known],
+                              reference_labels=remap[train_y[train_known]], query_features=feats["test"],
+                              query_is_novel=~test_known, k=p.knn_k, methods=methods)
+      result["novelty_methods"] = report
+      if "knn" in report:
+        result["novelty"] = report["knn"]  # The key (and numbers) of summaries before novelty_methods.
     if p.embedding_method != "none" and write:
       path = os.path.join(out_dir, f"embedding_{_slug(enc_name)}_{p.embedding_method}.png")
       title = f"{enc_name}: {dataset} '{d.test_split}' ({p.embedding_method}, N={len(test_y)})"
@@ -352,7 +490,7 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
     result["wall_clock_s"] = round(time.perf_counter() - t1, 1)
     q = result["cluster_quality"]
     print(f"particles [{enc_name}]: silhouette {q['silhouette']:.3f}, kNN purity {q['knn_purity']:.3f}"
-          + (f", novelty AUROC {result['novelty']['auroc']:.3f}" if "novelty" in result else "")
+          + "".join(f", novelty AUROC {m} {v['auroc']:.3f}" for m, v in result.get("novelty_methods", {}).items())
           + f" ({result['wall_clock_s']:.0f}s)", flush=True)
     summary["encoders"][enc_name] = result
   summary["wall_clock_s"] = round(time.perf_counter() - t0, 1)
@@ -374,27 +512,44 @@ def _pm(mean, std):
   return _f(mean) if not np.isfinite(std) else f"{_f(mean)} ± {_f(std)}"
 
 
+def _novelty_results(result: dict) -> dict:
+  """{method: entry} of one encoder's result; summaries before novelty_methods had only "novelty" (knn)."""
+  if "novelty_methods" in result:
+    return result["novelty_methods"]
+  return {"knn": result["novelty"]} if "novelty" in result else {}
+
+
 def format_summary(summary: dict) -> str:
-  """The summary as Markdown: cluster quality and novelty per encoder, then few-label accuracy / AUROC."""
+  """The summary as Markdown: cluster quality and the novelty AUROC of each method per encoder (for "knn"
+  also the mean scores of the held-out and known crops), then few-label accuracy / AUROC."""
   s = summary
   tr, te = s["splits"]["train"], s["splits"]["test"]
   split_line = lambda v: (f"'{v['split']}' {v['num_examples']} of {v['num_records']} ("
                           + ", ".join(f"{k} {n}" for k, n in v["class_counts"].items()) + ")")
   hold = s["holdout_class"]
+  methods = []
+  for r in s["encoders"].values():
+    methods += [m for m in _novelty_results(r) if m not in methods]
+  header, rule = "", ""
+  for m in methods:
+    header += f" novelty AUROC {m} ({hold}) |" + (f" knn score {hold} / known |" if m == "knn" else "")
+    rule += "---|" * (2 if m == "knn" else 1)
   lines = [f"# Particle embeddings: {s['dataset']}", "",
            f"Train {split_line(tr)}; test {split_line(te)}; encoder input {s['input_size']} px.",
            f"Held-out class (not pretrained on, not in the few-label classes): {hold!r}." if hold else
            "No held-out class (novelty not measured).",
            *[f"- {k}: {v}" for k, v in s["protocol"].items()], "",
-           f"| encoder | silhouette (cosine) | kNN purity (k={s['knn_k']}) | kNN purity at chance |"
-           + (f" novelty AUROC ({hold}) | novelty score {hold} / known |" if hold else ""),
-           "|---|---|---|---|" + ("---|---|" if hold else "")]
+           f"| encoder | silhouette (cosine) | kNN purity (k={s['knn_k']}) | kNN purity at chance |" + header,
+           "|---|---|---|---|" + rule]
   for enc, r in s["encoders"].items():
     q = r["cluster_quality"]
     row = f"| {enc} | {_f(q['silhouette'])} | {_f(q['knn_purity'])} | {_f(q['knn_purity_chance'])} |"
-    if hold:
-      nv = r["novelty"]
-      row += f" {_f(nv['auroc'])} | {_f(nv['mean_score_novel'])} / {_f(nv['mean_score_known'])} |"
+    results = _novelty_results(r)
+    for m in methods:
+      nv = results.get(m)
+      row += f" {_f(nv['auroc'] if nv else None)} |"
+      if m == "knn":
+        row += f" {_f(nv['mean_score_novel'])} / {_f(nv['mean_score_known'])} |" if nv else " n/a |"
     lines.append(row)
   lines += ["", f"Few-label logistic regression (mean ± std over seeds {s['shot_seeds']}):", "",
             "| encoder | labelled per class | accuracy | balanced accuracy | AUROC (macro OvR) |",
