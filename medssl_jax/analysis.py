@@ -15,7 +15,9 @@ them, a seeded random subset kept in split order):
   data.train_split features as `linear_probe` fits its probe, and attention rollout for ViTs), an
   overlay grid PNG of `analysis.num_attention_images` images (covering the classes in turn), and, with
   `analysis.mask_key`, the fraction of each map inside the record's mask (e.g. vessels, field of view,
-  lungs): mean ± std over images and per class, beside the mask's own area (what a uniform map gives).
+  lungs): mean ± std over images and per class, beside the mask's own area (what a uniform map gives);
+  `analysis.derived_mask="lung_intensity"` instead segments the lung fields from the chest X-rays themselves
+  (`evals/lung_mask.py`, a classical intensity proxy) for data without lung masks (PneumoniaMNIST).
 
 Everything goes to <workdir>/analysis/<split>/: summary.json and summary.md (all numbers),
 embedding_<encoder>_<layer>_<method>.png, attention_<encoder>_<method>.png and
@@ -37,6 +39,7 @@ from medssl_jax import experiment
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention as attention_lib
 from medssl_jax.evals import linear_probe as probe_lib
+from medssl_jax.evals import lung_mask as lung_mask_lib
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import representation
 
@@ -90,6 +93,13 @@ def _load(builder, *, split, config, indices, extra_keys):
   d = config.data
   return pipeline.load_split_arrays(builder, split=split, image_size=d.image_size, fit=d.fit, indices=indices,
                                     extra_keys=tuple(dict.fromkeys(k for k in extra_keys if k)))
+
+
+def _mask_name(a) -> str:
+  """How summaries name the mask of config.analysis `a`: the feature ('mask') or the derived mask's name."""
+  if a.derived_mask == "lung_intensity":
+    return lung_mask_lib.NAME
+  return repr(a.mask_key) if a.mask_key else ""
 
 
 def _fraction_stats(values, labels, names) -> dict:
@@ -165,9 +175,12 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
   class_name = {int(c): (names[c] if names else str(int(c))) for c in range(num_classes)}
   masks = data[a.mask_key] if a.mask_key else None
   images = data["image"]
+  if a.derived_mask == "lung_intensity":  # No mask feature: lung fields segmented from the images themselves.
+    masks = lung_mask_lib.lung_masks(images)
+  mask_name = _mask_name(a)
   print(f"analysis: {len(images)} of {n_split} '{split}' records of {dataset}, classes from "
         f"{a.label_key!r} ({len(classes)} present), {len(layers)} layer(s), attention {method or 'none'}"
-        f"{f', mask {a.mask_key!r}' if masks is not None else ''}", flush=True)
+        f"{f', mask {mask_name}' if masks is not None else ''}", flush=True)
 
   # The training split: the Grad-CAM probe head, and BatchNorm statistics of the random encoder.
   train = None
@@ -189,7 +202,8 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
       "layers": layers, "image_size": int(d.image_size), "input_size": int(size),
       "protocol": {"neural_collapse": representation.PROTOCOL + f"; weighting {a.nc_weighting}",
                    "embedding_map": a.embedding_method, "attention": attention_lib.PROTOCOL},
-      "attention_method": method, "mask_key": a.mask_key, "output_dir": out_dir, "encoders": {},
+      "attention_method": method, "mask_key": a.mask_key, "derived_mask": a.derived_mask,
+      "mask_name": mask_name, "output_dir": out_dir, "encoders": {},
   }
   for enc_name, (enc_model, enc_vars, recalibrate) in encoders.items():
     tag = slug(enc_name)
@@ -272,10 +286,12 @@ def _attention(config, method, enc_name, model, variables, *, images, labels, ma
     # A uniform map's fraction is the mask's area at the maps' resolution: the chance level.
     area = attention_lib.fraction_inside(np.ones_like(maps), masks)
     out["mask_key"] = a.mask_key
+    out["mask_name"] = _mask_name(a)
     out["fraction_inside"] = _fraction_stats(fraction, labels, names)
     out["mask_area"] = _fraction_stats(area, labels, names)
     arrays.update(fraction_inside=fraction, mask_area=area)
-    titles = [f"{t}, {fraction[i]:.2f} in {a.mask_key}" for t, i in zip(titles, grid)]
+    short = a.mask_key or "lungs"  # Tile titles stay short.
+    titles = [f"{t}, {fraction[i]:.2f} in {short}" for t, i in zip(titles, grid)]
   if write:
     np.savez_compressed(stem + ".npz", **arrays)
     out["maps_file"] = stem + ".npz"
@@ -287,7 +303,7 @@ def _attention(config, method, enc_name, model, variables, *, images, labels, ma
     line += f" (probe head accuracy {out['probe_accuracy']:.3f})"
   if masks is not None:
     fi, ma = out["fraction_inside"], out["mask_area"]
-    line += f"; fraction inside {a.mask_key!r} {fi['mean']:.3f} ± {fi['std']:.3f} (mask area {ma['mean']:.3f})"
+    line += f"; fraction inside {_mask_name(a)} {fi['mean']:.3f} ± {fi['std']:.3f} (mask area {ma['mean']:.3f})"
   print(line + f" ({time.perf_counter() - t1:.0f}s)", flush=True)
   return out
 
@@ -319,10 +335,10 @@ def format_summary(summary: dict) -> str:
     lines += ["", f"## Attention maps ({s['attention_method']})", "", f"Protocol: {s['protocol']['attention']}.",
               "Empty maps: zero everywhere (Grad-CAM of a target class whose channel weights are all negative, "
               "typically a class the probe head does not predict for that image)."]
-    has_mask = bool(s["mask_key"])
+    has_mask = bool(s["mask_key"] or s.get("derived_mask"))
     if has_mask:
-      lines.append(f"Fraction of each map inside {s['mask_key']!r} (mean ± std over images); mask area = the "
-                   "fraction a uniform map would have.")
+      lines.append(f"Fraction of each map inside {s.get('mask_name') or repr(s['mask_key'])} (mean ± std over "
+                   "images); mask area = the fraction a uniform map would have.")
     lines += ["", "| encoder | probe head accuracy | empty maps | fraction inside | mask area | per class (inside / area) |",
               "|---|---|---|---|---|---|"]
     for enc, r in s["encoders"].items():
