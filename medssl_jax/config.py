@@ -86,6 +86,26 @@ def base_config() -> ml_collections.ConfigDict:
   # positives when they agree on every named key: "patient", "position", "abnormality" (thresholded),
   # and "pseudo_label" (multi-label: positive weight = Jaccard overlap of the thresholded pseudo-labels).
   c.objective.swcl_scheme = ("patient", "position", "abnormality")
+  # Image-text objectives ("clip", "convirt", "joint"; medssl_jax/objectives/image_text.py): the initial
+  # temperature t (logits = cosine / t), learnable as CLIP's logit scale when learn_temperature (clamped
+  # at t >= 0.01); ConVIRT's image->text weight lambda; for "joint" (SLIP-style) the image-text loss on view
+  # 0 plus image_ssl_weight x SimCLR on views 1.. (at least two more views).
+  c.objective.image_text_temperature = 0.1
+  c.objective.learn_temperature = True
+  c.objective.image_to_text_weight = 0.75
+  c.objective.image_ssl_weight = 1.0
+
+  # Report text for image-text objectives (medssl_jax/text/, models/text.py): the dataset's text feature,
+  # a WordPiece tokenizer trained on data.train_split's reports (saved as <workdir>/tokenizer.json and reused),
+  # and the text transformer. Image and text projections both map to model.projector_dim.
+  c.text = ml_collections.ConfigDict()
+  c.text.key = "report"                 # Text feature of the dataset (e.g. "report", "impression").
+  c.text.vocab_size = 2000              # Tokenizer vocabulary size (at most; fewer if the corpus is small).
+  c.text.min_frequency = 2              # WordPiece merges need at least this many occurrences.
+  c.text.max_length = 64                # Tokens per report incl. [CLS] / [SEP]; longer reports are truncated.
+  c.text.width = 128                    # Text transformer width, depth and heads.
+  c.text.depth = 2
+  c.text.heads = 4
 
   c.augment = ml_collections.ConfigDict()
   c.augment.views = [views_lib.default_view(), views_lib.default_view()]
@@ -160,6 +180,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.analysis.cam_target = "label"       # grad_cam target class: "label" (the true class) or "predicted".
   c.analysis.num_attention_images = 16  # Images in the overlay grid PNG (maps are computed for all).
   c.analysis.mask_key = ""              # Mask feature (e.g. "mask", "fov_mask"): fraction of attention inside.
+  # A mask computed from the images instead of read from a feature (exclusive with mask_key): "" = none,
+  # "lung_intensity" = lung fields found by a classical intensity segmentation of chest X-rays
+  # (medssl_jax/evals/lung_mask.py), for the attention-in-lung measure on data without lung masks.
+  c.analysis.derived_mask = ""
 
   # Out-of-distribution targets (medssl_jax/evals/ood.py): the trained classifier scored on other datasets'
   # splits sharing its label. A tuple of dicts: name, builder, label_map {target class: (source classes,)},
@@ -249,6 +273,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.particles.shots = (1, 5, 10)        # Labelled training crops per known class for the few-label probe.
   c.particles.shot_seeds = (0, 1, 2)    # One k-per-class draw per seed; results are mean +- std.
   c.particles.knn_k = 10                # Neighbours for kNN purity and the novelty score (cosine).
+  # Novelty scores, each with its AUROC for the held-out class: "knn" (1 - mean cosine similarity to the k
+  # nearest known training embeddings), "local_density" (kNN distance relative to the neighbours' own kNN
+  # distances, LOF-style), "mahalanobis" (min class-conditional Mahalanobis distance, shared covariance,
+  # fit on the labelled known-class training embeddings).
+  c.particles.novelty_methods = ("knn", "local_density", "mahalanobis")
   c.particles.max_examples = 2000       # Records per split (a seeded subset of larger splits; 0 = all).
   c.particles.embedding_method = "tsne"  # 2-D map of the test split: "tsne", "pca" or "none".
 
@@ -261,6 +290,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.curriculum.stages = ()
   return c
 
+
+# Novelty scores of mode "particles" (medssl_jax/evals/particles.py).
+NOVELTY_METHODS = ("knn", "local_density", "mahalanobis")
 
 def _check_keys(config, schema, path=""):
   for key in config.keys():
@@ -341,6 +373,8 @@ def validate(config) -> ml_collections.ConfigDict:
     raise ValueError("multi-crop: the first views must be the full-size (global) ones; "
                      f"config.augment.views[0].crop_size={config.augment.views[0]['crop_size']} < {max(sizes)}")
   _check_choice(config.model.compute_dtype, ("float32", "bfloat16"), "config.model.compute_dtype")
+  if objective.text:
+    _check_text(config, len(config.augment.views))
   for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config.train[k] <= 0:
       raise ValueError(f"config.train.{k} must be a positive integer, got {config.train[k]!r}")
@@ -358,6 +392,31 @@ def validate(config) -> ml_collections.ConfigDict:
   _check_particles(config)
   _check_curriculum(config)
   return config
+
+
+def _check_text(config, num_views: int):
+  """Image-text objectives: view count, temperatures, weights and the text tower's sizes."""
+  name, o, t = config.objective.name, config.objective, config.text
+  if name in ("clip", "convirt") and num_views != 1:
+    raise ValueError(f"config.objective.name={name!r} pairs one augmented image view with its report; "
+                     f"config.augment.views has {num_views} (use one view)")
+  if name == "joint" and num_views < 3:
+    raise ValueError(f"config.objective.name='joint' uses view 0 with the report and SimCLR on views 1.., so it needs "
+                     f"at least 3 views; config.augment.views has {num_views}")
+  if not o.image_text_temperature > 0:
+    raise ValueError(f"config.objective.image_text_temperature must be > 0, got {o.image_text_temperature!r}")
+  if not 0.0 <= o.image_to_text_weight <= 1.0:
+    raise ValueError(f"config.objective.image_to_text_weight (ConVIRT's lambda) must be in [0, 1], got "
+                     f"{o.image_to_text_weight!r}")
+  if o.image_ssl_weight < 0:
+    raise ValueError(f"config.objective.image_ssl_weight must be >= 0, got {o.image_ssl_weight!r}")
+  for k, lo in (("vocab_size", 16), ("min_frequency", 1), ("max_length", 2), ("width", 1), ("depth", 1), ("heads", 1)):
+    if not isinstance(t[k], int) or t[k] < lo:
+      raise ValueError(f"config.text.{k} must be an integer >= {lo}, got {t[k]!r}")
+  if t.width % t.heads:
+    raise ValueError(f"config.text.width={t.width} must be divisible by config.text.heads={t.heads}")
+  if not t.key:
+    raise ValueError("config.text.key must name the dataset's report feature (e.g. 'report'), got ''")
 
 
 POOL_KEYS = ("builder", "split", "builder_config", "data_dir", "manual_dir")
@@ -477,6 +536,11 @@ def _check_particles(config):
   if not isinstance(p.max_examples, int) or p.max_examples < 0:
     raise ValueError(f"config.particles.max_examples must be an integer >= 0 (0 = all), got {p.max_examples!r}")
   _check_choice(p.embedding_method, ("tsne", "pca", "none"), "config.particles.embedding_method")
+  methods = p.novelty_methods
+  if isinstance(methods, str) or not isinstance(methods, (tuple, list)) or len(set(methods)) != len(methods) \
+      or any(m not in NOVELTY_METHODS for m in methods):
+    raise ValueError(f"config.particles.novelty_methods must be a tuple of distinct names from {list(NOVELTY_METHODS)} "
+                     f"(() = none), got {methods!r}")
 
 
 def _check_curriculum(config):
@@ -499,6 +563,13 @@ def _check_analysis(config):
   _check_choice(a.nc_weighting, representation.WEIGHTINGS, "config.analysis.nc_weighting")
   _check_choice(a.attention, ANALYSIS_ATTENTION, "config.analysis.attention")
   _check_choice(a.cam_target, ("label", "predicted"), "config.analysis.cam_target")
+  _check_choice(a.derived_mask, ("", "lung_intensity"), "config.analysis.derived_mask")
+  if a.derived_mask and a.mask_key:
+    raise ValueError(f"config.analysis.mask_key={a.mask_key!r} and derived_mask={a.derived_mask!r} both name the mask "
+                     "attention is measured in; set one of them")
+  if a.derived_mask and a.attention == "none":
+    raise ValueError(f"config.analysis.derived_mask={a.derived_mask!r} measures attention inside a mask, but "
+                     "config.analysis.attention='none' computes no maps; set attention (e.g. 'auto')")
   for k in ("max_examples", "num_attention_images"):
     if not isinstance(a[k], int) or a[k] < 0:
       raise ValueError(f"config.analysis.{k} must be an integer >= 0, got {a[k]!r}")

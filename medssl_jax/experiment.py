@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from medssl_jax import config as config_lib
+from medssl_jax import objectives
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
@@ -522,4 +523,10 @@ def run(config, workdir: str):
   table = format_table(results, config=config)
   print("\n" + table + "\n", flush=True)
   _write_results(workdir, results, table, results_name(config))
+  if objectives.get_objective(config.objective.name).text and config.mode != "supervised":
+    # Image-text models also retrieve reports: recall@k on the test split (medssl_jax/evals/retrieval.py).
+    from medssl_jax.evals import retrieval
+    tokenizer = pretrain_lib.report_tokenizer(config, builder, workdir)
+    retrieved = retrieval.evaluate(config, encoders, builder=builder, tokenizer=tokenizer, workdir=workdir, mesh=mesh)
+    print("\n" + retrieval.format_table(retrieved, split=config.data.test_split) + "\n", flush=True)
   return results

@@ -217,7 +217,7 @@ class _Decode:
   dataset dtype: a data source hands float32 scalars back as Python floats)."""
 
   def __init__(self, split: str, image_size: int | None, channels: int = 3, fit: str = 'squash',
-               indices=None, extra_keys=(), extra_dtypes=None, num_records: int = 0):
+               indices=None, extra_keys=(), extra_dtypes=None, num_records: int = 0, text=None):
     self.split = split
     self.num_records = int(num_records)
     self.image_size = image_size
@@ -226,6 +226,7 @@ class _Decode:
     self.indices = None if indices is None else [int(i) for i in indices]
     self.extra_keys = tuple(extra_keys)
     self.extra_dtypes = dict(extra_dtypes or {})
+    self.text = text
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
     # Name the split's record in errors. grain hands later epochs' indices unreduced (epoch * n + i).
@@ -236,7 +237,15 @@ class _Decode:
     out = _decode_record(record, index, self.split, self.image_size, self.channels, self.fit, self.extra_keys)
     for key, dtype in self.extra_dtypes.items():
       out[key] = out[key].astype(dtype, copy=False)
+    if self.text is not None:
+      key, encode = self.text
+      out['text_ids'], out['text_mask'] = encode(as_text(record[key]))
     return out
+
+
+def as_text(value) -> str:
+  """A TFDS Text feature as stored by a data source (bytes) or already decoded (str), as str."""
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
 def _decode_record(record, index, split, image_size, channels=3, fit='squash', extra_keys=(), image_keys=()):
@@ -325,7 +334,7 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
                         worker_count: int = 0, process_index: int | None = None,
                         process_count: int | None = None, read_threads: int = 2,
                         prefetch_batches: int = 4, fit: str = 'squash',
-                        indices=None, extra_keys=()) -> grain.DatasetIterator:
+                        indices=None, extra_keys=(), text=None) -> grain.DatasetIterator:
   """Returns a shuffled, repeated, batched training iterator over this process's shard of `split`.
 
   Each process reads records `[process_index::process_count]` and yields batches of
@@ -349,6 +358,9 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
     indices: optional record indices of `split` to use (a label subset, see data/subsets.py).
     extra_keys: further (non-image) features returned in each batch as stacked numpy arrays [B, ...]
       in the dataset's dtype, aligned with 'id' (e.g. SWCL's 'patient', 'position', 'pseudo_label').
+    text: optional (text feature, encode) with encode(str) -> (ids int [L], mask bool [L]) (e.g. a
+      tokenizer's encode at a fixed max_length): each batch also carries 'text_ids' [B, L] and
+      'text_mask' [B, L] of that feature (image-text objectives). encode must be picklable for workers.
 
   Returns:
     A grain `DatasetIterator`; `get_state()` / `set_state()` checkpoint and restore it exactly.
@@ -373,10 +385,15 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
                      f'training batches do not carry yet; use load_split_arrays(extra_keys=...) for them')
   dtypes = {k: np.dtype(builder.info.features[k].np_dtype) for k in extra_keys}
   dtypes = {k: d for k, d in dtypes.items() if d.kind in 'biuf'}  # Numeric; text stays as stored.
+  if text is not None:
+    if text[0] not in builder.info.features or not isinstance(builder.info.features[text[0]], tfds.features.Text):
+      raise ValueError(f'make_train_iterator: text feature {text[0]!r} is not a Text feature of dataset '
+                       f'{builder.name!r}; its features are {sorted(builder.info.features.keys())}')
   source = _data_source(builder, split, indices)
   # Decode keyed by the record's index in the split, before sharding, so errors can name it.
   ds = grain.MapDataset.source(source).map_with_index(
-      _Decode(split, image_size, image_channels(builder), fit, indices, extra_keys, dtypes, num_records=len(source)))
+      _Decode(split, image_size, image_channels(builder), fit, indices, extra_keys, dtypes, num_records=len(source),
+              text=text))
   ds = ds[process_index::process_count]
   if len(ds) == 0:
     raise ValueError(f'Process {process_index}/{process_count} got no records of split {split!r} '

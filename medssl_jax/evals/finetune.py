@@ -221,14 +221,8 @@ def _check_split(images, labels, *, name: str, num_classes: int, multi_label: bo
 
 
 def _metrics(labels, probs, multi_label: bool) -> dict:
-  if multi_label:
-    per = np.array([metrics_lib.binary_auroc(labels[:, k], probs[:, k]) for k in range(labels.shape[1])])
-    auc = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
-    acc = metrics_lib.accuracy(labels.ravel().astype(np.int32), probs.ravel())
-  else:
-    auc, per = metrics_lib.auroc(labels, probs)
-    acc = metrics_lib.accuracy(labels, probs)
-  return {"accuracy": acc, "auroc": float(auc), "auroc_per_class": [float(a) for a in per]}
+  del multi_label  # Read from the labels' shape.
+  return metrics_lib.classification_metrics(labels, probs)
 
 
 def finetune(*, model, variables, train_images, train_labels, val_images=None, val_labels=None, test_images,

@@ -19,7 +19,7 @@ from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train.step import normalize
 
-PROTOCOL = "linear probe: backbone features (ResNet: global average pool; ViT: class token), standardised, softmax regression (L-BFGS), L2 chosen on 20% of train"
+PROTOCOL = "linear probe: backbone features (ResNet: global average pool; ViT: class token), standardised, softmax regression (L-BFGS; multi-label: one logistic regression per class), L2 chosen on 20% of train"
 
 
 def extract_features(model, variables, images, *, image_size, mean, std, batch_size=256, mesh=None,
@@ -71,19 +71,22 @@ def recalibrate_batch_stats(model, variables, images, *, image_size, mean, std, 
   return variables
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
-def _fit_softmax_regression(x, y, l2, *, num_classes, max_iter):
-  """Full-batch multinomial logistic regression with L-BFGS. Returns {"w", "b"}.
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "multi_label"))
+def _fit_softmax_regression(x, y, l2, *, num_classes, max_iter, multi_label=False):
+  """Full-batch multinomial logistic regression with L-BFGS (multi_label: one logistic regression per class,
+  sigmoid cross-entropy averaged over classes, on [N, K] 0/1 targets). Returns {"w", "b"}.
 
   Jitted once per (shape, classes, iterations); the L2 weight is traced so a sweep does not recompile.
   """
   x = jnp.asarray(x, jnp.float32)
-  onehot = jax.nn.one_hot(y, num_classes)
+  targets = jnp.asarray(y, jnp.float32) if multi_label else jax.nn.one_hot(y, num_classes)
   params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
 
   def loss(p):
     logits = x @ p["w"] + p["b"]
-    return optax.softmax_cross_entropy(logits, onehot).mean() + 0.5 * l2 * jnp.sum(p["w"] ** 2)
+    data = (optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=1) if multi_label
+            else optax.softmax_cross_entropy(logits, targets))
+    return data.mean() + 0.5 * l2 * jnp.sum(p["w"] ** 2)
 
   opt = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(loss)
@@ -98,13 +101,26 @@ def _fit_softmax_regression(x, y, l2, *, num_classes, max_iter):
   return params
 
 
-def _predict(params, x):
-  return np.asarray(jax.nn.softmax(jnp.asarray(x, jnp.float32) @ params["w"] + params["b"]))
+def _predict(params, x, multi_label=False):
+  logits = jnp.asarray(x, jnp.float32) @ params["w"] + params["b"]
+  return np.asarray(jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits))
+
+
+def _val_score(y, probs, multi_label):
+  """What picks the L2 weight: accuracy (single-label), macro AUROC (multi-label: accuracy at 0.5 rewards
+  predicting every rare finding absent)."""
+  if not multi_label:
+    return metrics_lib.accuracy(y, probs)
+  auc = metrics_lib.classification_metrics(y, probs)["auroc"]
+  return -1.0 if np.isnan(auc) else auc
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, l2_grid=(1e-4, 1e-3, 1e-2, 1e-1),
                  max_iter=200, val_fraction=0.2, seed=0, return_predictor=False):
   """Fits and scores a linear probe. Returns a dict of metrics and the chosen L2 weight.
+
+  Multi-label data (train_y / test_y [N, K] 0/1, num_classes = K): one logistic regression per class, the
+  L2 weight chosen by validation macro AUROC; "accuracy" is then every label's accuracy at 0.5.
 
   return_predictor=True returns (metrics, predictor) instead: predictor(features [M, D]) -> class
   probabilities [M, num_classes] of the refit probe (the training split's standardisation applied), e.g.
@@ -118,17 +134,22 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, l2_grid=(1e-4
   perm = rng.permutation(len(train_x))
   n_val = max(1, int(len(train_x) * val_fraction))
   val_idx, fit_idx = perm[:n_val], perm[n_val:]
+  train_y, test_y = np.asarray(train_y), np.asarray(test_y)
+  multi = train_y.ndim == 2
+  if multi and (train_y.shape[1] != num_classes or test_y.ndim != 2 or test_y.shape[1] != num_classes):
+    raise ValueError(f"linear_probe: multi-label targets must be [N, num_classes={num_classes}] for train and test, "
+                     f"got shapes {train_y.shape} and {test_y.shape}")
+  fit = functools.partial(_fit_softmax_regression, num_classes=num_classes, max_iter=max_iter, multi_label=multi)
   val_scores = {}
   for l2 in l2_grid:
-    p = _fit_softmax_regression(train_x[fit_idx], train_y[fit_idx], l2, num_classes=num_classes, max_iter=max_iter)
-    val_scores[l2] = metrics_lib.accuracy(train_y[val_idx], _predict(p, train_x[val_idx]))
+    p = fit(train_x[fit_idx], train_y[fit_idx], l2)
+    val_scores[l2] = _val_score(train_y[val_idx], _predict(p, train_x[val_idx], multi), multi)
   best_l2 = max(l2_grid, key=lambda l2: (val_scores[l2], l2))  # Ties go to the stronger regulariser.
-  params = _fit_softmax_regression(train_x, train_y, best_l2, num_classes=num_classes, max_iter=max_iter)
-  probs = _predict(params, test_x)
-  auc, per_class = metrics_lib.auroc(test_y, probs)
-  result = {"accuracy": metrics_lib.accuracy(test_y, probs), "auroc": auc,
-            "auroc_per_class": per_class.tolist(), "l2": best_l2,
-            "val_accuracy": val_scores[best_l2], "train_accuracy": metrics_lib.accuracy(train_y, _predict(params, train_x))}
+  params = fit(train_x, train_y, best_l2)
+  probs = _predict(params, test_x, multi)
+  result = dict(metrics_lib.classification_metrics(test_y, probs), l2=best_l2)
+  result["val_auroc" if multi else "val_accuracy"] = val_scores[best_l2]
+  result["train_accuracy"] = metrics_lib.classification_metrics(train_y, _predict(params, train_x, multi))["accuracy"]
   if not return_predictor:
     return result
   dim = train_x.shape[1]
@@ -138,6 +159,6 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, l2_grid=(1e-4
     if x.ndim != 2 or x.shape[1] != dim:
       raise ValueError(f"linear probe predictor: features must be [M, {dim}] (the probe's feature dimension), "
                        f"got shape {x.shape}")
-    return _predict(params, (x - mu) / sd)
+    return _predict(params, (x - mu) / sd, multi)
 
   return result, predictor

@@ -113,6 +113,22 @@ def multilabel_auroc(y_true, scores) -> tuple[float, np.ndarray, list[int]]:
   return macro, per_class, skipped
 
 
+def classification_metrics(labels, probs) -> dict:
+  """{"accuracy", "auroc", "auroc_per_class"} of class probabilities: single-label [N] labels with [N, K]
+  softmax probabilities (argmax accuracy, mean one-vs-rest AUROC), or multi-label [N, K] 0/1 labels with
+  [N, K] per-class probabilities (accuracy of every label thresholded at 0.5, macro AUROC over the classes
+  whose AUROC is defined)."""
+  labels, probs = np.asarray(labels), np.asarray(probs)
+  if labels.ndim == 2:
+    per = np.array([binary_auroc(labels[:, k], probs[:, k]) for k in range(labels.shape[1])])
+    auc = float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+    acc = accuracy(labels.ravel().astype(np.int32), probs.ravel())
+  else:
+    auc, per = auroc(labels, probs)
+    acc = accuracy(labels, probs)
+  return {"accuracy": acc, "auroc": float(auc), "auroc_per_class": [float(a) for a in per]}
+
+
 def bootstrap_ci(metric_fn, y_true, y_score, *, num_samples: int = 1000, alpha: float = 0.05, seed: int = 0,
                  stratified: bool = False) -> dict:
   """Percentile bootstrap confidence interval of metric_fn(y_true, y_score) -> float.

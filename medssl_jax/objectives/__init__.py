@@ -29,6 +29,9 @@ OBJECTIVES = {
     "dino": "medssl_jax.objectives.dino:DINO",
     "mae": "medssl_jax.objectives.mae:MAE",
     "swcl": "medssl_jax.objectives.swcl:SWCL",
+    "clip": "medssl_jax.objectives.image_text:CLIP",
+    "convirt": "medssl_jax.objectives.image_text:CONVIRT",
+    "joint": "medssl_jax.objectives.image_text:JOINT",
 }
 
 

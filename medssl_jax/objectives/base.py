@@ -13,6 +13,10 @@ An `Objective` names a pure loss function and declares what the trainer must pro
   (e.g. SWCL's 'patient', 'position', ... as its scheme names them); the trainer asks the input
   pipeline for them (`make_train_iterator(extra_keys=...)`) and fails before training when the
   dataset lacks one. None: none needed.
+* `text=True`: the loss reads the paired report. The trainer trains (or reuses) a tokenizer on the
+  dataset's `config.text.key` feature, batches carry 'text_ids' / 'text_mask', and the step encodes them
+  with the model's text tower (`model.encode_text`, models/image_text.py), adding
+  batch["text_embedding"] [B, D] and batch["logit_scale"] before calling the loss.
 
 The loss is keyword-only and pure:
 
@@ -42,3 +46,4 @@ class Objective:
   init_state: Callable[[Any, Any], dict] | None = None
   multi_crop: bool = False
   batch_keys: Callable[[Any], tuple] | None = None  # config -> extra dataset features the loss reads.
+  text: bool = False                            # Reads report text (image-text objectives, see below).

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medssl_jax.objectives.contrastive import l2_normalize
+from medssl_jax.objectives.contrastive import contrastive_loss, l2_normalize, multiview_ids
 
 _NEG_INF = -1e9
 
@@ -135,3 +135,89 @@ def retrieval_recall(*, image_embeddings, text_embeddings, ks: Sequence[int] = (
     out[f"i2t_R@{k}"] = float(np.mean(rank_i2t < k))
     out[f"t2i_R@{k}"] = float(np.mean(rank_t2i < k))
   return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Objectives for the trainer (objectives/base.py contract). The model is models.image_text.ImageTextModel;
+# the step encodes the batch's report tokens with its text tower (Objective.text) and hands the loss
+# batch["text_embedding"] [B, D] and batch["logit_scale"].
+
+MIN_TEMPERATURE = 0.01  # CLIP clamps its logit scale at 100.
+IMAGE_TEXT_OBJECTIVES = ("clip", "convirt", "joint")
+
+
+def build_image_text_model(config):
+  """ImageTextModel for config: backbone, MLP image projector and linear text projection to
+  model.projector_dim, text transformer from config.text, and for "joint" a SimCLR projector of the same
+  shape (SLIP keeps the image-only head apart from the image-text one)."""
+  from medssl_jax import models  # Local: models imports objectives lazily.
+  from medssl_jax.models.image_text import ImageTextModel
+  from medssl_jax.models.text import TextTransformer
+
+  m, t = config.model, config.text
+  head = lambda: models.MLPHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim)
+  text = TextTransformer(vocab_size=t.vocab_size, width=t.width, depth=t.depth, heads=t.heads,
+                         max_length=t.max_length, out_dim=m.projector_dim)
+  return ImageTextModel(backbone=models.build_backbone(config), projector=head(), text=text,
+                        ssl_projector=head() if config.objective.name == "joint" else None,
+                        init_temperature=config.objective.image_text_temperature)
+
+
+def temperature(batch, config):
+  """The image-text temperature: exp(-logit_scale) clamped at MIN_TEMPERATURE when learned, else
+  config.objective.image_text_temperature."""
+  if config.objective.learn_temperature:
+    return jnp.exp(-jnp.minimum(batch["logit_scale"], -np.log(MIN_TEMPERATURE)))
+  return jnp.float32(config.objective.image_text_temperature)
+
+
+def _image_text_part(name, student_view, batch, config):
+  t = temperature(batch, config)
+  if name == "clip":
+    loss, metrics = clip_loss(image_embeddings=student_view["projection"], text_embeddings=batch["text_embedding"],
+                              temperature=t)
+  else:
+    loss, metrics = convirt_loss(image_embeddings=student_view["projection"],
+                                 text_embeddings=batch["text_embedding"], temperature=t,
+                                 image_to_text_weight=config.objective.image_to_text_weight)
+  metrics = dict(metrics, temperature=jnp.asarray(t, jnp.float32), top1=metrics["i2t_top1"])
+  metrics.pop("num_pairs")
+  return loss, metrics
+
+
+def _make_loss(name):
+  def loss(*, student, teacher, batch, state, step, config):
+    del teacher, state, step
+    if name in ("clip", "convirt"):
+      if len(student) != 1:
+        raise ValueError(f"objective {name!r} pairs one image view with its report; config.augment.views has "
+                         f"{len(student)} views (use one)")
+      value, metrics = _image_text_part(name, student[0], batch, config)
+      return value, metrics, {}
+    # joint (SLIP-style): ConVIRT's bidirectional loss (lambda = 0.5 is CLIP's) on view 0 + SimCLR on views 1..
+    if len(student) < 3:
+      raise ValueError(f"objective 'joint' needs view 0 for the report and at least two more views for SimCLR; "
+                       f"config.augment.views has {len(student)}")
+    it_loss, metrics = _image_text_part("convirt", student[0], batch, config)
+    ssl = student[1:]
+    b = ssl[0]["ssl_projection"].shape[0]
+    ssl_loss, ssl_metrics = contrastive_loss(
+        embeddings=jnp.concatenate([s["ssl_projection"] for s in ssl], axis=0),
+        ids=multiview_ids(jnp.arange(b), len(ssl)), temperature=config.objective.temperature)
+    w = config.objective.image_ssl_weight
+    metrics.update(image_text_loss=it_loss, ssl_loss=ssl_loss, ssl_top1=ssl_metrics["top1"])
+    return it_loss + w * ssl_loss, metrics, {}
+  return loss
+
+
+def _objective(name, paper):
+  from medssl_jax.objectives.base import Objective
+  return Objective(name, paper, _make_loss(name), build_model=build_image_text_model, text=True)
+
+
+CLIP = _objective("clip", "Radford et al. 2021, Learning Transferable Visual Models From Natural Language "
+                  "Supervision (ICML)")
+CONVIRT = _objective("convirt", "Zhang et al. 2020/2022, Contrastive Learning of Medical Visual Representations "
+                     "from Paired Images and Text (MLHC)")
+JOINT = _objective("joint", "Mu et al. 2022, SLIP: Self-supervision meets Language-Image Pre-training (ECCV); "
+                   "joint image-report + image-only learning as compared by Huang et al. 2023 (MIDL)")

@@ -1,10 +1,13 @@
 """The pretraining loop: data -> sharded step -> metrics/progress -> checkpoints, resumable."""
 from __future__ import annotations
 
+import functools
+import os
 import time
 
 import jax
 import jax.numpy as jnp
+import tensorflow_datasets as tfds
 
 from medssl_jax import models
 from medssl_jax import objectives
@@ -45,6 +48,42 @@ def objective_batch_keys(config, objective, builder) -> tuple:
                      f"{name!r} (config.data.builder) lacks {missing}; its features are "
                      f"{sorted(builder.info.features.keys())}")
   return keys
+
+
+def report_tokenizer(config, builder, workdir: str):
+  """The WordPiece tokenizer of an image-text run: <workdir>/tokenizer.json when it exists (a resumed run, or
+  evaluation), else trained on every config.text.key text of data.train_split and saved there first."""
+  from medssl_jax.text import tokenizer as tokenizer_lib
+
+  key = config.text.key
+  features = builder.info.features
+  if key not in features or not isinstance(features[key], tfds.features.Text):
+    raise ValueError(f"objective {config.objective.name!r} reads report text from config.text.key={key!r}, which is "
+                     f"not a Text feature of dataset {builder.name!r}; its features are {sorted(features.keys())}")
+  path = os.path.join(workdir, "tokenizer.json")
+  if os.path.exists(path):
+    tok = tokenizer_lib.Tokenizer.load(path)
+  else:
+    texts = [pipeline.as_text(v) for v in pipeline.read_column(builder, split=config.data.train_split, key=key)]
+    tok = tokenizer_lib.train_tokenizer(texts, vocab_size=config.text.vocab_size,
+                                        min_frequency=config.text.min_frequency)
+    os.makedirs(workdir, exist_ok=True)
+    tok.save(path + ".tmp")
+    os.replace(path + ".tmp", path)  # Never a half-written tokenizer beside a checkpoint.
+    print(f"tokenizer: {tok.vocab_size} WordPiece tokens from {len(texts)} '{config.data.train_split}' {key!r} "
+          f"texts -> {path}", flush=True)
+  if tok.vocab_size > config.text.vocab_size:
+    raise ValueError(f"{path} has {tok.vocab_size} tokens but config.text.vocab_size={config.text.vocab_size} "
+                     "(the text tower's embedding table); use a workdir made with this config")
+  return tok
+
+
+def text_input(config, builder, workdir: str):
+  """(text feature, encode) for make_train_iterator(text=...) when the objective reads reports, else None."""
+  if not objectives.get_objective(config.objective.name).text:
+    return None
+  tok = report_tokenizer(config, builder, workdir)
+  return config.text.key, functools.partial(tok.encode, max_length=config.text.max_length)
 
 
 def init_train_state(config, model, tx, key):
@@ -98,6 +137,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   pipeline.check_channels(builder, config.data.channels)
   model, objective, tx, schedule = build(config)
   extra_keys = objective_batch_keys(config, objective, builder)
+  text = text_input(config, builder, workdir)
   key = jax.random.key(config.seed)
   init_key, aug_key = jax.random.split(key)
   state = init_train_state(config, model, tx, init_key)
@@ -113,7 +153,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   manager = ckpt_lib.make_manager(workdir, keep=t.keep_checkpoints)
   it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
                                     seed=config.seed, image_size=config.data.image_size, fit=config.data.fit,
-                                    worker_count=config.data.worker_count, indices=indices, extra_keys=extra_keys)
+                                    worker_count=config.data.worker_count, indices=indices, extra_keys=extra_keys, text=text)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = ckpt_lib.restore_latest(manager, abstract)
   start = 0

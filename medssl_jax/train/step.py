@@ -63,6 +63,9 @@ def make_loss_fn(model, objective, config):
     views = [normalize(v, mean, std) for v in views_lib.make_views(key, batch["image"], view_cfgs)]
     rngs = {"mask": jax.random.fold_in(key, 0x6D61736B)}  # Model randomness (MAE masking), apart from views.
     student, new_batch_stats = encode_views(model, params, batch_stats, views, rngs=rngs)
+    if objective.text:  # The paired report through the text tower (no BatchNorm there).
+      batch = dict(batch, **model.apply({"params": params}, batch["text_ids"], batch["text_mask"],
+                                        method="encode_text"))
     teacher = None
     if objective.teacher:
       # The EMA teacher normalises with the current batch statistics (train mode), as BYOL's target

@@ -1,0 +1,15 @@
+"""Chest X-ray pretraining arm 'clip': CLIP: one view + its report, symmetric image-text InfoNCE with a learnable temperature.
+
+Reproduces: one arm of Huang et al. 2023 (MIDL) image-only vs image+report vs joint comparison; recipe, data and
+            variants (none = MIMIC-CXR-JPG + reports at 224 px, a GPU job; :cpu synthetic paired CXRs on the
+            2-core CPU; :quick CI smoke) in configs/_cxr.py.
+Command:    python main.py --config=configs/cxr_clip.py:cpu --workdir=/tmp/cxr_clip
+            then e.g. --config.mode=linear_eval --config.eval.train_subset=10% on the same workdir for a label
+            fraction, and (paper scale) --config.mode=transfer for CheXpert / NIH ChestX-ray14.
+Outputs:    probe_results.md (linear probe vs a random encoder), retrieval.md (image<->report recall@k), tokenizer.json.
+"""
+from configs import _cxr
+
+
+def get_config(arg=None):
+  return _cxr.get("clip", arg)
