@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import device_testing
+
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.augment import views as views_lib
@@ -127,15 +129,7 @@ def test_loss_matches_reference(tok, objective, learn):
   np.testing.assert_allclose([float(metrics["loss_i2t"]), float(metrics["loss_t2i"])], [i2t, t2i], rtol=2e-4)
 
 
-def _loss_and_grads(devices, config, state, batch, key):
-  mesh = mesh_lib.make_mesh(devices)
-  model, objective, _, _ = pretrain_lib.build(config)
-  st = mesh_lib.replicate(state, mesh)
-  b = mesh_lib.shard_batch(batch, mesh)
-  loss_fn = step_lib.make_loss_fn(model, objective, config)
-  (loss, (metrics, _, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-      st.params, st.batch_stats, st.objective_state, b, key, st.step)
-  return jax.device_get((loss, metrics, grads))
+_loss_and_grads = device_testing.loss_and_grads
 
 
 def test_one_vs_eight_devices_and_a_learned_temperature(tok):

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import device_testing
+
 from medssl_jax import objectives
 from medssl_jax.config import load as load_config
 from medssl_jax.config import validate
@@ -207,15 +209,7 @@ def _batch(n=16, seed=0):
   return dict({k: v for k, v in fields.items() if k != "eye"}, image=images)
 
 
-def _loss_and_grads(devices, config, state, batch, key):
-  mesh = mesh_lib.make_mesh(devices)
-  model, objective, _, _ = pretrain_lib.build(config)
-  st = mesh_lib.replicate(state, mesh)
-  b = mesh_lib.shard_batch(batch, mesh)
-  loss_fn = step_lib.make_loss_fn(model, objective, config)
-  (loss, (metrics, _, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-      st.params, st.batch_stats, st.objective_state, b, key, st.step)
-  return jax.device_get((loss, metrics, grads))
+_loss_and_grads = device_testing.loss_and_grads
 
 
 def test_one_vs_eight_devices_and_train_step():
