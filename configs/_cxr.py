@@ -5,7 +5,8 @@ improve visual representations learned from radiographs".
 One recipe, four objectives, so that only the objective differs between the arms:
   simclr   two augmented views, NT-Xent (image only; the report is not read)
   clip     one view + its report, symmetric InfoNCE, learnable temperature (Radford et al. 2021)
-  convirt  one view + its report, lambda = 0.75 image->text weighting (Zhang et al. 2020)
+  convirt  one view + one random sentence of its report (a new draw each epoch), lambda = 0.75 image->text
+           weighting (Zhang et al. 2020)
   joint    view 0 + report (ConVIRT loss) and SimCLR on views 1-2 with its own projector (SLIP, Mu et al. 2022)
 
 Variants:
@@ -55,6 +56,7 @@ def base(objective: str):
   c.objective.temperature = 0.1
   c.objective.image_text_temperature = 0.1
   c.text.key = "report"
+  c.text.sample_sentences = objective == "convirt"  # ConVIRT's text view: one random sentence per report.
   c.text.vocab_size = 8000
   c.text.max_length = 128
   c.text.width = 256

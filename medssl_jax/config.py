@@ -103,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.text.vocab_size = 2000              # Tokenizer vocabulary size (at most; fewer if the corpus is small).
   c.text.min_frequency = 2              # WordPiece merges need at least this many occurrences.
   c.text.max_length = 64                # Tokens per report incl. [CLS] / [SEP]; longer reports are truncated.
+  # Train on one sentence of each report, drawn anew every epoch (ConVIRT's text view) instead of the whole
+  # report; evaluation (retrieval) always reads whole reports.
+  c.text.sample_sentences = False
   c.text.width = 128                    # Text transformer width, depth and heads.
   c.text.depth = 2
   c.text.heads = 4

@@ -142,7 +142,9 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   results = {}
   # OOD targets (config.ood): loaded once, scored by every encoder's trained classifier.
   ood_targets = ood_lib.load_targets(config) if config.ood.targets else None
-  source_classes = pipeline.class_names(builder)
+  source_classes, multi_label = pipeline.label_names(builder), pipeline.is_multi_label(builder)
+  if ood_targets:  # Label maps and kinds (single- vs multi-label) checked before any training.
+    ood_lib.check_label_maps(ood_targets, source_classes=source_classes, source_multi_label=multi_label)
   if e.protocol == "finetune":
     return _finetune_all(config, encoders, builder=builder, train=train, test=test, subset=subset,
                          num_classes=num_classes, mesh=mesh, t0=t0, ood_targets=ood_targets,
@@ -178,7 +180,7 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
         predict = lambda images, score=score, layer=layer, model=model, variables=variables: score(
             _frozen_features(model, variables, images, layers=(layer,), mesh=mesh, **kw)[layer])
         r["ood"] = ood_lib.evaluate_targets(config, predict=predict, source_classes=source_classes,
-                                            loaded=ood_targets)
+                                            loaded=ood_targets, source_multi_label=multi_label)
       if e.neural_collapse:
         r["neural_collapse"] = nc = _neural_collapse(tr, train["label"], te, test["label"])
         detail += f"; NC1 train {nc['train']['nc1']:.4g} / test {nc['test']['nc1']:.4g}"
@@ -227,7 +229,7 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
     r.update(_report(config, test["label"], predict(test["image"])))
     if ood_targets:
       r["ood"] = ood_lib.evaluate_targets(config, predict=predict, source_classes=source_classes,
-                                          loaded=ood_targets)
+                                          loaded=ood_targets, source_multi_label=np.ndim(train["label"]) == 2)
     r.pop("curve", None)  # Per-step training curve: in the log, not in the results table.
     if subset is not None:
       r["label_subset"] = _subset_summary(subset)

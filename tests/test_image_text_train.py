@@ -182,6 +182,32 @@ def test_train_iterator_carries_the_tokenized_report(builder, tok):
     pipeline.make_train_iterator(builder, split="train", global_batch_size=8, seed=0, text=("label", tok.encode))
 
 
+def test_sentence_views_are_one_sentence_per_epoch_and_reproducible(builder, tok):
+  reports = dict(zip(pipeline.read_column(builder, split="train", key="id"),
+                     [pipeline.as_text(r) for r in pipeline.read_column(builder, split="train", key="report")]))
+  encode = functools.partial(tok.encode, max_length=40)
+
+  def draws(seed):
+    it = pipeline.make_train_iterator(builder, split="train", global_batch_size=8, seed=0,
+                                      text=("report", encode, seed))
+    out = {}
+    for _ in range(16):  # Two epochs of 64 records.
+      b = next(it)
+      for i, ids in zip(b["id"].tolist(), b["text_ids"]):
+        out.setdefault(i, []).append(tuple(ids.tolist()))
+    return out
+
+  first = draws(5)
+  assert draws(5) == first  # Reproducible.
+  changed = 0
+  for i, seen in first.items():
+    options = {tuple(encode(s)[0].tolist()) for s in tokenizer_lib.split_sentences(reports[i])}
+    assert len(seen) == 2 and set(seen) <= options  # One of the report's own sentences, each epoch.
+    changed += seen[0] != seen[1]
+  assert changed > 10  # A new draw each epoch.
+  assert tokenizer_lib.split_sentences("FINDINGS: A. B!\nIMPRESSION: C") == ["FINDINGS: A.", "B!", "IMPRESSION: C"]
+
+
 def test_workdir_tokenizer_is_trained_once_and_checked(builder, tmp_path):
   config = _config("clip")
   tok = pretrain_lib.report_tokenizer(config, builder, str(tmp_path))

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from medssl_jax.text.tokenizer import split_sentences
 from tfds_builders.common import square
 
 # name -> 'module:ClassName'; imported lazily so listing choices stays cheap. Each is a package
@@ -130,6 +131,30 @@ def class_names(builder: Builder) -> list[str]:
   return list(label.names) if isinstance(label, tfds.features.ClassLabel) else []
 
 
+def is_multi_label(builder: Builder) -> bool:
+  """True when the builder's 'label' is a multi-label Tensor [K] (0/1, -1 = uncertain), not a ClassLabel."""
+  features = builder.info.features
+  if 'label' not in features:
+    return False
+  label = features['label']
+  return not isinstance(label, tfds.features.ClassLabel) and len(label.shape) == 1
+
+
+def label_names(builder: Builder) -> list[str]:
+  """Names of the builder's label classes, in label order: the ClassLabel names of a single-label
+  builder, or for a multi-label Tensor [K] label the builder class's LABEL_NAMES (the one place the
+  CheXpert / MIMIC-CXR / NIH ChestX-ray14 / synthetic_cxr builders name their columns). [] if neither.
+  """
+  names = class_names(builder)
+  if names or not is_multi_label(builder):
+    return names
+  names = list(getattr(builder, 'LABEL_NAMES', ()) or ())
+  k = int(builder.info.features['label'].shape[0])
+  if names and len(names) != k:
+    raise ValueError(f"{builder.name}.LABEL_NAMES names {len(names)} classes but its 'label' feature has {k}")
+  return names
+
+
 def _check_split(builder: Builder, split: str) -> None:
   """Raises ValueError unless every split named in `split` (e.g. 'train[:10%]+test') exists."""
   valid = list(builder.info.splits.keys())
@@ -229,6 +254,7 @@ class _Decode:
     self.text = text
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    position = index  # Unreduced: differs between epochs (the sentence draw below uses it).
     # Name the split's record in errors. grain hands later epochs' indices unreduced (epoch * n + i).
     if self.indices is not None:
       index = self.indices[index % len(self.indices)]
@@ -238,8 +264,12 @@ class _Decode:
     for key, dtype in self.extra_dtypes.items():
       out[key] = out[key].astype(dtype, copy=False)
     if self.text is not None:
-      key, encode = self.text
-      out['text_ids'], out['text_mask'] = encode(as_text(record[key]))
+      key, encode, sentence_seed = (*self.text, None)[:3]
+      text = as_text(record[key])
+      if sentence_seed is not None:  # ConVIRT's text view: one sentence, a new draw each epoch, reproducible.
+        sentences = split_sentences(text)
+        text = sentences[np.random.default_rng([sentence_seed, position]).integers(len(sentences))]
+      out['text_ids'], out['text_mask'] = encode(text)
     return out
 
 
@@ -361,6 +391,9 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
     text: optional (text feature, encode) with encode(str) -> (ids int [L], mask bool [L]) (e.g. a
       tokenizer's encode at a fixed max_length): each batch also carries 'text_ids' [B, L] and
       'text_mask' [B, L] of that feature (image-text objectives). encode must be picklable for workers.
+      (text feature, encode, seed) encodes one sentence of the text instead (text.split_sentences), drawn
+      from the seed and the example's position in the stream: a different sentence each epoch,
+      the same ones on a rerun or resume.
 
   Returns:
     A grain `DatasetIterator`; `get_state()` / `set_state()` checkpoint and restore it exactly.

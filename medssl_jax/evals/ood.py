@@ -18,6 +18,16 @@ Protocol (named in every result as "protocol"):
     which equals that of the first class's score for the first class after renormalisation; more: mean
     one-vs-rest), per-class AUROC, accuracy of the argmax of the grouped scores (lowest class on ties).
 
+Multi-label source and target (CheXpert, MIMIC-CXR, NIH ChestX-ray14, synthetic_cxr; `score_multilabel`,
+protocol PROTOCOL_MULTI_LABEL): the predictor returns per-class sigmoid probabilities [N, K_source] and the
+target labels are [N, K_target] 0/1 (-1 = uncertain, CheXpert / MIMIC u_keep). The score of target class t
+is the max of its mapped source probabilities: a finding is present if any finding mapped to it is (the
+findings are not exclusive, so a sum could exceed 1 and has no meaning). AUROC per mapped target class
+over its records whose label is not -1 (skipped, nan, when those hold one value), macro AUROC over the
+others; no record is dropped; target classes not in the map are ignored and listed ("unmapped_classes").
+`cxr_label_map(source names, target names)` builds the map of the findings the datasets share
+(CXR_SHARED_FINDINGS). A single-label source with a multi-label target (or the reverse) is an error.
+
 Use: `evaluate_targets(config, predict=..., source_classes=...)` with a predictor from the source run
 (linear_probe(..., return_predictor=True), finetune(..., return_predictor=True), or knn_scores on the
 features) returns {target name: metrics}; `load_targets(config)` loads the targets once so that several
@@ -35,6 +45,10 @@ from medssl_jax.evals import metrics as metrics_lib
 PROTOCOL = ("out-of-distribution: the source classifier applied to another dataset's split at the source's "
             "image size / fit; target class score = sum of its mapped source-class probabilities, renormalised "
             "over mapped classes; target records of unmapped classes dropped")
+PROTOCOL_MULTI_LABEL = ("out-of-distribution, multi-label: the source classifier's per-class sigmoid probabilities "
+                        "applied to another dataset's split at the source's image size / fit; target class score = "
+                        "max of its mapped source-class probabilities; AUROC per mapped target class over records "
+                        "not uncertain (-1), macro over classes with both values; unmapped target classes ignored")
 TARGET_KEYS = ("name", "builder", "builder_config", "data_dir", "manual_dir", "split", "label_map")
 REQUIRED_KEYS = ("name", "builder", "label_map")
 _DEFAULTS = dict(builder_config="", data_dir="", manual_dir="", split="test")
@@ -131,11 +145,11 @@ def resolve_label_map(label_map: Mapping[str, Sequence[str]], *, target_classes:
   """
   target_classes, source_classes = list(target_classes), list(source_classes)
   if not target_classes:
-    raise ValueError(f"{where}: the target dataset has no class names (a multi-label or unlabelled dataset?); "
-                     "OOD label maps need a single-label ('ClassLabel') target")
+    raise ValueError(f"{where}: the target dataset has no class names (an unlabelled dataset, or a multi-label "
+                     "builder without LABEL_NAMES?); OOD label maps need named target classes")
   if not source_classes:
-    raise ValueError(f"{where}: no source class names (a multi-label or unlabelled source?); OOD label maps "
-                     "need a single-label source classifier")
+    raise ValueError(f"{where}: no source class names (an unlabelled source, or a multi-label builder without "
+                     "LABEL_NAMES?); OOD label maps need named source classes")
   for t, sources in label_map.items():
     if t not in target_classes:
       raise ValueError(f"{where}: target class {t!r} is not a class of the target dataset; its classes: "
@@ -203,17 +217,117 @@ def score_grouped(labels, probs, *, label_map: Mapping[str, Sequence[str]], targ
               accuracy=metrics_lib.accuracy(y, scores), mapped_mass_mean=float(mass.mean()))
 
 
+def score_multilabel(labels, probs, *, label_map: Mapping[str, Sequence[str]], target_classes: Sequence[str],
+                     source_classes: Sequence[str], where: str = "label_map") -> dict:
+  """OOD metrics of per-class source probabilities [N, K_source] on multi-label target labels [N, K_target].
+
+  Target class t scores max(probs[:, s] for s mapped to t): present if any mapped finding is. Labels are
+  0/1, -1 = uncertain (left out of that class's AUROC and accuracy only). Returns a JSON-ready dict: auroc
+  (macro over the classes with a defined AUROC), auroc_per_class (aligned with classes; nan where
+  skipped), skipped_classes (one-valued), accuracy (every certain label vs its score thresholded at 0.5),
+  classes (mapped target classes, target order), unmapped_classes (ignored), n (all rows; n_dropped 0),
+  n_per_class {class: positives}, n_uncertain_per_class, label_map, source_classes, multi_label True.
+  """
+  labels = np.asarray(labels)
+  probs = np.asarray(probs, np.float64)
+  k_src, k_tgt = len(source_classes), len(target_classes)
+  if labels.ndim != 2 or labels.shape[1] != k_tgt:
+    raise ValueError(f"{where}: multi-label target labels must be [N, {k_tgt}] (one column per target class "
+                     f"{list(target_classes)}), got shape {labels.shape}")
+  if probs.shape != (len(labels), k_src):
+    raise ValueError(f"{where}: the predictor must return [N, {k_src}] per-class probabilities (one column per "
+                     f"source class {list(source_classes)}) for the {len(labels)} target images, got shape {probs.shape}")
+  if not np.all(np.isfinite(probs)) or probs.min(initial=0.0) < 0 or probs.max(initial=0.0) > 1:
+    raise ValueError(f"{where}: the predictor's scores must be per-class probabilities in [0, 1] (sigmoid of a "
+                     "multi-label classifier, not logits)")
+  bad = ~np.isin(labels, (-1, 0, 1))
+  if bad.any():
+    raise ValueError(f"{where}: multi-label target labels must be 0, 1 or -1 (uncertain), got {np.unique(labels[bad])}")
+  classes, _, matrix = resolve_label_map(label_map, target_classes=target_classes, source_classes=source_classes,
+                                         where=where)
+  scores = np.stack([probs[:, matrix[:, g] > 0].max(axis=1) for g in range(len(classes))], axis=1)
+  y = labels[:, [list(target_classes).index(c) for c in classes]]
+  per_class, skipped = [], []
+  for g, c in enumerate(classes):
+    certain = y[:, g] >= 0
+    yc = y[certain, g]
+    if np.unique(yc).size < 2:  # AUROC undefined: no positive, no negative, or no certain record.
+      per_class.append(float("nan"))
+      skipped.append(c)
+    else:
+      per_class.append(metrics_lib.binary_auroc(yc, scores[certain, g]))
+  defined = [a for a in per_class if not np.isnan(a)]
+  certain = y >= 0
+  accuracy = float(np.mean((scores[certain] >= 0.5) == (y[certain] == 1))) if certain.any() else float("nan")
+  return dict(classes=classes, auroc=float(np.mean(defined)) if defined else float("nan"), auroc_per_class=per_class,
+              skipped_classes=skipped, accuracy=accuracy, n=int(len(labels)), n_dropped=0, dropped_per_class={},
+              unmapped_classes=[c for c in target_classes if c not in classes],
+              n_per_class={c: int(np.sum(y[:, g] == 1)) for g, c in enumerate(classes)},
+              n_uncertain_per_class={c: int(np.sum(y[:, g] == -1)) for g, c in enumerate(classes)},
+              label_map={t: list(v) for t, v in label_map.items()}, source_classes=list(source_classes),
+              multi_label=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chest X-ray findings shared between the multi-label CXR datasets.
+
+# Each tuple: the names one finding goes by in CheXpert / MIMIC-CXR (LABELS), NIH ChestX-ray14 (FINDINGS)
+# and synthetic_cxr (FINDINGS), compared case-insensitively with '_' as ' '. Only findings that mean the
+# same thing are grouped: e.g. CheXpert 'Lung Lesion' is broader than NIH 'Mass' / 'Nodule' and left out.
+CXR_SHARED_FINDINGS = (
+    ("Atelectasis",),
+    ("Cardiomegaly",),
+    ("Consolidation",),
+    ("Edema",),
+    ("Pleural Effusion", "Effusion"),
+    ("Pneumonia",),
+    ("Pneumothorax",),
+)
+
+
+def _finding_key(name: str) -> str:
+  return " ".join(name.replace("_", " ").lower().split())
+
+
+def cxr_label_map(source_names: Sequence[str], target_names: Sequence[str], *,
+                  findings: Sequence[Sequence[str]] = CXR_SHARED_FINDINGS) -> dict:
+  """{target class: (source classes,)} for the findings two CXR label sets share, in target order.
+
+  A target class maps to the source classes of the same name (CheXpert <-> MIMIC-CXR: all 14, identity)
+  or of the same finding in `findings` (e.g. NIH 'Effusion' <-> CheXpert 'Pleural Effusion'); names are
+  compared case-insensitively with '_' as ' '. Target classes without a counterpart are left out (the
+  evaluation ignores them). Raises ValueError when fewer than 2 classes are shared.
+  """
+  group = {}
+  for i, names in enumerate(findings):
+    for n in names:
+      group[_finding_key(n)] = i
+  out = {}
+  for t in target_names:
+    kt = _finding_key(t)
+    same = [s for s in source_names if _finding_key(s) == kt or
+            (kt in group and group.get(_finding_key(s)) == group[kt])]
+    if same:
+      out[t] = tuple(same)
+  if len(out) < 2:
+    raise ValueError(f"cxr_label_map: the source classes {list(source_names)} and target classes "
+                     f"{list(target_names)} share {len(out)} finding(s) ({list(out)}); an OOD label map needs 2")
+  return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loading targets and scoring a predictor on them.
 
 @dataclasses.dataclass
 class LoadedTarget:
-  """One target's spec, its dataset name ('builder/config'), class names and the loaded split."""
+  """One target's spec, its dataset name ('builder/config'), class names and the loaded split (labels [N]
+  class indices, or [N, K] 0/1/-1 when multi_label)."""
   spec: dict
   dataset: str
   classes: list
   images: np.ndarray
   labels: np.ndarray
+  multi_label: bool = False
 
 
 def _source_name(config) -> str:
@@ -233,7 +347,7 @@ def load_targets(config) -> list[LoadedTarget]:
 
   The builders are prepared if needed (data_dir "" = the source's data.data_dir; manual_dir "" = the
   builder's default). Raises ValueError when a target's image channels differ from data.channels, its
-  split is unknown, or it has no single-label class names.
+  split is unknown, or it has no class names (ClassLabel names, or a multi-label builder's LABEL_NAMES).
   """
   from medssl_jax.data import pipeline
   d = config.data
@@ -248,10 +362,11 @@ def load_targets(config) -> list[LoadedTarget]:
       raise ValueError(f"{where}: {dataset} has {channels}-channel images but the source classifier "
                        f"({_source_name(config)}) takes config.data.channels={d.channels}; OOD targets must "
                        "share the source's channels (choose a target of the same modality)")
-    classes = pipeline.class_names(builder)
+    classes = pipeline.label_names(builder)
     if not classes:
-      raise ValueError(f"{where}: {dataset} has no single-label class names (label feature "
-                       f"{builder.info.features.get('label', None)!r}); OOD label maps need a ClassLabel target")
+      raise ValueError(f"{where}: {dataset} has no class names (label feature "
+                       f"{builder.info.features.get('label', None)!r}); OOD label maps need a ClassLabel target "
+                       "or a multi-label builder with LABEL_NAMES")
     # Class names are checked before any image is decoded; source names are checked in evaluate_targets.
     for t in spec["label_map"]:
       if t not in classes:
@@ -262,36 +377,55 @@ def load_targets(config) -> list[LoadedTarget]:
       raise ValueError(f"{where}: {e}") from None
     arrays = pipeline.load_split_arrays(builder, split=spec["split"], image_size=d.image_size, fit=d.fit)
     loaded.append(LoadedTarget(spec=spec, dataset=dataset, classes=classes, images=arrays["image"],
-                               labels=np.asarray(arrays["label"])))
+                               labels=np.asarray(arrays["label"]), multi_label=pipeline.is_multi_label(builder)))
   return loaded
 
 
+def check_label_maps(loaded: Sequence[LoadedTarget], *, source_classes: Sequence[str],
+                     source_multi_label: bool = False) -> None:
+  """Checks every loaded target against the source before any training or prediction: both single-label
+  or both multi-label (mixing is not supported), and every label-map name a class of its dataset."""
+  for i, t in enumerate(loaded):
+    where = _where(i, t.spec)
+    if t.multi_label != bool(source_multi_label):
+      kind = lambda multi: "multi-label ([N, K] 0/1 labels, sigmoid scores)" if multi else \
+          "single-label (one class per image, softmax scores)"
+      raise ValueError(f"{where}: the source classifier is {kind(source_multi_label)} but {t.dataset} is "
+                       f"{kind(t.multi_label)}; mixing single-label and multi-label datasets in OOD evaluation "
+                       "is not supported (choose a target of the same kind)")
+    resolve_label_map(t.spec["label_map"], target_classes=t.classes, source_classes=source_classes,
+                      where=f"{where}.label_map")
+
+
 def evaluate_targets(config, *, predict: Callable[[np.ndarray], np.ndarray], source_classes: Sequence[str],
-                     loaded: Sequence[LoadedTarget] | None = None) -> dict:
+                     loaded: Sequence[LoadedTarget] | None = None, source_multi_label: bool = False) -> dict:
   """Scores a source classifier on every config.ood.targets split; returns {target name: metrics}.
 
   Args:
     config: the source run's config (data.image_size / fit / channels / data_dir; ood.targets).
     predict: uint8 images [N, H, W, C] -> class probabilities [N, len(source_classes)] of the source
       classifier (e.g. softmax of a linear probe on the encoder's features).
-    source_classes: the source dataset's class names, in label order (pipeline.class_names(builder)).
+    source_classes: the source dataset's class names, in label order (pipeline.label_names(builder)).
     loaded: `load_targets(config)` when several encoders are scored on the same targets (loads once).
+    source_multi_label: the source has [N, K] multi-label labels and predict returns per-class sigmoid
+      probabilities [N, K]; its targets must be multi-label too (`score_multilabel`).
 
-  Metrics per target: see `score_grouped`, plus "target" (describe_target), "dataset", "split" and
-  "protocol". Every label map is checked against both datasets' class names before any prediction.
+  Metrics per target: see `score_grouped` (`score_multilabel` when multi-label), plus "target"
+  (describe_target), "dataset", "split" and "protocol". Every label map is checked against both
+  datasets' class names (and kinds, `check_label_maps`) before any prediction.
   """
   loaded = load_targets(config) if loaded is None else loaded
   source_classes = list(source_classes)
-  for i, t in enumerate(loaded):  # All maps first: a typo fails before any (slow) prediction.
-    resolve_label_map(t.spec["label_map"], target_classes=t.classes, source_classes=source_classes,
-                      where=f"{_where(i, t.spec)}.label_map")
+  # All maps first: a typo fails before any (slow) prediction.
+  check_label_maps(loaded, source_classes=source_classes, source_multi_label=source_multi_label)
   out = {}
   for i, t in enumerate(loaded):
     probs = np.asarray(predict(t.images))
-    m = score_grouped(t.labels, probs, label_map=t.spec["label_map"], target_classes=t.classes,
-                      source_classes=source_classes, where=f"{_where(i, t.spec)}")
+    score = score_multilabel if t.multi_label else score_grouped
+    m = score(t.labels, probs, label_map=t.spec["label_map"], target_classes=t.classes,
+              source_classes=source_classes, where=f"{_where(i, t.spec)}")
     out[t.spec["name"]] = dict(m, target=describe_target(config, t.spec), dataset=t.dataset,
-                               split=t.spec["split"], protocol=PROTOCOL)
+                               split=t.spec["split"], protocol=PROTOCOL_MULTI_LABEL if t.multi_label else PROTOCOL)
   return out
 
 
@@ -309,6 +443,8 @@ def format_ood(results: Mapping[str, Mapping]) -> str:
     lmap = "; ".join(f"{t} ← {'+'.join(v)}" for t, v in m["label_map"].items())
     dropped = f"{m['n_dropped']}" + (f" ({', '.join(f'{k}: {v}' for k, v in m['dropped_per_class'].items())})"
                                      if m.get("dropped_per_class") else "")
+    if m.get("unmapped_classes"):  # Multi-label: no record dropped; the target classes left unscored.
+      dropped += f" (classes ignored: {', '.join(m['unmapped_classes'])})"
     lines.append(f"| {enc} | {name}: {m['target']} | {lmap} | {m['auroc']:.4f} | {m['accuracy']:.4f} | "
                  f"{m['n']} | {dropped} |")
   return "\n".join(lines)

@@ -30,6 +30,16 @@ _NO_SPACE_BEFORE = re.compile(r' ([.,;:!?%)\]])')
 _NO_SPACE_AFTER = re.compile(r'([(\[]) ')
 
 
+_SENTENCE_END = re.compile(r'(?<=[.!?])\s+|\n+')
+
+
+def split_sentences(text: str) -> list[str]:
+  """The sentences of a report: split after . ! ? followed by whitespace, and at line breaks; empty pieces
+  dropped; a text without any sentence gives [text] (ConVIRT's text view samples one of them)."""
+  parts = [p.strip() for p in _SENTENCE_END.split(text)]
+  return [p for p in parts if p] or [text]
+
+
 def pre_tokenize(text: str, *, lowercase: bool = True) -> list[str]:
   """Splits `text` into words: letter runs, numbers ("12", "2.5") and single punctuation marks."""
   if lowercase:

@@ -83,7 +83,10 @@ def text_input(config, builder, workdir: str):
   if not objectives.get_objective(config.objective.name).text:
     return None
   tok = report_tokenizer(config, builder, workdir)
-  return config.text.key, functools.partial(tok.encode, max_length=config.text.max_length)
+  encode = functools.partial(tok.encode, max_length=config.text.max_length)
+  if config.text.sample_sentences:
+    return config.text.key, encode, config.seed
+  return config.text.key, encode
 
 
 def init_train_state(config, model, tx, key):
