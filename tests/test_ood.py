@@ -164,7 +164,7 @@ def test_label_map_names_checked_against_both_datasets():
                                        r"its classes: \['normal', 'pneumonia'\]"):
     ood.resolve_label_map({"normal": ("normal",), "abnormal": ("pneumonai",)}, target_classes=("normal", "abnormal"),
                           source_classes=("normal", "pneumonia"))
-  with pytest.raises(ValueError, match="no class names .*single-label"):
+  with pytest.raises(ValueError, match="target dataset has no class names .*need named target classes"):
     ood.resolve_label_map(GOOD["label_map"], target_classes=(), source_classes=("normal", "pneumonia"))
   classes, to_group, matrix = ood.resolve_label_map(
       {"glaucoma": ("2",), "healthy": ("0",)}, target_classes=("healthy", "diabetic_retinopathy", "glaucoma"),
@@ -446,3 +446,161 @@ def test_experiment_scores_ood_targets_kappa_and_intervals(tfds_dir, protocol):
   assert -1.0 <= r["kappa"] <= 1.0 and r["auroc_ci"][0] <= r["auroc"] <= r["auroc_ci"][1]
   table = experiment.format_table(results, config=c)
   assert "AUROC 95% CI" in table and "kappa (quadratic)" in table and "Out-of-distribution targets" in table
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-label sources and targets (CheXpert / MIMIC-CXR / NIH ChestX-ray14 / synthetic_cxr).
+
+def test_multilabel_scores_match_reference():
+  """Target score = max of the mapped source probabilities; AUROC per class over certain (not -1) records
+  against sklearn; a one-valued class skipped; unmapped target classes ignored; no row dropped."""
+  rng = np.random.default_rng(3)
+  src = ("a", "b", "c", "d")
+  tgt = ("x", "y", "z", "w", "v")
+  n = 120
+  labels = rng.integers(0, 2, (n, 5))
+  labels[rng.uniform(size=(n, 5)) < 0.2] = -1  # Uncertain entries.
+  labels[:, 2] = np.where(labels[:, 2] == -1, -1, 0)  # 'z': no positive among its certain records.
+  probs = rng.uniform(size=(n, 4))
+  lmap = {"y": ("b", "d"), "x": ("a",), "z": ("c",)}
+  m = ood.score_multilabel(labels, probs, label_map=lmap, target_classes=tgt, source_classes=src)
+  assert m["classes"] == ["x", "y", "z"] and m["unmapped_classes"] == ["w", "v"]
+  assert m["n"] == n and m["n_dropped"] == 0 and m["multi_label"] and m["skipped_classes"] == ["z"]
+  ref_scores = {"x": probs[:, 0], "y": np.maximum(probs[:, 1], probs[:, 3]), "z": probs[:, 2]}
+  per = []
+  for j, c in enumerate(tgt[:2]):
+    keep = labels[:, j] != -1
+    per.append(roc_auc_score(labels[keep, j], ref_scores[c][keep]))
+  np.testing.assert_allclose(m["auroc_per_class"][:2], per, atol=1e-12)
+  assert math.isnan(m["auroc_per_class"][2]) and m["auroc"] == pytest.approx(np.mean(per), abs=1e-12)
+  assert m["n_per_class"] == {c: int(np.sum(labels[:, j] == 1)) for j, c in enumerate(tgt[:3])}
+  assert m["n_uncertain_per_class"] == {c: int(np.sum(labels[:, j] == -1)) for j, c in enumerate(tgt[:3])}
+  hits = [(ref_scores[c][i] >= 0.5) == (labels[i, j] == 1) for j, c in enumerate(tgt[:3]) for i in range(n)
+          if labels[i, j] != -1]
+  assert m["accuracy"] == pytest.approx(np.mean(hits))
+  json.dumps(m)
+  # No class with both values: macro AUROC nan, every class listed as skipped.
+  none = ood.score_multilabel(np.zeros((4, 5), int), probs[:4], label_map=lmap, target_classes=tgt,
+                              source_classes=src)
+  assert math.isnan(none["auroc"]) and none["skipped_classes"] == ["x", "y", "z"]
+
+
+def test_multilabel_errors():
+  src, tgt = ("a", "b"), ("x", "y", "z")
+  kw = dict(label_map={"x": ("a",), "y": ("b",)}, target_classes=tgt, source_classes=src)
+  labels = np.zeros((3, 3), int)
+  with pytest.raises(ValueError, match=r"per-class probabilities in \[0, 1\] .*not logits"):
+    ood.score_multilabel(labels, np.full((3, 2), 2.0), **kw)
+  with pytest.raises(ValueError, match=r"must return \[N, 2\] per-class probabilities .*'b'.* for the 3 target images"):
+    ood.score_multilabel(labels, np.full((3, 3), 0.5), **kw)
+  with pytest.raises(ValueError, match=r"target labels must be \[N, 3\] .*got shape \(3,\)"):
+    ood.score_multilabel(np.zeros(3, int), np.full((3, 2), 0.5), **kw)
+  with pytest.raises(ValueError, match=r"must be 0, 1 or -1 \(uncertain\), got \[2\]"):
+    ood.score_multilabel(labels + 2 * np.eye(3, dtype=int), np.full((3, 2), 0.5), **kw)
+  with pytest.raises(ValueError, match=r"target class 'Effusion' is not a class of the target dataset; its classes: "
+                                       r"\['x', 'y', 'z'\]"):
+    ood.score_multilabel(labels, np.full((3, 2), 0.5), **dict(kw, label_map={"Effusion": ("a",), "x": ("b",)}))
+  with pytest.raises(ValueError, match=r"\['x'\]: source class 'q' is not a class of the source dataset; its classes: "
+                                       r"\['a', 'b'\]"):
+    ood.score_multilabel(labels, np.full((3, 2), 0.5), **dict(kw, label_map={"x": ("q",), "y": ("b",)}))
+
+
+def _loaded(multi_label, classes=("x", "y")):
+  spec = ood.normalize_target(dict(name="t", builder="chexpert", label_map={c: (c,) for c in classes}))
+  labels = np.zeros((2, len(classes)), int) if multi_label else np.zeros(2, int)
+  return ood.LoadedTarget(spec=spec, dataset="d/c", classes=list(classes), images=np.zeros((2, 8, 8, 1), np.uint8),
+                          labels=labels, multi_label=multi_label)
+
+
+def test_mixing_single_and_multi_label_is_an_error():
+  with pytest.raises(ValueError, match=r"targets\[0\] \('t'\): the source classifier is multi-label .* but d/c is "
+                                       r"single-label .*mixing single-label and multi-label datasets .*not supported"):
+    ood.check_label_maps([_loaded(False)], source_classes=("x", "y"), source_multi_label=True)
+  with pytest.raises(ValueError, match=r"source classifier is single-label .* but d/c is multi-label .*not supported"):
+    ood.check_label_maps([_loaded(True)], source_classes=("x", "y"))
+  config = config_lib.load("demo_simclr", "quick")
+  called = []
+  with pytest.raises(ValueError, match="not supported"):
+    ood.evaluate_targets(config, predict=called.append, source_classes=("x", "y"), loaded=[_loaded(True)])
+  assert not called
+  # Same kind: the multi-label scorer is used and the protocol says so.
+  out = ood.evaluate_targets(config, predict=lambda im: np.full((len(im), 2), 0.5), source_classes=("x", "y"),
+                             loaded=[_loaded(True)], source_multi_label=True)["t"]
+  assert out["protocol"] == ood.PROTOCOL_MULTI_LABEL and out["n"] == 2 and out["skipped_classes"] == ["x", "y"]
+
+
+def _names(name, config):
+  b = pipeline.get_builder(name, config=config, data_dir="/nonexistent-medssl-ood", prepare=False)
+  return pipeline.label_names(b), pipeline.is_multi_label(b)
+
+
+def test_label_names_and_cxr_label_map_on_the_real_builders():
+  from medssl_jax.data import synthetic_cxr
+  from tfds_builders.chexpert import LABELS
+  from tfds_builders.nih_chestxray14 import FINDINGS
+  chexpert, mimic = _names("chexpert", "all_u_keep_320"), _names("mimic_cxr", None)
+  nih, synth = _names("nih_chestxray14", "256"), _names("synthetic_cxr", "tiny")
+  assert chexpert == mimic == (list(LABELS), True) and nih == (list(FINDINGS), True)
+  assert synth == (list(synthetic_cxr.FINDINGS), True)
+  assert _names("nih_chestxray14", "subset1000") == (["normal", "abnormal"], False)  # ClassLabel wins.
+  assert pipeline.class_names(pipeline.get_builder("chexpert", data_dir="/nonexistent-medssl-ood", prepare=False)) == []
+  to_nih = ood.cxr_label_map(chexpert[0], nih[0])
+  assert to_nih == {"Atelectasis": ("Atelectasis",), "Cardiomegaly": ("Cardiomegaly",),
+                    "Effusion": ("Pleural Effusion",), "Pneumonia": ("Pneumonia",), "Pneumothorax": ("Pneumothorax",),
+                    "Consolidation": ("Consolidation",), "Edema": ("Edema",)}
+  assert list(to_nih) == [f for f in FINDINGS if f in to_nih]  # Target order.
+  to_chexpert = ood.cxr_label_map(nih[0], chexpert[0])
+  assert to_chexpert["Pleural Effusion"] == ("Effusion",) and len(to_chexpert) == 7
+  assert ood.cxr_label_map(mimic[0], chexpert[0]) == {c: (c,) for c in LABELS}  # Identity: the same 14.
+  assert ood.cxr_label_map(synth[0], nih[0]) == {"Cardiomegaly": ("cardiomegaly",), "Effusion": ("effusion",),
+                                                 "Consolidation": ("consolidation",)}
+  for src, tgt in ((chexpert, nih), (nih, chexpert), (synth, chexpert)):  # Every map passes both checks.
+    lmap = ood.cxr_label_map(src[0], tgt[0])
+    ood.normalize_target(dict(name="t", builder="chexpert", label_map=lmap))
+    ood.resolve_label_map(lmap, target_classes=tgt[0], source_classes=src[0])
+  with pytest.raises(ValueError, match=r"share 1 finding\(s\) \(\['Edema'\]\); an OOD label map needs 2"):
+    ood.cxr_label_map(("Edema", "Fracture"), nih[0])
+
+
+def test_experiment_multilabel_source_to_multilabel_targets(tfds_dir, tmp_path_factory):
+  """synthetic_cxr/tiny source, linear probe: its own test split under the identity map reproduces the
+  in-distribution macro AUROC; a dummy CheXpert validation split (u_keep: uncertain -1 labels) target through cxr_label_map
+  scores its 3 shared findings on every record; a single-label target fails before any training."""
+  from medssl_jax import experiment
+  from medssl_jax.data import synthetic_cxr
+  from tfds_builders.chexpert import LABELS
+  from tfds_builders.chexpert import dummy_data as chexpert_dummy
+  root = tmp_path_factory.mktemp("cxr")
+  manual = chexpert_dummy.write(root / "manual")
+  c = config_lib.load("demo_simclr", "quick")
+  c.data.builder, c.data.builder_config, c.data.data_dir = "synthetic_cxr", "tiny", str(root / "tfds")
+  c.data.image_size, c.data.channels, c.data.mean, c.data.std = 32, 1, (0.5,), (0.5,)
+  c.data.val_split = ""
+  for v in c.augment.views:
+    v.crop_size = 32
+  c.eval.protocol, c.eval.max_iter, c.eval.l2_grid = "linear_probe", 10, (1e-2,)
+  to_chexpert = ood.cxr_label_map(synthetic_cxr.FINDINGS, LABELS)
+  c.ood.targets = (dict(name="self", builder="synthetic_cxr", builder_config="tiny",
+                        label_map={f: (f,) for f in synthetic_cxr.FINDINGS}),
+                   dict(name="chexpert", builder="chexpert", builder_config="all_u_keep_320", manual_dir=str(manual),
+                        split="validation", label_map=to_chexpert))  # Its uncertain labels: train.csv's.
+  config_lib.validate(c)
+  builder = pipeline.builder_from_config(c.data)
+  model, variables = experiment.random_init_variables(c)
+  results = experiment.probe(c, {"enc": (model, variables, True)}, builder=builder)
+  r = results["enc"]
+  own, cx = r["ood"]["self"], r["ood"]["chexpert"]
+  assert own["n"] == 32 and own["auroc"] == pytest.approx(r["auroc"], abs=1e-6)
+  (target,) = [t for t in ood.load_targets(c) if t.spec["name"] == "chexpert"]
+  assert target.multi_label and target.images.shape[1:] == (32, 32, 1) and (target.labels == -1).any()
+  assert cx["classes"] == ["Cardiomegaly", "Consolidation", "Pleural Effusion"] and cx["n"] == len(target.labels)
+  cols = [LABELS.index(k) for k in cx["classes"]]
+  assert cx["n_uncertain_per_class"] == {k: int(np.sum(target.labels[:, j] == -1)) for k, j in zip(cx["classes"], cols)}
+  assert len(cx["unmapped_classes"]) == 11 and cx["protocol"] == ood.PROTOCOL_MULTI_LABEL
+  assert "classes ignored: No Finding" in experiment.format_table(results, config=c)
+  json.dumps(r["ood"])
+  c.ood.targets = (dict(name="fundus", builder="synthetic_fundus", builder_config="tiny", data_dir=str(tfds_dir),
+                        label_map={"healthy": ("effusion",), "severe": ("cardiomegaly",)}),)
+  c.data.channels, c.data.mean, c.data.std = 3, (0.5,) * 3, (0.5,) * 3  # Past the channel check, to the kind check.
+  with pytest.raises(ValueError, match="source classifier is multi-label .*not supported"):
+    experiment.probe(c, {"enc": (model, variables, True)}, builder=builder)

@@ -80,6 +80,7 @@ class Chexpert(tfds.core.GeneratorBasedBuilder):
   """CheXpert v1.0 chest radiographs (Stanford), 14 observations with an uncertainty policy."""
 
   name = 'chexpert'
+  LABEL_NAMES = LABELS  # Names of the multi-label 'label' columns (pipeline.label_names).
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: official valid as test; train.csv split 95/5 by patient (seed 0).'}
   BUILDER_CONFIGS = [

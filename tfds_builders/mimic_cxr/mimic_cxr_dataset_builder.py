@@ -69,6 +69,7 @@ class MimicCxr(tfds.core.GeneratorBasedBuilder):
   """MIMIC-CXR-JPG chest radiographs with CheXpert labels and the free-text radiology reports."""
 
   name = 'mimic_cxr'
+  LABEL_NAMES = LABELS  # Names of the multi-label 'label' columns (pipeline.label_names).
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: official split, 14 CheXpert labels, report + findings/impression.'}
   BUILDER_CONFIGS = [

@@ -51,6 +51,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
   """NIH ChestX-ray14: frontal chest X-rays with 14 NLP-mined finding labels (multi-label)."""
 
   name = _DATASET
+  LABEL_NAMES = FINDINGS  # Multi-label configs' 'label' columns (pipeline.label_names; subsets: ClassLabel).
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: official test list, patient-level 90/10 train/validation '
                             'split of train_val_list (seed 0); NIH1000 64 px subset configs.'}

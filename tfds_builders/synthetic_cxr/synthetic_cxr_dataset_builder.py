@@ -33,6 +33,7 @@ class SyntheticCxrConfig(tfds.core.BuilderConfig):
 class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
   """Synthetic chest X-rays with multi-label findings and a paired report, generated without any download."""
 
+  LABEL_NAMES = synthetic_cxr.FINDINGS  # Names of the 'label' columns (pipeline.label_names).
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
