@@ -13,7 +13,9 @@ Variants:
   (none)   paper scale, a GPU job: MIMIC-CXR-JPG 2.0.0 frontal images with their reports (manual download,
            tfds_builders/mimic_cxr), ResNet-50 at 224 px, a WordPiece tokenizer trained on the training
            reports, then the frozen encoder linear-probed on CheXpert (mode transfer: config.transfer.targets;
-           label fractions with --config.eval.train_subset=1% / 10% / "" (all)) and on MIMIC's own labels.
+           label fractions with --config.eval.train_subset=1% / 10% / "" (all)) and on MIMIC's own labels, the
+           MIMIC-trained classifiers also scored on CheXpert and NIH test images (config.ood.targets: the OOD
+           matrix's MIMIC row, shared findings only).
   :cpu     the synthetic paired CXR dataset (synthetic_cxr/64px: 2048 train images whose reports describe the
            drawn findings), ResNet-18 x0.25 at 64 px, 800 steps: a 2-core CPU comparison of the four arms.
   :quick   synthetic_cxr/tiny (32 px, 64 images), ResNet-18 x0.125, a 32-wide text tower, 6 steps: CI smoke.
@@ -22,6 +24,9 @@ image<->report retrieval recall@k on the test split (<workdir>/retrieval.md).
 """
 from medssl_jax import config as config_lib
 from medssl_jax.augment import views as views_lib
+from medssl_jax.evals import ood
+from tfds_builders.chexpert.chexpert_dataset_builder import LABELS as CHEXPERT_LABELS
+from tfds_builders.nih_chestxray14.nih_chestxray14_dataset_builder import FINDINGS as NIH_FINDINGS
 
 OBJECTIVES = ("simclr", "clip", "convirt", "joint")
 # Grayscale radiographs: brightness / contrast only; crops keep most of the chest (findings are local).
@@ -73,6 +78,15 @@ def base(objective: str):
   c.train.checkpoint_every = 1000
   c.eval.compare_random_init = True
   c.eval.bootstrap_samples = 0
+  # The OOD matrix's MIMIC row: the MIMIC-trained probe (and fine-tuned network) scored unchanged on CheXpert's
+  # test split (the same 14 labels) and NIH ChestX-ray14's (the 7 findings they share; evals/ood.py). The other
+  # rows: run mode transfer, or this recipe with data.builder=chexpert / nih_chestxray14 and these targets swapped.
+  c.ood.targets = (
+      {"name": "chexpert", "builder": "chexpert", "builder_config": "frontal_u_ones_320", "split": "test",
+       "label_map": ood.cxr_label_map(CHEXPERT_LABELS, CHEXPERT_LABELS)},
+      {"name": "nih_chestxray14", "builder": "nih_chestxray14", "builder_config": "256", "split": "test",
+       "label_map": ood.cxr_label_map(CHEXPERT_LABELS, NIH_FINDINGS)},
+  )
   c.transfer.targets = (
       {"name": "chexpert", "builder": "chexpert", "builder_config": "frontal_u_ones_320", "image_size": 224,
        "fit": "pad", "val_split": ""},
@@ -107,6 +121,7 @@ def cpu(c):
   c.train.checkpoint_every = 200
   c.eval.batch_size = 256
   c.transfer.targets = ()
+  c.ood.targets = ()  # No multi-label CXR test set in ../shared (NIH1000 there is normal vs abnormal).
 
 
 def quick(c):

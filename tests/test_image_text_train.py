@@ -277,3 +277,15 @@ def test_cxr_quick_configs_end_to_end(builder, tmp_path, monkeypatch):
   mtime = os.path.getmtime(tmp_path / "joint" / "tokenizer.json")
   experiment.run(config_lib.load("cxr_joint", "quick"), str(tmp_path / "joint"))
   assert os.path.getmtime(tmp_path / "joint" / "tokenizer.json") == mtime
+
+
+def test_cxr_configs_validate_and_share_one_recipe():
+  for arg in (None, "cpu", "quick"):
+    arms = {o: config_lib.validate(config_lib.load(f"cxr_{o}", arg)) for o in ("simclr", "clip", "convirt", "joint")}
+    # Only the objective (and the views / text settings it needs) differ between the arms.
+    for o, c in arms.items():
+      assert c.model.to_dict() == arms["simclr"].model.to_dict() and c.train.to_dict() == arms["simclr"].train.to_dict()
+      assert c.text.sample_sentences == (o == "convirt")
+  paper = config_lib.load("cxr_joint")
+  assert paper.data.builder == "mimic_cxr" and [t["name"] for t in paper.ood.targets] == ["chexpert", "nih_chestxray14"]
+  assert paper.ood.targets[1]["label_map"]["Effusion"] == ("Pleural Effusion",)
