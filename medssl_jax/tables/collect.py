@@ -1,0 +1,106 @@
+"""Mean ± std over seeds of finished workdirs: linear-probe results and, where `mode=analyze` ran, attention
+inside the analysis mask (e.g. attention-in-lung).
+
+For runs that are not table-runner rows (a curriculum, one main.py command per seed): each `--arm` names a label
+and the workdirs of its seeds; every encoder found in their probe results becomes a row (the random-init
+encoder's rows of all arms are pooled into one). Reads <workdir>/<results>.json (default probe_results) and
+<workdir>/analysis/<split>/summary.json.
+
+  python -m medssl_jax.tables.collect --arm="curriculum=/w/c0,/w/c1,/w/c2" --arm="single stage=/w/s0,/w/s1" \\
+      [--results=probe_results] [--split=test] [--out=table.md]
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import app
+from absl import flags
+
+RANDOM = "random init"
+
+
+def _read(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split: str = "test") -> list[dict]:
+  """Rows {"arm", "encoder", "n", metric: [values]} over each arm's workdirs (one value per seed).
+
+  A workdir without <results>.json is an error naming it (an unfinished seed must not shrink n silently).
+  """
+  rows: dict[tuple, dict] = {}
+  for arm, workdirs in arms.items():
+    for wd in workdirs:
+      res = _read(os.path.join(wd, f"{results}.json"))
+      if res is None:
+        raise FileNotFoundError(f"{os.path.join(wd, results + '.json')} does not exist: arm {arm!r} lists a workdir "
+                                "whose evaluation has not finished")
+      summary = _read(os.path.join(wd, "analysis", split, "summary.json")) or {"encoders": {}}
+      for enc, r in res.items():
+        key = (RANDOM, RANDOM) if enc == RANDOM else (arm, enc)
+        row = rows.setdefault(key, {"arm": key[0], "encoder": key[1], "workdirs": [], "accuracy": [], "auroc": [],
+                                    "attention_inside": [], "mask_area": []})
+        row["workdirs"].append(wd)
+        row["accuracy"].append(r["accuracy"])
+        row["auroc"].append(r["auroc"])
+        att = summary["encoders"].get(enc, {}).get("attention", {})
+        if "fraction_inside" in att:
+          row["attention_inside"].append(att["fraction_inside"]["mean"])
+          row["mask_area"].append(att["mask_area"]["mean"])
+  out = sorted(rows.values(), key=lambda r: r["arm"] == RANDOM)  # Random init last.
+  for r in out:
+    r["n"] = len(r["workdirs"])
+  return out
+
+
+def _pm(values) -> str:
+  if not values:
+    return "—"
+  v = np.asarray(values, np.float64)
+  return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def format_rows(rows: list[dict]) -> str:
+  """Markdown: accuracy, AUROC and attention inside the mask (beside the mask's area), mean ± std (ddof 1)."""
+  lines = ["| arm | encoder | seeds | accuracy | AUROC | attention inside mask | mask area |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['arm']} | {r['encoder']} | {r['n']} | {_pm(r['accuracy'])} | {_pm(r['auroc'])} | "
+                 f"{_pm(r['attention_inside'])} | {_pm(r['mask_area'])} |")
+  return "\n".join(lines)
+
+
+def parse_arm(spec: str) -> tuple[str, list[str]]:
+  """'label=dir1,dir2' -> (label, [dir1, dir2])."""
+  label, sep, dirs = spec.partition("=")
+  paths = [d for d in dirs.split(",") if d]
+  if not sep or not label or not paths:
+    raise ValueError(f"--arm={spec!r}: expected 'label=workdir1,workdir2,...'")
+  return label, paths
+
+
+_ARMS = flags.DEFINE_multi_string("arm", None, "label=workdir1,workdir2,... (one workdir per seed)")
+_RESULTS = flags.DEFINE_string("results", "probe_results", "Results file stem in each workdir.")
+_SPLIT = flags.DEFINE_string("split", "test", "Analysis split whose summary.json holds the attention fractions.")
+_OUT = flags.DEFINE_string("out", "", "Also write the table to this Markdown file.")
+
+
+def main(argv):
+  del argv
+  arms = dict(parse_arm(a) for a in _ARMS.value or [])
+  if not arms:
+    raise app.UsageError("give at least one --arm=label=workdir1,workdir2,...")
+  table = format_rows(collect(arms, results=_RESULTS.value, split=_SPLIT.value))
+  print(table)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      f.write(table + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
