@@ -48,7 +48,11 @@ def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split
         row["workdirs"].append(wd)
         row["accuracy"].append(r["accuracy"])
         row["auroc"].append(r["auroc"])
-        att = summary["encoders"].get(enc, {}).get("attention", {})
+        att = summary["encoders"].get(enc, {}).get("attention")
+        if att is None and enc != RANDOM:  # mode=analyze names the workdir's encoder "<objective> (pretrained)".
+          others = [v for k, v in summary["encoders"].items() if k != RANDOM]
+          att = others[0].get("attention") if len(others) == 1 else None
+        att = att or {}
         if "fraction_inside" in att:
           row["attention_inside"].append(att["fraction_inside"]["mean"])
           row["mask_area"].append(att["mask_area"]["mean"])
