@@ -7,9 +7,10 @@ import pytest
 from medssl_jax.tables import collect
 
 
-def _workdir(root, name, results, attention=None):
+def _workdir(root, name, results, attention=None, seed=None):
   wd = root / name
   wd.mkdir()
+  (wd / "config.json").write_text(json.dumps({"seed": int(name[-1]) if seed is None else seed}))
   (wd / "probe_results.json").write_text(json.dumps(results))
   if attention:
     (wd / "analysis" / "test").mkdir(parents=True)
@@ -23,13 +24,16 @@ def test_collect_pools_seeds_and_random_rows(tmp_path):
                 attention={"x (curriculum)": (0.3, 0.32), "random init": (0.2, 0.32)})
   a1 = _workdir(tmp_path, "a1", {"x (curriculum)": {"accuracy": 0.9, "auroc": 0.95}, "random init": {"accuracy": 0.7, "auroc": 0.8}})
   b0 = _workdir(tmp_path, "b0", {"x (curriculum)": {"accuracy": 0.6, "auroc": 0.7}, "random init": {"accuracy": 0.6, "auroc": 0.7}})
-  rows = collect.collect({"curr": [a0, a1], "single": [b0]})
-  assert [(r["arm"], r["n"]) for r in rows] == [("curr", 2), ("single", 1), ("random init", 3)]
+  b2 = _workdir(tmp_path, "b2", {"x (curriculum)": {"accuracy": 0.6, "auroc": 0.7}, "random init": {"accuracy": 0.6, "auroc": 0.7}})
+  rows = collect.collect({"curr": [a0, a1], "single": [b0, b2]})
+  # b0 has seed 0 like a0: its random encoder is a0's and is counted once.
+  assert [(r["arm"], r["n"]) for r in rows] == [("curr", 2), ("single", 2), ("random init", 3)]
   np.testing.assert_allclose(rows[0]["auroc"], [0.9, 0.95])
   assert rows[0]["attention_inside"] == [0.3] and rows[2]["accuracy"] == [0.5, 0.7, 0.6]
+  assert rows[2]["workdirs"] == [a0, a1, b2]
   table = collect.format_rows(rows)
   assert "| curr | x (curriculum) | 2 | 0.850 ± 0.071 | 0.925 ± 0.035 | 0.300 | 0.320 |" in table
-  assert "| single | x (curriculum) | 1 | 0.600 | 0.700 | — | — |" in table
+  assert "| single | x (curriculum) | 2 | 0.600 ± 0.000 | 0.700 ± 0.000 | — | — |" in table
 
 
 def test_missing_results_and_bad_arm_are_named(tmp_path):

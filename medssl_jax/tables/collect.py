@@ -3,7 +3,7 @@ inside the analysis mask (e.g. attention-in-lung).
 
 For runs that are not table-runner rows (a curriculum, one main.py command per seed): each `--arm` names a label
 and the workdirs of its seeds; every encoder found in their probe results becomes a row (the random-init
-encoder's rows of all arms are pooled into one). Reads <workdir>/<results>.json (default probe_results) and
+encoder's rows of all arms are pooled into one, once per seed as read from config.json). Reads <workdir>/<results>.json (default probe_results) and
 <workdir>/analysis/<split>/summary.json.
 
   python -m medssl_jax.tables.collect --arm="curriculum=/w/c0,/w/c1,/w/c2" --arm="single stage=/w/s0,/w/s1" \\
@@ -34,14 +34,20 @@ def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split
   A workdir without <results>.json is an error naming it (an unfinished seed must not shrink n silently).
   """
   rows: dict[tuple, dict] = {}
+  random_seeds = set()
   for arm, workdirs in arms.items():
     for wd in workdirs:
+      seed = (_read(os.path.join(wd, "config.json")) or {}).get("seed", wd)
       res = _read(os.path.join(wd, f"{results}.json"))
       if res is None:
         raise FileNotFoundError(f"{os.path.join(wd, results + '.json')} does not exist: arm {arm!r} lists a workdir "
                                 "whose evaluation has not finished")
       summary = _read(os.path.join(wd, "analysis", split, "summary.json")) or {"encoders": {}}
       for enc, r in res.items():
+        if enc == RANDOM:
+          if seed in random_seeds:  # Same seed, same random encoder: count it once.
+            continue
+          random_seeds.add(seed)
         key = (RANDOM, RANDOM) if enc == RANDOM else (arm, enc)
         row = rows.setdefault(key, {"arm": key[0], "encoder": key[1], "workdirs": [], "accuracy": [], "auroc": [],
                                     "attention_inside": [], "mask_area": []})
