@@ -17,6 +17,11 @@ Variants:   (none) 600 + 700 + 700 steps, batch 256, width x0.25; `:cpu` the sam
             baseline, same code path); `:quick` 5 + 5 + 5 steps of a ResNet-18 x0.125, batch 32 (a smoke run).
 Outputs:    <workdir>/stages/<k>_<name>/ per stage, <workdir>/checkpoints/2000/ (final encoder, usable by
             modes linear_eval / transfer / analyze), probe_results.{json,md}.
+Attention-in-lung: the same command with --config.mode=analyze: Grad-CAM of a linear probe head on the final
+            encoder (and a random one), and the fraction of each map inside the lung fields, which PneumoniaMNIST
+            lacks as masks and medssl_jax/evals/lung_mask.py segments from the images (analysis.derived_mask),
+            beside the lung area (a uniform map's fraction); <workdir>/analysis/test/summary.md.
+Table:      docs/tables/pneumonia_curricular_cpu.md (seeds 0-2, with the commands).
 """
 from medssl_jax import config as config_lib
 from medssl_jax.augment import views
@@ -92,4 +97,6 @@ def get_config(arg=None):
   c.curriculum.stages = _stages((600, 700, 700), warmup=50)
   c.eval.batch_size = 256
   c.eval.compare_random_init = True
+  c.analysis.derived_mask = "lung_intensity"  # mode=analyze: attention-in-lung (see the docstring).
+  c.analysis.embedding_method = "none"
   return config_lib.with_variant(c, arg, {"cpu": cpu, "cpu_single": cpu_single, "quick": quick})
