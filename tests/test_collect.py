@@ -42,3 +42,13 @@ def test_missing_results_and_bad_arm_are_named(tmp_path):
   with pytest.raises(ValueError, match="expected 'label=workdir1,workdir2"):
     collect.parse_arm("justalabel")
   assert collect.parse_arm("a b=/x,/y") == ("a b", ["/x", "/y"])
+
+
+def test_retrieval_columns_appear_when_present(tmp_path):
+  wd = _workdir(tmp_path, "c0", {"clip (pretrained)": {"accuracy": 0.8, "auroc": 0.9}})
+  (tmp_path / "c0" / "retrieval.json").write_text(json.dumps(
+      {"clip (pretrained)": {"i2t_R@1": 0.1, "i2t_R@10": 0.5, "label_match@1": 0.6}}))
+  table = collect.format_rows(collect.collect({"clip": [wd]}))
+  assert "image->report R@1 |" in table and table.splitlines()[-1].endswith("| 0.100 | 0.500 | 0.600 |")
+  plain = collect.format_rows(collect.collect({"x": [_workdir(tmp_path, "d0", {"x": {"accuracy": 1, "auroc": 1}})]}))
+  assert "R@1" not in plain

@@ -1,5 +1,5 @@
 """Mean ± std over seeds of finished workdirs: linear-probe results and, where `mode=analyze` ran, attention
-inside the analysis mask (e.g. attention-in-lung).
+inside the analysis mask (e.g. attention-in-lung); for image-text workdirs, image->report retrieval.
 
 For runs that are not table-runner rows (a curriculum, one main.py command per seed): each `--arm` names a label
 and the workdirs of its seeds; every encoder found in their probe results becomes a row (the random-init
@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 
 RANDOM = "random init"
+RETRIEVAL = {"i2t_R@1": "image->report R@1", "i2t_R@10": "image->report R@10", "label_match@1": "same-label report @1"}
 
 
 def _read(path: str):
@@ -43,6 +44,7 @@ def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split
         raise FileNotFoundError(f"{os.path.join(wd, results + '.json')} does not exist: arm {arm!r} lists a workdir "
                                 "whose evaluation has not finished")
       summary = _read(os.path.join(wd, "analysis", split, "summary.json")) or {"encoders": {}}
+      retrieved = _read(os.path.join(wd, "retrieval.json")) or {}
       for enc, r in res.items():
         if enc == RANDOM:
           if seed in random_seeds:  # Same seed, same random encoder: count it once.
@@ -50,7 +52,8 @@ def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split
           random_seeds.add(seed)
         key = (RANDOM, RANDOM) if enc == RANDOM else (arm, enc)
         row = rows.setdefault(key, {"arm": key[0], "encoder": key[1], "workdirs": [], "accuracy": [], "auroc": [],
-                                    "attention_inside": [], "mask_area": []})
+                                    "attention_inside": [], "mask_area": [],
+                                    **{k: [] for k in RETRIEVAL}})
         row["workdirs"].append(wd)
         row["accuracy"].append(r["accuracy"])
         row["auroc"].append(r["auroc"])
@@ -59,6 +62,9 @@ def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split
           others = [v for k, v in summary["encoders"].items() if k != RANDOM]
           att = others[0].get("attention") if len(others) == 1 else None
         att = att or {}
+        for k in RETRIEVAL:  # Image-text workdirs: image->report retrieval on the test split.
+          if k in retrieved.get(enc, {}):
+            row[k].append(retrieved[enc][k])
         if "fraction_inside" in att:
           row["attention_inside"].append(att["fraction_inside"]["mean"])
           row["mask_area"].append(att["mask_area"]["mean"])
@@ -76,12 +82,15 @@ def _pm(values) -> str:
 
 
 def format_rows(rows: list[dict]) -> str:
-  """Markdown: accuracy, AUROC and attention inside the mask (beside the mask's area), mean ± std (ddof 1)."""
-  lines = ["| arm | encoder | seeds | accuracy | AUROC | attention inside mask | mask area |",
-           "|---|---|---|---|---|---|---|"]
+  """Markdown: accuracy, AUROC, attention inside the mask (beside the mask's area) and, where any workdir has
+  retrieval.json, image->report retrieval; mean ± std (ddof 1) over seeds."""
+  extra = [k for k in RETRIEVAL if any(r[k] for r in rows)]
+  lines = ["| arm | encoder | seeds | accuracy | AUROC | attention inside mask | mask area |"
+           + "".join(f" {RETRIEVAL[k]} |" for k in extra),
+           "|---|---|---|---|---|---|---|" + "---|" * len(extra)]
   for r in rows:
     lines.append(f"| {r['arm']} | {r['encoder']} | {r['n']} | {_pm(r['accuracy'])} | {_pm(r['auroc'])} | "
-                 f"{_pm(r['attention_inside'])} | {_pm(r['mask_area'])} |")
+                 f"{_pm(r['attention_inside'])} | {_pm(r['mask_area'])} |" + "".join(f" {_pm(r[k])} |" for k in extra))
   return "\n".join(lines)
 
 
