@@ -103,23 +103,23 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
   return label, paths
 
 
-_ARMS = flags.DEFINE_multi_string("arm", None, "label=workdir1,workdir2,... (one workdir per seed)")
-_RESULTS = flags.DEFINE_string("results", "probe_results", "Results file stem in each workdir.")
-_SPLIT = flags.DEFINE_string("split", "test", "Analysis split whose summary.json holds the attention fractions.")
-_OUT = flags.DEFINE_string("out", "", "Also write the table to this Markdown file.")
-
-
 def main(argv):
   del argv
-  arms = dict(parse_arm(a) for a in _ARMS.value or [])
+  f = flags.FLAGS
+  arms = dict(parse_arm(a) for a in f.arm or [])
   if not arms:
     raise app.UsageError("give at least one --arm=label=workdir1,workdir2,...")
-  table = format_rows(collect(arms, results=_RESULTS.value, split=_SPLIT.value))
+  table = format_rows(collect(arms, results=f.results, split=f.split))
   print(table)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(table + "\n")
+  if f.out:
+    with open(f.out, "w") as fh:
+      fh.write(table + "\n")
 
 
 if __name__ == "__main__":
+  # Flags only when run as a command: other table modules define --out too, and tests import them together.
+  flags.DEFINE_multi_string("arm", None, "label=workdir1,workdir2,... (one workdir per seed)")
+  flags.DEFINE_string("results", "probe_results", "Results file stem in each workdir.")
+  flags.DEFINE_string("split", "test", "Analysis split whose summary.json holds the attention fractions.")
+  flags.DEFINE_string("out", "", "Also write the table to this Markdown file.")
   app.run(main)
