@@ -15,8 +15,10 @@ from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import step as step_lib
 
-# Objectives that need dataset fields beyond image/label/id (swcl) have their own tests (test_objective_swcl.py).
-NAMES = [n for n in objectives.available() if objectives.get_objective(n).batch_keys is None]
+# Objectives that need dataset fields beyond image/label/id have their own tests: swcl (test_objective_swcl.py) and
+# the image-text ones, which read reports (test_image_text_train.py).
+NAMES = [n for n in objectives.available()
+         if objectives.get_objective(n).batch_keys is None and not objectives.get_objective(n).text]
 
 
 def tiny_config(name, **overrides):
