@@ -18,3 +18,16 @@ def loss_and_grads(devices, config, state, batch, key):
   (loss, (metrics, _, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
       st.params, st.batch_stats, st.objective_state, b, key, st.step)
   return jax.device_get((loss, metrics, grads))
+
+
+def assert_same(one, other):
+  """`loss_and_grads` results of two device counts agree: loss, every metric and every gradient leaf, to float32
+  reduction-order noise (rtol 2e-4, atol 2e-5 of each array's scale)."""
+  import numpy as np
+
+  close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(a).max())),
+                                                        err_msg=what)
+  close(one[0], other[0], "loss")
+  for k in one[1]:
+    close(one[1][k], other[1][k], f"metric {k}")
+  jax.tree.map(lambda a, b: close(a, b, "gradients"), one[2], other[2])

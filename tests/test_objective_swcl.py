@@ -223,12 +223,7 @@ def test_one_vs_eight_devices_and_train_step():
   step0_key = jax.random.fold_in(key, 0)  # What the train step below draws its views from at step 0.
   one = _loss_and_grads(jax.devices()[:1], config, state, batch, step0_key)
   eight = _loss_and_grads(jax.devices()[:8], config, state, batch, step0_key)
-  close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(a).max())),
-                                                        err_msg=what)
-  close(one[0], eight[0], "loss")
-  for k in one[1]:
-    close(one[1][k], eight[1][k], f"metric {k}")
-  jax.tree.map(lambda a, b: close(a, b, "gradients"), one[2], eight[2])
+  device_testing.assert_same(one, eight)
   assert float(one[1]["extra_positives"]) > 0  # The semi-weak labels add positives in this batch.
 
   # The jitted train step on 8 devices: a finite loss and an update.
@@ -237,7 +232,7 @@ def test_one_vs_eight_devices_and_train_step():
   st = mesh_lib.replicate(jax.tree.map(np.array, state), mesh)
   new_state, metrics = step(st, mesh_lib.shard_batch(batch, mesh), key)
   assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
-  close(float(metrics["loss"]), one[0], "train-step loss")
+  np.testing.assert_allclose(float(metrics["loss"]), one[0], rtol=2e-4, err_msg="train-step loss")
 
 
 # ---------------------------------------------------------------- input pipeline
