@@ -29,6 +29,7 @@ import time
 import jax
 import numpy as np
 
+from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
 from medssl_jax.evals import linear_probe as probe_lib
@@ -52,7 +53,7 @@ PROTOCOL = {
                            "embedding to the class mean, shared covariance of the labelled reference "
                            "embeddings + ridge 1e-3 * trace / D (Lee et al. 2018)",
 }
-NOVELTY_METHODS = ("knn", "local_density", "mahalanobis")  # Same names as medssl_jax.config.NOVELTY_METHODS.
+NOVELTY_METHODS = config_lib.NOVELTY_METHODS  # One list of names: config validation and the scores read it.
 MAHALANOBIS_RIDGE = 1e-3  # Ridge added to the shared covariance, as a fraction of its mean eigenvalue.
 _EPS = 1e-12
 _CHUNK = 1024  # Rows of a similarity matrix computed at once (memory stays O(chunk x N)).

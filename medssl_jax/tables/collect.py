@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 from absl import app
 from absl import flags
+
+from medssl_jax.evals import metrics as metrics_lib
 
 RANDOM = "random init"
 RETRIEVAL = {"i2t_R@1": "image->report R@1", "i2t_R@10": "image->report R@10", "label_match@1": "same-label report @1"}
@@ -77,8 +78,8 @@ def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split
 def _pm(values) -> str:
   if not values:
     return "—"
-  v = np.asarray(values, np.float64)
-  return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+  mean, std, n = metrics_lib.mean_std(values)  # The seeds column gives n.
+  return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
 
 
 def format_rows(rows: list[dict]) -> str:
