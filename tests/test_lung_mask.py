@@ -73,6 +73,7 @@ def test_synthetic_cxr_dice(size, mean_min, each_min):
   d = dice(masks, np.stack(truth))
   assert d.mean() >= mean_min and d.min() >= each_min, (d.mean(), d.min())
   assert np.all(lung_mask.num_components(masks) <= 2)
+  np.testing.assert_allclose(lung_mask.synthetic_dice(size=size, count=32), d)  # The command's number.
 
 
 def test_bad_inputs():

@@ -30,6 +30,7 @@ builders are in tfds_builders/) would be the better source of lung masks when th
 Command (an overlay grid a person can check; PneumoniaMNIST read through its TFDS builder):
 
   python -m medssl_jax.evals.lung_mask --split=test --out=/tmp/lungs.png --count=32
+  python -m medssl_jax.evals.lung_mask --synthetic_size=28 --count=32   # Dice vs the drawn lungs: 0.868 (64 px: 0.911)
 """
 from __future__ import annotations
 
@@ -161,6 +162,20 @@ def overlay_grid(images, masks, path: str, *, ncols: int = 8, zoom: int = 4) -> 
   return path
 
 
+def synthetic_dice(*, size: int, count: int = 32) -> np.ndarray:
+  """Per-image Dice of `lung_masks` against the lungs drawn into the first `count` synthetic chest X-rays
+  (medssl_jax/data/synthetic_cxr.py: the union of the two lung ellipses in meta['lungs']) at `size` px."""
+  from medssl_jax.data import synthetic_cxr
+  images, truth = [], []
+  yy, xx = np.mgrid[0:size, 0:size] + 0.5
+  for i in range(count):
+    image, _, _, meta = synthetic_cxr.render_example(i, size=size)
+    images.append(image)
+    truth.append(np.logical_or.reduce([((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+                                       for cx, cy, rx, ry in meta["lungs"].values()]))
+  return dice(lung_masks(np.stack(images)), np.stack(truth))
+
+
 def main(argv=None) -> None:
   """python -m medssl_jax.evals.lung_mask [--split=test] [--out=lungs.png] [--count=32] [--data_dir=...]"""
   import argparse
@@ -171,7 +186,13 @@ def main(argv=None) -> None:
   p.add_argument("--out", default="lungs.png")
   p.add_argument("--count", type=int, default=32)
   p.add_argument("--data_dir", default="", help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  p.add_argument("--synthetic_size", type=int, default=0,
+                 help="instead: Dice against the known lungs of --count synthetic CXRs at this size (e.g. 28, 64)")
   args = p.parse_args(argv)
+  if args.synthetic_size:
+    d = synthetic_dice(size=args.synthetic_size, count=args.count)
+    print(f"{args.count} synthetic CXRs at {args.synthetic_size} px: Dice {d.mean():.3f} (min {d.min():.3f})")
+    return
   manual = shared.dataset_dir("pneumoniamnist")
   builder = pipeline.get_builder("medmnist", config="pneumoniamnist", data_dir=args.data_dir or None,
                                  manual_dir=str(manual))
