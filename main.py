@@ -4,6 +4,8 @@ What runs is chosen by `config.mode` (see medssl_jax/experiment.py). Any config 
 overridden on the command line, e.g. `--config.train.num_steps=100`.
 """
 import os
+import re
+import sys
 
 from absl import app
 from absl import flags
@@ -26,9 +28,23 @@ def main(argv):
   if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins when set.
     # A persistent compile cache makes the second run of a config start in seconds.
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
+  from medssl_jax.train import distributed
+  distributed.initialize(_CONFIG.value)  # Before anything touches a device (multi-host runs only).
   from medssl_jax import experiment
   experiment.run(_CONFIG.value, _WORKDIR.value)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a bad `--config.a.b=v` override reported in one line instead of a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = re.sub(r"\s+", " ", str(e).replace("\\n", " ").replace("\\'", "'")).strip()
+    if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+      message = message[1:-1]  # KeyError's repr quotes.
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"FATAL: could not apply the config override(s) {overrides}: {message}")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

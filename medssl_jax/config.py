@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
+import difflib
+
 import ml_collections
 
 from medssl_jax.augment import views as views_lib
@@ -124,6 +126,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
+  # Guards (train/guard.py): a non-finite metric stops the run at once; the projection's spread (mean
+  # per-dimension std of the l2-normalised projections x sqrt(dim): 1 spread out, 0 every image mapped to one
+  # point) below collapse_threshold for collapse_patience consecutive steps after warmup stops it as collapsed.
+  # No checkpoint is written while a step is non-finite or the spread is below the threshold, so the last good
+  # one is kept. collapse_threshold 0 = off.
+  c.train.collapse_threshold = 0.01
+  c.train.collapse_patience = 100
+
+  # Multi-host (train/distributed.py): jax.distributed.initialize before any device is touched. Empty / 0 / -1
+  # fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, then to jax's detection of SLURM,
+  # Open MPI, Kubernetes and Cloud TPU pods (auto_detect); one process when none applies.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""   # "host:port" of process 0.
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.local_device_ids = ()      # Devices of this process (e.g. one GPU per process); () = all.
+  c.distributed.auto_detect = True
+  c.distributed.initialization_timeout = 300  # Seconds to wait for every process to join.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "linear_probe"
@@ -300,8 +320,11 @@ NOVELTY_METHODS = ("knn", "local_density", "mahalanobis")
 def _check_keys(config, schema, path=""):
   for key in config.keys():
     if key not in schema:
-      where = path.rstrip(".") or "config"
-      raise ValueError(f"Unknown config key {path}{key!r} in {where}; valid keys: {sorted(schema.keys())}")
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f" (did you mean config.{path}{close[0]}?)" if close else ""
+      section = f"config.{path.rstrip('.')}" if path else "config"
+      raise ValueError(f"Unknown config key config.{path}{key}{hint}; valid keys of {section}: "
+                       f"{sorted(schema.keys())}")
     value, ref = config[key], schema[key]
     if isinstance(ref, ml_collections.ConfigDict):
       if not isinstance(value, (ml_collections.ConfigDict, Mapping)):
@@ -381,6 +404,10 @@ def validate(config) -> ml_collections.ConfigDict:
   for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config.train[k] <= 0:
       raise ValueError(f"config.train.{k} must be a positive integer, got {config.train[k]!r}")
+  if not 0 <= config.train.collapse_threshold < 1 or config.train.collapse_patience < 1:
+    raise ValueError("config.train.collapse_threshold must be in [0, 1) (0 = off) and collapse_patience >= 1 step, "
+                     f"got {config.train.collapse_threshold!r} and {config.train.collapse_patience!r}")
+  _check_distributed(config.distributed)
   if len(config.data.mean) != config.data.channels or len(config.data.std) != config.data.channels:
     raise ValueError(f"config.data.mean/std need {config.data.channels} values (config.data.channels), "
                      f"got {tuple(config.data.mean)} / {tuple(config.data.std)}")
@@ -395,6 +422,16 @@ def validate(config) -> ml_collections.ConfigDict:
   _check_particles(config)
   _check_curriculum(config)
   return config
+
+
+def _check_distributed(d):
+  addr = d.coordinator_address
+  if addr and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
+    raise ValueError(f"config.distributed.coordinator_address={addr!r}: expected 'host:port' of process 0, "
+                     "e.g. '10.0.0.1:1234'")
+  if d.num_processes < 0 or not -1 <= d.process_id < max(d.num_processes, 1) and d.num_processes:
+    raise ValueError(f"config.distributed: process_id={d.process_id} must be in [0, num_processes="
+                     f"{d.num_processes}) (or -1 / 0 to read the environment)")
 
 
 def _check_text(config, num_views: int):

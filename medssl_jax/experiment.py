@@ -29,7 +29,8 @@ def load_pretrained(config, workdir):
   model, _, tx, _ = pretrain_lib.build(config)
   state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
   manager = ckpt_lib.make_manager(workdir, keep=config.train.keep_checkpoints)
-  restored = ckpt_lib.restore_latest(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+  restored = ckpt_lib.restore_latest(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state),
+                                     data_iter=False)
   manager.close()
   if restored is None:
     raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints; run mode=pretrain "
@@ -482,6 +483,10 @@ def run(config, workdir: str):
   stage's summary for the SWCL / transfer modes."""
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
+  if jax.process_count() > 1 and config.mode != "pretrain":
+    raise ValueError(f"config.mode={config.mode!r} runs on one process; on {jax.process_count()} processes run "
+                     "mode 'pretrain', then evaluate its workdir on one host (e.g. --config.mode=linear_eval), "
+                     "which reads checkpoints written by any number of processes")
   mesh = mesh_lib.make_mesh()
   from medssl_jax.swcl import runner as swcl_runner  # Local: the SWCL stages import this module.
   if config.mode in swcl_runner.STAGE_MODES:

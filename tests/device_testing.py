@@ -31,3 +31,28 @@ def assert_same(one, other):
   for k in one[1]:
     close(one[1][k], other[1][k], f"metric {k}")
   jax.tree.map(lambda a, b: close(a, b, "gradients"), one[2], other[2])
+
+
+def fixed_batch(config, rows: int = 16, seed: int = 0) -> dict:
+  """A reproducible batch of random-texture images (no flat regions: the max-pool ties and ReLU kinks of
+  black fundus borders make a few gradient entries depend on the device layout itself)."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  size, channels = config.data.image_size or 28, config.data.channels
+  return {"image": rng.integers(0, 256, (rows, size, size, channels), dtype=np.uint8),
+          "label": rng.integers(0, 4, rows).astype(np.int32), "id": np.arange(rows, dtype=np.int32)}
+
+
+def flatten(loss, metrics, grads) -> dict:
+  """`loss_and_grads` results as one flat {name: array} (to pass through an .npz); `unflatten` inverts it."""
+  out = {"loss": loss, **{f"metric/{k}": v for k, v in metrics.items()}}
+  out.update({"grad/" + jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(grads)[0]})
+  return out
+
+
+def unflatten(flat, like) -> tuple:
+  """(loss, metrics, grads) from `flatten`'s dict, the gradients in the structure of `like` (a gradient tree)."""
+  metrics = {k[len("metric/"):]: v for k, v in flat.items() if k.startswith("metric/")}
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
+  grads = jax.tree.unflatten(jax.tree.structure(like), [flat["grad/" + p] for p in paths])
+  return flat["loss"], metrics, grads

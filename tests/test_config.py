@@ -49,7 +49,7 @@ def test_unknown_key_lists_valid_keys():
   c = load("demo_simclr", "quick")
   with c.unlocked():
     c.train.num_step = 3
-  with pytest.raises(ValueError, match="Unknown config key train.'num_step'.*'num_steps'"):
+  with pytest.raises(ValueError, match=r"Unknown config key config.train.num_step \(did you mean config.train.num_steps\?\); valid keys of config.train: .*'num_steps'"):
     config_lib.validate(c)
   c = load("demo_simclr", "quick")
   c.augment.views[0].crop_scal = (0.1, 1.0)

@@ -178,6 +178,18 @@ def test_train_iterator_shards_are_disjoint_and_cover(builder):
   assert sorted(shards[0] + shards[1]) == list(range(64))
 
 
+def test_global_batches_do_not_depend_on_process_count(builder):
+  # 1, 2 and 4 processes: each global batch (the processes' slices side by side) is the same records in the
+  # same order, over an epoch boundary, so a multi-host run trains on exactly the batches of a one-host run.
+  steps = 6  # 64 records / 16 = 4 batches per epoch: steps 5-6 are the second, reshuffled epoch.
+  def global_ids(count):
+    its = [_train(builder, global_batch_size=16, seed=3, process_index=p, process_count=count) for p in range(count)]
+    return [np.concatenate([next(it)['id'] for it in its]).tolist() for _ in range(steps)]
+  one = global_ids(1)
+  assert global_ids(2) == one and global_ids(4) == one
+  assert sorted(sum(one[:4], [])) == list(range(64)) and one[4] != one[0]
+
+
 def test_train_iterator_is_deterministic_per_seed(builder):
   take = lambda it: [next(it) for _ in range(3)]
   assert _same(take(_train(builder, seed=7)), take(_train(builder, seed=7)))

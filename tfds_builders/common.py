@@ -112,7 +112,9 @@ def load_image(path: PathLike, *, mode: str | None = None, min_side: int = 0) ->
 
   Args:
     path: any format PIL reads (JPEG, PNG incl. 16-bit, TIFF, GIF, PPM, BMP).
-    mode: "RGB", "L" or None (keep what the file has, except that 16-bit becomes "L").
+    mode: "RGB", "L" or None (keep what the file has, except that 16-bit grayscale becomes "L").
+      16-bit grayscale is scaled by its own range (`to_8bit`); 16-bit colour PNGs (48/64 bpp) are
+      decoded by Pillow to 8 bits per channel by keeping the high byte (0..65535 -> 0..255).
     min_side: > 0 lets a JPEG decode at 1/2, 1/4 or 1/8 scale (JPEG draft mode: several times
       faster for full-size photographs) while its shorter side stays >= min_side.
 

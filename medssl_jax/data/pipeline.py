@@ -9,6 +9,7 @@ exactly; the state is a small JSON-serialisable dict.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import json
@@ -108,8 +109,14 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
 def builder_from_config(data_config) -> Builder:
   """The prepared builder named by a config's `data` section (builder, builder_config, data_dir,
   manual_dir; empty strings mean the defaults)."""
-  return get_builder(data_config.builder, data_dir=data_config.data_dir or None,
-                     config=data_config.builder_config or None, manual_dir=data_config.manual_dir or None)
+  get = functools.partial(get_builder, data_config.builder, data_dir=data_config.data_dir or None,
+                          config=data_config.builder_config or None, manual_dir=data_config.manual_dir or None)
+  if jax.process_count() > 1:  # Process 0 builds a missing dataset once; the others wait, then open it.
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+      get()
+    multihost_utils.sync_global_devices(f'dataset {data_config.builder} prepared')
+  return get()
 
 
 def _as_builder(builder: Builder | str) -> Builder:
@@ -291,7 +298,10 @@ def _decode_record(record, index, split, image_size, channels=3, fit='squash', e
     if pil.mode != mode:
       pil = pil.convert(mode)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'Could not decode the image of record {index} in split {split!r}: {e}') from e
+    # Name the source file where the builder stored one: the record index alone sends users hunting.
+    source = f" ({as_text(record['file_name'])})" if record.get('file_name') else ''
+    raise ValueError(f'Could not decode the image of record {index}{source} in split {split!r}: {e}; the prepared '
+                     'dataset is damaged: delete its folder in the data dir and build it again') from e
   size = pil.size  # Before the fit: extra image features must share it to stay aligned.
   if image_size is not None and pil.size != (image_size, image_size):
     if fit != 'squash':  # Keep the aspect ratio: pad with black (e.g. fundus, X-ray) or crop the centre.
@@ -367,8 +377,9 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
                         indices=None, extra_keys=(), text=None) -> grain.DatasetIterator:
   """Returns a shuffled, repeated, batched training iterator over this process's shard of `split`.
 
-  Each process reads records `[process_index::process_count]` and yields batches of
-  `global_batch_size // process_count` dicts: image uint8 [B, H, W, C] (C = the builder's channels),
+  Every process shuffles all records alike and yields its rows of each global batch
+  (`global_batch_size // process_count` of them, the process's slice), so the global batches are the
+  same for any number of processes. Each batch is a dict: image uint8 [B, H, W, C] (C = the builder's channels),
   label int32 [B] ([B, K] for multi-label data), id int32 [B].
   Each epoch is reshuffled (deterministically from `seed`); batches may span epoch boundaries.
 
@@ -427,15 +438,15 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
   ds = grain.MapDataset.source(source).map_with_index(
       _Decode(split, image_size, image_channels(builder), fit, indices, extra_keys, dtypes, num_records=len(source),
               text=text))
-  ds = ds[process_index::process_count]
-  if len(ds) == 0:
-    raise ValueError(f'Process {process_index}/{process_count} got no records of split {split!r} '
-                     f'({len(source)} records).')
   ds = ds.shuffle(seed=seed).repeat(num_epochs)
-  if num_epochs is not None and len(ds) < batch_size:
-    raise ValueError(f'{len(ds)} records of split {split!r} per process over {num_epochs} epochs '
-                     f'do not fill one batch of {batch_size}.')
+  if num_epochs is not None and len(ds) < global_batch_size:
+    raise ValueError(f'{len(ds)} records of split {split!r} over {num_epochs} epochs do not fill one global '
+                     f'batch of {global_batch_size}.')
   ds = ds.batch(batch_size, drop_remainder=True)
+  if process_count > 1:
+    # One global shuffle on every process; process i takes rows [i*b, (i+1)*b) of each global batch (local
+    # batches i, i+P, ...), so the global batches, and hence the losses, do not depend on the process count.
+    ds = ds[:len(ds) // process_count * process_count][process_index::process_count]
   # Modest buffers: each element is a whole batch, and grain's default (500) would hold GBs.
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=prefetch_batches))

@@ -256,30 +256,37 @@ def init_backbone(config, variables: Mapping) -> dict:
   return out
 
 
-def export_npz(backbone_variables: Mapping, path: str) -> dict[str, np.ndarray]:
-  """Writes a ResNet's variables to `path` (.npz) under torchvision's names and layouts, the inverse of
-  `resnet_variables_from_torch`; returns the written {name: array}.
-
-  `backbone_variables`: {"params", "batch_stats"} of a ResNet (an SSLModel's variables are accepted too:
-  their backbone is taken). In PyTorch: `model.load_state_dict({k: torch.from_numpy(v) for k, v in
-  np.load(path).items()}, strict=False)` (no fc). Any width / stem is written, but only a width-1.0
-  ImageNet-stem model has torchvision's shapes, and a model trained with padding="same" computes slightly
-  different features under torchvision's symmetric padding.
-  """
+def torch_state_dict(backbone_variables: Mapping) -> dict[str, np.ndarray]:
+  """A ResNet's variables under torchvision's names and layouts (float32, OIHW kernels, an int64
+  num_batches_tracked = 0 beside each BatchNorm, which torch's strict loading expects), sorted by name; the
+  inverse of `resnet_variables_from_torch`. An SSLModel's variables are accepted too: their backbone is taken."""
   v = backbone_variables
   if "backbone" in v.get("params", {}):
     v = {col: tree["backbone"] for col, tree in v.items() if isinstance(tree, Mapping) and "backbone" in tree}
   if "params" not in v or "batch_stats" not in v:
-    raise ValueError(f"export_npz needs a ResNet's 'params' and 'batch_stats', got collections {sorted(v)}")
+    raise ValueError(f"a ResNet's 'params' and 'batch_stats' are needed, got collections {sorted(v)}")
   out = {}
   for col in ("params", "batch_stats"):
     for p, value in _flat(v[col]):
       value = np.asarray(value, np.float32)
       if p[-1] == "kernel":
         value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW.
-      out[_torch_name(p[:-1], p[-1])] = value
-  for name in [k for k in out if k.endswith(".running_var")]:  # torchvision's strict loading expects these.
+      out[_torch_name(p[:-1], p[-1])] = np.ascontiguousarray(value)
+  for name in [k for k in out if k.endswith(".running_var")]:
     out[name[:-len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  return dict(sorted(out.items()))
+
+
+def export_npz(backbone_variables: Mapping, path: str) -> dict[str, np.ndarray]:
+  """Writes `torch_state_dict(backbone_variables)` to `path` (.npz); returns it. (`python -m medssl_jax.export`
+  exports a workdir's backbone with its metadata and provenance.)
+
+  In PyTorch: `model.load_state_dict({k: torch.from_numpy(v) for k, v in np.load(path).items()}, strict=False)`
+  (no fc). Any width / stem is written, but only a width-1.0 ImageNet-stem model has torchvision's shapes, and
+  a model trained with padding="same" computes slightly different features under torchvision's symmetric
+  padding (medssl_jax/torch_resnet.py rebuilds the exact model).
+  """
+  out = torch_state_dict(backbone_variables)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   np.savez(path, **out)
   return out

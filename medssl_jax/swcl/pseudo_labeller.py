@@ -59,6 +59,7 @@ from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import guard as guard_lib
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train.step import normalize
 
@@ -541,30 +542,37 @@ def train(config, workdir: str, *, mesh=None):
     _write_json(os.path.join(out_dir, PROGRESS_FILE),
                 dict(progress, seconds=progress["seconds"] + time.perf_counter() - t_run))
 
-  for step in range(start + 1, s.steps + 1):
-    idx_l = lab_stream.batch(step, bs)
-    batch = mesh_lib.shard_batch({"x": lab["train_images"][idx_l], "y": lab["train_labels"][idx_l]}, mesh)
-    if bu:
-      batch["u"] = mesh_lib.shard_batch({"u": pool[pool_stream.batch(step, bu)]}, mesh)["u"]
-    else:  # unlabelled_ratio 0: supervised only (an empty pool batch, a static shape).
-      batch["u"] = np.zeros((0, *pool.shape[1:]), pool.dtype)
-    state, m = train_step(state, batch["x"], batch["y"], batch["u"], jax.random.fold_in(key, step))
-    pending.append(m)
-    is_eval = step == s.steps or (eval_every and step % eval_every == 0)
-    if is_eval or step % print_every == 0:
-      means = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
-      progress["train_curve"].append({"step": step, **means})
-      pending = []
-      line = (f"pseudo-labeller step {step}/{s.steps} | loss {means['loss']:.4f} (sup {means['sup_loss']:.4f}, "
-              f"unsup {means['unsup_loss']:.4f}) | mask rate {means['mask_rate']:.3f}")
-      if is_eval:
-        entry = evaluate(step)
-        progress["val_curve"].append(entry)
-        if has_val:
-          line += " | val AUROC " + ("nan" if entry["auroc"] is None else f"{entry['auroc']:.4f}")
+  # SIGTERM / Ctrl-C: finish the step, checkpoint it (the batches are a function of the step), exit.
+  with guard_lib.StopSignals() as signals:
+    for step in range(start + 1, s.steps + 1):
+      idx_l = lab_stream.batch(step, bs)
+      batch = mesh_lib.shard_batch({"x": lab["train_images"][idx_l], "y": lab["train_labels"][idx_l]}, mesh)
+      if bu:
+        batch["u"] = mesh_lib.shard_batch({"u": pool[pool_stream.batch(step, bu)]}, mesh)["u"]
+      else:  # unlabelled_ratio 0: supervised only (an empty pool batch, a static shape).
+        batch["u"] = np.zeros((0, *pool.shape[1:]), pool.dtype)
+      state, m = train_step(state, batch["x"], batch["y"], batch["u"], jax.random.fold_in(key, step))
+      pending.append(m)
+      is_eval = step == s.steps or (eval_every and step % eval_every == 0)
+      if is_eval or step % print_every == 0:
+        means = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
+        progress["train_curve"].append({"step": step, **means})
+        pending = []
+        line = (f"pseudo-labeller step {step}/{s.steps} | loss {means['loss']:.4f} (sup {means['sup_loss']:.4f}, "
+                f"unsup {means['unsup_loss']:.4f}) | mask rate {means['mask_rate']:.3f}")
+        if is_eval:
+          entry = evaluate(step)
+          progress["val_curve"].append(entry)
+          if has_val:
+            line += " | val AUROC " + ("nan" if entry["auroc"] is None else f"{entry['auroc']:.4f}")
+          save(step)
+        rate = (step - start) / (time.perf_counter() - t_start)
+        print(f"{line} | {rate:.2f} steps/s | ETA {(s.steps - step) / rate:.0f}s", flush=True)
+      if signals.should_stop() and step < s.steps:  # (The last step finishes normally.)
         save(step)
-      rate = (step - start) / (time.perf_counter() - t_start)
-      print(f"{line} | {rate:.2f} steps/s | ETA {(s.steps - step) / rate:.0f}s", flush=True)
+        stopped = guard_lib.Interrupted(signals.requested, step, str(manager.directory))
+        print(stopped, flush=True)
+        raise stopped
 
   if start >= s.steps:  # Interrupted after the last checkpoint but before the summary: score it again.
     progress["val_curve"] = [v for v in progress["val_curve"] if v["step"] != s.steps] + [evaluate(s.steps)]

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 from typing import Any, Mapping
 
@@ -306,31 +305,20 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
 # ---------------------------------------------------------------------------------------------------
 # Provenance.
 
-_CODE_VERSION = None
-
-
 def code_version() -> str:
-  """`git rev-parse --short HEAD` of this code, '-dirty' when the tree has changes; 'unknown' outside git."""
-  global _CODE_VERSION
-  if _CODE_VERSION is None:
-    try:
-      run = lambda *a: subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
-                                      check=True).stdout.strip()
-      _CODE_VERSION = run("rev-parse", "--short", "HEAD") + ("-dirty" if run("status", "--porcelain") else "")
-    except (OSError, subprocess.SubprocessError):
-      _CODE_VERSION = "unknown"
-  return _CODE_VERSION
+  """Short commit of this code, '-dirty' when tracked files have changes; 'unknown' outside git
+  (train/provenance.py, which checkpoints record in full)."""
+  from medssl_jax.train import provenance
+  code = provenance.code_version()
+  if not code["git_commit"]:
+    return "unknown"
+  return code["git_commit"][:7] + ("-dirty" if code["git_dirty"] else "")
 
 
 def package_versions() -> dict[str, str]:
-  from importlib import metadata
-  out = {}
-  for name in PACKAGES:
-    try:
-      out[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-      out[name] = "unknown"
-  return out
+  from medssl_jax.train import provenance
+  versions = provenance.package_versions()
+  return {name: versions.get(name) or "unknown" for name in PACKAGES}
 
 
 # ---------------------------------------------------------------------------------------------------

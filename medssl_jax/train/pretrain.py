@@ -13,7 +13,10 @@ from medssl_jax import models
 from medssl_jax import objectives
 from medssl_jax.data import pipeline
 from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import distributed
+from medssl_jax.train import guard as guard_lib
 from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train import provenance as provenance_lib
 from medssl_jax.train import reporting
 from medssl_jax.train import state as state_lib
 from medssl_jax.train import step as step_lib
@@ -61,6 +64,10 @@ def report_tokenizer(config, builder, workdir: str):
     raise ValueError(f"objective {config.objective.name!r} reads report text from config.text.key={key!r}, which is "
                      f"not a Text feature of dataset {builder.name!r}; its features are {sorted(features.keys())}")
   path = os.path.join(workdir, "tokenizer.json")
+  if jax.process_count() > 1 and not os.path.exists(path):
+    if distributed.is_primary():  # Process 0 trains and writes it; the others read that file.
+      report_tokenizer(config, builder, workdir)
+    distributed.barrier("tokenizer.json written")
   if os.path.exists(path):
     tok = tokenizer_lib.Tokenizer.load(path)
   else:
@@ -158,7 +165,9 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
                                     seed=config.seed, image_size=config.data.image_size, fit=config.data.fit,
                                     worker_count=config.data.worker_count, indices=indices, extra_keys=extra_keys, text=text)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  restored = ckpt_lib.restore_latest(manager, abstract)
+  # A finished run needs no data position (and may be read by any number of processes).
+  finished = (manager.latest_step() or 0) >= t.num_steps
+  restored = ckpt_lib.restore_latest(manager, abstract, data_iter=not finished)
   start = 0
   if restored is not None:
     start, state, iter_state = restored
@@ -169,28 +178,47 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
     manager.close()
     return model, jax.device_get(state)
 
+  provenance = provenance_lib.record(config, builder, indices=indices)
   train_step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
   writer = reporting.ScalarWriter(workdir)
   acc = reporting.MetricAccumulator()
   progress = reporting.Progress(t.num_steps, start_step=start, images_per_step=t.batch_size)
+  guard = guard_lib.Guard(threshold=t.collapse_threshold, patience=t.collapse_patience, start_step=t.warmup_steps,
+                          spread_dim=projection_dim(model, state, config))
+  last_saved = start if restored is not None else None
+  describe_last = lambda: (f"the last good checkpoint is {manager.directory}/{last_saved}" if last_saved is not None
+                           else f"no checkpoint was written yet in {manager.directory}")
   t_start = time.perf_counter()
   step = start
   try:
-    while step < t.num_steps:
-      batch = mesh_lib.shard_batch(next(it), mesh)
-      state, metrics = train_step(state, batch, aug_key)
-      step += 1
-      acc.update(metrics)
-      if step % t.log_every == 0 or step == t.num_steps:
-        scalars = acc.compute_and_reset()
-        if not all(map(jnp.isfinite, scalars.values())):
-          bad = {k: v for k, v in scalars.items() if not jnp.isfinite(v)}
-          raise FloatingPointError(f"non-finite metrics at step {step}: {bad}; last good checkpoint "
-                                   f"is in {manager.directory}")
-        writer.write(step, scalars, prefix="train/")
-        progress.report(step, scalars, keys=("loss", "top1", "projection_std", "learning_rate"))
-      if step % t.checkpoint_every == 0 or step == t.num_steps:
-        ckpt_lib.save(manager, step, state, pipeline.iterator_state_to_json(it.get_state()))
+    with guard_lib.StopSignals() as signals:
+      while step < t.num_steps:
+        batch = mesh_lib.shard_batch(next(it), mesh)
+        state, metrics = train_step(state, batch, aug_key)
+        step += 1
+        acc.update(metrics)
+        guard.add(step, metrics)
+        stop = signals.should_stop()
+        log_now = step % t.log_every == 0 or step == t.num_steps
+        save_now = step % t.checkpoint_every == 0 or step == t.num_steps or stop
+        if log_now or save_now:
+          guard.check(last_checkpoint=describe_last())
+        if log_now:
+          scalars = acc.compute_and_reset()
+          writer.write(step, scalars, prefix="train/")
+          progress.report(step, scalars, keys=("loss", "top1", "projection_std", "learning_rate"))
+        if save_now:
+          if guard.ok_to_save or step == t.num_steps:
+            ckpt_lib.save(manager, step, state, pipeline.iterator_state_to_json(it.get_state()), provenance)
+            last_saved = step
+          else:
+            print(f"step {step}: checkpoint skipped, the projection spread is below "
+                  f"config.train.collapse_threshold={t.collapse_threshold} (keeping {describe_last()})", flush=True)
+        if stop:
+          manager.wait_until_finished()
+          stopped = guard_lib.Interrupted(signals.requested, last_saved, str(manager.directory))
+          print(stopped, flush=True)
+          raise stopped
   finally:
     if hasattr(it, "close"):  # Stops grain worker processes and frees their shared memory.
       it.close()
@@ -200,3 +228,11 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   print(f"pretraining done: {step - start} steps in {reporting.format_duration(time.perf_counter() - t_start)}",
         flush=True)
   return model, jax.device_get(state)
+
+
+def projection_dim(model, state, config) -> int | None:
+  """Width of the model's "projection" output (None without one), for the collapse guard."""
+  dummy = jax.ShapeDtypeStruct((2, *input_shape(config)), jnp.float32)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), {"params": state.params,
+                                                                      "batch_stats": state.batch_stats}, dummy)
+  return int(out["projection"].shape[-1]) if isinstance(out, dict) and "projection" in out else None

@@ -1,0 +1,124 @@
+"""Multi-host: 2 processes x 4 CPU devices on loopback give the losses, checkpoints and resume of 1 process x 8.
+
+The processes are started and stopped by the test (tests/multihost_worker.py); jax.distributed joins them
+through a coordinator on 127.0.0.1 and gloo collectives, as a 2-host GPU or TPU job would over its network.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from medssl_jax.config import load as load_config
+from medssl_jax.data import pipeline
+from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import pretrain as pretrain_lib
+
+import device_testing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(data_dir, workdir, *, num_processes=2, devices=4, grads=False):
+  port = _free_port()
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multihost_worker.py"),
+                             f"--process_id={i}", f"--num_processes={num_processes}", f"--devices={devices}",
+                             f"--port={port}", f"--num_steps={STEPS}", f"--data_dir={data_dir}",
+                             f"--workdir={workdir}", *(["--grads"] if grads else [])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=400)[0])
+  finally:
+    for p in procs:  # Never leave a process behind (e.g. one waiting for a peer that died).
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  return outs
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  return {r["step"]: r["train/loss"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tfds")
+  pipeline.get_builder("synthetic_fundus", data_dir=str(d), config="small")
+  return d
+
+
+def _config(tfds_dir):
+  config = load_config("demo_simclr", "quick")
+  config.mode = "pretrain"
+  config.data.data_dir = str(tfds_dir)
+  config.train.num_steps = STEPS
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.train.base_learning_rate = 0.0  # As the worker (see there why).
+  return config
+
+
+def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path):
+  assert jax.device_count() == 8, "tests/conftest.py simulates 8 CPU devices"
+  config = _config("/unused")
+  _run_processes("", tmp_path, grads=True)
+  model, _, tx, _ = pretrain_lib.build(config)
+  state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
+  one = device_testing.loss_and_grads(jax.devices(), config, state, device_testing.fixed_batch(config),
+                                      jax.random.key(1))
+  two = device_testing.unflatten(dict(np.load(tmp_path / "grads.npz")), one[2])
+  device_testing.assert_same(one, two)
+
+
+def test_two_processes_pretrain_like_one_and_resume(tfds_dir, tmp_path):
+  config = _config(tfds_dir)
+  _, reference = pretrain_lib.pretrain(config, str(tmp_path / "one"))
+
+  multi = tmp_path / "two"
+  outs = _run_processes(tfds_dir, multi)
+  assert "process 1 of 2: 4 local of 8 devices" in outs[1]
+  assert "step 4/4" in outs[0] and "step 4/4" not in outs[1]  # Progress lines from process 0 only.
+  # The same global batches, augmentations and BatchNorm statistics in every step.
+  one, two = _losses(tmp_path / "one"), _losses(multi)
+  assert sorted(two) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=2e-6)
+
+  step_dir = multi / "checkpoints" / str(STEPS)
+  assert sorted(f for f in os.listdir(step_dir / "data_iters") if f.endswith(".json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  prov = ckpt_lib.read_provenance(str(multi))
+  assert prov["devices"]["processes"] == 2 and prov["devices"]["count"] == 8
+  _, restored = pretrain_lib.pretrain(config, str(multi))  # One process reads the finished 2-process run.
+  assert int(restored.step) == STEPS
+  jax.tree.map(np.testing.assert_array_equal, restored.params, reference.params)
+
+  # Resume on 2 processes from step 2 (the last checkpoint removed): each process continues its own rows.
+  shutil.rmtree(step_dir)
+  before = _losses(multi)
+  with open(multi / "metrics.jsonl") as f:
+    n_before = len(f.readlines())
+  outs = _run_processes(tfds_dir, multi)
+  assert f"resumed from {multi}/checkpoints/2" in outs[0]
+  with open(multi / "metrics.jsonl") as f:
+    resumed = [json.loads(l) for l in f][n_before:]
+  assert [r["step"] for r in resumed] == [3, 4]
+  np.testing.assert_array_equal([r["train/loss"] for r in resumed], [before[3], before[4]])
