@@ -102,14 +102,6 @@ def restore_variables(workdir: str, *, step: int | None = None) -> tuple[int, di
   return step, {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
 
 
-def _flat(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      yield from _flat(v, prefix + (k,))
-    else:
-      yield prefix + (k,), v
-
-
 def split_backbone(variables: Mapping) -> tuple[dict, dict]:
   """(backbone, heads) of an SSLModel's (or a bare ResNet's) variables, each {"params", "batch_stats"}."""
   params = variables["params"]
@@ -132,7 +124,7 @@ def head_state_dict(heads: Mapping) -> dict[str, np.ndarray]:
   """Projector / predictor heads as head.<name>.<layer>.<weight|bias|running_*> (Linear weights [out, in])."""
   out = {}
   for col in ("params", "batch_stats"):
-    for path, value in _flat(heads.get(col) or {}):
+    for path, value in convert_torch._flat(heads.get(col) or {}):
       value = np.asarray(value, np.float32)
       if path[-1] == "kernel":
         value = value.T if value.ndim == 2 else value  # Dense [in, out] -> Linear [out, in].
@@ -219,7 +211,7 @@ def export(workdir: str, out: str, *, step: int | None = None, include_head: boo
   if include_head:
     tensors.update(head_state_dict(heads))
   write(tensors, metadata, out)
-  num_params = sum(int(np.size(v)) for _, v in _flat(backbone["params"]))
+  num_params = sum(int(np.size(v)) for _, v in convert_torch._flat(backbone["params"]))
   summary = {"out": out, "metadata_file": sidecar_path(out) if suffix == ".npz" else out, "step": step,
              "num_tensors": len(tensors), "num_params": num_params, "metadata": metadata}
   heads_note = f", heads {sorted(heads.get('params', {}))}" if include_head else ""

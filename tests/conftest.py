@@ -27,3 +27,15 @@ from absl import flags  # noqa: E402
 # grain worker processes and some absl users read flags; pytest never parses them.
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fundus_small_dir(tmp_path_factory):
+  """A TFDS data dir holding synthetic_fundus/small (512 / 64 / 256 images at 28 px), built once per session."""
+  from medssl_jax.data import pipeline
+  d = tmp_path_factory.mktemp("tfds_fundus_small")
+  pipeline.get_builder("synthetic_fundus", data_dir=str(d), config="small")
+  return d

@@ -12,14 +12,12 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
-from medssl_jax.config import load as load_config
-from medssl_jax.data import pipeline
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import pretrain as pretrain_lib
 
 import device_testing
+import run_testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -59,22 +57,9 @@ def _losses(workdir):
   return {r["step"]: r["train/loss"] for r in rows}
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("tfds")
-  pipeline.get_builder("synthetic_fundus", data_dir=str(d), config="small")
-  return d
-
-
-def _config(tfds_dir):
-  config = load_config("demo_simclr", "quick")
-  config.mode = "pretrain"
-  config.data.data_dir = str(tfds_dir)
-  config.train.num_steps = STEPS
-  config.train.log_every = 1
-  config.train.checkpoint_every = 2
-  config.train.base_learning_rate = 0.0  # As the worker (see there why).
-  return config
+def _config(data_dir):
+  # Learning rate 0, as the worker (see there why).
+  return run_testing.quick_config(data_dir, num_steps=STEPS, checkpoint_every=2, base_learning_rate=0.0)
 
 
 def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path):
@@ -89,12 +74,12 @@ def test_two_processes_give_the_loss_and_gradients_of_one(tmp_path):
   device_testing.assert_same(one, two)
 
 
-def test_two_processes_pretrain_like_one_and_resume(tfds_dir, tmp_path):
-  config = _config(tfds_dir)
+def test_two_processes_pretrain_like_one_and_resume(fundus_small_dir, tmp_path):
+  config = _config(fundus_small_dir)
   _, reference = pretrain_lib.pretrain(config, str(tmp_path / "one"))
 
   multi = tmp_path / "two"
-  outs = _run_processes(tfds_dir, multi)
+  outs = _run_processes(fundus_small_dir, multi)
   assert "process 1 of 2: 4 local of 8 devices" in outs[1]
   assert "step 4/4" in outs[0] and "step 4/4" not in outs[1]  # Progress lines from process 0 only.
   # The same global batches, augmentations and BatchNorm statistics in every step.
@@ -116,7 +101,7 @@ def test_two_processes_pretrain_like_one_and_resume(tfds_dir, tmp_path):
   before = _losses(multi)
   with open(multi / "metrics.jsonl") as f:
     n_before = len(f.readlines())
-  outs = _run_processes(tfds_dir, multi)
+  outs = _run_processes(fundus_small_dir, multi)
   assert f"resumed from {multi}/checkpoints/2" in outs[0]
   with open(multi / "metrics.jsonl") as f:
     resumed = [json.loads(l) for l in f][n_before:]

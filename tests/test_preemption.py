@@ -11,33 +11,18 @@ import jax
 import numpy as np
 import pytest
 
-from medssl_jax.config import load as load_config
-from medssl_jax.data import pipeline
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import guard as guard_lib
 from medssl_jax.train import pretrain as pretrain_lib
+
+import run_testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 24
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("tfds")
-  pipeline.get_builder("synthetic_fundus", data_dir=str(d), config="small")
-  return d
-
-
-def _config(tfds_dir, **train):
-  config = load_config("demo_simclr", "quick")
-  config.mode = "pretrain"
-  config.data.data_dir = str(tfds_dir)
-  config.train.num_steps = STEPS
-  config.train.log_every = 1
-  config.train.checkpoint_every = 8
-  for k, v in train.items():
-    config.train[k] = v
-  return config
+def _config(data_dir, **train):
+  return run_testing.quick_config(data_dir, num_steps=STEPS, **{"checkpoint_every": 8, **train})
 
 
 def _overrides(config):
@@ -57,8 +42,8 @@ def _hashes(folder):
   return out
 
 
-def test_sigterm_at_a_random_step_then_resume_is_bit_identical(tfds_dir, tmp_path):
-  config = _config(tfds_dir)
+def test_sigterm_at_a_random_step_then_resume_is_bit_identical(fundus_small_dir, tmp_path):
+  config = _config(fundus_small_dir)
   kill_at = random.SystemRandom().randint(2, STEPS - 8)  # Not a checkpoint_every multiple in general.
   workdir = tmp_path / "preempted"
   cmd = [sys.executable, "main.py", "--config=configs/demo_simclr.py:quick", f"--workdir={workdir}",
@@ -104,10 +89,10 @@ def test_stop_signals_flag_then_second_ctrl_c_interrupts():
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Restored on exit.
 
 
-def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(fundus_small_dir, tmp_path):
   # SGD whose warmup ramps the learning rate by ~3e6 per step: finite for a few steps (BatchNorm absorbs the
   # growing weights), then non-finite; checkpoints every 2 steps, checks at logs every 5 steps and before saves.
-  config = _config(tfds_dir, optimizer="sgd", base_learning_rate=1e10, warmup_steps=200, checkpoint_every=2,
+  config = _config(fundus_small_dir, optimizer="sgd", base_learning_rate=1e10, warmup_steps=200, checkpoint_every=2,
                    log_every=5, collapse_threshold=0.0)
   workdir = tmp_path / "nan"
   with pytest.raises(guard_lib.Diverged) as e:
@@ -156,10 +141,10 @@ def test_collapse_guard_counts_steps_after_warmup_and_blocks_saving():
     g.check(last_checkpoint="ckpt 0")
 
 
-def test_collapse_guard_stops_a_collapsing_run(tfds_dir, tmp_path):
+def test_collapse_guard_stops_a_collapsing_run(fundus_small_dir, tmp_path):
   # Any real run's spread sits far below a threshold of 0.99, so the guard stops it `patience` steps after
   # warmup (step 2, which is checkpointed) without writing the checkpoint of step 4, inside the streak.
-  config = _config(tfds_dir, collapse_threshold=0.99, collapse_patience=3, warmup_steps=2, checkpoint_every=2)
+  config = _config(fundus_small_dir, collapse_threshold=0.99, collapse_patience=3, warmup_steps=2, checkpoint_every=2)
   workdir = tmp_path / "collapse"
   with pytest.raises(guard_lib.Diverged, match=r"representation collapse: .* for 3 steps since step 3 \(now step 5\)"
                                                r".*the last good checkpoint is .*/checkpoints/2\b"):

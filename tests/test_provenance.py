@@ -8,23 +8,20 @@ import jax
 import numpy as np
 import pytest
 
-from medssl_jax.config import load as load_config
 from medssl_jax.data import pipeline
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import provenance
 
+import run_testing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  tfds_dir = tmp_path_factory.mktemp("tfds")
-  builder = pipeline.get_builder("synthetic_fundus", data_dir=str(tfds_dir), config="small")
-  config = load_config("demo_simclr", "quick")
-  config.data.data_dir = str(tfds_dir)
-  config.train.num_steps = 2
-  config.train.checkpoint_every = 1
+def run(tmp_path_factory, fundus_small_dir):
+  builder = pipeline.get_builder("synthetic_fundus", data_dir=str(fundus_small_dir), config="small")
+  config = run_testing.quick_config(fundus_small_dir, num_steps=2, checkpoint_every=1)
   workdir = tmp_path_factory.mktemp("run")
   pretrain_lib.pretrain(config, str(workdir), builder=builder)
   return config, builder, workdir
