@@ -204,6 +204,28 @@ def test_stage1_resumes_from_last_checkpoint(stage1, tmp_path):
   np.testing.assert_allclose(resumed["final_val_auroc"], summary["final_val_auroc"], atol=0.05)
 
 
+def test_stage1_sigterm_checkpoints_the_step_and_resumes(stage1, tfds_dir, tmp_path, monkeypatch):
+  import signal
+  from medssl_jax.train import guard
+  config, _, _, variables, summary = stage1
+  real = pl._Stream.batch
+
+  def batch(self, step, size):  # SIGTERM arrives while step 5 runs.
+    if step == 5 and self.seed[1] == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(self, step, size)
+
+  monkeypatch.setattr(pl._Stream, "batch", batch)
+  with pytest.raises(guard.Interrupted) as e:
+    pl.train(config, str(tmp_path))
+  assert e.value.code == 128 + signal.SIGTERM and e.value.step == 5
+  assert sorted(os.listdir(tmp_path / "pseudo_labeller" / "checkpoints")) == ["5"]
+  monkeypatch.setattr(pl._Stream, "batch", real)
+  _, resumed_vars, resumed = pl.train(config, str(tmp_path))
+  assert resumed["resumed_from_step"] == 5
+  jax.tree.map(np.testing.assert_array_equal, resumed_vars, jax.device_get(variables))
+
+
 def test_stage1_refuses_other_settings_and_missing_run(stage1, tfds_dir, tmp_path):
   _, workdir, _, _, _ = stage1
   with pytest.raises(ValueError, match=r"other settings.*steps: saved=12 now=13"):
