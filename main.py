@@ -31,7 +31,11 @@ def main(argv):
   from medssl_jax.train import distributed
   distributed.initialize(_CONFIG.value)  # Before anything touches a device (multi-host runs only).
   from medssl_jax import experiment
-  experiment.run(_CONFIG.value, _WORKDIR.value)
+  from medssl_jax.train import guard
+  try:
+    experiment.run(_CONFIG.value, _WORKDIR.value)
+  except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.
+    sys.exit(f"FATAL: {e}")
 
 
 def parse_flags(argv):

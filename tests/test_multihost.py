@@ -12,6 +12,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import pretrain as pretrain_lib
@@ -107,3 +108,43 @@ def test_two_processes_pretrain_like_one_and_resume(fundus_small_dir, tmp_path):
     resumed = [json.loads(l) for l in f][n_before:]
   assert [r["step"] for r in resumed] == [3, 4]
   np.testing.assert_array_equal([r["train/loss"] for r in resumed], [before[3], before[4]])
+
+
+def _dist(**kw):
+  from medssl_jax import config as config_lib
+  d = config_lib.base_config().distributed
+  for k, v in kw.items():
+    d[k] = v
+  return d
+
+
+def test_distributed_settings_from_config_environment_and_cluster():
+  from medssl_jax.train import distributed as dist
+  assert dist.settings(_dist(), {}) is None  # One process: nothing to join.
+  env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  assert dist.settings(_dist(), env) == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4,
+                                         "process_id": 3, "initialization_timeout": 300}
+  # The config wins over the environment, process_id 0 included; local devices and the timeout pass through.
+  got = dist.settings(_dist(coordinator_address="h:9", num_processes=2, process_id=0, local_device_ids=(1,),
+                            initialization_timeout=60), env)
+  assert got == {"coordinator_address": "h:9", "num_processes": 2, "process_id": 0, "local_device_ids": [1],
+                 "initialization_timeout": 60}
+  assert dist.settings(_dist(num_processes=1), {}) is None
+  # SLURM / Open MPI / TPU pods with several tasks: jax detects the rest itself.
+  assert dist.settings(_dist(), {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}) == {"initialization_timeout": 300}
+  assert dist.settings(_dist(), {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+  assert dist.settings(_dist(auto_detect=False), {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}) is None
+  with pytest.raises(ValueError, match=r"\['process_id'\] not set; set config.distributed.process_id or "
+                                       r"\$JAX_PROCESS_ID"):
+    dist.settings(_dist(auto_detect=False), {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
+
+
+def test_distributed_config_errors():
+  from medssl_jax import config as config_lib
+  for kw, match in (({"coordinator_address": "10.0.0.1"}, r"coordinator_address='10.0.0.1': expected 'host:port'"),
+                    ({"num_processes": 2, "process_id": 2}, r"process_id=2 must be in \[0, num_processes=2\)")):
+    c = config_lib.base_config()
+    for k, v in kw.items():
+      c.distributed[k] = v
+    with pytest.raises(ValueError, match=match):
+      config_lib.validate(c)
