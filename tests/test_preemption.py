@@ -80,13 +80,22 @@ def test_sigterm_at_a_random_step_then_resume_is_bit_identical(fundus_small_dir,
 
 
 def test_stop_signals_flag_then_second_ctrl_c_interrupts():
-  with guard_lib.StopSignals() as signals:
-    assert not signals.should_stop()
-    os.kill(os.getpid(), signal.SIGINT)
-    assert signals.requested == signal.SIGINT and signals.should_stop()
-    with pytest.raises(KeyboardInterrupt):
+  before = signal.getsignal(signal.SIGINT)
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # As in a terminal (CI may run us with SIGINT ignored).
+  try:
+    with guard_lib.StopSignals() as signals:
+      assert not signals.should_stop()
       os.kill(os.getpid(), signal.SIGINT)
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Restored on exit.
+      assert signals.requested == signal.SIGINT and signals.should_stop()
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Restored on exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # A process started to ignore SIGINT keeps ignoring it.
+    with guard_lib.StopSignals() as signals:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert not signals.requested and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, before)
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(fundus_small_dir, tmp_path):

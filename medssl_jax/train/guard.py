@@ -42,7 +42,8 @@ class Diverged(FloatingPointError):
 class StopSignals:
   """Context manager: SIGTERM / SIGINT set `requested` (the signal number) instead of killing the process.
 
-  Only the main thread can install handlers; elsewhere (e.g. a notebook worker thread) it does nothing.
+  Only the main thread can install handlers; elsewhere (e.g. a notebook worker thread) it does nothing, and a
+  signal the process was started to ignore (SIGINT under nohup or `&`) stays ignored.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -61,7 +62,8 @@ class StopSignals:
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       for s in self.SIGNALS:
-        self._previous[s] = signal.signal(s, self._handle)
+        if signal.getsignal(s) is not signal.SIG_IGN:  # Started to ignore it (nohup, `&`): keep ignoring it.
+          self._previous[s] = signal.signal(s, self._handle)
     return self
 
   def __exit__(self, *exc):
