@@ -161,3 +161,10 @@ def test_collapse_guard_stops_a_collapsing_run(fundus_small_dir, tmp_path):
   manager = ckpt_lib.make_manager(str(workdir))
   assert manager.all_steps() == [2]
   manager.close()
+
+
+def test_interrupted_says_where_to_resume_from():
+  e = guard_lib.Interrupted(signal.SIGTERM, 9, "/w/checkpoints", saved=8)  # Step 9's save skipped (collapse guard).
+  assert e.code == 143 and str(e).startswith("stopped by SIGTERM after step 9; checkpoint /w/checkpoints/8 holds")
+  e = guard_lib.Interrupted(signal.SIGINT, 3, "/w/checkpoints", saved=None)
+  assert e.code == 130 and "no checkpoint in /w/checkpoints yet: rerunning starts over" in str(e)

@@ -23,16 +23,21 @@ from medssl_jax.train import distributed
 
 
 class Interrupted(SystemExit):
-  """Raised after the checkpoint of an interrupted run is written; its code is 128 + the signal number."""
+  """Raised after the checkpoint of an interrupted run is written; its code is 128 + the signal number.
 
-  def __init__(self, signum: int, step: int, directory: str):
-    self.signum, self.step, self.directory = signum, step, directory
+  `step`: the last step run; `saved`: the step of the checkpoint to resume from (None: none yet; it is `step`
+  unless the collapse guard skipped that save)."""
+
+  def __init__(self, signum: int, step: int, directory: str, *, saved: int | None):
+    self.signum, self.step, self.directory, self.saved = signum, step, directory, saved
     super().__init__(128 + signum)
 
   def __str__(self):
-    return (f"stopped by {signal.Signals(self.signum).name} after step {self.step}; checkpoint "
-            f"{self.directory}/{self.step} holds the state and the data iterator position; rerun the same "
-            "command to resume exactly where it stopped")
+    name = signal.Signals(self.signum).name
+    if self.saved is None:
+      return f"stopped by {name} after step {self.step}; no checkpoint in {self.directory} yet: rerunning starts over"
+    return (f"stopped by {name} after step {self.step}; checkpoint {self.directory}/{self.saved} holds the state "
+            "and the data iterator position; rerun the same command to resume exactly where it stopped")
 
 
 class Diverged(FloatingPointError):
