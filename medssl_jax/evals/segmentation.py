@@ -569,9 +569,9 @@ def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, 
   and the probability panel is P(foreground) = 1 - P(class 0). Outside the FOV (when given) the probability
   and prediction panels are greyed out.
   """
+  # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
   import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
 
   images, masks, probs = np.asarray(images), np.asarray(masks), np.asarray(probs)
   if masks.ndim == 4:
@@ -586,7 +586,8 @@ def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, 
     k = probs.shape[-1]
     colours = ["black"] + [matplotlib.colormaps["tab10"](i % 10) for i in range(k - 1)]
     class_cm = matplotlib.colors.ListedColormap(colours).with_extremes(bad="0.5")
-  fig, axes = plt.subplots(n, 4, figsize=(4 * 3 * w / max(h, w), n * 3 * h / max(h, w)), squeeze=False)
+  fig = Figure(figsize=(4 * 3 * w / max(h, w), n * 3 * h / max(h, w)))
+  axes = fig.subplots(n, 4, squeeze=False)
   for r in range(n):
     img = images[r, ..., 0] if images.shape[-1] == 1 else images[r]
     if classes:
@@ -612,7 +613,6 @@ def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, 
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
   fig.savefig(str(path), dpi=100)
-  plt.close(fig)
   return str(path)
 
 

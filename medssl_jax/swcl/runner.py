@@ -106,15 +106,15 @@ def _summarise_patches(builder, config, out_dir: str) -> dict:
 
 def _save_patch_grid(data, positions, thr, path, *, num_images: int = 6) -> str:
   """Rows = images (the most and the least abnormal ones), columns = the five positions."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
+  from matplotlib.figure import Figure
 
   k = len(positions)
   per_image = data["abnormality"].reshape(-1, k).max(axis=1)
   order = np.argsort(-per_image)
   rows = list(order[:num_images // 2]) + list(order[::-1][:num_images - num_images // 2])
-  fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.7 * len(rows)), squeeze=False)
+  fig = Figure(figsize=(1.6 * k, 1.7 * len(rows)))
+  axes = fig.subplots(len(rows), k, squeeze=False)
   for r, img in enumerate(rows):
     for c in range(k):
       i = img * k + c
@@ -126,7 +126,6 @@ def _save_patch_grid(data, positions, thr, path, *, num_images: int = 6) -> str:
   fig.suptitle(f"SWCL patches (most / least abnormal images; red: abnormality > {thr})", fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 

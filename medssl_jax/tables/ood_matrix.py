@@ -157,9 +157,9 @@ def format_csv(records) -> str:
 def plot_heatmap(table, records, path: str) -> str:
   """PNG heatmap of mean AUROC (rows: trained on, columns: tested on), cells annotated mean ± std;
   in-distribution cells outlined, missing cells grey."""
-  import matplotlib
-  matplotlib.use("Agg")  # No display on servers and CI.
-  import matplotlib.pyplot as plt
+  # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
+  import matplotlib.patches
+  from matplotlib.figure import Figure
   import numpy as np
   mat = build_matrix(ood_entries(records))
   rows, cols = mat["rows"], mat["columns"]
@@ -168,7 +168,8 @@ def plot_heatmap(table, records, path: str) -> str:
     values = _finite(cell["auroc"])
     if values:
       grid[rows.index(row), cols.index(col)] = float(np.mean(values))
-  fig, ax = plt.subplots(figsize=(2.2 + 2.0 * len(cols), 1.4 + 0.7 * len(rows)))
+  fig = Figure(figsize=(2.2 + 2.0 * len(cols), 1.4 + 0.7 * len(rows)))
+  ax = fig.subplots()
   cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")  # Missing cells grey.
   im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
   for (row, col), cell in mat["cells"].items():
@@ -180,7 +181,7 @@ def plot_heatmap(table, records, path: str) -> str:
       ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if mean < 0.6 else "black")
     if cell["in_distribution"]:
       # Inset, so the outline of an in-distribution cell does not also frame its neighbours.
-      ax.add_patch(plt.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=2))
+      ax.add_patch(matplotlib.patches.Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=2))
   ax.set_xticks(range(len(cols)), [c.replace("/", "/\n") for c in cols], fontsize=7)
   ax.set_yticks(range(len(rows)), [r.replace(" · ", "\n", 1) for r in rows], fontsize=7)
   ax.set_xlabel("tested on (red: in-distribution)")
@@ -189,7 +190,6 @@ def plot_heatmap(table, records, path: str) -> str:
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path
 
 

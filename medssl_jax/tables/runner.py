@@ -638,9 +638,8 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   entries = [e for e in _entries(records) if _fraction(e["label_subset"]) is not None]
   if len({_fraction(e["label_subset"]) for e in entries}) < 2:
     return None
-  import matplotlib
-  matplotlib.use("Agg")  # No display on servers and CI.
-  import matplotlib.pyplot as plt
+  # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
+  from matplotlib.figure import Figure
   import numpy as np
   extra = _extra_axes(records)
   show_layer = _optional_columns(entries)[0]
@@ -653,7 +652,8 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
       label = f"{e['dataset']}: {label}"
     if e["auroc"] is not None and math.isfinite(e["auroc"]):
       lines.setdefault(label, {}).setdefault(_fraction(e["label_subset"]), []).append(e["auroc"])
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  fig = Figure(figsize=(6.4, 4.4))
+  ax = fig.subplots()
   for label, points in lines.items():
     xs = sorted(points)
     means = [float(np.mean(points[x])) for x in xs]
@@ -671,7 +671,6 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path
 
 

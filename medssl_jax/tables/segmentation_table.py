@@ -173,12 +173,12 @@ def write_outputs(table: dict, rows: list[dict], out_dir: str) -> list[str]:
 
 
 def _plot(table, rows, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
+  from matplotlib.figure import Figure
   import numpy as np
 
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+  fig = Figure(figsize=(9, 3.2))
+  axes = fig.subplots(1, 2)
   x = np.arange(len(rows))
   for ax, (key, label) in zip(axes, METRICS[:2]):
     err = [0.0 if r[key + "_std"] != r[key + "_std"] else r[key + "_std"] for r in rows]  # NaN: one seed.
@@ -195,7 +195,6 @@ def _plot(table, rows, path):
   fig.suptitle(table["name"], fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 _TABLE = flags.DEFINE_string("table", None, "Table file: configs/<file>.py[:variant].")
