@@ -1,0 +1,126 @@
+"""Helpers shared by the benchmark scripts: the benchmark config, synthetic batches, timing, compiled stats."""
+import os
+import statistics
+import time
+
+TEXT_OBJECTIVES = ("clip", "convirt", "joint")  # Need paired reports: not a plain image step.
+
+
+def device_line():
+  """One line naming the device, the backend, jax's version and the host's CPU count."""
+  import jax
+  d = jax.devices()[0]
+  return (f"device: {d.device_kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}, "
+          f"host CPUs: {os.cpu_count()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+
+
+def bench_config(*, objective="simclr", encoder="resnet18", size=28, batch=128, width=1.0, compute_dtype="float32",
+                 optimizer="adamw", stem=None):
+  """A validated config for one benchmark cell: 2 default SimCLR views of `size` px, `batch` records.
+
+  The ResNet stem is "cifar" below 64 px (as the MedMNIST configs) and "imagenet" from 64 px unless `stem`
+  is given; the ViT patch is 4 / 8 / 16 px at < 64 / < 224 / >= 224 px (the config's documented choices).
+  """
+  from medssl_jax import config as config_lib
+  from medssl_jax.augment import views as views_lib
+  c = config_lib.base_config()
+  c.mode = "pretrain"
+  c.data.image_size = size
+  c.model.encoder = encoder
+  c.model.width_multiplier = width if encoder.startswith("resnet") else 1.0
+  c.model.stem = stem or ("cifar" if size < 64 else "imagenet")
+  c.model.patch_size = 4 if size < 64 else (8 if size < 224 else 16)
+  c.model.compute_dtype = compute_dtype
+  c.objective.name = objective
+  c.objective.queue_size = max(batch, (4096 // batch) * batch)  # MoCo v2: a multiple of the batch.
+  c.augment.views = [views_lib.default_view(crop_size=size), views_lib.default_view(crop_size=size)]
+  c.train.batch_size = batch
+  c.train.optimizer = optimizer
+  c.train.base_learning_rate = 1e-3
+  c.train.weight_decay = 1e-6
+  return config_lib.validate(c)
+
+
+def synthetic_batch(config, mesh):
+  """A uint8 image batch (+ label, id) of config's size, sharded over the mesh (on the device)."""
+  import numpy as np
+
+  from medssl_jax.train import mesh as mesh_lib
+  b, s, ch = config.train.batch_size, config.data.image_size, config.data.channels
+  rng = np.random.default_rng(0)
+  return mesh_lib.shard_batch({"image": rng.integers(0, 256, (b, s, s, ch), dtype=np.uint8),
+                               "label": rng.integers(0, 2, b).astype(np.int32),
+                               "id": np.arange(b, dtype=np.int32)}, mesh)
+
+
+def compiled_stats(compiled):
+  """(GFLOP per call or None, XLA memory of arguments + temporaries in MiB or None) of a compiled jit."""
+  flops = mem = None
+  try:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    flops = float(ca["flops"]) / 1e9 if ca and ca.get("flops", -1) > 0 else None
+  except Exception:  # Not every backend / version reports it.
+    pass
+  try:
+    ma = compiled.memory_analysis()
+    mem = (ma.argument_size_in_bytes + ma.temp_size_in_bytes) / 2**20
+  except Exception:
+    pass
+  return flops, mem
+
+
+def device_peak_mib():
+  """The device's peak bytes in use in MiB (GPU / TPU), None where the backend keeps no statistics (CPU)."""
+  import jax
+  stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+  return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+
+
+def time_steps(call, carry, *, steps):
+  """Seconds per call of `steps` calls of carry = call(carry) (each waited for), after one warm-up call.
+
+  `call` must return the new carry (donated inputs are replaced). Returns (median s, carry); the best
+  (minimum) time is kept in time_steps.last_min: on a shared machine other jobs only ever add time, so
+  the minimum is the steadier estimate of the step's own cost.
+  """
+  import jax
+  carry = call(carry)
+  jax.block_until_ready(carry)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    carry = call(carry)
+    jax.block_until_ready(carry)
+    times.append(time.perf_counter() - t0)
+  time_steps.last_min = min(times)
+  return statistics.median(times), carry
+
+
+def train_step_cell(config, *, steps):
+  """Compiles and times one config's full train step. Returns a dict of the measurements."""
+  import jax
+
+  from medssl_jax.train import mesh as mesh_lib
+  from medssl_jax.train import pretrain as pretrain_lib
+  from medssl_jax.train import step as step_lib
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  model, objective, tx, schedule = pretrain_lib.build(config)
+  state = mesh_lib.replicate(pretrain_lib.init_train_state(config, model, tx, jax.random.key(0)), mesh)
+  batch = synthetic_batch(config, mesh)
+  key = jax.random.key(1)
+  step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch, key).compile()
+  compile_s = time.perf_counter() - t0
+  gflop, mem = compiled_stats(compiled)
+  dt, _ = time_steps(lambda s: compiled(s, batch, key)[0], state, steps=steps)
+  b = config.train.batch_size
+  return {"ms": dt * 1e3, "min_ms": time_steps.last_min * 1e3, "images_s": b / dt, "gflop": gflop, "xla_mib": mem,
+          "device_peak_mib": device_peak_mib(),
+          "compile_s": compile_s}
+
+
+def fmt(x, spec=".0f"):
+  """`x` formatted with `spec`, or "-" when it is None (a figure the backend does not report)."""
+  return "-" if x is None else format(x, spec)

@@ -1,0 +1,276 @@
+"""The same SimCLR ResNet step in JAX (this repo) and in PyTorch, timed in one run, with their ratio.
+
+Usage:
+  python benchmarks/torch_compare.py [--size=28] [--batch=128] [--width=1.0] [--steps=5] [--stem=cifar]
+      [--optimizer=adamw] [--compute_dtype=float32] [--torch_channels_last] [--peak_tflops=0] [--quick]
+
+Both sides: ResNet-18 (medssl_jax/torch_resnet.py mirrors models/resnet.py: same widths, stem, SAME padding),
+SimCLR's projector (Dense 2048 no bias -> BN -> ReLU -> Dense 128), NT-Xent at temperature 0.1 over the 2B
+views, the optimizer (AdamW, lr 1e-3, or SGD + Nesterov momentum 0.9), fp32, all host threads
+(torch.set_num_threads(os.cpu_count()); XLA uses every core by default). The JAX and PyTorch steps are
+timed in alternation (one of each per round, --steps rounds after a warm-up step each; JAX compiled before),
+each step waited for, so both see the same background load; the median and the best are printed (on a
+shared machine the best is the steadier: other jobs only add time).
+
+Two rows per side:
+  model only  the two views already made (float, normalised, on the device): forward of both views as one
+              2B batch (BatchNorm over all views, as in SimCLR), backward, optimizer update.
+              JAX: encode_views + the SIMCLR objective + optax, jitted with the state donated.
+  full step   JAX: medssl_jax.train.step.make_train_step (the trainer's step: both views augmented on the
+              device from the uint8 batch with the default SimCLR policy -- random resized crop, flip, colour
+              jitter incl. hue, grayscale, Gaussian blur -- plus the collapse monitors (an SVD of the features
+              and of the projections) and the LR schedule / grad-norm metrics).
+              PyTorch: the same model-only step after a batched on-tensor augmentation of the same cost class
+              (random resized crop + flip through one affine_grid / grid_sample, brightness / contrast /
+              saturation, a YIQ hue rotation, grayscale, per-image Gaussian blur as a grouped separable conv);
+              torchvision's per-image PIL pipeline is not used (it runs in data-loader workers instead).
+The ratios printed are JAX images/s / PyTorch images/s (> 1: JAX faster), of the medians and of the bests.
+"""
+import math
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+
+import bench_lib as sm
+
+_SIZE = flags.DEFINE_integer("size", 28, "Image and view size (px).")
+_BATCH = flags.DEFINE_integer("batch", 128, "Records per step (2 views each: 2x this many encoder images).")
+_WIDTH = flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
+_DEPTH = flags.DEFINE_enum("encoder", "resnet18", ["resnet18", "resnet50"], "Encoder on both sides.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (median kept).")
+_STEM = flags.DEFINE_enum("stem", None, ["cifar", "imagenet"], "Stem (default: cifar below 64 px, else imagenet).")
+_OPT = flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer on both sides.")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "JAX encoder compute dtype "
+                           "(the PyTorch side stays fp32; bf16 there would need autocast).")
+_PAD = flags.DEFINE_enum("torch_padding", "same", ["same", "torch"], "PyTorch ResNet padding: 'same' mirrors ours "
+                          "(F.pad before stride-2 3x3 convs), 'torch' is torchvision's symmetric conv padding.")
+_CL = flags.DEFINE_bool("torch_channels_last", False, "PyTorch in channels_last (NHWC) memory format.")
+_SIDES = flags.DEFINE_list("sides", "jax,torch", "Which sides to run.")
+_MODES = flags.DEFINE_list("modes", "model,full", "'model' (views made) and / or 'full' (with augmentation).")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for the JAX MFU (0 = not printed).")
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke preset: batch 16, width 0.125, 2 steps.")
+
+TEMPERATURE = 0.1
+LR = 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- JAX side
+
+def jax_model_only(config):
+  """(run, GFLOP/step): run() does one JAX model-only step on fixed pre-made views and waits for it."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from medssl_jax.train import pretrain as pretrain_lib
+  from medssl_jax.train import step as step_lib
+  model, objective, tx, _ = pretrain_lib.build(config)
+  state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
+  b, s = config.train.batch_size, config.data.image_size
+  k1, k2 = jax.random.split(jax.random.key(2))
+  views = [jax.random.normal(k1, (b, s, s, 3)), jax.random.normal(k2, (b, s, s, 3))]
+  labels = jnp.arange(b)
+
+  def step(carry, views, labels):
+    params, batch_stats, opt_state = carry
+
+    def loss_fn(params):
+      outs, new_stats = step_lib.encode_views(model, params, batch_stats, views)
+      loss, _, _ = objective.loss(student=outs, teacher=None, batch={"label": labels}, state={}, step=0,
+                                  config=config)
+      return loss, new_stats
+
+    (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state
+
+  box = [(state.params, state.batch_stats, state.opt_state)]
+  compiled = jax.jit(step, donate_argnums=(0,)).lower(box[0], views, labels).compile()
+
+  def run():
+    box[0] = jax.block_until_ready(compiled(box[0], views, labels))
+  return run, sm.compiled_stats(compiled)[0]
+
+
+def jax_full(config):
+  """(run, GFLOP/step): run() does one step of the trainer's make_train_step (augmentation included)."""
+  import jax
+
+  from medssl_jax.train import mesh as mesh_lib
+  from medssl_jax.train import pretrain as pretrain_lib
+  from medssl_jax.train import step as step_lib
+  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  model, objective, tx, schedule = pretrain_lib.build(config)
+  box = [mesh_lib.replicate(pretrain_lib.init_train_state(config, model, tx, jax.random.key(0)), mesh)]
+  batch, key = sm.synthetic_batch(config, mesh), jax.random.key(1)
+  step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
+  compiled = step.lower(box[0], batch, key).compile()
+
+  def run():
+    box[0] = jax.block_until_ready(compiled(box[0], batch, key)[0])
+  return run, sm.compiled_stats(compiled)[0]
+
+
+# ------------------------------------------------------------------------------------------ PyTorch side
+
+def torch_model(depth, width, stem, padding="same"):
+  """ResNet (medssl_jax.torch_resnet, SAME padding as ours) + SimCLR projector, in train mode."""
+  from torch import nn
+
+  from medssl_jax.torch_resnet import ResNet
+  backbone = ResNet(depth=depth, width_multiplier=width, stem=stem, padding=padding)
+  projector = nn.Sequential(nn.Linear(backbone.num_features, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(),
+                            nn.Linear(2048, 128))
+  return nn.Sequential(backbone, projector).train()
+
+
+def nt_xent(z, temperature):
+  """SimCLR's loss over [2B, D] projections (view 1 rows then view 2 rows)."""
+  import torch
+  import torch.nn.functional as F
+  z = F.normalize(z, dim=1)
+  n = z.shape[0] // 2
+  logits = z @ z.T / temperature
+  logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+  target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+  return F.cross_entropy(logits, target)
+
+
+def torch_augment(images_u8, size, gen):
+  """One batched SimCLR view of a uint8 NHWC batch -> normalised float NCHW [B, 3, size, size]."""
+  import torch
+  import torch.nn.functional as F
+  x = images_u8.permute(0, 3, 1, 2).float() / 255.0
+  b = x.shape[0]
+  u = lambda lo, hi: torch.rand(b, generator=gen) * (hi - lo) + lo
+  # Random resized crop (scale 0.2-1, ratio 3/4-4/3) + horizontal flip as one affine resampling.
+  area, logr = u(0.2, 1.0), u(math.log(3 / 4), math.log(4 / 3))
+  w = torch.sqrt(area * torch.exp(logr)).clamp(max=1.0)
+  h = torch.sqrt(area / torch.exp(logr)).clamp(max=1.0)
+  cx, cy = u(-1, 1) * (1 - w), u(-1, 1) * (1 - h)
+  flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+  theta = torch.zeros(b, 2, 3)
+  theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
+  grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+  x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+  # Colour jitter with p 0.8: brightness, contrast, saturation 0.4, hue 0.1 (as a YIQ rotation).
+  on = (torch.rand(b, generator=gen) < 0.8).float().view(b, 1, 1, 1)
+  gray = lambda t: (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]).unsqueeze(1)
+  y = x * u(0.6, 1.4).view(b, 1, 1, 1)
+  m = gray(y).mean(dim=(2, 3), keepdim=True)
+  y = (y - m) * u(0.6, 1.4).view(b, 1, 1, 1) + m
+  g = gray(y)
+  y = (y - g) * u(0.6, 1.4).view(b, 1, 1, 1) + g
+  a = u(-0.1, 0.1) * 2 * math.pi
+  to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+  rot = torch.zeros(b, 3, 3)
+  rot[:, 0, 0], rot[:, 1, 1], rot[:, 2, 2] = 1, torch.cos(a), torch.cos(a)
+  rot[:, 1, 2], rot[:, 2, 1] = -torch.sin(a), torch.sin(a)
+  mat = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+  y = torch.einsum("bij,bjhw->bihw", mat, y).clamp(0, 1)
+  x = on * y + (1 - on) * x
+  # Grayscale with p 0.2.
+  gs = (torch.rand(b, generator=gen) < 0.2).float().view(b, 1, 1, 1)
+  x = gs * gray(x).expand_as(x) + (1 - gs) * x
+  # Gaussian blur with p 0.5, sigma 0.1-2, kernel ~10% of the size (odd): per-image separable grouped conv.
+  k = max(3, int(0.1 * size) // 2 * 2 + 1)
+  sigma = torch.where(torch.rand(b, generator=gen) < 0.5, u(0.1, 2.0), torch.full((b,), 1e-3))
+  t = torch.arange(k, dtype=torch.float32) - k // 2
+  ker = torch.exp(-t[None] ** 2 / (2 * sigma[:, None] ** 2))
+  ker = (ker / ker.sum(1, keepdim=True)).repeat_interleave(3, 0)  # [3B, k]
+  z = F.pad(x.reshape(1, 3 * b, size, size), (k // 2,) * 4, mode="reflect")
+  z = F.conv2d(z, ker.view(3 * b, 1, 1, k), groups=3 * b)
+  z = F.conv2d(z, ker.view(3 * b, 1, k, 1), groups=3 * b)
+  return (z.view(b, 3, size, size) - 0.5) / 0.5
+
+
+def torch_step(*, depth, width, stem, size, batch, optimizer, full, channels_last, padding="same"):
+  """run() doing one PyTorch step (model only, or after torch_augment of both views)."""
+  import numpy as np
+  import torch
+  torch.manual_seed(0)
+  model = torch_model(depth, width, stem, padding)
+  if channels_last:
+    model = model.to(memory_format=torch.channels_last)
+  if optimizer == "adamw":
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-6)
+  else:
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=1e-6)
+  gen = torch.Generator().manual_seed(1)
+  images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+  fixed = torch.randn(2 * batch, 3, size, size, generator=gen)
+
+  def run():
+    x = torch.cat([torch_augment(images, size, gen), torch_augment(images, size, gen)]) if full else fixed
+    if channels_last:
+      x = x.contiguous(memory_format=torch.channels_last)
+    opt.zero_grad(set_to_none=True)
+    loss = nt_xent(model(x), TEMPERATURE)
+    loss.backward()
+    opt.step()
+    loss.item()
+  return run
+
+
+def interleaved_times(runs, *, steps):
+  """{name: [seconds]} of `steps` rounds, each timing one call of every run() in turn after one warm-up
+  call each, so that every side sees the same background load."""
+  for run in runs.values():
+    run()
+  times = {name: [] for name in runs}
+  for _ in range(steps):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - t0)
+  return times
+
+
+def main(_):
+  import torch
+  batch, width, steps = _BATCH.value, _WIDTH.value, _STEPS.value
+  if _QUICK.value:
+    batch, width, steps = 16, 0.125, 2
+  size = _SIZE.value
+  stem = _STEM.value or ("cifar" if size < 64 else "imagenet")
+  torch.set_num_threads(os.cpu_count())
+  print(sm.device_line())
+  print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, channels_last={_CL.value}, "
+        f"padding={_PAD.value}")
+  print(f"{_DEPTH.value} x{width} {stem} stem, {size} px, batch {batch} x 2 views, {_OPT.value}, JAX "
+        f"{_DTYPE.value}, median / best of {steps} interleaved rounds")
+  config = sm.bench_config(encoder=_DEPTH.value, size=size, batch=batch, width=width, stem=stem,
+                           optimizer=_OPT.value, compute_dtype=_DTYPE.value)
+  depth = int(_DEPTH.value[len("resnet"):])
+  line = lambda name, med, best: (f"{name:14s}: {med * 1e3:8.1f} ms/step, {batch / med:7.1f} images/s "
+                                  f"(best {best * 1e3:.1f} ms, {batch / best:.1f} images/s)")
+  for mode in _MODES.value:
+    runs, gflop = {}, None
+    if "jax" in _SIDES.value:
+      runs["JAX " + mode], gflop = (jax_model_only if mode == "model" else jax_full)(config)
+    if "torch" in _SIDES.value:
+      runs["PyTorch " + mode] = torch_step(depth=depth, width=width, stem=stem, size=size, batch=batch,
+                                           optimizer=_OPT.value, full=mode == "full", channels_last=_CL.value,
+                                           padding=_PAD.value)
+    times = interleaved_times(runs, steps=steps)
+    stats = {name: (statistics.median(t), min(t)) for name, t in times.items()}
+    for name, (med, best) in stats.items():
+      extra = ""
+      if name.startswith("JAX") and gflop:
+        extra = f", {gflop:.1f} GFLOP/step"
+        if _PEAK.value:
+          extra += f", MFU {gflop / best / (_PEAK.value * 1e3) * 100:.1f}% (best)"
+      print(line(name, med, best) + extra, flush=True)
+    if len(stats) == 2:
+      (jm, jb), (tm, tb) = stats["JAX " + mode], stats["PyTorch " + mode]
+      print(f"ratio JAX/PyTorch images/s ({mode}): {tm / jm:.2f}x of medians, {tb / jb:.2f}x of bests", flush=True)
+
+if __name__ == "__main__":
+  app.run(main)
