@@ -30,6 +30,7 @@ import numpy as np
 
 from medssl_jax.models import convert_torch
 from medssl_jax.models.resnet import STAGE_SIZES, BasicBlock, Bottleneck
+from medssl_jax.train import checkpoint as ckpt_lib
 
 FORMAT = "medssl_jax.resnet/1"
 SUFFIXES = (".safetensors", ".npz")
@@ -45,6 +46,18 @@ def sidecar_path(out: str) -> str:
   return out + ".json"
 
 
+def check_out(out: str) -> str:
+  """`out`'s suffix, after checking it is a known type and that neither it nor its .npz sidecar exists."""
+  suffix = os.path.splitext(out)[1].lower()
+  if suffix not in SUFFIXES:
+    raise ValueError(f"--out={out!r}: unknown file type {suffix!r}; expected one of {list(SUFFIXES)}")
+  existing = [t for t in [out] + ([sidecar_path(out)] if suffix == ".npz" else []) if os.path.exists(t)]
+  if existing:
+    raise FileExistsError(f"{existing[0]!r} already exists; refusing to overwrite it: pass a new --out or "
+                          "delete that file")
+  return suffix
+
+
 def read_config(workdir: str) -> dict:
   """The run's config as saved in <workdir>/config.json (a plain dict)."""
   path = os.path.join(workdir, "config.json")
@@ -55,19 +68,9 @@ def read_config(workdir: str) -> dict:
     return json.load(f)
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """The steps with a finished checkpoint under <workdir>/checkpoints, ascending."""
-  root = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(d) for d in os.listdir(root)
-                if d.isdigit() and os.path.isdir(os.path.join(root, d, "state")))
-
-
 def read_provenance(workdir: str, *, step: int) -> dict:
   """What the checkpoint records about how it was made (code / package versions, data fingerprint, devices),
   without its config and step, which are metadata keys of their own."""
-  from medssl_jax.train import checkpoint as ckpt_lib
   return {k: v for k, v in ckpt_lib.read_provenance(workdir, step=step).items() if k not in ("config", "step")}
 
 
@@ -79,7 +82,7 @@ def restore_variables(workdir: str, *, step: int | None = None) -> tuple[int, di
   """
   import jax
   import orbax.checkpoint as ocp
-  steps = checkpoint_steps(workdir)
+  steps = ckpt_lib.checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints; run mode=pretrain "
                             "with this --workdir first")
@@ -164,14 +167,7 @@ def make_metadata(config: Mapping, *, step: int, provenance: Mapping | None = No
 
 def write(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str], out: str) -> None:
   """Writes `tensors` + `metadata` to `out` (.safetensors, or .npz + <out>.json); never overwrites."""
-  suffix = os.path.splitext(out)[1].lower()
-  if suffix not in SUFFIXES:
-    raise ValueError(f"--out={out!r}: unknown file type {suffix!r}; expected one of {list(SUFFIXES)}")
-  targets = [out] + ([sidecar_path(out)] if suffix == ".npz" else [])
-  existing = [t for t in targets if os.path.exists(t)]
-  if existing:
-    raise FileExistsError(f"{existing[0]!r} already exists; refusing to overwrite it: pass a new --out or "
-                          "delete that file")
+  suffix = check_out(out)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = out + ".partial"  # Written whole, then renamed: an interrupted export leaves no truncated file at `out`.
   if suffix == ".safetensors":
@@ -191,12 +187,7 @@ def export(workdir: str, out: str, *, step: int | None = None, include_head: boo
   config = read_config(workdir)
   if config.get("model", {}).get("encoder") not in RESNETS:  # Before restoring anything.
     make_metadata(config, step=0)
-  suffix = os.path.splitext(out)[1].lower()
-  if suffix not in SUFFIXES:
-    raise ValueError(f"--out={out!r}: unknown file type {suffix!r}; expected one of {list(SUFFIXES)}")
-  for t in [out] + ([sidecar_path(out)] if suffix == ".npz" else []):
-    if os.path.exists(t):  # Checked before the (possibly slow) restore, and again by `write`.
-      raise FileExistsError(f"{t!r} already exists; refusing to overwrite it: pass a new --out or delete that file")
+  suffix = check_out(out)  # Before the (possibly slow) restore, and again by `write`.
   step, variables = restore_variables(workdir, step=step)
   backbone, heads = split_backbone(variables)
   tensors = backbone_state_dict(backbone)

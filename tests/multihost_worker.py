@@ -38,9 +38,9 @@ config.train.num_steps = args.num_steps
 config.train.log_every = 1
 config.train.checkpoint_every = 2
 # Learning rate 0: every step's loss is then a function of that step's global batch, augmentation keys and
-# the (unchanged) parameters only. Any nonzero rate would not compare: SimCLR with AdamW turns float
-# reduction-order noise (gloo vs in-process all-reduce, ~1e-7) into 1e-3 loss differences within 4 steps
-# even on one host between device layouts; the gradients themselves are compared by --grads.
+# the (unchanged) parameters only. Any nonzero rate would not compare: SimCLR with AdamW amplifies float
+# reduction-order noise (gloo vs in-process all-reduce) into loss differences of ~1e-3 within 4 steps (seen
+# with an ad-hoc script), even on one host between device layouts; the gradients are compared by --grads.
 config.train.base_learning_rate = 0.0
 config.distributed.coordinator_address = f"127.0.0.1:{args.port}"
 config.distributed.num_processes = args.num_processes

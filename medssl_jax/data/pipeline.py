@@ -111,12 +111,13 @@ def builder_from_config(data_config) -> Builder:
   manual_dir; empty strings mean the defaults)."""
   get = functools.partial(get_builder, data_config.builder, data_dir=data_config.data_dir or None,
                           config=data_config.builder_config or None, manual_dir=data_config.manual_dir or None)
-  if jax.process_count() > 1:  # Process 0 builds a missing dataset once; the others wait, then open it.
-    from jax.experimental import multihost_utils
-    if jax.process_index() == 0:
-      get()
-    multihost_utils.sync_global_devices(f'dataset {data_config.builder} prepared')
-  return get()
+  if jax.process_count() == 1:
+    return get()
+  # Process 0 builds a missing dataset once; the others wait, then open it.
+  from jax.experimental import multihost_utils
+  builder = get() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f'dataset {data_config.builder} prepared')
+  return builder or get()
 
 
 def _as_builder(builder: Builder | str) -> Builder:

@@ -570,9 +570,7 @@ def train(config, workdir: str, *, mesh=None):
         print(f"{line} | {rate:.2f} steps/s | ETA {(s.steps - step) / rate:.0f}s", flush=True)
       if signals.should_stop() and step < s.steps:  # (The last step finishes normally.)
         save(step)
-        stopped = guard_lib.Interrupted(signals.requested, step, str(manager.directory), saved=step)
-        print(stopped, flush=True)
-        raise stopped
+        signals.interrupt(step, str(manager.directory), saved=step)
 
   if start >= s.steps:  # Interrupted after the last checkpoint but before the summary: score it again.
     progress["val_curve"] = [v for v in progress["val_curve"] if v["step"] != s.steps] + [evaluate(s.steps)]

@@ -128,9 +128,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, *, data_iter:
   args = {"state": ocp.args.StandardRestore(abstract_state)}
   # A fresh manager has no handlers registered yet, so ask the directory rather than item_metadata.
   iters = os.path.join(folder, "data_iters")
-  if not data_iter:
-    pass
-  elif os.path.isdir(iters):
+  if data_iter and os.path.isdir(iters):
     n = jax.process_count()
     mine = os.path.join(iters, f"process_{jax.process_index()}-of-{n}.json")
     if not os.path.exists(mine):
@@ -139,7 +137,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, *, data_iter:
                        f"this run has {n} process(es), and record shards would not continue where they stopped. "
                        "Resume with the process count that wrote it, or start a new --workdir")
     args["data_iters"] = grain.checkpoint.CheckpointRestore(item=_IteratorJson())
-  elif os.path.isdir(os.path.join(folder, "data_iter")):
+  elif data_iter and os.path.isdir(os.path.join(folder, "data_iter")):
     if jax.process_count() > 1:
       raise ValueError(f"checkpoint {folder} has one data iterator state (written by a single-process run "
                        f"before multi-host support); resume it with one process")
@@ -185,11 +183,19 @@ def check_fits(state_dir: str, abstract_state):
                      "config.json beside the checkpoints says which); use that config, or a new --workdir")
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps with a finished checkpoint (a "state" item) under <workdir>/checkpoints, ascending."""
+  root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit() and os.path.isdir(os.path.join(root, d, "state")))
+
+
 def read_provenance(workdir: str, *, step: int | None = None) -> dict:
   """The provenance record of a checkpoint in `workdir` (default: the latest); checkpoints from before
   provenance records existed give {"config": config.json} only."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  steps = checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory}")
   step = steps[-1] if step is None else int(step)

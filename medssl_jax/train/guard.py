@@ -77,6 +77,12 @@ class StopSignals:
     self._previous = {}
     return False
 
+  def interrupt(self, step: int, directory: str, *, saved: int | None):
+    """Prints where the run stopped and what to resume from, then raises Interrupted (call after saving)."""
+    stopped = Interrupted(self.requested, step, directory, saved=saved)
+    print(stopped, flush=True)
+    raise stopped
+
   def should_stop(self) -> bool:
     """Whether to stop after this step; every process must call it at every step (collective on many)."""
     stop = distributed.any_process(self.requested != 0)

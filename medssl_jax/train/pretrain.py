@@ -216,9 +216,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
                   f"config.train.collapse_threshold={t.collapse_threshold} (keeping {describe_last()})", flush=True)
         if stop:
           manager.wait_until_finished()
-          stopped = guard_lib.Interrupted(signals.requested, step, str(manager.directory), saved=last_saved)
-          print(stopped, flush=True)
-          raise stopped
+          signals.interrupt(step, str(manager.directory), saved=last_saved)
   finally:
     if hasattr(it, "close"):  # Stops grain worker processes and frees their shared memory.
       it.close()
