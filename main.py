@@ -24,6 +24,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # orbax and TFDS log every checkpoint and shard at INFO; keep the progress lines readable.
     logging.set_verbosity(logging.WARNING)
+  import medssl_jax  # noqa: F401  First: sets the XLA:CPU flags before jax starts (medssl_jax/xla_cpu.py).
   import jax  # Imported here so --help stays fast.
   if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins when set.
     # A persistent compile cache makes the second run of a config start in seconds.

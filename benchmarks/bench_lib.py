@@ -3,6 +3,8 @@ import os
 import statistics
 import time
 
+import medssl_jax  # noqa: F401  Before the first JAX computation: sets the XLA:CPU flags (medssl_jax/xla_cpu.py).
+
 TEXT_OBJECTIVES = ("clip", "convirt", "joint")  # Need paired reports: not a plain image step.
 
 

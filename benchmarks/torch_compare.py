@@ -7,7 +7,8 @@ Usage:
 Both sides: ResNet-18 (medssl_jax/torch_resnet.py mirrors models/resnet.py: same widths, stem, SAME padding),
 SimCLR's projector (Dense 2048 no bias -> BN -> ReLU -> Dense 128), NT-Xent at temperature 0.1 over the 2B
 views, the optimizer (AdamW, lr 1e-3, or SGD + Nesterov momentum 0.9), fp32, all host threads
-(torch.set_num_threads(os.cpu_count()); XLA uses every core by default). The JAX and PyTorch steps are
+(torch.set_num_threads(os.cpu_count()); XLA uses every core, convolutions included since medssl_jax/xla_cpu.py
+keeps them out of YNNPACK: MEDSSL_XLA_CPU_TUNING=0 measures the jaxlib default). The JAX and PyTorch steps are
 timed in alternation (one of each per round, --steps rounds after a warm-up step each; JAX compiled before),
 each step waited for, so both see the same background load; the median and the best are printed (on a
 shared machine the best is the steadier: other jobs only add time).

@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+import medssl_jax  # noqa: E402,F401  Sets the XLA:CPU flags (medssl_jax/xla_cpu.py) before jax starts.
 import jax  # noqa: E402
 
 _CACHE = os.environ.get("MEDSSL_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "medssl_jax" / "xla"))
