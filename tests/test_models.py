@@ -61,25 +61,3 @@ def test_unknown_names():
     resnet("resnet19")
   with pytest.raises(ValueError, match="stem 'tiny'"):
     resnet("resnet18", stem="tiny").init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)
-
-
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 4), (1, 1, 1, 2), (3, 56, 56, 8)])
-def test_stem_max_pool_equals_flax_max_pool_values_and_gradients(shape):
-  import flax.linen as nn
-  import numpy as np
-  from medssl_jax.models.resnet import max_pool_3x3_s2
-  ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-  x = jax.random.normal(jax.random.key(1), shape)
-  out = max_pool_3x3_s2(x)
-  np.testing.assert_array_equal(out, ref(x))
-  weights = jax.random.normal(jax.random.key(2), out.shape)  # No ties in x: the gradients must agree exactly.
-  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
-  np.testing.assert_array_equal(grad(max_pool_3x3_s2), grad(ref))
-
-
-def test_stem_max_pool_shares_the_gradient_of_ties():
-  from medssl_jax.models.resnet import max_pool_3x3_s2
-  x = jnp.zeros((1, 4, 4, 1))  # Every window ties (all zeros): each output's gradient 1 is spread, not lost.
-  g = jax.grad(lambda x: jnp.sum(max_pool_3x3_s2(x)))(x)
-  assert float(jnp.sum(g)) == pytest.approx(4.0)  # 2x2 outputs.
-  assert float(jnp.min(g)) >= 0

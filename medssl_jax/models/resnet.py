@@ -125,7 +125,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(width(64), (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = max_pool_3x3_s2(x)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = conv(width(64), (3, 3), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
@@ -141,25 +141,6 @@ class ResNet(nn.Module):
     if return_stages:
       return features, stages
     return features
-
-
-def max_pool_3x3_s2(x):
-  """3x3 / stride 2 max-pool with 1 px of -inf padding (as torchvision's stem), as the max of 9 strided slices.
-
-  The same values as `nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))`, but its gradient is elementwise
-  selects that XLA fuses, instead of select_and_scatter: on CPU the pool's forward + backward is 3x faster and
-  a ResNet-18 x0.25 step at 224 px ~10% faster (benchmarks/README.md). At ties the gradient is shared between
-  the tied inputs rather than given to one; after a ReLU ties are mostly zeros, whose gradient the ReLU drops.
-  """
-  h, w = x.shape[1], x.shape[2]
-  ho, wo = (h + 1) // 2, (w + 1) // 2
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  out = None
-  for i in range(3):
-    for j in range(3):
-      window = xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2, :]
-      out = window if out is None else jnp.maximum(out, window)
-  return out
 
 
 def resnet(name: str, **kwargs) -> ResNet:

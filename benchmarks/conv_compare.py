@@ -1,0 +1,143 @@
+"""Each convolution of a ResNet-18, timed alone in JAX and in PyTorch: forward, input gradient, filter gradient.
+
+Usage:
+  python benchmarks/conv_compare.py [--size=28] [--width=1.0] [--images=128] [--steps=5] [--variants]
+
+The shapes are those of ResNet-18 at `--size` px (CIFAR stem below 64 px, ImageNet stem from 64 px) and
+`--width`, each once (the ResNet repeats most of them 2-4 times), batch `--images` (a SimCLR step with batch
+B runs 2B images). JAX: lax.conv_general_dilated NHWC/HWIO, SAME padding, jitted, the gradients from jax.vjp;
+PyTorch: nn.Conv2d (NCHW), the gradients from torch.autograd.grad minus the forward. Times in ms, best of
+`--steps`; the last column is PyTorch / JAX of forward + input gradient + filter gradient (a train step
+needs no input gradient for the stem). `--variants` adds the rewrites tried for the slowest ones: the filter gradient
+as a sum over 8 / 16 slices of the batch, and the 7x7 / 2 stem as a 4x4 conv after space-to-depth.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+import bench_lib  # noqa: E402  (imports medssl_jax first: its XLA:CPU setting applies)
+
+_SIZE = flags.DEFINE_integer("size", 28, "Input size (px).")
+_WIDTH = flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
+_IMAGES = flags.DEFINE_integer("images", 128, "Images per convolution call.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement (best kept).")
+_VARIANTS = flags.DEFINE_bool("variants", False, "Also time the rewrites tried (chunked filter gradient, space-to-depth stem).")
+
+
+def resnet18_convs(size, width):
+  """(name, input side, in channels, out channels, kernel, stride) of each distinct ResNet-18 convolution."""
+  w = lambda c: max(1, int(c * width))
+  convs = []
+  if size < 64:
+    convs.append(("stem 3x3", size, 3, w(64), 3, 1))
+    side = size
+  else:
+    convs.append(("stem 7x7/2", size, 3, w(64), 7, 2))
+    side = -(-size // 4)  # After the stride-2 conv and the stride-2 max-pool.
+  c = w(64)
+  convs.append(("stage1 3x3", side, c, c, 3, 1))
+  for stage in (2, 3, 4):
+    out = w(64 * 2 ** (stage - 1))
+    convs.append((f"stage{stage} 3x3/2", side, c, out, 3, 2))
+    convs.append((f"stage{stage} 1x1/2 proj", side, c, out, 1, 2))
+    side = -(-side // 2)
+    convs.append((f"stage{stage} 3x3", side, out, out, 3, 1))
+    c = out
+  return convs
+
+
+def best_ms(fn, steps):
+  fn()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return 1e3 * min(times)
+
+
+def jax_times(n, side, cin, cout, k, stride, steps):
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+  x = jax.random.normal(jax.random.key(0), (n, side, side, cin))
+  w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.05
+  conv = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dy = jnp.ones_like(conv(x, w))
+  fwd = jax.jit(conv)
+  dx = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+  dw = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+  return (best_ms(lambda: fwd(x, w).block_until_ready(), steps), best_ms(lambda: dx(x, w, dy).block_until_ready(), steps),
+          best_ms(lambda: dw(x, w, dy).block_until_ready(), steps)), (x, w, dy, conv)
+
+
+def torch_times(n, side, cin, cout, k, stride, steps):
+  import torch
+  x = torch.randn(n, cin, side, side, requires_grad=True)
+  conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+  with torch.no_grad():
+    dy = torch.ones_like(conv(x))
+  fwd = best_ms(lambda: conv(x), steps)
+  dx = best_ms(lambda: torch.autograd.grad(conv(x), [x], dy), steps) - fwd
+  dw = best_ms(lambda: torch.autograd.grad(conv(x), [conv.weight], dy), steps) - fwd
+  return fwd, dx, dw
+
+
+def variant_times(name, arrays, k, stride, steps):
+  """The rewrites tried: chunked filter gradient (any conv), space-to-depth (the 7x7/2 stem)."""
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+  x, w, dy, conv = arrays
+  rows = []
+  wgrad = lambda xs, ds: jax.vjp(lambda w: conv(xs, w), w)[1](ds)[0]
+  for chunks in (8, 16):
+    if x.shape[0] % chunks:
+      continue
+    s = x.shape[0] // chunks
+    f = jax.jit(lambda x, dy, s=s, chunks=chunks: sum(wgrad(x[i * s:(i + 1) * s], dy[i * s:(i + 1) * s]) for i in range(chunks)))
+    rows.append((f"{name}: filter gradient over {chunks} batch slices", best_ms(lambda f=f: f(x, dy).block_until_ready(), steps)))
+  if k == 7 and stride == 2 and x.shape[1] % 2 == 0:
+    def s2d(x, w):  # pad 3 -> pairs of pixels into channels; the 7x7 kernel zero-padded to 8x8 -> 4x4 x 4C.
+      n, h, wd, c = x.shape
+      xp = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
+      z = xp.reshape(n, (h + 6) // 2, 2, (wd + 6) // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, (h + 6) // 2, (wd + 6) // 2, 4 * c)
+      kk = jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0))).reshape(4, 2, 4, 2, c, -1).transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 4 * c, -1)
+      return lax.conv_general_dilated(z, kk, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    plain = lambda x, w: lax.conv_general_dilated(x, w, (2, 2), [(3, 3), (3, 3)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    for label, f in (("7x7/2 conv", plain), ("space-to-depth 4x4 conv", s2d)):
+      fw = jax.jit(lambda x, w, dy, f=f: jax.vjp(lambda w: f(x, w), w)[1](dy)[0])
+      dy2 = jnp.ones(jax.eval_shape(f, x, w).shape)
+      rows.append((f"{name}: {label}, forward + filter gradient", best_ms(lambda fw=fw: fw(x, w, dy2).block_until_ready(), steps)))
+  return rows
+
+
+def main(argv):
+  del argv
+  print(bench_lib.device_line())
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; ResNet-18 x{_WIDTH.value} at {_SIZE.value} px, "
+        f"{_IMAGES.value} images per call, best of {_STEPS.value}, ms")
+  print("| conv | in | JAX fwd / dx / dw | PyTorch fwd / dx / dw | PyTorch / JAX (fwd + dx + dw) |")
+  print("|---|---|---|---|---|")
+  extra = []
+  for name, side, cin, cout, k, stride in resnet18_convs(_SIZE.value, _WIDTH.value):
+    (jf, jx, jw), arrays = jax_times(_IMAGES.value, side, cin, cout, k, stride, _STEPS.value)
+    tf, tx, tw = torch_times(_IMAGES.value, side, cin, cout, k, stride, _STEPS.value)
+    print(f"| {name} | {side}x{side}x{cin} -> {cout} | {jf:.1f} / {jx:.1f} / {jw:.1f} | {tf:.1f} / {tx:.1f} / {tw:.1f} "
+          f"| {(tf + tx + tw) / (jf + jx + jw):.2f} |", flush=True)
+    if _VARIANTS.value:
+      extra += variant_times(name, arrays, k, stride, _STEPS.value)
+  for label, ms in extra:
+    print(f"{label}: {ms:.1f} ms")
+
+
+if __name__ == "__main__":
+  app.run(main)
