@@ -99,6 +99,20 @@ def time_steps(call, carry, *, steps):
   return statistics.median(times), carry
 
 
+def interleaved_times(runs, *, steps):
+  """{name: [seconds]} of `steps` rounds, each timing one call of every run() in turn after one warm-up
+  call each, so that every side sees the same background load."""
+  for run in runs.values():
+    run()
+  times = {name: [] for name in runs}
+  for _ in range(steps):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - t0)
+  return times
+
+
 def train_step_cell(config, *, steps):
   """Compiles and times one config's full train step. Returns a dict of the measurements."""
   import jax

@@ -13,7 +13,6 @@ as a sum over 8 / 16 slices of the batch, and the 7x7 / 2 stem as a 4x4 conv aft
 """
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,13 +52,8 @@ def resnet18_convs(size, width):
 
 
 def best_ms(fn, steps):
-  fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return 1e3 * min(times)
+  """Best of `steps` timed calls after one warm-up call, in ms."""
+  return 1e3 * min(bench_lib.interleaved_times({"call": fn}, steps=steps)["call"])
 
 
 def jax_times(n, side, cin, cout, k, stride, steps):

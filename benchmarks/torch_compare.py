@@ -31,7 +31,6 @@ import math
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -220,20 +219,6 @@ def torch_step(*, depth, width, stem, size, batch, optimizer, full, channels_las
   return run
 
 
-def interleaved_times(runs, *, steps):
-  """{name: [seconds]} of `steps` rounds, each timing one call of every run() in turn after one warm-up
-  call each, so that every side sees the same background load."""
-  for run in runs.values():
-    run()
-  times = {name: [] for name in runs}
-  for _ in range(steps):
-    for name, run in runs.items():
-      t0 = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - t0)
-  return times
-
-
 def main(_):
   import torch
   batch, width, steps = _BATCH.value, _WIDTH.value, _STEPS.value
@@ -260,7 +245,7 @@ def main(_):
       runs["PyTorch " + mode] = torch_step(depth=depth, width=width, stem=stem, size=size, batch=batch,
                                            optimizer=_OPT.value, full=mode == "full", channels_last=_CL.value,
                                            padding=_PAD.value)
-    times = interleaved_times(runs, steps=steps)
+    times = sm.interleaved_times(runs, steps=steps)
     stats = {name: (statistics.median(t), min(t)) for name, t in times.items()}
     for name, (med, best) in stats.items():
       extra = ""
