@@ -1,7 +1,7 @@
 """medssl_jax entry point: `python main.py --config=configs/<experiment>.py[:variant] --workdir=DIR`.
 
-What runs is chosen by `config.mode` (see medssl_jax/experiment.py). Any config value can be
-overridden on the command line, e.g. `--config.train.num_steps=100`.
+What runs is chosen by `config.mode`, looked up in the mode registry (medssl_jax/experiment.py). Any config
+value can be overridden on the command line, e.g. `--config.train.num_steps=100`.
 """
 import os
 import re
@@ -12,8 +12,15 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
-                                          lock_config=True)
+import medssl_jax  # noqa: F401  First: sets the XLA:CPU flags before jax starts (medssl_jax/xla_cpu.py).
+import jax  # noqa: E402  After medssl_jax, whose import sets the XLA:CPU flags.
+from medssl_jax import experiment
+from medssl_jax.train import distributed
+from medssl_jax.train import guard
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:variant]); config.mode chooses what runs: "
+    f"{', '.join(sorted(experiment.MODES))}.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -24,15 +31,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # orbax and TFDS log every checkpoint and shard at INFO; keep the progress lines readable.
     logging.set_verbosity(logging.WARNING)
-  import medssl_jax  # noqa: F401  First: sets the XLA:CPU flags before jax starts (medssl_jax/xla_cpu.py).
-  import jax  # Imported here so --help stays fast.
   if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins when set.
     # A persistent compile cache makes the second run of a config start in seconds.
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
-  from medssl_jax.train import distributed
   distributed.initialize(_CONFIG.value)  # Before anything touches a device (multi-host runs only).
-  from medssl_jax import experiment
-  from medssl_jax.train import guard
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value)
   except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.

@@ -23,6 +23,7 @@ Every variant ends with the linear probe (100% labels, plus a random encoder) an
 image<->report retrieval recall@k on the test split (<workdir>/retrieval.md).
 """
 from medssl_jax import config as config_lib
+from medssl_jax import experiment
 from medssl_jax.augment import views as views_lib
 from medssl_jax.evals import ood
 from tfds_builders.chexpert.chexpert_dataset_builder import LABELS as CHEXPERT_LABELS
@@ -44,7 +45,7 @@ def base(objective: str):
   """The paper-scale config of one arm (see the module docstring)."""
   if objective not in OBJECTIVES:
     raise ValueError(f"objective {objective!r}: expected one of {OBJECTIVES}")
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.mode = "pretrain_and_probe"
   c.data.builder = "mimic_cxr"
   c.data.builder_config = "frontal_u_ones_256"

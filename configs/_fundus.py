@@ -5,11 +5,12 @@ encoder (ResNet-18 x0.25 at 64 px), views and probe, so objectives are compared 
 file then sets what its paper prescribes. `with_quick` adds the `:quick` variant that CI runs.
 """
 from medssl_jax import config as config_lib
+from medssl_jax import experiment
 from medssl_jax.augment import views
 
 
 def base(objective: str):
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.mode = "pretrain_and_probe"
   c.seed = 0
   c.data.builder = "synthetic_fundus"

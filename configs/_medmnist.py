@@ -1,6 +1,6 @@
 """Shared base of the configs/medmnist_<recipe>.py family (not itself a config): the `:<dataset>[,quick]`
 argument and MedMNIST v2's data and encoder settings (28 px, mean/std 0.5, CIFAR-stem ResNet-18)."""
-from medssl_jax import config as config_lib
+from medssl_jax import experiment
 from medssl_jax.data import shared
 from tfds_builders.medmnist import DATASETS
 
@@ -21,7 +21,7 @@ def parse(arg, *, config_file: str):
 def base(name: str):
   """A base config reading medmnist/<name> (28 px) with MedMNIST v2's ResNet-18 (28) encoder."""
   task, channels, _, _ = DATASETS[name]
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.data.builder = "medmnist"
   c.data.builder_config = name
   c.data.manual_dir = str(shared.shared_data_dir() / name)

@@ -1,6 +1,6 @@
 """Representation analysis of a SimCLR encoder on real fundus photographs (config.mode = "analyze").
 
-Reproduces: issue 5's representation analysis (no published numbers): per layer (ResNet stages,
+Reproduces: the representation analysis (no published numbers): per layer (ResNet stages,
             backbone, projector), how far the classes have collapsed (neural-collapse NC1,
             tr(S_W)/tr(S_B), NC2, nearest-class-centre accuracy) for the pretrained encoder beside
             a random one; a t-SNE map per layer; Grad-CAM maps (probe head fitted on the training split)

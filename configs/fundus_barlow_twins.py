@@ -11,7 +11,7 @@ Adapted:    lambda stays the paper's 0.0051 (not 1/D): at initialisation the off
             and here (512 / 128), so the two terms keep the paper's balance. The paper's LARS
             (lr 0.2, weight decay 1.5e-6, batch 2048, 1000 epochs) is replaced by the shared fundus
             recipe (AdamW 2e-3, cosine) so objectives are compared on equal terms.
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 

@@ -4,7 +4,7 @@ Reproduces: BYOL (Grill et al. 2020) with this codebase's fundus recipe: EMA tar
             rising to 1, cosine), MLP predictor, the demo's views and probe protocol.
 Command:    python main.py --config=configs/fundus_byol.py --workdir=/tmp/fundus_byol
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small, for tests and smoke runs).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 

@@ -13,7 +13,7 @@ Reproduces: DINO (Caron et al. 2021) with this codebase's fundus recipe: EMA tea
 Command:    python main.py --config=configs/fundus_dino.py --workdir=/tmp/fundus_dino
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small: 2 global 64 px + 2 local
             32 px crops, head 64-64-32 -> K = 64, teacher temperature warm-up over 12 steps).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 from medssl_jax.augment import views

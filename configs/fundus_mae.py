@@ -9,7 +9,7 @@ Reproduces: MAE (He et al. 2022) with a ViT-Ti/8 encoder at 64 px (8x8 patches):
             expose betas).
 Command:    python main.py --config=configs/fundus_mae.py --workdir=/tmp/fundus_mae
 Variants:   `:quick` (40 steps on synthetic_fundus/small, decoder 1 block, for tests and smoke runs).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 from medssl_jax.augment import views

@@ -10,7 +10,7 @@ Reproduces: MoCo v2 (He et al. 2020; Chen et al. 2020, "Improved Baselines with 
 Command:    python main.py --config=configs/fundus_moco_v2.py --workdir=/tmp/fundus_moco_v2
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small, for tests and smoke runs;
             queue of one batch, momentum 0.9, base learning rate 0.1).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 

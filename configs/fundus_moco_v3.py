@@ -8,7 +8,7 @@ Reproduces: MoCo v3 (Chen, Xie & He 2021) with a ResNet: EMA key encoder (moment
             fundus views.
 Command:    python main.py --config=configs/fundus_moco_v3.py --workdir=/tmp/fundus_moco_v3
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small, for tests and smoke runs).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 

@@ -11,7 +11,7 @@ Adapted:    the paper trains with SGD (lr 0.05 x batch/256, momentum 0.9, weight
             constant learning rate for the predictor; here the shared fundus recipe (AdamW 2e-3, cosine,
             weight decay 1e-4) is kept so objectives are compared on equal terms, and the trainer has
             one schedule for all parameters.
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 

@@ -4,7 +4,7 @@ Reproduces: Supervised Contrastive Learning (Khosla et al. 2020) with the demo's
             probe: the fully supervised upper reference for the self-supervised objectives.
 Command:    python main.py --config=configs/fundus_supcon.py --workdir=/tmp/fundus_supcon
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 

@@ -10,7 +10,7 @@ Reproduces: SwAV (Caron et al. 2020) with this codebase's fundus recipe: multi-c
 Command:    python main.py --config=configs/fundus_swav.py --workdir=/tmp/fundus_swav
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small: 2 global 64 px crops, scale
             (0.4, 1), + 2 local 32 px crops, scale (0.05, 0.4); K = 32; for tests and smoke runs).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 from medssl_jax.augment import views

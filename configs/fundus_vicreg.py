@@ -10,7 +10,7 @@ Adapted:    the paper's LARS (base lr 0.2, weight decay 1e-6, batch 2048, 1000 e
             the shared fundus recipe (AdamW 2e-3, cosine) so objectives are compared on equal terms.
             The loss is the paper's equation (6); the official code halves the variance term
             (set objective.vicreg_std = 12.5 to match it).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the comparison tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
 

@@ -1,6 +1,6 @@
 """SimCLR pretraining on a MedMNIST training split (28 px), then evaluation on the same dataset.
 
-Reproduces: the SSL arm of issue 5's table 2 (configs/table_medmnist_ssl.py): SimCLR (Chen et al. 2020)
+Reproduces: the SSL arm of the MedMNIST label-fraction table (configs/table_medmnist_ssl.py): SimCLR (Chen et al. 2020)
             on the *training split only* (labels unused), CIFAR-stem ResNet-18 at 28 px as MedMNIST v2's
             "ResNet-18 (28)", then the encoder evaluated by eval.protocol (linear probe / kNN / fine-tune)
             at eval.train_subset labels, beside a randomly initialised encoder (compare_random_init; with

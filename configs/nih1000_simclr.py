@@ -8,15 +8,16 @@ Command:    python main.py --config=configs/nih1000_simclr.py --workdir=/tmp/nih
 Data:       nih_chestxray14/subset1000_patient_split from $MEDSSL_SHARED_DATA/nih_cxr14_1000_64px
             (override with --config.data.manual_dir=/path/holding/NIH1000). 1000 images, normal vs
             abnormal, split 60/20/20 by patient (seed 0).
-Expected / wall-clock: not yet measured as a table (issue 5 owns the real-data tables).
+Expected / wall-clock: not yet measured as a table.
 """
 from medssl_jax import config as config_lib
+from medssl_jax import experiment
 from medssl_jax.augment import views
 from medssl_jax.data import shared
 
 
 def get_config(arg=None):
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.mode = "pretrain_and_probe"
   c.data.builder = "nih_chestxray14"
   c.data.builder_config = "subset1000_patient_split"

@@ -1,4 +1,4 @@
-"""SimCLR on BCCD blood-cell crops, evaluated as particle embeddings (issue 7, the therapeutic-protein
+"""SimCLR on BCCD blood-cell crops, evaluated as particle embeddings (the therapeutic-protein
 particle study's questions on public microscopy data).
 
 Reproduces: no published number; the protocol of the particle study: SimCLR (Chen et al. 2020) pretrained on

@@ -1,7 +1,7 @@
 """Curricular SimCLR on PneumoniaMNIST (28 px): three pretext stages of increasing augmentation strength,
 each resuming from the last (de Andres Tame et al. 2023's curriculum of pretext tasks), then a linear probe.
 
-Reproduces: the curriculum arm of issue 7 beside the single-stage baseline configs/medmnist_simclr.py:
+Reproduces: the curriculum arm beside the single-stage baseline configs/medmnist_simclr.py:
             pneumoniamnist (same data, encoder, heads, optimizer, batch and total steps, 2000): SimCLR (Chen et
             al. 2020) on the training split only, CIFAR-stem ResNet-18 x0.25 at 28 px, then the frozen encoder
             linear-probed beside a random one. Stages (medssl_jax/train/curriculum.py):

@@ -1,6 +1,6 @@
 """CHASE_DB1 vessel segmentation: SWCL-pretrained vs SimCLR vs random-init encoders under one U-Net decoder.
 
-Reproduces: issue 6's table (Yap & Ng 2021 transfer to vessel segmentation): a U-Net decoder on each encoder,
+Reproduces: the SWCL transfer table (Yap & Ng 2021 transfer to vessel segmentation): a U-Net decoder on each encoder,
             trained on the 20 CHASE_DB1 training images (children 01-10) and scored on the 8 test images
             (children 11-14), pixel Dice / AUROC / accuracy pooled over the field of view, beside the
             published U-Net row (as reported in the R2U-Net paper, Alom et al. 2018).

@@ -1,7 +1,7 @@
 """Table: where to cut a SimCLR network (backbone vs. projector layers), linear probe and kNN, with
 neural-collapse measures per layer, on the quick fundus config.
 
-Reproduces: nothing published (synthetic data); the "guillotine" comparison of issue 5 (Bordes et al.
+Reproduces: nothing published (synthetic data); the "guillotine" comparison (Bordes et al.
             2023, "Guillotine regularization"): the same frozen SimCLR encoder probed at its backbone output
             (global average pool), after the projector's hidden layer (BN + ReLU) and at the projection, each
             beside a randomly initialised encoder (BatchNorm recalibrated) at the same layer; plus

@@ -1,4 +1,4 @@
-"""Table 1 of issue 5: the MedMNIST v2 ResNet-18 (28) recipe on RetinaMNIST and PneumoniaMNIST, 3 seeds.
+"""The MedMNIST v2 ResNet-18 (28) recipe on RetinaMNIST and PneumoniaMNIST, 3 seeds.
 
 Reproduces: MedMNIST v2's "ResNet-18 (28)" rows (Yang et al. 2023, TARGETS.md), with our code, beside the
             published numbers: supervised training from scratch (configs/medmnist_supervised.py: Adam 1e-3,

@@ -1,6 +1,6 @@
 """Out-of-distribution matrix for chest X-rays: PneumoniaMNIST <-> NIH1000, each model tested on both.
 
-Reproduces: issue 5's OOD protocol on the two real CXR datasets we have: a classifier trained on one
+Reproduces: the OOD protocol on the two real CXR datasets we have: a classifier trained on one
             dataset applied unchanged to the other's test split, which shares its label through a label map
             (medssl_jax/evals/ood.py). PneumoniaMNIST (paediatric, normal vs pneumonia) -> NIH1000 (adult,
             normal vs abnormal = any finding): {normal: normal, abnormal: pneumonia}; NIH1000 -> PneumoniaMNIST:

@@ -1,7 +1,12 @@
-"""The config schema: every key a run may set, its default, and validation with clear errors.
+"""The config schema: the core sections, the registry of the sections modes and projects own, and
+validation of the core sections with clear errors.
 
-Experiment files in configs/ start from `base_config()` and override what they reproduce; a key that
-is not in the schema (a typo) or a name that is not registered fails with the valid choices listed.
+`base_config()` holds the core sections every run reads (data, model, objective, text, augment, train,
+distributed, eval). A mode or project that needs settings of its own owns a section: it calls
+`register_section(name, defaults)` next to its code and checks the section itself.
+`medssl_jax.experiment.default_config()` (core + every registered section) is where experiment files in
+configs/ start; a key that is not in the schema (a typo) or a name that is not registered fails with the
+valid choices listed.
 """
 from __future__ import annotations
 
@@ -11,21 +16,40 @@ import difflib
 
 import ml_collections
 
+from medssl_jax import models
+from medssl_jax import objectives
 from medssl_jax.augment import views as views_lib
+from medssl_jax.data import pipeline
+from medssl_jax.data import subsets
+from medssl_jax.objectives import swcl as swcl_objective
 
-MODES = ("pretrain", "linear_eval", "pretrain_and_probe", "supervised", "analyze",
-         # SWCL stages (medssl_jax/swcl/): each a mode, and "swcl" runs them all in order, resuming.
-         "pseudo_label", "propagate", "patches", "transfer", "segmentation", "swcl",
-         # Microscopy particle embeddings (medssl_jax/evals/particles.py): pretrain without particles.holdout_class,
-         # then cluster quality, few-label classification and novelty of the held-out class.
-         "particles",
-         # Curricular pretraining (medssl_jax/train/curriculum.py): curriculum.stages in order, each resuming.
-         "curriculum")
 EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
+CORE_SECTIONS = ("data", "model", "objective", "text", "augment", "train", "distributed", "eval")
+
+_SECTIONS: dict[str, Callable[[], ml_collections.ConfigDict]] = {}
+
+
+def register_section(name: str, defaults: Callable[[], ml_collections.ConfigDict]):
+  """Adds the config section `name` (its defaults: a function returning a ConfigDict) that a mode or
+  project owns. Registering a name twice with another function is refused."""
+  if name in CORE_SECTIONS or name in ("mode", "seed"):
+    raise ValueError(f"config section {name!r} is a core section; a mode or project adds a section of its own")
+  if _SECTIONS.get(name, defaults) is not defaults:
+    raise ValueError(f"config section {name!r} is already registered by {_SECTIONS[name].__module__}")
+  _SECTIONS[name] = defaults
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The core sections plus every registered section (`medssl_jax.experiment.default_config()` registers
+  them all)."""
+  c = base_config()
+  for name, defaults in _SECTIONS.items():
+    c[name] = defaults()
+  return c
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults for every key. Experiment configs change values, never add keys."""
+  """Defaults of the core sections. Experiment configs change values, never add keys."""
   c = ml_collections.ConfigDict()
   c.mode = "pretrain_and_probe"
   c.seed = 0
@@ -173,7 +197,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.train_subset = ""
   c.eval.subset_seed = 0
   c.eval.subset_file = ""
-  # Where to cut (protocols linear_probe and knn; issue 5's "guillotine" comparison): the layers whose
+  # Where to cut (protocols linear_probe and knn; the "guillotine" comparison): the layers whose
   # frozen features are probed, named as medssl_jax.evals.representation.available_layers gives them for
   # the model, e.g. ("backbone", "projector/hidden1", "projector/out") or ResNet "stage1".."stage3".
   # The default probes the backbone output only, with the results keys and file names of before.
@@ -187,137 +211,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ordinal = False
   c.eval.bootstrap_samples = 1000
 
-  # mode "analyze" (medssl_jax/analysis.py): representation analysis of the pretrained encoder in the
-  # workdir (and a random-init one when eval.compare_random_init), written to <workdir>/analysis/.
-  c.analysis = ml_collections.ConfigDict()
-  c.analysis.split = ""                 # Records analysed ("" = data.test_split).
-  c.analysis.max_examples = 512         # At most this many (a seeded random subset, split order kept; 0 = all).
-  c.analysis.label_key = "label"        # Single-label class feature for colours / neural collapse (e.g. "eye").
-  c.analysis.layers = ()                # Layers (representation.available_layers names); () = all of them.
-  c.analysis.nc_weighting = "balanced"  # Neural-collapse class weighting: "balanced" or "samples".
-  c.analysis.embedding_method = "tsne"  # 2-D map per layer: "tsne", "pca" or "none".
-  # Attention maps: "auto" (grad_cam for ResNets, rollout for ViTs), "grad_cam" (linear probe head fit on
-  # data.train_split features), "label_free" (= grad_feature_norm), "activation_norm",
-  # "grad_feature_norm", "rollout" (ViT) or "none".
-  c.analysis.attention = "auto"
-  c.analysis.cam_target = "label"       # grad_cam target class: "label" (the true class) or "predicted".
-  c.analysis.num_attention_images = 16  # Images in the overlay grid PNG (maps are computed for all).
-  c.analysis.mask_key = ""              # Mask feature (e.g. "mask", "fov_mask"): fraction of attention inside.
-  # A mask computed from the images instead of read from a feature (exclusive with mask_key): "" = none,
-  # "lung_intensity" = lung fields found by a classical intensity segmentation of chest X-rays
-  # (medssl_jax/evals/lung_mask.py), for the attention-in-lung measure on data without lung masks.
-  c.analysis.derived_mask = ""
 
-  # Out-of-distribution targets (medssl_jax/evals/ood.py): the trained classifier scored on other datasets'
-  # splits sharing its label. A tuple of dicts: name, builder, label_map {target class: (source classes,)},
-  # optional builder_config, data_dir, manual_dir, split ("test"). Empty: no OOD evaluation.
-  c.ood = ml_collections.ConfigDict()
-  c.ood.targets = ()
-
-  # SWCL (Yap & Ng 2021), stages 1-3 (medssl_jax/swcl/): mode "pseudo_label" trains a semi-supervised
-  # classifier on `labelled` + the unlabelled `pool` (<workdir>/pseudo_labeller/); "propagate" runs it over
-  # the pool and writes images, class activation maps and pseudo-labels (<workdir>/propagation/);
-  # "patches" builds the five-patch TFDS dataset `swcl_patches` from them (<workdir>/patches/). Stage 4 is
-  # mode "pretrain" with objective "swcl" on that dataset; stage 5 is "transfer" / "segmentation".
-  c.swcl = ml_collections.ConfigDict()
-  c.swcl.labelled = ml_collections.ConfigDict()  # Images with image-level labels (e.g. ODIR, HRF).
-  c.swcl.labelled.builder = "synthetic_fundus"
-  c.swcl.labelled.builder_config = "small"
-  c.swcl.labelled.data_dir = ""
-  c.swcl.labelled.manual_dir = ""
-  c.swcl.labelled.train_split = "train"
-  c.swcl.labelled.val_split = "validation"  # Reported during training ("" = none).
-  # Unlabelled pool (e.g. EyePACS): a tuple of dicts {builder, split, optional builder_config, data_dir,
-  # manual_dir}; their labels, if any, are never read.
-  c.swcl.pool = ({"builder": "synthetic_fundus", "builder_config": "small", "split": "test"},)
-  c.swcl.image_size = 448               # Images of stages 2-3 (the patch source), pixels.
-  c.swcl.patch_size = 224               # Stage 3: five patches of this size (four corners + centre).
-  c.swcl.classifier_image_size = 224    # Stages 1-2: the pseudo-labeller's input size.
-  c.swcl.fit = "pad"                    # How non-square fundus images become square (data.fit choices).
-  c.swcl.steps = 2000                   # Stage 1 optimisation steps.
-  c.swcl.batch_size = 32                # Labelled images per step.
-  c.swcl.unlabelled_ratio = 1           # Unlabelled images per labelled one in a step (FixMatch's mu).
-  c.swcl.learning_rate = 1e-3           # AdamW, cosine decay.
-  c.swcl.weight_decay = 1e-4
-  c.swcl.confidence_threshold = 0.95    # FixMatch: weak-view confidence for an unlabelled target.
-  c.swcl.unlabelled_weight = 1.0        # lambda_u.
-  c.swcl.eval_every = 500               # Validation AUROC every N steps (0 = at the end only).
-  c.swcl.normal_classes = ("healthy",)  # Labelled classes that are not abnormal (abnormality = the rest).
-  c.swcl.flip_right_eyes = True         # Stage 3: mirror right eyes so positions match left eyes.
-  c.swcl.abnormality_threshold = 0.5    # Stage 3/4: a patch is abnormal when its score exceeds this.
-  c.swcl.pseudo_label_threshold = 0.5   # Multi-label pseudo-labels: probability above which a class is on.
-
-  # Transfer, classification (mode "transfer"): each target dataset evaluated with config.eval's protocol on
-  # the pretrained encoder (and random init). A tuple of dicts {name, builder, optional builder_config,
-  # data_dir, manual_dir, train_split, val_split, test_split, image_size, fit, ordinal}; results in
-  # <workdir>/transfer/<name>/.
-  c.transfer = ml_collections.ConfigDict()
-  c.transfer.targets = ()
-
-  # Transfer, segmentation (mode "segmentation", medssl_jax/evals/segmentation.py): a U-Net decoder on the
-  # encoder's backbone, trained on random patches of the training images, scored on whole test images
-  # (Dice / F1, pixel AUROC, accuracy, sensitivity, specificity, pooled over the field of view).
-  c.segmentation = ml_collections.ConfigDict()
-  c.segmentation.builder = "chase_db1"
-  c.segmentation.builder_config = "original"
-  c.segmentation.data_dir = ""
-  c.segmentation.manual_dir = ""
-  c.segmentation.train_split = "train"
-  c.segmentation.test_split = "test"
-  c.segmentation.mask_key = "mask"      # The target map feature (vessels: 1, background: 0).
-  # "binary": mask > 0 is foreground (one sigmoid output, e.g. vessels); "classes": mask values are class ids
-  # 0..K-1 (0 = background, K = the training masks' largest id + 1; e.g. REFUGE 1 disc rim, 2 cup): softmax.
-  c.segmentation.mask_mode = "binary"
-  # Field of view the metrics are pooled over: a mask feature (HRF/DRIVE "fov_mask"), "auto" (pixels whose
-  # image is not near-black: CHASE_DB1 ships no FOV masks) or "none" (every pixel).
-  c.segmentation.fov = "auto"
-  c.segmentation.image_size = 0         # 0 = native resolution; else squared by data.fit and resized.
-  c.segmentation.patch_size = 128       # Training crops (pixels); test images are segmented whole.
-  c.segmentation.steps = 2000
-  c.segmentation.batch_size = 16
-  c.segmentation.learning_rate = 1e-3   # AdamW, cosine decay; the backbone at lr x backbone_lr_scale.
-  c.segmentation.weight_decay = 1e-4
-  c.segmentation.backbone_lr_scale = 1.0
-  c.segmentation.decoder_widths = ()    # () = each decoder block as wide as the skip it merges.
-  c.segmentation.augment = True         # Flips, 90-degree rotations, brightness/contrast jitter.
-  c.segmentation.threshold = 0.5        # Probability above which a pixel is predicted vessel (Dice, accuracy).
-  # Encoders compared: "pretrained" (the workdir's checkpoint), "random" (random init, trained end to end),
-  # "init_checkpoint" (model.init_checkpoint, e.g. ImageNet weights), "pseudo_labeller" (SWCL stage 1's
-  # backbone: supervised cross-entropy + FixMatch, the supervised-pretraining baseline).
-  c.segmentation.encoders = ("pretrained", "random")
-  c.segmentation.seeds = (0,)           # Decoder init / patch sampling seeds; results are mean +- std.
-
-  # mode "particles" (medssl_jax/evals/particles.py): does the embedding separate particle types (cluster
-  # quality, embedding map), can a few labels per class classify them, and does a type never seen in
-  # pretraining stand out (novelty AUROC)? holdout_class ("" = none) is left out of pretraining and of the
-  # few-label classes, and is the "novel" class of the novelty score.
-  c.particles = ml_collections.ConfigDict()
-  c.particles.holdout_class = ""        # A class name of the dataset's 'label' feature, e.g. "WBC".
-  c.particles.shots = (1, 5, 10)        # Labelled training crops per known class for the few-label probe.
-  c.particles.shot_seeds = (0, 1, 2)    # One k-per-class draw per seed; results are mean +- std.
-  c.particles.knn_k = 10                # Neighbours for kNN purity and the novelty score (cosine).
-  # Novelty scores, each with its AUROC for the held-out class: "knn" (1 - mean cosine similarity to the k
-  # nearest known training embeddings), "local_density" (kNN distance relative to the neighbours' own kNN
-  # distances, LOF-style), "mahalanobis" (min class-conditional Mahalanobis distance, shared covariance,
-  # fit on the labelled known-class training embeddings).
-  c.particles.novelty_methods = ("knn", "local_density", "mahalanobis")
-  c.particles.max_examples = 2000       # Records per split (a seeded subset of larger splits; 0 = all).
-  c.particles.embedding_method = "tsne"  # 2-D map of the test split: "tsne", "pca" or "none".
-
-  # mode "curriculum" (medssl_jax/train/curriculum.py; de Andres Tame et al. 2023): pretext stages of rising
-  # difficulty, each starting from the previous one's final params and batch_stats (fresh optimizer and
-  # objective state). A tuple of dicts {"name": str, "num_steps": int, "overrides": {dotted key: value}};
-  # overrides may set augment.*, objective.* (same parameter shapes), train.base_learning_rate, warmup_steps,
-  # weight_decay. Stage k runs in <workdir>/stages/<k>_<name>/; the final variables go to <workdir>/checkpoints.
-  c.curriculum = ml_collections.ConfigDict()
-  c.curriculum.stages = ()
   return c
 
 
-# Novelty scores of mode "particles" (medssl_jax/evals/particles.py).
-NOVELTY_METHODS = ("knn", "local_density", "mahalanobis")
 
-def _check_keys(config, schema, path=""):
+def check_keys(config, schema, path=""):
+  """Raises a ValueError naming the first key of config that schema lacks (with the closest valid key)."""
   for key in config.keys():
     if key not in schema:
       close = difflib.get_close_matches(key, list(schema.keys()), n=1)
@@ -329,58 +229,26 @@ def _check_keys(config, schema, path=""):
     if isinstance(ref, ml_collections.ConfigDict):
       if not isinstance(value, (ml_collections.ConfigDict, Mapping)):
         raise ValueError(f"config.{path}{key} must be a section like the default, got {value!r}")
-      _check_keys(value, ref, f"{path}{key}.")
+      check_keys(value, ref, f"{path}{key}.")
 
 
-def _check_choice(value, choices, name):
+def check_choice(value, choices, name):
+  """Raises a ValueError naming `name`, the value and the valid choices when value is not one of them."""
   if value not in choices:
     raise ValueError(f"{name}={value!r} is not known; valid choices: {list(choices)}")
 
 
-def _check_feature_layers(config):
-  """eval.feature_layers / eval.neural_collapse: known layer names of this model, protocols that use them."""
-  from medssl_jax import models  # Local import: the registries import jax.
-  from medssl_jax.evals import representation
-
-  e = config.eval
-  layers = e.feature_layers
-  if (isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not layers
-      or not all(isinstance(l, str) for l in layers)):
-    raise ValueError(f"config.eval.feature_layers must be a non-empty tuple of layer names, e.g. "
-                     f"('backbone', 'projector/out'), got {layers!r}")
-  if len(set(layers)) != len(layers):
-    raise ValueError(f"config.eval.feature_layers lists a layer twice: {tuple(layers)!r}")
-  if e.protocol == "finetune" and (tuple(layers) != ("backbone",) or e.neural_collapse):
-    raise ValueError("config.eval.feature_layers and eval.neural_collapse apply to the frozen-feature protocols "
-                     "(linear_probe, knn); eval.protocol='finetune' trains a head on the backbone output, so it "
-                     f"needs feature_layers=('backbone',) and neural_collapse=False, got {tuple(layers)!r} and "
-                     f"{e.neural_collapse!r}")
-  # Building the module is cheap (no parameters are created) and names exactly what layer_features accepts.
-  valid = representation.available_layers(models.build_model(config))
-  unknown = [l for l in layers if l not in valid]
-  if unknown:
-    raise ValueError(f"config.eval.feature_layers: unknown layer(s) {unknown} for {config.model.encoder} with "
-                     f"the {config.objective.name!r} heads; valid layers: {valid}")
-
-
 def validate(config) -> ml_collections.ConfigDict:
-  """Checks keys against the schema and names against the registries; returns the config."""
-  from medssl_jax import models, objectives  # Local import: the registries import jax.
-  from medssl_jax.data import pipeline
-
-  _check_keys(config, base_config())
-  _check_choice(config.mode, MODES, "config.mode")
-  _check_choice(config.model.encoder, models.ENCODERS, "config.model.encoder")
-  _check_choice(config.objective.name, sorted(objectives.OBJECTIVES), "config.objective.name")
-  _check_choice(config.eval.protocol, EVAL_PROTOCOLS, "config.eval.protocol")
-  if config.mode == "supervised" and config.eval.protocol != "finetune":
-    raise ValueError("config.mode='supervised' trains a randomly initialised encoder with labels, which is "
-                     f"eval.protocol='finetune'; got eval.protocol={config.eval.protocol!r}")
-  _check_choice(config.eval.finetune_schedule, ("cosine", "multistep"), "config.eval.finetune_schedule")
-  _check_choice(config.data.builder, sorted(pipeline.BUILDERS), "config.data.builder")
-  _check_choice(config.data.fit, pipeline.FITS, "config.data.fit")
+  """Checks keys against the schema (`default_config()`) and the core sections' values against the
+  registries; returns the config. `medssl_jax.experiment.validate` adds the mode and section checks."""
+  check_keys(config, default_config())
+  check_choice(config.model.encoder, models.ENCODERS, "config.model.encoder")
+  check_choice(config.objective.name, sorted(objectives.OBJECTIVES), "config.objective.name")
+  check_choice(config.eval.protocol, EVAL_PROTOCOLS, "config.eval.protocol")
+  check_choice(config.eval.finetune_schedule, ("cosine", "multistep"), "config.eval.finetune_schedule")
+  check_choice(config.data.builder, sorted(pipeline.BUILDERS), "config.data.builder")
+  check_choice(config.data.fit, pipeline.FITS, "config.data.fit")
   if config.eval.train_subset and not config.eval.subset_file:
-    from medssl_jax.data import subsets
     subsets.parse_spec(config.eval.train_subset)  # A typo fails before any work, with the accepted forms.
   if not config.augment.views:
     raise ValueError("config.augment.views is empty; a contrastive objective needs at least 2 views")
@@ -398,9 +266,11 @@ def validate(config) -> ml_collections.ConfigDict:
   if objective.multi_crop and config.augment.views[0]["crop_size"] != max(sizes):
     raise ValueError("multi-crop: the first views must be the full-size (global) ones; "
                      f"config.augment.views[0].crop_size={config.augment.views[0]['crop_size']} < {max(sizes)}")
-  _check_choice(config.model.compute_dtype, ("float32", "bfloat16"), "config.model.compute_dtype")
+  check_choice(config.model.compute_dtype, ("float32", "bfloat16"), "config.model.compute_dtype")
   if objective.text:
     _check_text(config, len(config.augment.views))
+  if config.objective.name == "swcl":
+    swcl_objective.check_scheme(config.objective.swcl_scheme)
   for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config.train[k] <= 0:
       raise ValueError(f"config.train.{k} must be a positive integer, got {config.train[k]!r}")
@@ -414,13 +284,6 @@ def validate(config) -> ml_collections.ConfigDict:
   if not isinstance(config.eval.bootstrap_samples, int) or config.eval.bootstrap_samples < 0:
     raise ValueError(f"config.eval.bootstrap_samples must be an integer >= 0 (0 = no intervals), got "
                      f"{config.eval.bootstrap_samples!r}")
-  _check_feature_layers(config)  # Last: it builds the model, which needs the checks above to have passed.
-  _check_analysis(config)
-  _check_ood(config)
-  _check_swcl(config)
-  _check_transfer(config)
-  _check_particles(config)
-  _check_curriculum(config)
   return config
 
 
@@ -459,13 +322,8 @@ def _check_text(config, num_views: int):
     raise ValueError("config.text.key must name the dataset's report feature (e.g. 'report'), got ''")
 
 
-POOL_KEYS = ("builder", "split", "builder_config", "data_dir", "manual_dir")
-TRANSFER_TARGET_KEYS = ("name", "builder", "builder_config", "data_dir", "manual_dir", "train_split", "val_split",
-                        "test_split", "image_size", "fit", "ordinal")
-SEGMENTATION_ENCODERS = ("pretrained", "random", "init_checkpoint", "pseudo_labeller")
-
-
-def _check_dicts(entries, *, where: str, required, allowed, builders):
+def check_dicts(entries, *, where: str, required, allowed, builders):
+  """Checks a tuple of dataset dicts (e.g. config.transfer.targets): keys allowed / required, builder names."""
   if isinstance(entries, (str, Mapping)) or not isinstance(entries, (tuple, list)):
     raise ValueError(f"{where} must be a tuple of dicts, got {entries!r}")
   for i, e in enumerate(entries):
@@ -476,167 +334,7 @@ def _check_dicts(entries, *, where: str, required, allowed, builders):
     if unknown or missing:
       raise ValueError(f"{where}[{i}]: " + (f"unknown key(s) {unknown}" if unknown else f"missing {missing}") +
                        f"; valid keys: {list(allowed)} (required: {list(required)})")
-    _check_choice(e["builder"], sorted(builders), f"{where}[{i}].builder")
-
-
-def _check_swcl(config):
-  """The swcl section (SWCL stages 1-3) and objective.swcl_scheme."""
-  from medssl_jax.data import pipeline
-
-  s = config.swcl
-  _check_choice(s.labelled.builder, sorted(pipeline.BUILDERS), "config.swcl.labelled.builder")
-  _check_dicts(s.pool, where="config.swcl.pool", required=("builder", "split"), allowed=POOL_KEYS,
-               builders=pipeline.BUILDERS)
-  if config.mode in ("pseudo_label", "propagate", "swcl") and not s.pool:
-    raise ValueError(f"config.mode={config.mode!r} needs an unlabelled pool: config.swcl.pool is empty")
-  _check_choice(s.fit, pipeline.FITS, "config.swcl.fit")
-  for k in ("image_size", "patch_size", "classifier_image_size", "steps", "batch_size"):
-    if not isinstance(s[k], int) or s[k] <= 0:
-      raise ValueError(f"config.swcl.{k} must be a positive integer, got {s[k]!r}")
-  if s.patch_size > s.image_size:
-    raise ValueError(f"config.swcl.patch_size={s.patch_size} is larger than config.swcl.image_size={s.image_size}")
-  if not isinstance(s.unlabelled_ratio, int) or s.unlabelled_ratio < 0:
-    raise ValueError(f"config.swcl.unlabelled_ratio must be an integer >= 0, got {s.unlabelled_ratio!r}")
-  for k in ("confidence_threshold", "abnormality_threshold", "pseudo_label_threshold"):
-    if not 0.0 <= s[k] <= 1.0:
-      raise ValueError(f"config.swcl.{k} must lie in [0, 1], got {s[k]!r}")
-  if config.objective.name == "swcl":
-    from medssl_jax.objectives import swcl as swcl_objective
-    swcl_objective.check_scheme(config.objective.swcl_scheme)
-
-
-def _check_transfer(config):
-  """The transfer (classification targets) and segmentation sections."""
-  from medssl_jax.data import pipeline
-
-  targets = config.transfer.targets
-  _check_dicts(targets, where="config.transfer.targets", required=("name", "builder"),
-               allowed=TRANSFER_TARGET_KEYS, builders=pipeline.BUILDERS)
-  names = [t["name"] for t in targets]
-  for n in names:
-    if not isinstance(n, str) or not n.replace("_", "").replace("-", "").isalnum():
-      raise ValueError(f"config.transfer.targets: name {n!r} must be letters, digits, '-' or '_' (a folder name)")
-  if len(set(names)) != len(names):
-    raise ValueError(f"config.transfer.targets: names must be distinct, got {names}")
-  if config.mode == "transfer" and not targets:
-    raise ValueError("config.mode='transfer' needs config.transfer.targets (a tuple of dataset dicts)")
-  g = config.segmentation
-  _check_choice(g.builder, sorted(pipeline.BUILDERS), "config.segmentation.builder")
-  enc = g.encoders
-  if isinstance(enc, str) or not isinstance(enc, (tuple, list)) or len(set(enc)) != len(enc):
-    raise ValueError(f"config.segmentation.encoders must be a tuple of distinct names from "
-                     f"{list(SEGMENTATION_ENCODERS)}, got {enc!r}")
-  for e in enc:
-    _check_choice(e, SEGMENTATION_ENCODERS, "config.segmentation.encoders[...]")
-  if "init_checkpoint" in enc and not config.model.init_checkpoint:
-    raise ValueError("config.segmentation.encoders has 'init_checkpoint' but config.model.init_checkpoint is empty")
-  if config.mode in ("segmentation",) and not enc:
-    raise ValueError("config.mode='segmentation' needs config.segmentation.encoders")
-  if enc and config.mode in ("segmentation", "swcl") and config.model.encoder not in ("resnet18", "resnet50"):
-    raise ValueError(f"segmentation transfer puts a U-Net decoder on a ResNet; config.model.encoder="
-                     f"{config.model.encoder!r} is not one")
-  for k in ("patch_size", "steps", "batch_size"):
-    if not isinstance(g[k], int) or g[k] <= 0:
-      raise ValueError(f"config.segmentation.{k} must be a positive integer, got {g[k]!r}")
-  if not isinstance(g.image_size, int) or g.image_size < 0:
-    raise ValueError(f"config.segmentation.image_size must be an integer >= 0 (0 = native), got {g.image_size!r}")
-  seeds = g.seeds
-  if isinstance(seeds, (str, int)) or not seeds or not all(isinstance(x, int) for x in seeds):
-    raise ValueError(f"config.segmentation.seeds must be a non-empty tuple of integers, got {seeds!r}")
-  if g.backbone_lr_scale < 0:
-    raise ValueError(f"config.segmentation.backbone_lr_scale must be >= 0 (0 = frozen), got {g.backbone_lr_scale!r}")
-  if not isinstance(g.fov, str) or not g.fov:
-    raise ValueError(f"config.segmentation.fov must be 'auto', 'none' or a mask feature name, got {g.fov!r}")
-  if g.mask_mode not in ("binary", "classes"):
-    raise ValueError(f"config.segmentation.mask_mode={g.mask_mode!r} is not known; valid choices: 'binary' "
-                     f"(mask > 0 = foreground) or 'classes' (mask values are class ids 0..K-1)")
-
-
-def _check_ood(config):
-  """The ood section: target keys, builder names and label-map shape (class names are checked at run time,
-  against the datasets, by medssl_jax.evals.ood.evaluate_targets)."""
-  from medssl_jax.data import pipeline
-  from medssl_jax.evals import ood as ood_lib
-
-  ood_lib.validate_targets(config.ood.targets, builders=pipeline.BUILDERS)
-
-
-def _check_particles(config):
-  """The particles section (mode "particles"); the holdout class name is checked against the dataset at run time."""
-  p = config.particles
-  if not isinstance(p.holdout_class, str):
-    raise ValueError(f"config.particles.holdout_class must be a class name or '' (none), got {p.holdout_class!r}")
-  for k, lo in (("shots", 1), ("shot_seeds", 0)):
-    v = p[k]
-    if (isinstance(v, (str, int)) or not isinstance(v, (tuple, list)) or not v
-        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)):
-      raise ValueError(f"config.particles.{k} must be a non-empty tuple of integers >= {lo}, got {v!r}")
-  if not isinstance(p.knn_k, int) or p.knn_k < 1:
-    raise ValueError(f"config.particles.knn_k must be a positive integer, got {p.knn_k!r}")
-  if not isinstance(p.max_examples, int) or p.max_examples < 0:
-    raise ValueError(f"config.particles.max_examples must be an integer >= 0 (0 = all), got {p.max_examples!r}")
-  _check_choice(p.embedding_method, ("tsne", "pca", "none"), "config.particles.embedding_method")
-  methods = p.novelty_methods
-  if isinstance(methods, str) or not isinstance(methods, (tuple, list)) or len(set(methods)) != len(methods) \
-      or any(m not in NOVELTY_METHODS for m in methods):
-    raise ValueError(f"config.particles.novelty_methods must be a tuple of distinct names from {list(NOVELTY_METHODS)} "
-                     f"(() = none), got {methods!r}")
-
-
-def _check_curriculum(config):
-  """The curriculum section: stage dicts, override keys (medssl_jax/train/curriculum.py checks them)."""
-  from medssl_jax.train import curriculum  # Local import: it imports jax.
-
-  curriculum.check_stages(config)
-
-
-ANALYSIS_ATTENTION = ("auto", "grad_cam", "label_free", "activation_norm", "grad_feature_norm", "rollout", "none")
-
-
-def _check_analysis(config):
-  """The analysis section (mode "analyze"): choices, counts, and layer names of this model."""
-  from medssl_jax import models  # Local import: the registries import jax.
-  from medssl_jax.evals import representation
-
-  a = config.analysis
-  _check_choice(a.embedding_method, ("tsne", "pca", "none"), "config.analysis.embedding_method")
-  _check_choice(a.nc_weighting, representation.WEIGHTINGS, "config.analysis.nc_weighting")
-  _check_choice(a.attention, ANALYSIS_ATTENTION, "config.analysis.attention")
-  _check_choice(a.cam_target, ("label", "predicted"), "config.analysis.cam_target")
-  _check_choice(a.derived_mask, ("", "lung_intensity"), "config.analysis.derived_mask")
-  if a.derived_mask and a.mask_key:
-    raise ValueError(f"config.analysis.mask_key={a.mask_key!r} and derived_mask={a.derived_mask!r} both name the mask "
-                     "attention is measured in; set one of them")
-  if a.derived_mask and a.attention == "none":
-    raise ValueError(f"config.analysis.derived_mask={a.derived_mask!r} measures attention inside a mask, but "
-                     "config.analysis.attention='none' computes no maps; set attention (e.g. 'auto')")
-  for k in ("max_examples", "num_attention_images"):
-    if not isinstance(a[k], int) or a[k] < 0:
-      raise ValueError(f"config.analysis.{k} must be an integer >= 0, got {a[k]!r}")
-  if not a.label_key:
-    raise ValueError("config.analysis.label_key must name the dataset's class feature (e.g. 'label'), got ''")
-  if a.mask_key and a.attention == "none":
-    raise ValueError(f"config.analysis.mask_key={a.mask_key!r} measures attention inside a mask, but "
-                     "config.analysis.attention='none' computes no maps; set attention (e.g. 'auto') or clear mask_key")
-  layers = a.layers
-  if isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not all(isinstance(l, str) for l in layers):
-    raise ValueError(f"config.analysis.layers must be a tuple of layer names (() = all), got {layers!r}")
-  if len(set(layers)) != len(layers):
-    raise ValueError(f"config.analysis.layers lists a layer twice: {tuple(layers)!r}")
-  if config.mode == "analyze":
-    vit = config.model.encoder not in ("resnet18", "resnet50")  # The ViTs (MAE's encoder is one).
-    if vit and a.attention in ("grad_cam", "label_free", "activation_norm", "grad_feature_norm"):
-      raise ValueError(f"config.analysis.attention={a.attention!r} needs a ResNet; {config.model.encoder} is a ViT: "
-                       "use 'rollout' (or 'auto')")
-    if not vit and a.attention == "rollout":
-      raise ValueError(f"config.analysis.attention='rollout' needs a ViT; {config.model.encoder} is a ResNet: use "
-                       "'grad_cam', 'label_free' (or 'auto')")
-    if layers:
-      valid = representation.available_layers(models.build_model(config))
-      unknown = [l for l in layers if l not in valid]
-      if unknown:
-        raise ValueError(f"config.analysis.layers: unknown layer(s) {unknown} for {config.model.encoder} with the "
-                         f"{config.objective.name!r} heads; valid layers: {valid}")
+    check_choice(e["builder"], sorted(builders), f"{where}[{i}].builder")
 
 
 def with_variant(config, arg: str | None, variants: Mapping[str, Callable]) -> ml_collections.ConfigDict:

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medssl_jax import analysis
+from medssl_jax.modes import analyze as analysis
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.data import pipeline
 from medssl_jax.evals import representation
+from medssl_jax.protocols import encoders as protocol_encoders
 
 W, H = 48, 30  # Non-square, so the three fits differ.
 BOX = (6, 4, 30, 22)  # left, top, right, bottom of the known mask (and bright image region).
@@ -110,7 +111,7 @@ def test_bad_mask_key_names_the_features(chase):
 def test_config_checks():
   c = config_lib.load("demo_simclr", "quick")
   c.mode = "analyze"
-  config_lib.validate(c)
+  experiment.validate(c)
   for key, value, match in [("attention", "gradcam", r"config.analysis.attention='gradcam'.*'grad_cam'"),
                             ("embedding_method", "umap", r"embedding_method='umap'.*'tsne', 'pca', 'none'"),
                             ("attention", "rollout", r"'rollout' needs a ViT"),
@@ -120,13 +121,13 @@ def test_config_checks():
     bad.mode = "analyze"
     bad.analysis[key] = value
     with pytest.raises(ValueError, match=match):
-      config_lib.validate(bad)
+      experiment.validate(bad)
   bad = config_lib.load("demo_simclr", "quick")
   bad.analysis.mask_key, bad.analysis.attention = "mask", "none"
   with pytest.raises(ValueError, match="computes no maps"):
-    config_lib.validate(bad)
+    experiment.validate(bad)
   for variant in ("hrf", "hrf_vessels", "chase_db1", "quick"):
-    config_lib.validate(config_lib.load("fundus_analysis", variant))
+    experiment.validate(config_lib.load("fundus_analysis", variant))
   assert analysis.slug("simclr (pretrained)") == "simclr_pretrained"
   assert analysis.slug("projector/hidden1") == "projector-hidden1" and analysis.slug("train[:10%]") == "train_10pct"
 
@@ -161,7 +162,7 @@ def test_analyze_writes_the_library_numbers(pretrained):
   assert len(idx) == 40 and np.all(np.diff(idx) > 0) and idx.max() < 256  # A subset, in split order.
   # Neural collapse of the saved layers equals the library on the same records and pretrained weights.
   arrays = pipeline.load_split_arrays(pipeline.builder_from_config(c.data), split="test", image_size=64, indices=idx)
-  model, variables = experiment.load_pretrained(c, workdir)
+  model, variables = protocol_encoders.load_pretrained(c, workdir)
   feats = representation.layer_features(model, variables, arrays["image"], image_size=64, mean=(0.5,) * 3,
                                         std=(0.5,) * 3, layers=list(c.analysis.layers))
   for layer in c.analysis.layers:

@@ -1,4 +1,4 @@
-"""Hardened inputs (issue 8): a corpus of bad inputs, each with the clear error it must give (naming the
+"""Hardened inputs: a corpus of bad inputs, each with the clear error it must give (naming the
 file / key / value and what was expected) and proof that nothing was overwritten: the sha256 of every file
 under the user's folders, the data dir and the workdir is the same before and after, and a failed build
 leaves no prepared dataset that a later run would pick up."""
@@ -21,6 +21,8 @@ import pytest
 import builder_testing as bt
 from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
+from medssl_jax.protocols import encoders as protocol_encoders
+from medssl_jax import experiment
 from tfds_builders import common
 from tfds_builders.aptos2019 import dummy_data as aptos_dummy
 from tfds_builders.image_folder import dummy_data as folder_dummy
@@ -308,7 +310,7 @@ def test_config_file_unknown_key_names_key_suggests_closest_and_lists_valid_keys
   config = config_lib.load(str(_typo_config(tmp_path)))
   with pytest.raises(ValueError, match=r"Unknown config key config.train.num_step \(did you mean "
                      r"config.train.num_steps\?\); valid keys of config.train: \[.*'num_steps'"):
-    config_lib.validate(config)
+    experiment.validate(config)
 
 
 # ------------------------------------------------------------- 7-8. checkpoints and workdirs of another run
@@ -347,13 +349,12 @@ def _wider(config):
 
 
 def test_checkpoint_of_another_architecture(pretrained_workdir):
-  from medssl_jax import experiment
   config, workdir = pretrained_workdir
   before = _hashes(workdir)
   # The first differing leaf by name, with both shapes (width 0.25 doubles the 8 channels of the first stage).
   with pytest.raises(ValueError, match=r'does not fit this run: \S*backbone/\S+ is \(\d+,\) there but \(\d+,\) here '
                                        r'\(\d+ differing leaves\).*config.model'):
-    experiment.load_pretrained(_wider(config), str(workdir))
+    protocol_encoders.load_pretrained(_wider(config), str(workdir))
   assert _hashes(workdir) == before
 
 

@@ -6,6 +6,8 @@ import sys
 import pytest
 
 from medssl_jax import config as config_lib
+from medssl_jax.protocols import probe as protocol_probe
+from medssl_jax import experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
@@ -18,7 +20,7 @@ load = config_lib.load
 @pytest.mark.parametrize("arg", [None, "quick"])
 def test_configs_validate(name, arg):
   c = load(name, arg)
-  config_lib.validate(c)
+  experiment.validate(c)
   doc = (ROOT / "configs" / f"{name}.py").read_text().split('"""')[1]
   assert "Command:" in doc and "Reproduces:" in doc, f"configs/{name}.py docstring must state what it reproduces and how"
 
@@ -42,7 +44,7 @@ def test_bad_values(path, value, match):
   target = c[section] if section else c
   target[key] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(c)
+    experiment.validate(c)
 
 
 def test_unknown_key_lists_valid_keys():
@@ -50,11 +52,11 @@ def test_unknown_key_lists_valid_keys():
   with c.unlocked():
     c.train.num_step = 3
   with pytest.raises(ValueError, match=r"Unknown config key config.train.num_step \(did you mean config.train.num_steps\?\); valid keys of config.train: .*'num_steps'"):
-    config_lib.validate(c)
+    experiment.validate(c)
   c = load("demo_simclr", "quick")
   c.augment.views[0].crop_scal = (0.1, 1.0)
   with pytest.raises(ValueError, match=r"views\[0\].*crop_scal"):
-    config_lib.validate(c)
+    experiment.validate(c)
 
 
 def test_main_rejects_a_typo_on_the_command_line(tmp_path):
@@ -67,13 +69,12 @@ def test_main_rejects_a_typo_on_the_command_line(tmp_path):
 
 
 def test_results_names_never_collide():
-  from medssl_jax import experiment
   c = load("demo_simclr", "quick")
   names = set()
   for protocol in ("linear_probe", "knn", "finetune"):
     for subset, seed in (("", 0), ("10%", 0), ("10%", 1), ("k=5", 0)):
       c.eval.protocol, c.eval.train_subset, c.eval.subset_seed = protocol, subset, seed
-      names.add(experiment.results_name(c))
+      names.add(protocol_probe.results_name(c))
   assert len(names) == 12 and "probe_results" in names and "probe_results_finetune_10pct_seed1" in names
   c.eval.subset_file = "/runs/a/subsets/medmnist-retinamnist_train_1pct_seed2.json"
-  assert experiment.results_name(c) == "probe_results_finetune_medmnist-retinamnist_train_1pct_seed2"
+  assert protocol_probe.results_name(c) == "probe_results_finetune_medmnist-retinamnist_train_1pct_seed2"

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from medssl_jax import config as config_lib
-from medssl_jax import models
+from medssl_jax import models, objectives
 from medssl_jax.models import convert_torch
 from medssl_jax.models.resnet import ResNet
+from medssl_jax import experiment
 
 LAYERS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 
@@ -199,7 +200,7 @@ def test_errors(sd18, tmp_path):
 
 
 def small_config(path, **model):
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.model.init_checkpoint = path
   c.model.projector_hidden_dims = (16,)
   c.model.projector_dim = 8
@@ -224,7 +225,7 @@ def test_init_backbone_replaces_backbone_only(sd18, tmp_path):
   path = str(tmp_path / "in1k.npz")
   np.savez(path, **sd18)
   c = small_config(path)
-  model = models.build_model(c)
+  model = objectives.build_model(c)
   assert model.backbone.padding == "torch"
   assert models.build_backbone(small_config("")).padding == "same"
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False))

@@ -1,4 +1,4 @@
-"""Curricular pretraining (medssl_jax/train/curriculum.py) on synthetic_fundus/tiny: stages in order, each
+"""Curricular pretraining (medssl_jax/projects/curriculum/modes.py) on synthetic_fundus/tiny: stages in order, each
 starting from the previous one's final variables, resumable, and a final checkpoint the other modes load."""
 import os
 import shutil
@@ -11,12 +11,13 @@ from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.augment import views
 from medssl_jax.data import pipeline
-from medssl_jax.train import curriculum
+from medssl_jax.projects.curriculum import modes as curriculum
 from medssl_jax.train import pretrain as pretrain_lib
+from medssl_jax.protocols import encoders as protocol_encoders
 
 
 def _config(data_dir):
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.mode = "curriculum"
   c.data.builder_config = "tiny"
   c.data.data_dir = str(data_dir)
@@ -89,22 +90,22 @@ def test_stages_run_in_order_and_chain(run):
   d1, d2 = (curriculum.stage_dir(workdir, i, n) for i, n in ((0, "easy"), (1, "hard")))
   assert sorted(os.listdir(os.path.join(d1, "checkpoints"))) == ["3"] and os.path.exists(os.path.join(d1, "config.json"))
   # Stage 2's init is stage 1's final checkpoint, params and batch_stats.
-  _, stage1 = experiment.load_pretrained(c1, d1)
+  _, stage1 = protocol_encoders.load_pretrained(c1, d1)
   init2 = run["inits"][1][1]
   _assert_equal(_params(init2), _params(stage1))
   _assert_equal(jax.tree.map(np.asarray, init2["batch_stats"]), jax.tree.map(np.asarray, stage1["batch_stats"]))
   # ... and it really trained from there (lr 0: params unchanged), not from a random init.
-  _, stage2 = experiment.load_pretrained(c2, d2)
+  _, stage2 = protocol_encoders.load_pretrained(c2, d2)
   _assert_equal(_params(stage2), _params(stage1))
-  _, rand = experiment.random_init_variables(c1)
+  _, rand = protocol_encoders.random_init_variables(c1)
   assert not np.array_equal(np.asarray(jax.tree.leaves(rand["params"])[0]), np.asarray(jax.tree.leaves(stage1["params"])[0]))
 
 
 def test_final_checkpoint_and_probe(run):
   config, workdir = run["config"], run["workdir"]
-  model, final = experiment.load_pretrained(config, workdir)
+  model, final = protocol_encoders.load_pretrained(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]
-  _, stage2 = experiment.load_pretrained(curriculum.stage_config(config, 1), curriculum.stage_dir(workdir, 1, "hard"))
+  _, stage2 = protocol_encoders.load_pretrained(curriculum.stage_config(config, 1), curriculum.stage_dir(workdir, 1, "hard"))
   _assert_equal(_params(final), _params(stage2))
   r = run["results"]["simclr (curriculum)"]
   assert 0.0 <= r["accuracy"] <= 1.0 and os.path.exists(os.path.join(workdir, "probe_results.json"))
@@ -117,7 +118,7 @@ def test_rerun_skips_finished_stages(run, capsys):
   out = capsys.readouterr().out
   assert "all 2 stages done" in out and "step 1/" not in out
   # Without the final checkpoint and stage 2, stage 1 is loaded (not retrained) and stage 2 reruns from it.
-  _, before = experiment.load_pretrained(config, workdir)
+  _, before = protocol_encoders.load_pretrained(config, workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
   shutil.rmtree(os.path.join(curriculum.stage_dir(workdir, 1, "hard"), "checkpoints"))
   cfg = config.copy_and_resolve_references()
@@ -126,7 +127,7 @@ def test_rerun_skips_finished_stages(run, capsys):
   out = capsys.readouterr().out
   assert "'easy' (3 steps" in out and "done, loading" in out and "step 3/3" in out
   assert out.count("step 3/3") == 1  # Only stage 2 trained.
-  _, after = experiment.load_pretrained(config, workdir)
+  _, after = protocol_encoders.load_pretrained(config, workdir)
   _assert_equal(_params(after), _params(before))
 
 
@@ -150,26 +151,26 @@ def test_bad_overrides(tmp_path, key, value, match):
   c = _config(tmp_path)
   c.curriculum.stages = ({"name": "a", "num_steps": 2, "overrides": {key: value}},)
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(c)
+    experiment.validate(c)
 
 
 def test_bad_stages(tmp_path):
   c = _config(tmp_path)
   c.curriculum.stages = ()
   with pytest.raises(ValueError, match=r"mode='curriculum' needs config.curriculum.stages"):
-    config_lib.validate(c)
+    experiment.validate(c)
   c.curriculum.stages = ({"name": "a", "num_steps": 0},)
   with pytest.raises(ValueError, match=r"stages\[0\].num_steps must be a positive integer"):
-    config_lib.validate(c)
+    experiment.validate(c)
   c.curriculum.stages = ({"name": "a", "num_steps": 1}, {"name": "a", "num_steps": 1})
   with pytest.raises(ValueError, match=r"names must be distinct"):
-    config_lib.validate(c)
+    experiment.validate(c)
 
 
 def test_architecture_change_is_refused(tmp_path):
   c = _config(tmp_path)
   c.curriculum.stages = ({"name": "a", "num_steps": 2, "overrides": {"objective.name": "byol"}},)
-  config_lib.validate(c)  # Valid on its own: BYOL exists; its predictor head is what cannot carry over.
+  experiment.validate(c)  # Valid on its own: BYOL exists; its predictor head is what cannot carry over.
   with pytest.raises(ValueError, match=r"stages\[0\] \('a'\) changes the model architecture.*predictor"):
     curriculum.run_curriculum(c, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")  # Refused before any work.
@@ -188,7 +189,7 @@ def test_with_variables_checks_shapes(tmp_path):
 
 def test_pneumonia_config_validates():
   for arg in (None, "cpu", "quick"):
-    c = config_lib.validate(config_lib.load("pneumonia_curricular", arg))
+    c = experiment.validate(config_lib.load("pneumonia_curricular", arg))
     stages = c.curriculum.stages
     assert [s["name"] for s in stages] == ["weak", "medium", "strong"]
     scales = [curriculum.stage_config(c, i).augment.views[0].crop_scale[0] for i in range(3)]

@@ -12,6 +12,9 @@ import pytest
 from medssl_jax.data import pipeline
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.config import load as load_config
+from medssl_jax.protocols import probe as protocol_probe
+from medssl_jax.protocols import encoders as protocol_encoders
+from medssl_jax import experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,7 +62,6 @@ def test_pretrain_then_probe_beats_chance(tfds_dir, tmp_path):
   4 balanced classes put chance at
   25% accuracy and 0.5 AUROC, and the 256-image test split puts 2 standard errors at about +5%.
   """
-  from medssl_jax import experiment
   config = load_config("demo_simclr", "quick")
   config.data.data_dir = str(tfds_dir)
   config.objective.name = "supcon"
@@ -67,7 +69,7 @@ def test_pretrain_then_probe_beats_chance(tfds_dir, tmp_path):
   # 120 steps: at 60 the probe sat within noise of the threshold (0.27-0.39 accuracy over seeds and
   # float-rounding changes). At 120, seed 0 (this test) gives 0.43 accuracy / 0.70 AUROC, but seeds
   # 2-3 gave 0.29-0.33: a tiny model this short is seed-sensitive, so a numerics change can still move
-  # this test; see the issue-4 note.
+  # this test.
   config.train.num_steps = 120
   config.eval.compare_random_init = False
   results = experiment.run(config, str(tmp_path))["supcon (pretrained)"]
@@ -116,36 +118,34 @@ def test_resume_after_interruption_is_exact(tfds_dir, tmp_path, monkeypatch):
 def test_probe_on_a_label_subset_writes_and_reuses_it(tfds_dir, tmp_path, capsys):
   """eval.train_subset picks a stratified k-per-class subset, writes it with its sha256 beside the run,
   names it in the table, and eval.subset_file reproduces exactly the same probe."""
-  from medssl_jax import experiment
   config = load_config("demo_simclr", "quick")
   config.data.data_dir = str(tfds_dir)
   config.eval.train_subset = "k=8"
   config.eval.subset_seed = 2
   builder = pipeline.builder_from_config(config.data)
-  model, variables = experiment.random_init_variables(config)
+  model, variables = protocol_encoders.random_init_variables(config)
   encoders = {"random init": (model, variables, False)}
-  first = experiment.probe(config, encoders, builder=builder, workdir=str(tmp_path))["random init"]
+  first = protocol_probe.probe(config, encoders, builder=builder, workdir=str(tmp_path))["random init"]
   path = tmp_path / "subsets" / "synthetic_fundus-small_train_8shot_seed2.json"
   saved = json.loads(path.read_text())
   assert saved["num_selected"] == 32 and saved["class_counts"] == {"0": 8, "1": 8, "2": 8, "3": 8}
   assert first["label_subset"]["sha256"] == saved["sha256"] and first["label_subset"]["num_records"] == 512
-  assert "Labelled training records: 'k=8' subset, seed 2: 32 of 512" in experiment.format_table(
+  assert "Labelled training records: 'k=8' subset, seed 2: 32 of 512" in protocol_probe.format_table(
       {"random init": first}, config=config)
   assert "label subset 'k=8' (seed 2): 32 of 512" in capsys.readouterr().out
 
   config.eval.subset_file = str(path)
   config.eval.train_subset = ""
-  again = experiment.probe(config, encoders, builder=builder, workdir=str(tmp_path / "other"))["random init"]
+  again = protocol_probe.probe(config, encoders, builder=builder, workdir=str(tmp_path / "other"))["random init"]
   assert again["accuracy"] == first["accuracy"] and again["label_subset"]["sha256"] == saved["sha256"]
   config.data.train_split = "validation"  # A subset file made for another split is refused, naming it.
   with pytest.raises(ValueError, match="was made for split='train', not 'validation'"):
-    experiment.probe(config, encoders, builder=builder, workdir=str(tmp_path))
+    protocol_probe.probe(config, encoders, builder=builder, workdir=str(tmp_path))
 
 
 def test_real_xrays_end_to_end_with_a_label_subset(tmp_path):
   """configs/nih1000_simclr.py:quick on the real NIH subset: manual-download builder (patient-level
   re-split) -> grayscale pretraining -> probes on a fixed 10% label subset."""
-  from medssl_jax import experiment
   from medssl_jax.data import shared
   try:
     shared.dataset_dir("nih_cxr14_1000_64px")
@@ -166,25 +166,23 @@ def test_real_xrays_end_to_end_with_a_label_subset(tmp_path):
 
 def test_knn_protocol_through_experiment(tfds_dir, tmp_path):
   """eval.protocol=knn evaluates the same frozen features with the weighted cosine kNN and names it."""
-  from medssl_jax import experiment
   config = load_config("demo_simclr", "quick")
   config.data.data_dir = str(tfds_dir)
   config.eval.protocol = "knn"
   config.eval.knn_k = 10
   builder = pipeline.builder_from_config(config.data)
-  model, variables = experiment.random_init_variables(config)
-  results = experiment.probe(config, {"random init": (model, variables, True)}, builder=builder,
+  model, variables = protocol_encoders.random_init_variables(config)
+  results = protocol_probe.probe(config, {"random init": (model, variables, True)}, builder=builder,
                              workdir=str(tmp_path))
   r = results["random init"]
   assert r["k"] == 10 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auroc"] <= 1.0
-  table = experiment.format_table(results, config=config)
+  table = protocol_probe.format_table(results, config=config)
   assert table.startswith("kNN on synthetic_fundus/small") and "k=10" in table
 
 
 def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path, capsys):
   """eval.protocol=finetune on a k-per-class subset: backbone + head trained, checkpoint chosen on the
   validation split, test metrics and the selection rule in the table."""
-  from medssl_jax import experiment
   config = load_config("demo_simclr", "quick")
   config.data.data_dir = str(tfds_dir)
   config.eval.protocol = "finetune"
@@ -193,13 +191,13 @@ def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path, capsys):
   config.eval.finetune_batch_size = 16
   config.eval.finetune_eval_every = 3
   builder = pipeline.builder_from_config(config.data)
-  model, variables = experiment.random_init_variables(config)
-  results = experiment.probe(config, {"supervised from scratch": (model, variables, True)}, builder=builder,
+  model, variables = protocol_encoders.random_init_variables(config)
+  results = protocol_probe.probe(config, {"supervised from scratch": (model, variables, True)}, builder=builder,
                              workdir=str(tmp_path))
   r = results["supervised from scratch"]
   assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auroc"] <= 1.0 and r["selected_step"] in (3, 6)
   assert r["label_subset"]["num_selected"] == 32 and "val" in r["selection"].lower()
-  table = experiment.format_table(results, config=config)
+  table = protocol_probe.format_table(results, config=config)
   assert table.startswith("Fine-tuning on synthetic_fundus/small") and "| supervised from scratch |" in table
   # Progress: a line at each validation, with the best validation AUROC so far and an ETA.
   out = capsys.readouterr().out
@@ -211,7 +209,6 @@ def test_supervised_mode_medmnist_recipe(tmp_path):
   """configs/medmnist_supervised.py (the MedMNIST v2 ResNet-18 (28) recipe) in mode=supervised on a
   dummy RetinaMNIST npz: trains from scratch with labels, selects on validation, names the recipe."""
   from test_medmnist import write_npz
-  from medssl_jax import experiment
   manual = tmp_path / "manual"
   manual.mkdir()
   write_npz(manual / "retinamnist.npz", sizes=(40, 10, 12))

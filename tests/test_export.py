@@ -2,6 +2,7 @@
 checked by re-import, by an independent numpy forward pass of the exported OIHW tensors, and (with torch)
 by medssl_jax/torch_resnet.py."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ from medssl_jax.data import pipeline
 from medssl_jax.models import convert_torch
 from medssl_jax.models.resnet import STAGE_SIZES, ResNet
 from medssl_jax.train import pretrain as pretrain_lib
+from medssl_jax.protocols import encoders as protocol_encoders
 
 SIZE = 28
 
@@ -32,7 +34,7 @@ def trained(tmp_path_factory):
   builder = pipeline.get_builder("synthetic_fundus", data_dir=str(root / "tfds"), config="small")
   workdir = str(root / "run")
   pretrain_lib.pretrain(config, workdir, builder=builder)
-  _, variables = experiment.load_pretrained(config, workdir)  # The evaluation path, not the export's restore.
+  _, variables = protocol_encoders.load_pretrained(config, workdir)  # The evaluation path, not the export's restore.
   backbone = {col: jax.tree.map(np.asarray, variables[col]["backbone"]) for col in ("params", "batch_stats")}
   return config, workdir, backbone
 
@@ -252,3 +254,38 @@ def test_torch_loader_matches_jax(trained, tmp_path):
         got = model(torch.from_numpy(x)).numpy()
       want = _jax_features(backbone, x, depth=depth, stem=stem, padding=padding)
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{path} at {size} px")
+
+
+def test_features_mode_writes_what_the_probe_sees(trained, capsys):
+  """mode "features": the backbone features of a split in <workdir>/features/<split>.npz, equal to one unbatched
+  forward pass of the checkpoint; a finished file is read back, not rewritten; bad splits fail first."""
+  from medssl_jax import experiment
+  from medssl_jax.augment import views as views_lib
+  from medssl_jax.train.step import normalize
+
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.mode = "features"
+  config.features.splits = ("validation",)
+  out = experiment.run(config, workdir)
+  path = out["validation"]["path"]
+  assert path == f"{workdir}/features/validation.npz" and out["validation"]["shape"] == (64, 64)
+  with np.load(path) as f:
+    feats, labels, ids = f["features"], f["label"], f["id"]
+  data = pipeline.load_split_arrays(pipeline.get_builder("synthetic_fundus", data_dir=config.data.data_dir,
+                                                         config="small"), split="validation", image_size=SIZE)
+  model, variables = protocol_encoders.load_pretrained(config, workdir)
+  x = normalize(views_lib.eval_view(data["image"], size=SIZE), tuple(config.data.mean), tuple(config.data.std))
+  np.testing.assert_allclose(feats, np.asarray(model.apply(variables, x, method=model.embed)), rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(labels, data["label"])
+  np.testing.assert_array_equal(ids, data["id"])
+  mtime = os.stat(path).st_mtime_ns
+  capsys.readouterr()
+  experiment.run(config, workdir)
+  assert "already in" in capsys.readouterr().out and os.stat(path).st_mtime_ns == mtime
+  config.features.splits = ("valdation",)
+  with pytest.raises(ValueError, match="valdation"):
+    experiment.run(config, workdir)
+  config.features.splits = ("",)
+  with pytest.raises(ValueError, match="config.features.splits must be a tuple of split names"):
+    experiment.validate(config)

@@ -17,6 +17,8 @@ from medssl_jax.evals import knn as knn_lib
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import representation as rep
 from medssl_jax.tables import runner
+from medssl_jax.protocols import probe as protocol_probe
+from medssl_jax.protocols import encoders as protocol_encoders
 
 LAYERS = ("backbone", "projector/hidden1", "projector/out")
 
@@ -46,13 +48,13 @@ def tiny_config(tfds_dir=None):
 def test_default_and_valid_layers_validate():
   c = tiny_config()
   assert tuple(c.eval.feature_layers) == ("backbone",) and c.eval.neural_collapse is False
-  config_lib.validate(c)
+  experiment.validate(c)
   c.eval.feature_layers = ("stage1", "stage3", *LAYERS)
   c.eval.protocol = "knn"
-  config_lib.validate(c)
+  experiment.validate(c)
   c.objective.name = "swav"  # SwAV's head exposes only its projection.
   c.eval.feature_layers = ("backbone", "projector/out")
-  config_lib.validate(c)
+  experiment.validate(c)
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -72,21 +74,21 @@ def test_bad_layer_configs_fail_before_any_work(edit, match):
   c = tiny_config()
   edit(c)
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(c)
+    experiment.validate(c)
 
 
 def test_results_names():
   c = tiny_config()
-  assert experiment.results_name(c) == "probe_results"  # The default: as before layers were selectable.
+  assert protocol_probe.results_name(c) == "probe_results"  # The default: as before layers were selectable.
   c.eval.feature_layers = LAYERS
-  assert experiment.results_name(c) == "probe_results_layers-backbone+projector_hidden1+projector_out"
+  assert protocol_probe.results_name(c) == "probe_results_layers-backbone+projector_hidden1+projector_out"
   c.eval.neural_collapse = True
   c.eval.protocol, c.eval.train_subset = "knn", "10%"
-  assert experiment.results_name(c) == "probe_results_knn_10pct_seed0_layers-backbone+projector_hidden1+projector_out_nc"
+  assert protocol_probe.results_name(c) == "probe_results_knn_10pct_seed0_layers-backbone+projector_hidden1+projector_out_nc"
   c.eval.feature_layers = ("backbone",)
-  assert experiment.results_name(c) == "probe_results_knn_10pct_seed0_nc"
+  assert protocol_probe.results_name(c) == "probe_results_knn_10pct_seed0_nc"
   c.eval.feature_layers = ("projector/out",)
-  assert experiment.results_name(c) == "probe_results_knn_10pct_seed0_layers-projector_out_nc"
+  assert protocol_probe.results_name(c) == "probe_results_knn_10pct_seed0_layers-projector_out_nc"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -97,10 +99,10 @@ def setup(tfds_dir):
   """Two encoders (random inits of seeds 0 and 1, both BN-recalibrated), the builder and the splits."""
   c = tiny_config(tfds_dir)
   builder = pipeline.builder_from_config(c.data)
-  model, v0 = experiment.random_init_variables(c)
+  model, v0 = protocol_encoders.random_init_variables(c)
   c1 = tiny_config(tfds_dir)
   c1.seed = 1
-  _, v1 = experiment.random_init_variables(c1)
+  _, v1 = protocol_encoders.random_init_variables(c1)
   encoders = {"a": (model, v1, True), "random init": (model, v0, True)}
   split = lambda s: pipeline.load_split_arrays(builder, split=s, image_size=32, fit=c.data.fit)
   train, test = split("train"), split("test")
@@ -112,7 +114,7 @@ def setup(tfds_dir):
 def test_default_layer_is_the_backbone_probe_of_before(tfds_dir, setup):
   c = tiny_config(tfds_dir)
   s = setup
-  results = experiment.probe(c, s["encoders"], builder=s["builder"])
+  results = protocol_probe.probe(c, s["encoders"], builder=s["builder"])
   assert list(results) == ["a", "random init"]
   for name, r in results.items():
     tr = probe_lib.extract_features(s["model"], s["recal"][name], s["train"]["image"], **s["kw"])
@@ -120,7 +122,7 @@ def test_default_layer_is_the_backbone_probe_of_before(tfds_dir, setup):
     want = probe_lib.linear_probe(tr, s["train"]["label"], te, s["test"]["label"], num_classes=4, l2_grid=(1e-2,),
                                   max_iter=10, seed=0)
     assert r == dict(want, layer="backbone")
-  table = experiment.format_table(results, config=c)
+  table = protocol_probe.format_table(results, config=c)
   a, b = results["a"], results["random init"]
   assert table.splitlines()[1] == f"Protocol: {probe_lib.PROTOCOL}" and table.splitlines()[2:] == [
       "", "| encoder | accuracy | AUROC (macro OvR) |", "|---|---|---|",
@@ -129,7 +131,7 @@ def test_default_layer_is_the_backbone_probe_of_before(tfds_dir, setup):
 
   # Several layers, with neural collapse: one result per encoder and layer.
   c.eval.feature_layers, c.eval.neural_collapse = LAYERS, True
-  layered = experiment.probe(c, s["encoders"], builder=s["builder"])
+  layered = protocol_probe.probe(c, s["encoders"], builder=s["builder"])
   assert list(layered) == [f"{n} @ {l}" for n in ("a", "random init") for l in LAYERS]
   assert all(layered[f"{n} @ {l}"]["layer"] == l for n in ("a", "random init") for l in LAYERS)
   for name in ("a", "random init"):  # The backbone's probe is the default one (the same features, bit for bit).
@@ -157,7 +159,7 @@ def test_default_layer_is_the_backbone_probe_of_before(tfds_dir, setup):
         assert {k: v for k, v in r.items() if k not in ("layer", "neural_collapse")} == want
   assert len({layered[f"a @ {l}"]["neural_collapse"]["train"]["nc1"] for l in LAYERS}) == 3  # Layers differ.
 
-  table = experiment.format_table(layered, config=c)
+  table = protocol_probe.format_table(layered, config=c)
   assert "| encoder | layer | accuracy | AUROC (macro OvR) | NC1 (train) | NC1 (test) |" in table
   r = layered["random init @ projector/hidden1"]
   nc = r["neural_collapse"]
@@ -173,7 +175,7 @@ def test_knn_per_layer(tfds_dir, setup):
   c = tiny_config(tfds_dir)
   c.eval.protocol, c.eval.knn_k, c.eval.feature_layers = "knn", 5, ("projector/out", "stage2")
   s = setup
-  results = experiment.probe(c, {"a": s["encoders"]["a"]}, builder=s["builder"])
+  results = protocol_probe.probe(c, {"a": s["encoders"]["a"]}, builder=s["builder"])
   assert list(results) == ["a @ projector/out", "a @ stage2"]
   feats = {split: rep.layer_features(s["model"], s["recal"]["a"], s[split]["image"], layers=["projector/out", "stage2"],
                                      **s["kw"]) for split in ("train", "test")}

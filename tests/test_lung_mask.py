@@ -137,7 +137,7 @@ def test_analyze_attention_in_lungs(tmp_path):
   c.mode = "analyze"
   c.analysis.update(derived_mask="lung_intensity", embedding_method="none", layers=("backbone",),
                     num_attention_images=4)
-  config_lib.validate(c)
+  experiment.validate(c)
   summary = experiment.run(c, workdir)
   at = summary["encoders"]["simclr (pretrained)"]["attention"]
   assert at["method"] == "grad_cam" and at["mask_name"] == lung_mask.NAME

@@ -16,6 +16,7 @@ import pytest
 
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import pretrain as pretrain_lib
+from medssl_jax import experiment
 
 import device_testing
 import run_testing
@@ -112,7 +113,7 @@ def test_two_processes_pretrain_like_one_and_resume(fundus_small_dir, tmp_path):
 
 def _dist(**kw):
   from medssl_jax import config as config_lib
-  d = config_lib.base_config().distributed
+  d = experiment.default_config().distributed
   for k, v in kw.items():
     d[k] = v
   return d
@@ -143,8 +144,8 @@ def test_distributed_config_errors():
   from medssl_jax import config as config_lib
   for kw, match in (({"coordinator_address": "10.0.0.1"}, r"coordinator_address='10.0.0.1': expected 'host:port'"),
                     ({"num_processes": 2, "process_id": 2}, r"process_id=2 must be in \[0, num_processes=2\)")):
-    c = config_lib.base_config()
+    c = experiment.default_config()
     for k, v in kw.items():
       c.distributed[k] = v
     with pytest.raises(ValueError, match=match):
-      config_lib.validate(c)
+      experiment.validate(c)

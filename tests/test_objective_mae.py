@@ -9,6 +9,7 @@ from medssl_jax import config as config_lib
 from medssl_jax import models, objectives
 from medssl_jax.models import vit as vit_lib
 from medssl_jax.objectives import mae
+from medssl_jax import experiment
 
 
 def reference_mae_loss(pred, target, mask):
@@ -179,15 +180,15 @@ def test_decoder_unshuffles_to_grid_order(tiny):
 def test_objective_registered_and_built_from_config():
   assert objectives.get_objective("mae") is mae.MAE
   c = config_lib.load("fundus_mae", None)
-  config_lib.validate(c)
-  model = models.build_model(c)
+  experiment.validate(c)
+  model = objectives.build_model(c)
   assert isinstance(model, mae.MAEModel) and isinstance(model.backbone, vit_lib.ViT)
   assert (model.backbone.width, model.backbone.patch_size, model.decoder.out_dim) == (192, 8, 8 * 8 * 3)
   assert len(c.augment.views) == 1 and c.augment.views[0].jitter_p == 0.0
   c.model.encoder = "resnet18"
   c.model.width_multiplier = 1.0
   with pytest.raises(ValueError, match="MAE needs a ViT encoder"):
-    models.build_model(c)
+    objectives.build_model(c)
 
 
 def test_bf16_model_keeps_float32_params_and_outputs():

@@ -12,13 +12,14 @@ import device_testing
 
 from medssl_jax import objectives
 from medssl_jax.config import load as load_config
-from medssl_jax.config import validate
+from medssl_jax.experiment import validate
 from medssl_jax.data import pipeline
 from medssl_jax.data import synthetic_fundus as sf
 from medssl_jax.objectives import contrastive_loss, swcl, weighted_contrastive_loss
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import step as step_lib
+from medssl_jax import experiment
 
 
 def reference_weighted_loss(emb, w, t):
@@ -87,8 +88,7 @@ SCHEMES = [("pair",), ("patient",), ("position",), ("abnormality",), ("patient",
 
 
 def _config(scheme, temperature=0.2):
-  from medssl_jax.config import base_config
-  c = base_config()
+  c = experiment.default_config()
   c.objective.name = "swcl"
   c.objective.swcl_scheme = scheme
   c.objective.temperature = temperature

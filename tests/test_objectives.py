@@ -8,6 +8,7 @@ import pytest
 
 from medssl_jax import objectives
 from medssl_jax.objectives import contrastive_loss
+from medssl_jax import experiment
 
 
 def reference_loss(emb, ids, t, mask=None):
@@ -138,8 +139,7 @@ def test_bad_shapes_and_names():
 
 def test_objective_positives():
   # SimCLR: positives are the same row across views; SupCon: the same label.
-  from medssl_jax.config import base_config
-  config = base_config()
+  config = experiment.default_config()
   config.objective.temperature = 0.1
   batch = {"label": jnp.array([0, 0, 1, 1]), "id": jnp.array([7, 7, 8, 9])}
   rng = np.random.default_rng(5)

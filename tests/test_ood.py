@@ -17,6 +17,9 @@ from medssl_jax.data import pipeline
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import ood
 from medssl_jax.tables import ood_matrix, runner
+from medssl_jax.protocols import probe as protocol_probe
+from medssl_jax.protocols import encoders as protocol_encoders
+from medssl_jax import experiment
 
 FUNDUS = ("healthy", "mild", "moderate", "severe")
 
@@ -134,14 +137,14 @@ def test_bad_target_specs_fail_in_validate(edit, match):
   c = config_lib.load("demo_simclr", "quick")
   c.ood.targets = (dict(GOOD, **edit),)
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(c)
+    experiment.validate(c)
 
 
 def test_spec_defaults_duplicates_and_missing_keys():
   c = config_lib.load("demo_simclr", "quick")
   assert c.ood.targets == ()
   c.ood.targets = (GOOD,)
-  config_lib.validate(c)
+  experiment.validate(c)
   spec = ood.validate_targets(c.ood.targets)[0]
   assert spec["split"] == "test" and spec["manual_dir"] == "" and spec["label_map"]["abnormal"] == ("pneumonia",)
   assert ood.describe_target(c, GOOD) == "synthetic_fundus/small → nih_chestxray14/subset1000_patient_split (test)"
@@ -183,7 +186,7 @@ def _fundus_config(tfds_dir, **target):
   c.data.image_size = 24  # The source's size, not the target's 32 px: images come at what the model saw.
   c.ood.targets = (dict(dict(name="fundus_test", builder="synthetic_fundus", builder_config="tiny",
                              label_map={"healthy": ("healthy",), "severe": ("moderate", "severe")}), **target),)
-  return config_lib.validate(c)
+  return experiment.validate(c)
 
 
 def _brightness_predictor(seen):
@@ -415,7 +418,7 @@ def test_real_hrf_test_split_drops_glaucoma(tmp_path):
   config.data.data_dir = str(tmp_path / "tfds")
   config.ood.targets = (dict(name="hrf", builder="hrf", builder_config="classification_512", manual_dir=str(hrf_dir),
                              label_map={"healthy": ("0",), "diabetic_retinopathy": ("1", "2", "3", "4")}),)
-  config_lib.validate(config)
+  experiment.validate(config)
   probs = np.full((9, 5), 0.2)
   m = ood.evaluate_targets(config, predict=lambda im: probs[:len(im)], source_classes=("0", "1", "2", "3", "4"))["hrf"]
   assert (m["n"], m["n_dropped"], m["dropped_per_class"]) == (6, 3, {"glaucoma": 3})
@@ -428,7 +431,6 @@ def test_experiment_scores_ood_targets_kappa_and_intervals(tfds_dir, protocol):
   """Wired through experiment.probe: an identity label map onto the source's own test split reproduces
   the in-distribution AUROC and accuracy exactly (the same classifier, the same images), for every
   protocol; eval.ordinal adds kappa and eval.bootstrap_samples an interval around the AUROC."""
-  from medssl_jax import experiment
   c = _fundus_config(tfds_dir, name="self", label_map={k: (k,) for k in FUNDUS})
   c.data.image_size = 32
   for v in c.augment.views:
@@ -437,14 +439,14 @@ def test_experiment_scores_ood_targets_kappa_and_intervals(tfds_dir, protocol):
   c.eval.max_iter, c.eval.l2_grid, c.eval.knn_k = 10, (1e-2,), 5
   c.eval.finetune_steps, c.eval.finetune_batch_size, c.eval.finetune_eval_every = 2, 16, 2
   builder = pipeline.builder_from_config(c.data)
-  model, variables = experiment.random_init_variables(c)
-  results = experiment.probe(c, {"enc": (model, variables, True)}, builder=builder)
+  model, variables = protocol_encoders.random_init_variables(c)
+  results = protocol_probe.probe(c, {"enc": (model, variables, True)}, builder=builder)
   r = results["enc"]
   o = r["ood"]["self"]
   assert o["n"] == 32 and o["n_dropped"] == 0
   assert o["auroc"] == pytest.approx(r["auroc"], abs=1e-6) and o["accuracy"] == pytest.approx(r["accuracy"])
   assert -1.0 <= r["kappa"] <= 1.0 and r["auroc_ci"][0] <= r["auroc"] <= r["auroc_ci"][1]
-  table = experiment.format_table(results, config=c)
+  table = protocol_probe.format_table(results, config=c)
   assert "AUROC 95% CI" in table and "kappa (quadratic)" in table and "Out-of-distribution targets" in table
 
 
@@ -566,7 +568,6 @@ def test_experiment_multilabel_source_to_multilabel_targets(tfds_dir, tmp_path_f
   """synthetic_cxr/tiny source, linear probe: its own test split under the identity map reproduces the
   in-distribution macro AUROC; a dummy CheXpert validation split (u_keep: uncertain -1 labels) target through cxr_label_map
   scores its 3 shared findings on every record; a single-label target fails before any training."""
-  from medssl_jax import experiment
   from medssl_jax.data import synthetic_cxr
   from tfds_builders.chexpert import LABELS
   from tfds_builders.chexpert import dummy_data as chexpert_dummy
@@ -584,10 +585,10 @@ def test_experiment_multilabel_source_to_multilabel_targets(tfds_dir, tmp_path_f
                         label_map={f: (f,) for f in synthetic_cxr.FINDINGS}),
                    dict(name="chexpert", builder="chexpert", builder_config="all_u_keep_320", manual_dir=str(manual),
                         split="validation", label_map=to_chexpert))  # Its uncertain labels: train.csv's.
-  config_lib.validate(c)
+  experiment.validate(c)
   builder = pipeline.builder_from_config(c.data)
-  model, variables = experiment.random_init_variables(c)
-  results = experiment.probe(c, {"enc": (model, variables, True)}, builder=builder)
+  model, variables = protocol_encoders.random_init_variables(c)
+  results = protocol_probe.probe(c, {"enc": (model, variables, True)}, builder=builder)
   r = results["enc"]
   own, cx = r["ood"]["self"], r["ood"]["chexpert"]
   assert own["n"] == 32 and own["auroc"] == pytest.approx(r["auroc"], abs=1e-6)
@@ -597,10 +598,10 @@ def test_experiment_multilabel_source_to_multilabel_targets(tfds_dir, tmp_path_f
   cols = [LABELS.index(k) for k in cx["classes"]]
   assert cx["n_uncertain_per_class"] == {k: int(np.sum(target.labels[:, j] == -1)) for k, j in zip(cx["classes"], cols)}
   assert len(cx["unmapped_classes"]) == 11 and cx["protocol"] == ood.PROTOCOL_MULTI_LABEL
-  assert "classes ignored: No Finding" in experiment.format_table(results, config=c)
+  assert "classes ignored: No Finding" in protocol_probe.format_table(results, config=c)
   json.dumps(r["ood"])
   c.ood.targets = (dict(name="fundus", builder="synthetic_fundus", builder_config="tiny", data_dir=str(tfds_dir),
                         label_map={"healthy": ("effusion",), "severe": ("cardiomegaly",)}),)
   c.data.channels, c.data.mean, c.data.std = 3, (0.5,) * 3, (0.5,) * 3  # Past the channel check, to the kind check.
   with pytest.raises(ValueError, match="source classifier is multi-label .*not supported"):
-    experiment.probe(c, {"enc": (model, variables, True)}, builder=builder)
+    protocol_probe.probe(c, {"enc": (model, variables, True)}, builder=builder)

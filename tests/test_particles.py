@@ -10,6 +10,9 @@ from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import particles
+from medssl_jax.projects.particles import modes as particles_modes
+from medssl_jax.protocols import encoders as protocol_encoders
+from medssl_jax import experiment
 from tfds_builders.bccd import dummy_data
 
 
@@ -243,7 +246,7 @@ def test_format_summary_reads_summaries_without_novelty_methods():
                     "new": {"cluster_quality": {"silhouette": 0.2, "knn_purity": 0.9, "knn_purity_chance": 0.5},
                             "few_label": {}, "novelty": knn,
                             "novelty_methods": {"knn": knn, "mahalanobis": dict(knn, auroc=0.9)}}}}
-  md = particles.format_summary(s)
+  md = particles_modes.format_summary(s)
   assert "| novelty AUROC knn (WBC) | knn score WBC / known | novelty AUROC mahalanobis (WBC) |" in md
   assert "| old | 0.100 | 0.900 | 0.500 | 0.164 | 0.032 / 0.055 | n/a |" in md
   assert "| new | 0.200 | 0.900 | 0.500 | 0.164 | 0.032 / 0.055 | 0.900 |" in md
@@ -256,14 +259,14 @@ def test_pretrain_indices_real_bccd(tmp_path):
   except FileNotFoundError as e:
     pytest.skip(f"real data absent: {e}")
   b = pipeline.get_builder("bccd", config="64", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
-  idx = particles.pretrain_indices(b, "train", "WBC")
+  idx = particles_modes.pretrain_indices(b, "train", "WBC")
   labels = np.asarray(pipeline.read_column(b, split="train", key="label"))
   # Train crops RBC 2381 / WBC 214 / Platelets 209 (tests/test_builder_bccd.py): 2590 left, no WBC, in order.
   assert len(idx) == 2590 and np.all(np.diff(idx) > 0)
   assert np.bincount(labels[idx], minlength=3).tolist() == [2381, 0, 209]
-  assert particles.pretrain_indices(b, "train", "") is None
+  assert particles_modes.pretrain_indices(b, "train", "") is None
   with pytest.raises(ValueError, match=r"holdout_class='Neutrophil' is not a class .*\['RBC', 'WBC', 'Platelets'\]"):
-    particles.pretrain_indices(b, "train", "Neutrophil")
+    particles_modes.pretrain_indices(b, "train", "Neutrophil")
 
 
 def _tiny_config(tfds_dir, manual):
@@ -281,16 +284,16 @@ def _tiny_config(tfds_dir, manual):
 
 
 def test_config_section(tmp_path, monkeypatch):
-  assert "particles" in config_lib.MODES
+  assert "particles" in experiment.MODES
   for arg in (None, "cpu", "quick"):
-    c = config_lib.validate(config_lib.load("particles_simclr", arg))
+    c = experiment.validate(config_lib.load("particles_simclr", arg))
     assert c.mode == "particles" and c.data.builder == "bccd" and c.particles.holdout_class == "WBC"
   c = config_lib.load("particles_simclr", "quick")
   assert c.train.num_steps == 20 and c.model.width_multiplier == 0.125
-  assert config_lib.base_config().particles.to_dict() == {
+  assert experiment.default_config().particles.to_dict() == {
       "holdout_class": "", "shots": (1, 5, 10), "shot_seeds": (0, 1, 2), "knn_k": 10, "max_examples": 2000,
       "embedding_method": "tsne", "novelty_methods": ("knn", "local_density", "mahalanobis")}
-  assert particles.NOVELTY_METHODS == config_lib.NOVELTY_METHODS
+  assert particles.NOVELTY_METHODS == experiment.default_config().particles.novelty_methods
   for key, value, match in (("shots", (), "particles.shots must be a non-empty tuple"),
                             ("shots", (0, 5), "particles.shots must be"), ("knn_k", 0, "particles.knn_k"),
                             ("max_examples", -1, "particles.max_examples"),
@@ -298,19 +301,18 @@ def test_config_section(tmp_path, monkeypatch):
     bad = config_lib.load("particles_simclr", "quick")
     bad.particles[key] = value
     with pytest.raises(ValueError, match=match):
-      config_lib.validate(bad)
+      experiment.validate(bad)
 
 
 def test_run_tiny_random_encoder(tmp_path):
-  from medssl_jax import experiment
   manual = dummy_data.write(tmp_path / "manual")
   c = _tiny_config(tmp_path / "tfds", manual)
   b = pipeline.builder_from_config(c.data)
   # Miniature BCCD: train RBC 4 / WBC 4 / Platelets 1, test 2 / 2 / 1 crops.
-  assert particles.pretrain_indices(b, "train", "Platelets").tolist() == [0, 1, 2, 3, 4, 6, 7, 8]  # Record 5: Platelets.
-  model, variables = experiment.random_init_variables(c)
+  assert particles_modes.pretrain_indices(b, "train", "Platelets").tolist() == [0, 1, 2, 3, 4, 6, 7, 8]  # Record 5: Platelets.
+  model, variables = protocol_encoders.random_init_variables(c)
   workdir = tmp_path / "work"
-  s = particles.run(c, str(workdir), encoders={"random init": (model, variables, True)}, builder=b)
+  s = particles_modes.run(c, str(workdir), encoders={"random init": (model, variables, True)}, builder=b)
   out = workdir / "particles"
   with open(out / "summary.json") as f:
     on_disk = json.load(f)

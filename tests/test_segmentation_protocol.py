@@ -15,6 +15,7 @@ from medssl_jax.data import synthetic_fundus as sf
 from medssl_jax.evals import segmentation as seg
 from medssl_jax.evals import segmentation_metrics as sm
 from medssl_jax.models import resnet
+from medssl_jax import experiment
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -127,7 +128,7 @@ def test_whole_image_padding_and_odd_sizes(vessels):
 
 
 def _config(data_dir, **kw):
-  c = config_lib.base_config()
+  c = experiment.default_config()
   s = c.segmentation
   s.builder, s.builder_config, s.data_dir = "synthetic_fundus", "vessels", data_dir
   s.fov, s.patch_size, s.steps, s.batch_size, s.learning_rate = "fov_mask", 32, 4, 16, 1e-2  # Shares test 1's compile.
@@ -165,7 +166,7 @@ def test_run_writes_results_and_resumes(data_dir, vessels, tmp_path, monkeypatch
   # runs leave it out of settings (it holds its default), so such results are reused.
   before = _config(data_dir).segmentation.to_dict()
   del before["mask_mode"], before["encoders"], before["seeds"]
-  c = config_lib.base_config()
+  c = experiment.default_config()
   before.update(fit=c.data.fit, mean=list(c.data.mean), std=list(c.data.std))
   old_file = json.loads((out / "results.json").read_text())
   for r in old_file["encoders"]["random init"]["seeds"].values():
@@ -315,12 +316,12 @@ def test_multiclass_metrics_match_sklearn():
 def test_classes_run_on_refuge_dummy(tmp_path):
   from tfds_builders.refuge import dummy_data
   manual = dummy_data.write(tmp_path / "manual")
-  c = config_lib.base_config()
+  c = experiment.default_config()
   s = c.segmentation
   s.builder, s.builder_config, s.data_dir, s.manual_dir = "refuge", "original", str(tmp_path / "tfds"), str(manual)
   s.mask_mode, s.fov, s.patch_size, s.steps, s.batch_size, s.learning_rate = "classes", "auto", 32, 3, 8, 1e-2
   s.seeds = (0,)
-  config_lib.validate(c)
+  experiment.validate(c)
   bb, v = _backbone()
   res = seg.run(c, tmp_path, encoders={"random init": (bb, v)})
   out = tmp_path / "segmentation"
@@ -359,6 +360,6 @@ def test_classes_errors(data_dir, tmp_path):
   c = _config(data_dir, mask_mode="multi")
   with pytest.raises(ValueError, match=r"config.segmentation.mask_mode='multi' is not known; valid choices: "
                      r"'binary' .* or 'classes'"):
-    config_lib.validate(c)
+    experiment.validate(c)
   with pytest.raises(ValueError, match=r"config.segmentation.mask_mode='multi' is not known"):
     seg.run(c, tmp_path, encoders={})

@@ -8,7 +8,7 @@ import pytest
 
 import builder_testing as bt
 from medssl_jax.data import pipeline
-from medssl_jax.swcl import patches as P
+from tfds_builders.swcl_patches import patches as P
 from tfds_builders.swcl_patches import dummy_data
 from tfds_builders.swcl_patches import swcl_patches_dataset_builder as spb
 

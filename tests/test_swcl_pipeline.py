@@ -96,4 +96,4 @@ def test_bad_swcl_values(path, value, match):
   section, _, key = path.rpartition(".")
   c[section][key] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(c)
+    experiment.validate(c)

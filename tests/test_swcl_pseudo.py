@@ -16,8 +16,9 @@ from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention
 from medssl_jax.models.resnet import ResNet
-from medssl_jax.swcl import propagate as prop
-from medssl_jax.swcl import pseudo_labeller as pl
+from medssl_jax.projects.swcl import propagate as prop
+from medssl_jax.projects.swcl import pseudo_labeller as pl
+from medssl_jax import experiment
 
 STEPS = 12
 
@@ -136,7 +137,7 @@ def tfds_dir(tmp_path_factory):
 
 
 def make_config(tfds_dir, **swcl):
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.mode = "pseudo_label"
   c.model.stem, c.model.width_multiplier = "cifar", 0.125
   lab = c.swcl.labelled
@@ -147,7 +148,7 @@ def make_config(tfds_dir, **swcl):
   c.swcl.confidence_threshold = 0.3  # Low, so the unlabelled term is active in a 12-step run.
   for k, v in swcl.items():
     c.swcl[k] = v
-  return config_lib.validate(c)
+  return experiment.validate(c)
 
 
 @pytest.fixture(scope="module")

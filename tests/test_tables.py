@@ -208,7 +208,7 @@ def _load_table_module(name):
 
 
 def test_medmnist_ssl_table_grid():
-  """Table 2 of issue 5: per dataset, SimCLR pretrainings shared by every protocol and label fraction of a
+  """The MedMNIST label-fraction table: per dataset, SimCLR pretrainings shared by every protocol and label fraction of a
   seed; the seed also picks the label subset; the CPU variants override only the budget."""
   module = _load_table_module("table_medmnist_ssl")
   rows = runner.build_rows(module.get_table())

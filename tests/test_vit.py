@@ -8,6 +8,7 @@ from medssl_jax import config as config_lib
 from medssl_jax import models
 from medssl_jax.models import vit as vit_lib
 from medssl_jax.train.state import num_params
+from medssl_jax import experiment
 
 
 def _init_shapes(model, shape):
@@ -106,7 +107,7 @@ def test_bad_input_sizes_are_clear_errors():
 
 
 def test_build_backbone_passes_patch_size_and_dtype_and_rejects_width_multiplier():
-  c = config_lib.base_config()
+  c = experiment.default_config()
   c.model.encoder = "vit_small"
   c.model.patch_size = 8
   c.model.compute_dtype = "bfloat16"

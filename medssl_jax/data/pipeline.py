@@ -65,6 +65,11 @@ _FILE_FORMAT = 'array_record'
 Builder = tfds.core.DatasetBuilder
 
 
+
+def dataset_name(builder) -> str:
+  """'name/config' of a builder, as tables and subset files name it."""
+  return builder.name + (f'/{builder.builder_config.name}' if builder.builder_config else '')
+
 def _default_data_dir() -> str:
   return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
 
@@ -118,6 +123,13 @@ def builder_from_config(data_config) -> Builder:
   builder = get() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices(f'dataset {data_config.builder} prepared')
   return builder or get()
+
+
+def open_data(data_config) -> Builder:
+  """`builder_from_config`, with config.data.channels checked against the dataset's images."""
+  builder = builder_from_config(data_config)
+  check_channels(builder, data_config.channels)
+  return builder
 
 
 def _as_builder(builder: Builder | str) -> Builder:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medssl_jax.augment import views as views_lib
+from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.models.resnet import ResNet
 from medssl_jax.models.vit import ViT, grid_size
 from medssl_jax.train.step import normalize
@@ -202,7 +203,6 @@ def fit_probe_head(train_x, train_y, *, num_classes, l2, max_iter=200):
   (features standardised with the training mean/std, softmax regression with L-BFGS, L2 weight `l2`).
 
   Returns {"w" [D, C], "b" [C], "mean" [D], "std" [D]} (float32 jnp arrays)."""
-  from medssl_jax.evals import linear_probe as probe_lib
   train_x = np.asarray(train_x, np.float32)
   mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
   p = probe_lib._fit_softmax_regression((train_x - mu) / sd, np.asarray(train_y), l2, num_classes=num_classes,

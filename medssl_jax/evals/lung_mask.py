@@ -37,6 +37,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from medssl_jax.data import pipeline
+from medssl_jax.data import shared
+from medssl_jax.data import synthetic_cxr
+
 NAME = "lung fields (intensity segmentation)"  # How summaries name this mask.
 
 
@@ -165,7 +169,6 @@ def overlay_grid(images, masks, path: str, *, ncols: int = 8, zoom: int = 4) -> 
 def synthetic_dice(*, size: int, count: int = 32) -> np.ndarray:
   """Per-image Dice of `lung_masks` against the lungs drawn into the first `count` synthetic chest X-rays
   (medssl_jax/data/synthetic_cxr.py: the union of the two lung ellipses in meta['lungs']) at `size` px."""
-  from medssl_jax.data import synthetic_cxr
   images, truth = [], []
   yy, xx = np.mgrid[0:size, 0:size] + 0.5
   for i in range(count):
@@ -179,8 +182,6 @@ def synthetic_dice(*, size: int, count: int = 32) -> np.ndarray:
 def main(argv=None) -> None:
   """python -m medssl_jax.evals.lung_mask [--split=test] [--out=lungs.png] [--count=32] [--data_dir=...]"""
   import argparse
-  from medssl_jax.data import pipeline
-  from medssl_jax.data import shared
   p = argparse.ArgumentParser(description="Lung-field masks of PneumoniaMNIST images as an overlay grid PNG.")
   p.add_argument("--split", default="test")
   p.add_argument("--out", default="lungs.png")

@@ -40,6 +40,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from medssl_jax.data import pipeline
 from medssl_jax.evals import metrics as metrics_lib
 
 PROTOCOL = ("out-of-distribution: the source classifier applied to another dataset's split at the source's "
@@ -349,7 +350,6 @@ def load_targets(config) -> list[LoadedTarget]:
   builder's default). Raises ValueError when a target's image channels differ from data.channels, its
   split is unknown, or it has no class names (ClassLabel names, or a multi-label builder's LABEL_NAMES).
   """
-  from medssl_jax.data import pipeline
   d = config.data
   loaded = []
   for i, spec in enumerate(validate_targets(config.ood.targets, builders=pipeline.BUILDERS)):

@@ -1,4 +1,4 @@
-"""Particle-embedding evaluation (issue 7): does a contrastive encoder separate microscopy particle types?
+"""Particle-embedding evaluation: does a contrastive encoder separate microscopy particle types?
 
 Three questions, each a pure function over frozen embeddings [N, D] and integer labels:
 
@@ -13,28 +13,16 @@ Three questions, each a pure function over frozen embeddings [N, D] and integer 
    finds a novel cluster beside a tight known class, when a diffuse known class has larger kNN distances
    that "knn" ranks as more novel, the BCCD failure) and
    "mahalanobis" (`mahalanobis_scores`: Lee et al. 2018, class means with a shared covariance: finds a
-   novel cluster offset along directions in which the known classes hardly vary). For the question to be
-   fair the held-out class must be left out of pretraining too: `pretrain_indices` gives the training
-   records without it.
+   novel cluster offset along directions in which the known classes hardly vary).
 
-`run` ties them together for mode "particles" and writes <workdir>/particles/summary.json, summary.md and
-embedding_<encoder>_<method>.png (test split; the held-out class drawn on top, outlined).
+medssl_jax/projects/particles/ ties them together for mode "particles".
 """
 from __future__ import annotations
 
-import json
-import os
-import time
-
-import jax
 import numpy as np
 
-from medssl_jax import config as config_lib
-from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
-from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import metrics as metrics_lib
-from medssl_jax.evals import representation
 
 PROTOCOL = {
     "features": "backbone features (ResNet: global average pool; ViT: class token), inference mode",
@@ -53,7 +41,7 @@ PROTOCOL = {
                            "embedding to the class mean, shared covariance of the labelled reference "
                            "embeddings + ridge 1e-3 * trace / D (Lee et al. 2018)",
 }
-NOVELTY_METHODS = config_lib.NOVELTY_METHODS  # One list of names: config validation and the scores read it.
+NOVELTY_METHODS = ("knn", "local_density", "mahalanobis")
 MAHALANOBIS_RIDGE = 1e-3  # Ridge added to the shared covariance, as a fraction of its mean eigenvalue.
 _EPS = 1e-12
 _CHUNK = 1024  # Rows of a similarity matrix computed at once (memory stays O(chunk x N)).
@@ -330,237 +318,3 @@ def novelty_auroc(*, reference_features, query_features, query_is_novel, k: int 
   "knn" entry, {"auroc", "mean_score_novel", "mean_score_known", "num_novel", "num_known", "k"}."""
   return novelty_report(reference_features=reference_features, query_features=query_features,
                         query_is_novel=np.asarray(query_is_novel, bool), k=k, methods=("knn",))["knn"]
-
-
-def holdout_label(builder, holdout_class: str) -> int | None:
-  """The label id of `holdout_class` in the builder's 'label' ClassLabel (None for ""); a clear error naming
-  the valid class names otherwise."""
-  if not holdout_class:
-    return None
-  names = pipeline.class_names(builder)
-  if holdout_class not in names:
-    raise ValueError(f"config.particles.holdout_class={holdout_class!r} is not a class of dataset "
-                     f"{builder.name!r}; valid: {names} (or '' for none)")
-  return names.index(holdout_class)
-
-
-def pretrain_indices(builder, split: str, holdout_class: str) -> np.ndarray | None:
-  """Record indices (sorted, int64) of `split` whose label is not `holdout_class`: the records pretraining
-  may see, so that the held-out class is truly unseen. None when holdout_class is "" (the whole split);
-  pass the result as `indices=` of pipeline.make_train_iterator."""
-  label = holdout_label(builder, holdout_class)
-  if label is None:
-    return None
-  y = np.asarray(pipeline.read_column(builder, split=split, key="label"), np.int64)
-  keep = np.flatnonzero(y != label).astype(np.int64)
-  if not len(keep):
-    raise ValueError(f"split {split!r} of {builder.name!r} holds only {holdout_class!r} records; nothing is left "
-                     f"to pretrain on")
-  return keep
-
-
-def _capped_indices(n: int, cap: int, seed: int):
-  if not cap or n <= cap:
-    return None
-  return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
-
-
-def _slug(name: str) -> str:
-  from medssl_jax.analysis import slug  # Local: analysis imports experiment (heavier).
-  return slug(name)
-
-
-def _highlight_plot(coords, y, names, holdout, *, path, title):
-  """The embedding map again, the held-out class drawn last with larger outlined markers."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  import matplotlib
-
-  fig = Figure(figsize=(7, 6), dpi=120)
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, 1, 1)
-  cmap = matplotlib.colormaps["tab10"]
-  size = float(np.clip(2000.0 / max(len(y), 1), 2.0, 30.0))
-  classes = [c for c in np.unique(y) if c != holdout] + ([holdout] if holdout in y else [])
-  for i, c in enumerate(classes):
-    sel = y == c
-    if c == holdout:
-      ax.scatter(coords[sel, 0], coords[sel, 1], s=max(4 * size, 30.0), color="crimson", marker="*", alpha=0.95,
-                 linewidths=0.3, edgecolors="black", label=f"{names[c]} ({int(sel.sum())}, held out of pretraining)")
-    else:
-      ax.scatter(coords[sel, 0], coords[sel, 1], s=size, color=cmap(i % 10), alpha=0.6, linewidths=0,
-                 label=f"{names[c]} ({int(sel.sum())})")
-  ax.set_title(title)
-  ax.set_xticks([])
-  ax.set_yticks([])
-  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-  fig.tight_layout()
-  fig.savefig(path, format="png")
-
-
-def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
-  """mode "particles": the three questions of the module docstring for each encoder.
-
-  encoders: {name: (model, variables)} or experiment's {name: (model, variables, recalibrate)}; with
-  recalibrate True (a random init) BatchNorm statistics are re-estimated on the known-class training images
-  first. data.train_split and data.test_split are loaded (each capped at particles.max_examples records, a
-  seeded subset in split order), encoded at views[0]'s crop size, and scored. With a held-out class, each
-  encoder's result has "novelty_methods" ({method: `novelty_report` entry} for particles.novelty_methods) and,
-  when "knn" is among them, "novelty" (the "knn" entry, as in summaries before novelty_methods existed).
-  Writes <workdir>/particles/summary.json, summary.md and one embedding map PNG per encoder (process 0
-  only); returns the summary dict.
-  """
-  t0 = time.perf_counter()
-  p, d, e = config.particles, config.data, config.eval
-  workdir = os.path.abspath(workdir)
-  from medssl_jax import experiment  # Local: experiment is the caller (mode "particles").
-  dataset = experiment.dataset_name(builder)
-  names = pipeline.class_names(builder)
-  if not names:
-    raise ValueError(f"particles: dataset {dataset!r} has no ClassLabel 'label' feature (particle types)")
-  holdout = holdout_label(builder, p.holdout_class)
-  methods = tuple(p.novelty_methods)
-  size = config.augment.views[0].crop_size
-  prep = dict(image_size=size, mean=tuple(d.mean), std=tuple(d.std))
-
-  data = {}
-  for role, split in (("train", d.train_split), ("test", d.test_split)):
-    n = pipeline.num_examples(builder, split)
-    idx = _capped_indices(n, p.max_examples, config.seed)
-    arrays = pipeline.load_split_arrays(builder, split=split, image_size=d.image_size, fit=d.fit, indices=idx)
-    y = np.asarray(arrays["label"])
-    if y.ndim != 1:
-      raise ValueError(f"particles: split {split!r} of {dataset!r} has multi-label labels {y.shape}; one particle "
-                       "type per crop is needed")
-    data[role] = {"split": split, "num_records": int(n), "image": arrays["image"], "label": y.astype(np.int64),
-                  "indices": None if idx is None else idx.tolist()}
-  train_y, test_y = data["train"]["label"], data["test"]["label"]
-  known = [c for c in range(len(names)) if c != holdout]
-  remap = np.full(len(names), -1, np.int64)
-  remap[known] = np.arange(len(known))
-  train_known = train_y != holdout if holdout is not None else np.ones(len(train_y), bool)
-  test_known = test_y != holdout if holdout is not None else np.ones(len(test_y), bool)
-  if holdout is not None and not np.any(~test_known):
-    raise ValueError(f"particles: the test split {d.test_split!r} (as capped) has no {p.holdout_class!r} records; "
-                     "the novelty AUROC needs some (raise particles.max_examples)")
-
-  out_dir = os.path.join(workdir, "particles")
-  write = jax.process_index() == 0
-  if write:
-    os.makedirs(out_dir, exist_ok=True)
-  counts = lambda y: {names[c]: int(np.sum(y == c)) for c in range(len(names))}
-  summary = {
-      "dataset": dataset, "classes": names, "holdout_class": p.holdout_class, "input_size": int(size),
-      "splits": {role: {"split": v["split"], "num_records": v["num_records"], "num_examples": int(len(v["label"])),
-                        "class_counts": counts(v["label"]), "record_indices": v["indices"]}
-                 for role, v in data.items()},
-      "shots": list(p.shots), "shot_seeds": list(p.shot_seeds), "knn_k": int(p.knn_k),
-      "novelty_methods": list(methods),
-      "embedding_method": p.embedding_method, "protocol": PROTOCOL, "output_dir": out_dir, "encoders": {},
-  }
-  for enc_name, entry in encoders.items():
-    model, variables = entry[0], entry[1]
-    recalibrate = bool(entry[2]) if len(entry) > 2 else False
-    t1 = time.perf_counter()
-    if recalibrate:
-      variables = probe_lib.recalibrate_batch_stats(model, variables, data["train"]["image"][train_known],
-                                                    batch_size=e.batch_size, **prep)
-    feats = {role: probe_lib.extract_features(model, variables, v["image"], batch_size=e.batch_size, mesh=mesh,
-                                              **prep).astype(np.float64) for role, v in data.items()}
-    result = {"cluster_quality": cluster_quality(features=feats["test"], labels=test_y, k=p.knn_k)}
-    result["few_label"] = few_label_classifier(
-        train_features=feats["train"][train_known], train_labels=remap[train_y[train_known]],
-        test_features=feats["test"][test_known], test_labels=remap[test_y[test_known]], shots=tuple(p.shots),
-        seeds=tuple(p.shot_seeds), num_classes=len(known))
-    if holdout is not None and methods:
-      report = novelty_report(reference_features=feats["train"][train_known],
-                              reference_labels=remap[train_y[train_known]], query_features=feats["test"],
-                              query_is_novel=~test_known, k=p.knn_k, methods=methods)
-      result["novelty_methods"] = report
-      if "knn" in report:
-        result["novelty"] = report["knn"]  # The key (and numbers) of summaries before novelty_methods.
-    if p.embedding_method != "none" and write:
-      path = os.path.join(out_dir, f"embedding_{_slug(enc_name)}_{p.embedding_method}.png")
-      title = f"{enc_name}: {dataset} '{d.test_split}' ({p.embedding_method}, N={len(test_y)})"
-      coords = representation.embedding_map(features=feats["test"], labels=test_y, path=path,
-                                            method=p.embedding_method, class_names=names, seed=config.seed,
-                                            title=title)
-      if holdout is not None:
-        _highlight_plot(coords, test_y, names, holdout, path=path, title=title)
-      result["embedding_map"] = path
-    result["wall_clock_s"] = round(time.perf_counter() - t1, 1)
-    q = result["cluster_quality"]
-    print(f"particles [{enc_name}]: silhouette {q['silhouette']:.3f}, kNN purity {q['knn_purity']:.3f}"
-          + "".join(f", novelty AUROC {m} {v['auroc']:.3f}" for m, v in result.get("novelty_methods", {}).items())
-          + f" ({result['wall_clock_s']:.0f}s)", flush=True)
-    summary["encoders"][enc_name] = result
-  summary["wall_clock_s"] = round(time.perf_counter() - t0, 1)
-  table = format_summary(summary)
-  print("\n" + table + "\n", flush=True)
-  if write:
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-      f.write(table + "\n")
-  return summary
-
-
-def _f(v, digits=3):
-  return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
-
-def _pm(mean, std):
-  return _f(mean) if not np.isfinite(std) else f"{_f(mean)} ± {_f(std)}"
-
-
-def _novelty_results(result: dict) -> dict:
-  """{method: entry} of one encoder's result; summaries before novelty_methods had only "novelty" (knn)."""
-  if "novelty_methods" in result:
-    return result["novelty_methods"]
-  return {"knn": result["novelty"]} if "novelty" in result else {}
-
-
-def format_summary(summary: dict) -> str:
-  """The summary as Markdown: cluster quality and the novelty AUROC of each method per encoder (for "knn"
-  also the mean scores of the held-out and known crops), then few-label accuracy / AUROC."""
-  s = summary
-  tr, te = s["splits"]["train"], s["splits"]["test"]
-  split_line = lambda v: (f"'{v['split']}' {v['num_examples']} of {v['num_records']} ("
-                          + ", ".join(f"{k} {n}" for k, n in v["class_counts"].items()) + ")")
-  hold = s["holdout_class"]
-  methods = []
-  for r in s["encoders"].values():
-    methods += [m for m in _novelty_results(r) if m not in methods]
-  header, rule = "", ""
-  for m in methods:
-    header += f" novelty AUROC {m} ({hold}) |" + (f" knn score {hold} / known |" if m == "knn" else "")
-    rule += "---|" * (2 if m == "knn" else 1)
-  lines = [f"# Particle embeddings: {s['dataset']}", "",
-           f"Train {split_line(tr)}; test {split_line(te)}; encoder input {s['input_size']} px.",
-           f"Held-out class (not pretrained on, not in the few-label classes): {hold!r}." if hold else
-           "No held-out class (novelty not measured).",
-           *[f"- {k}: {v}" for k, v in s["protocol"].items()], "",
-           f"| encoder | silhouette (cosine) | kNN purity (k={s['knn_k']}) | kNN purity at chance |" + header,
-           "|---|---|---|---|" + rule]
-  for enc, r in s["encoders"].items():
-    q = r["cluster_quality"]
-    row = f"| {enc} | {_f(q['silhouette'])} | {_f(q['knn_purity'])} | {_f(q['knn_purity_chance'])} |"
-    results = _novelty_results(r)
-    for m in methods:
-      nv = results.get(m)
-      row += f" {_f(nv['auroc'] if nv else None)} |"
-      if m == "knn":
-        row += f" {_f(nv['mean_score_novel'])} / {_f(nv['mean_score_known'])} |" if nv else " n/a |"
-    lines.append(row)
-  lines += ["", f"Few-label logistic regression (mean ± std over seeds {s['shot_seeds']}):", "",
-            "| encoder | labelled per class | accuracy | balanced accuracy | AUROC (macro OvR) |",
-            "|---|---|---|---|---|"]
-  for enc, r in s["encoders"].items():
-    for k, m in r["few_label"].items():
-      lines.append(f"| {enc} | {k} | {_pm(m['accuracy_mean'], m['accuracy_std'])} | "
-                   f"{_pm(m['balanced_accuracy_mean'], m['balanced_accuracy_std'])} | "
-                   f"{_pm(m['auroc_mean'], m['auroc_std'])} |")
-  maps = [f"- {enc}: {os.path.basename(r['embedding_map'])}" for enc, r in s["encoders"].items() if "embedding_map" in r]
-  if maps:
-    lines += ["", "Embedding maps (test split):", *maps]
-  return "\n".join(lines)

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from medssl_jax.augment import views as views_lib
+from medssl_jax.models.heads import MLPHead
+from medssl_jax.models.resnet import STAGE_SIZES, ResNet
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train.step import normalize
 
@@ -175,7 +177,6 @@ def neural_collapse_by_layer(*, features: Mapping[str, np.ndarray], labels, weig
 # ----------------------------------------------------------------------------------------------------
 
 def _is_resnet(backbone) -> bool:
-  from medssl_jax.models.resnet import ResNet
   return isinstance(backbone, ResNet)
 
 
@@ -189,11 +190,9 @@ def available_layers(model) -> list[str]:
   heads) exposes "projector/out" = its "projection" output. Models without a projector (MAE): backbone
   layers only.
   """
-  from medssl_jax.models.heads import MLPHead
   backbone = getattr(model, "backbone", None)
   names = []
   if backbone is not None and _is_resnet(backbone):
-    from medssl_jax.models.resnet import STAGE_SIZES
     names += [f"stage{i + 1}" for i in range(len(STAGE_SIZES.get(backbone.depth, ())) - 1)]
   names.append("backbone")
   projector = getattr(model, "projector", None)
@@ -206,7 +205,6 @@ def available_layers(model) -> list[str]:
 
 def _all_layers(module, x):
   """Inference-mode outputs of every exposed layer, as {name: [B, d] float32}. Run via model.apply."""
-  from medssl_jax.models.heads import MLPHead
   out = {}
   backbone = getattr(module, "backbone", None)
   if backbone is not None and _is_resnet(backbone):
@@ -245,7 +243,6 @@ def layer_features(model, variables, images, *, image_size: int, mean, std, laye
   valid = available_layers(model)
   aliases = {}
   if _is_resnet(getattr(model, "backbone", None)):
-    from medssl_jax.models.resnet import STAGE_SIZES
     aliases[f"stage{len(STAGE_SIZES[model.backbone.depth])}"] = "backbone"
   layers = list(valid if layers is None else layers)
   unknown = [l for l in layers if l not in valid and l not in aliases]

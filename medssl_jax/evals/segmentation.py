@@ -59,6 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from medssl_jax.data import pipeline
+from medssl_jax.evals import attention
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import segmentation_metrics
 from medssl_jax.evals.finetune import learning_rate_at
@@ -723,7 +725,6 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   "settings" is config.segmentation less encoders / seeds and less keys holding SETTINGS_DEFAULTS (keys
   added later, so results from before them stay reusable), plus data.fit / mean / std.
   """
-  from medssl_jax.data import pipeline
 
   cfg = config.segmentation
   out_dir = os.path.join(str(workdir), "segmentation")
@@ -786,8 +787,7 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   metrics = segmentation_metrics.class_metric_names(num_classes) if classes else METRICS
   for name, (backbone, variables) in encoders.items():
     if "backbone" in variables.get("params", {}):
-      from medssl_jax.evals.attention import backbone_variables as _bb
-      variables = _bb(variables)
+      variables = attention.backbone_variables(variables)
     sha = _variables_sha256(variables)
     runs = {k: v for k, v in previous.get(name, {}).get("seeds", {}).items()
             if v.get("settings") == settings and v.get("backbone_sha256") == sha}

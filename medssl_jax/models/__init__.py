@@ -45,15 +45,5 @@ def default_heads(config) -> dict:
   return {"projector": MLPHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim)}
 
 
-def build_model(config):
-  """The model for config.objective: its own model (MAE), or backbone + the objective's heads."""
-  from medssl_jax import objectives  # Local: objectives may import models.
-  objective = objectives.get_objective(config.objective.name)
-  if objective.build_model is not None:
-    return objective.build_model(config)
-  heads = (objective.heads or default_heads)(config)
-  return SSLModel(backbone=build_backbone(config), **heads)
-
-
-__all__ = ["DTYPES", "ENCODERS", "MLPHead", "ResNet", "SSLModel", "build_backbone", "build_model",
+__all__ = ["DTYPES", "ENCODERS", "MLPHead", "ResNet", "SSLModel", "build_backbone",
            "compute_dtype", "default_heads", "resnet", "VIT_SIZES", "ViT", "vision_transformer"]

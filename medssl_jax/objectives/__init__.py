@@ -11,6 +11,7 @@ import importlib
 
 import jax.numpy as jnp
 
+from medssl_jax import models
 from medssl_jax.objectives.base import Objective
 from medssl_jax.objectives.contrastive import (contrastive_loss, l2_normalize, multiview_ids,
                                                weighted_contrastive_loss)
@@ -68,6 +69,15 @@ def get_objective(name: str) -> Objective:
     raise NotImplementedError(f"objective {name!r} is registered but {module} does not exist yet") from e
 
 
+def build_model(config):
+  """The model for config.objective: its own model (MAE, image-text), or backbone + the objective's heads."""
+  objective = get_objective(config.objective.name)
+  if objective.build_model is not None:
+    return objective.build_model(config)
+  heads = (objective.heads or models.default_heads)(config)
+  return models.SSLModel(backbone=models.build_backbone(config), **heads)
+
+
 def available() -> list[str]:
   """Registered objectives whose module exists (all of them once the zoo is complete)."""
   out = []
@@ -80,5 +90,5 @@ def available() -> list[str]:
   return out
 
 
-__all__ = ["OBJECTIVES", "Objective", "available", "contrastive_loss", "get_objective", "l2_normalize",
+__all__ = ["OBJECTIVES", "Objective", "available", "build_model", "contrastive_loss", "get_objective", "l2_normalize",
            "multiview_ids", "weighted_contrastive_loss"]

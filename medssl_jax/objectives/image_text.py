@@ -24,6 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medssl_jax import models
+from medssl_jax.models.image_text import ImageTextModel
+from medssl_jax.models.text import TextTransformer
+from medssl_jax.objectives.base import Objective
 from medssl_jax.objectives.contrastive import contrastive_loss, l2_normalize, multiview_ids
 
 _NEG_INF = -1e9
@@ -150,10 +154,6 @@ def build_image_text_model(config):
   """ImageTextModel for config: backbone, MLP image projector and linear text projection to
   model.projector_dim, text transformer from config.text, and for "joint" a SimCLR projector of the same
   shape (SLIP keeps the image-only head apart from the image-text one)."""
-  from medssl_jax import models  # Local: models imports objectives lazily.
-  from medssl_jax.models.image_text import ImageTextModel
-  from medssl_jax.models.text import TextTransformer
-
   m, t = config.model, config.text
   head = lambda: models.MLPHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim)
   text = TextTransformer(vocab_size=t.vocab_size, width=t.width, depth=t.depth, heads=t.heads,
@@ -211,7 +211,6 @@ def _make_loss(name):
 
 
 def _objective(name, paper):
-  from medssl_jax.objectives.base import Objective
   return Objective(name, paper, _make_loss(name), build_model=build_image_text_model, text=True)
 
 

@@ -3,7 +3,7 @@
 Input: the table runner's result records (rows/<slug>/result.json), whose results[encoder] may hold an
 "ood" dict {target name: metrics} (medssl_jax/evals/ood.py). Each (record, encoder) gives one cell per
 test set: the diagonal is the record's own test split (results[encoder]["auroc"], in-distribution), the
-other columns its OOD targets. Cells are the mean ± sample std over seeds (runner.SEED_AXES) of the runs of
+other columns its OOD targets. Cells are the mean ± sample std over seeds (tables/records.py SEED_AXES) of the runs of
 one row group: source dataset, objective, encoder, protocol, label subset and any other grid axis.
 
 `write_ood_outputs(table, records, workdir=...)` writes <workdir>/<name>_ood.md (AUROC and accuracy
@@ -20,7 +20,7 @@ import os
 
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import ood as ood_lib
-from medssl_jax.tables import runner
+from medssl_jax.tables import records as records_lib
 
 CSV_COLUMNS = ("table", "row", "seed", "source", "objective", "encoder", "protocol", "label_subset", "test_set",
                "in_distribution", "auroc", "accuracy", "n", "n_dropped", "label_map", "target")
@@ -42,12 +42,12 @@ def ood_entries(records) -> list[dict]:
   label_map, target, seed, and the record's table / row / dataset / objective / encoder / protocol.
   An OOD target that is the record's own test split is left out (the record's own result is the cell).
   """
-  extra = runner._extra_axes(records)
+  extra = records_lib.extra_axes(records)
   out = []
   for r in records:
     own_split = ((r.get("config") or {}).get("data") or {}).get("test_split", "test")
     own = _column(r["dataset"], own_split)
-    labels = runner._label_name(r.get("train_subset", ""))
+    labels = records_lib.label_name(r.get("train_subset", ""))
     for encoder, m in r["results"].items():
       parts = [r["dataset"], encoder, r["protocol"]]
       if r.get("objective") and not encoder.startswith(r["objective"]) and "supervised" not in r["objective"]:

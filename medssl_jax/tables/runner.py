@@ -46,9 +46,16 @@ from typing import Any, Mapping
 import ml_collections
 
 from medssl_jax import config as config_lib
+from medssl_jax import experiment
 from medssl_jax.augment import views as views_lib
+from medssl_jax.data import pipeline
+from medssl_jax.data import subsets
 from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.protocols import probe
+from medssl_jax.tables import records as records_lib
+from medssl_jax.tables import ood_matrix
 from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import provenance
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description", "subset_seed_from_seed")
@@ -58,7 +65,7 @@ PUBLISHED_KEYS = ("dataset", "method", "source", "accuracy", "auroc", "protocol"
 RUNNER_KEYS = ("mode",)
 NON_RESULT_KEYS = ("mode", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                    "data.worker_count", "data.data_dir", "data.manual_dir")
-SEED_AXES = ("seed", "eval.subset_seed")  # Aggregated over (mean ± std), never a table column.
+SEED_AXES = records_lib.SEED_AXES
 PACKAGES = ("jax", "flax", "optax", "numpy")
 RESULT_FILE = "result.json"
 CSV_COLUMNS = ("source", "table", "row", "dataset", "objective", "encoder", "protocol", "label_subset",
@@ -234,7 +241,7 @@ def _flat_config(config, exclude) -> dict:
   hashes, and so the cached rows and pretrainings of earlier runs, valid."""
   global _DEFAULTS
   if _DEFAULTS is None:
-    _DEFAULTS = _flatten(views_lib.strip_later_defaults(json.loads(config_lib.base_config().to_json_best_effort())))
+    _DEFAULTS = _flatten(views_lib.strip_later_defaults(json.loads(experiment.default_config().to_json_best_effort())))
   flat = _flatten(views_lib.strip_later_defaults(json.loads(config.to_json_best_effort())))
   missing = object()
   return {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in exclude)
@@ -289,7 +296,7 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
     if table.get("subset_seed_from_seed", False):
       config.eval.subset_seed = config.seed
     try:
-      config_lib.validate(config)
+      experiment.validate(config)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
     # Single-valued axes are the same in every row: the hash covers them, the readable part need not.
@@ -308,7 +315,6 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
 def code_version() -> str:
   """Short commit of this code, '-dirty' when tracked files have changes; 'unknown' outside git
   (train/provenance.py, which checkpoints record in full)."""
-  from medssl_jax.train import provenance
   code = provenance.code_version()
   if not code["git_commit"]:
     return "unknown"
@@ -316,7 +322,6 @@ def code_version() -> str:
 
 
 def package_versions() -> dict[str, str]:
-  from medssl_jax.train import provenance
   versions = provenance.package_versions()
   return {name: versions.get(name) or "unknown" for name in PACKAGES}
 
@@ -336,7 +341,6 @@ def _pretrain(row, pdir: str) -> float:
 
   Returns the pretraining wall-clock so far, summed over every invocation that worked on it.
   """
-  from medssl_jax import experiment
   timing_path = os.path.join(pdir, "table_pretrain.json")
   timing = {"wall_clock_s": 0.0}
   if os.path.exists(timing_path):
@@ -359,13 +363,11 @@ def _num_labelled(config, results) -> int | None:
   subset = next((r["label_subset"] for r in results.values() if "label_subset" in r), None)
   if subset is not None:
     return int(subset["num_selected"])
-  from medssl_jax.data import pipeline
   n = pipeline.num_examples(pipeline.builder_from_config(config.data), config.data.train_split)
   return min(n, config.eval.max_train_examples) if config.eval.max_train_examples else n
 
 
 def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dict:
-  from medssl_jax import experiment
   config = row["config"].copy_and_resolve_references()
   if row["config"].mode == "supervised":
     # Trained from scratch with labels (e.g. configs/medmnist_supervised.py): no pretraining to share;
@@ -381,7 +383,7 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
   os.makedirs(rdir, exist_ok=True)
   # experiment.run names its results file by protocol and label subset only; rows sharing this
   # pretraining may differ in other eval keys (knn_k, l2_grid, finetune_steps), so each row keeps its own.
-  name = experiment.results_name(config)
+  name = probe.results_name(config)
   for ext in ("json", "md"):
     src = os.path.join(pdir, f"{name}.{ext}")
     if os.path.exists(src):
@@ -447,20 +449,6 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
 # ---------------------------------------------------------------------------------------------------
 # Outputs.
 
-def _label_name(spec: str) -> str:
-  return "100%" if spec in ("", "all", "100%") else spec
-
-
-def _extra_axes(records) -> list[str]:
-  """Grid axes that need a column of their own (not dataset / objective / protocol / labels / seeds)."""
-  shown = {"base_config", "objective.name", "eval.protocol", "eval.train_subset", "data.builder",
-           "data.builder_config", *SEED_AXES}
-  keys = []
-  for r in records:
-    keys += [k for k in r["axes"] if k not in shown and k not in keys]
-  return keys
-
-
 def _entries(records) -> list[dict]:
   """One flat entry per (row, encoder, layer): the CSV rows (ours). A result probed at a layer
   (eval.feature_layers; key 'encoder @ layer') gives its layer its own field; results without one
@@ -473,7 +461,7 @@ def _entries(records) -> list[dict]:
       nc = m.get("neural_collapse") or {}
       out.append(dict(
           source="ours", table=r["table"], row=r["row"], dataset=r["dataset"], objective=r["objective"],
-          encoder=encoder, layer=layer, protocol=r["protocol"], label_subset=_label_name(r["train_subset"]),
+          encoder=encoder, layer=layer, protocol=r["protocol"], label_subset=records_lib.label_name(r["train_subset"]),
           subset_seed=r["subset_seed"], n_labelled=r["n_labelled"], seed=r["seed"],
           accuracy=m.get("accuracy"), auroc=m.get("auroc"), kappa=m.get("kappa"),
           auroc_ci_low=(m.get("auroc_ci") or (None, None))[0], auroc_ci_high=(m.get("auroc_ci") or (None, None))[1],
@@ -553,7 +541,7 @@ def _aggregate(entries, extra) -> list[dict]:
 def format_markdown(table, records, *, png: str | None = None) -> str:
   """The table's Markdown: aggregated (mean ± std over seeds, published rows beside), then every run."""
   entries = _entries(records)
-  extra = _extra_axes(records)
+  extra = records_lib.extra_axes(records)
   show_layer, show_nc = _optional_columns(entries)
   layer_head = ["layer"] if show_layer else []
   nc_head = ["NC1 (train)", "NC1 (test)"] if show_nc else []
@@ -627,7 +615,6 @@ def format_csv(table, records) -> str:
 
 
 def _fraction(spec: str) -> float | None:
-  from medssl_jax.data import subsets
   kind, value = subsets.parse_spec(spec)
   return value if kind in ("all", "fraction") else None  # k-per-class subsets have no fraction.
 
@@ -641,7 +628,7 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
   from matplotlib.figure import Figure
   import numpy as np
-  extra = _extra_axes(records)
+  extra = records_lib.extra_axes(records)
   show_layer = _optional_columns(entries)[0]
   lines: dict[str, dict[float, list]] = {}
   for e in entries:
@@ -682,7 +669,7 @@ def write_outputs(table, records, *, workdir: str) -> dict:
     f.write(format_markdown(table, records, png=png))
   with open(base + ".csv", "w", newline="") as f:
     f.write(format_csv(table, records))
-  ood = importlib.import_module("medssl_jax.tables.ood_matrix").write_ood_outputs(table, records, workdir=workdir)
+  ood = ood_matrix.write_ood_outputs(table, records, workdir=workdir)
   return {"md": base + ".md", "csv": base + ".csv", "png": png, "ood": ood}
 
 

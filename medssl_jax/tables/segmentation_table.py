@@ -15,12 +15,16 @@ Rows report mean ± std over the run's config.segmentation.seeds.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import time
 
 from absl import app
 from absl import flags
+
+from medssl_jax import config as config_lib
+from medssl_jax import experiment
 
 METRICS = (("dice", "Dice (F1)"), ("auroc", "AUROC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
@@ -29,10 +33,7 @@ TABLE_KEYS = ("name", "description", "runs", "rows", "published")
 
 def load_table(spec: str) -> dict:
   """The table dict of 'configs/<file>.py[:arg]', validated (unknown keys, rows naming unknown runs)."""
-  from medssl_jax import config as config_lib
-
   path, _, arg = spec.partition(":")
-  import importlib.util
   if not os.path.exists(path):
     raise FileNotFoundError(f"table file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
@@ -55,9 +56,6 @@ def load_table(spec: str) -> dict:
 
 def run_table(table: dict, *, workdir: str) -> list[dict]:
   """Runs every run of the table (resuming) and returns the table's row records."""
-  from medssl_jax import config as config_lib
-  from medssl_jax import experiment
-
   workdir = os.path.abspath(workdir)
   results, transfer = {}, {}
   for i, (name, spec) in enumerate(table["runs"].items()):

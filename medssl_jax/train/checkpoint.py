@@ -18,6 +18,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from medssl_jax import config as config_lib
 from medssl_jax.augment import views as views_lib
 from medssl_jax.train import distributed
 
@@ -62,8 +63,7 @@ def save_or_check_config(config, workdir: str):
     allowed = lambda k: any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
     # A key added to the schema after the run started is no difference while it holds its default
     # (its default keeps the old behaviour), so upgrading the code does not lock a user out of a workdir.
-    from medssl_jax import config as config_lib
-    defaults = _flatten(config_dict(config_lib.base_config()))
+    defaults = _flatten(config_dict(config_lib.default_config()))
     new_default = lambda k: k not in a and k in defaults and b.get(k) == defaults[k]
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not allowed(k) and not new_default(k))
     if diff:

@@ -46,3 +46,31 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 def replicate(tree, mesh: Mesh):
   """Places a pytree (e.g. the train state) on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def apply_batched(fn, inputs: dict, *, batch_size: int, mesh: Mesh, mask: bool = False):
+  """`fn` over every row of `inputs` ({name: numpy [N, ...]}, one N) in global batches sharded over the data axis.
+
+  Batches hold `batch_size` rows (rounded down to a multiple of the devices, at least one per device); the last
+  is zero-padded to full size, so every call has one static shape (one compile). With `mask`, each batch also
+  carries "mask" (float32 [B]: 1 for a real row, 0 for padding). `fn(batch)` returns a pytree of arrays: leaves
+  with a leading batch axis come back concatenated over all batches, padding dropped; scalar leaves (e.g. a
+  masked loss sum) come back summed over the batches. None when N is 0.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, batch_size // n_dev * n_dev)
+  n = len(next(iter(inputs.values())))
+  outs = []
+  for i in range(0, n, batch_size):
+    chunk = {k: np.asarray(v[i:i + batch_size]) for k, v in inputs.items()}
+    real = min(batch_size, n - i)
+    pad = batch_size - real
+    if pad:
+      chunk = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
+    if mask:
+      chunk["mask"] = np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)])
+    out = fn(shard_batch(chunk, mesh))
+    outs.append(jax.tree.map(lambda a: np.asarray(a)[:real] if np.ndim(a) else float(a), out))
+  if not outs:
+    return None
+  return jax.tree.map(lambda *parts: np.concatenate(parts) if np.ndim(parts[0]) else sum(parts), *outs)

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
 
-from medssl_jax import models
 from medssl_jax import objectives
 from medssl_jax.data import pipeline
+from medssl_jax.text import tokenizer as tokenizer_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import distributed
 from medssl_jax.train import guard as guard_lib
@@ -24,7 +24,7 @@ from medssl_jax.train import step as step_lib
 
 def build(config):
   """Model, objective, optimizer and schedule described by a config."""
-  model = models.build_model(config)
+  model = objectives.build_model(config)
   objective = objectives.get_objective(config.objective.name)
   tx, schedule = state_lib.make_optimizer(config)
   return model, objective, tx, schedule
@@ -56,8 +56,6 @@ def objective_batch_keys(config, objective, builder) -> tuple:
 def report_tokenizer(config, builder, workdir: str):
   """The WordPiece tokenizer of an image-text run: <workdir>/tokenizer.json when it exists (a resumed run, or
   evaluation), else trained on every config.text.key text of data.train_split and saved there first."""
-  from medssl_jax.text import tokenizer as tokenizer_lib
-
   key = config.text.key
   features = builder.info.features
   if key not in features or not isinstance(features[key], tfds.features.Text):

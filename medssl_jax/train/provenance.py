@@ -19,6 +19,8 @@ import jax
 import numpy as np
 
 import medssl_jax
+from medssl_jax.data import pipeline
+from medssl_jax.train import checkpoint as ckpt_lib
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets", "ml-collections",
             "clu", "numpy", "pillow", "scikit-learn")
@@ -70,9 +72,6 @@ def dataset_fingerprint(builder, split: str, *, indices=None, samples: int = 16)
   """Name, version, split size and a sha256 over the split's TFDS metadata and `samples` evenly spaced
   records (their encoded image bytes and labels): any rebuilt or edited data changes it, and it costs
   `samples` record reads however large the split is. `indices` (a subset of the split) enter the hash too."""
-  # Imported here: data.pipeline imports tensorflow_datasets, which a provenance reader need not.
-  from medssl_jax.data import pipeline
-
   info = builder.info
   s = info.splits[split]
   h = hashlib.sha256()
@@ -92,7 +91,6 @@ def dataset_fingerprint(builder, split: str, *, indices=None, samples: int = 16)
 
 def record(config, builder=None, *, split: str | None = None, indices=None) -> dict:
   """The provenance of a run: config, code, packages, dataset fingerprint (when `builder` is given), machines."""
-  from medssl_jax.train import checkpoint as ckpt_lib
   out = {"config": ckpt_lib.config_dict(config), "code": code_version(), "packages": package_versions(),
          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
          "devices": {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
@@ -104,7 +102,6 @@ def record(config, builder=None, *, split: str | None = None, indices=None) -> d
 
 def main(argv):
   from absl import flags
-  from medssl_jax.train import checkpoint as ckpt_lib
   del argv
   rec = ckpt_lib.read_provenance(flags.FLAGS.workdir, step=flags.FLAGS.step)
   print(json.dumps({k: v for k, v in rec.items() if k != "config" or flags.FLAGS.with_config}, indent=2))

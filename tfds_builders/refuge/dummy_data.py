@@ -8,6 +8,8 @@ import numpy as np
 import openpyxl
 from PIL import Image
 
+from tfds_builders.refuge.refuge_dataset_builder import read_table
+
 # (glaucoma, non-glaucoma) counts per split.
 COUNTS = {'train': (2, 3), 'validation': (2, 4), 'test': (1, 3)}
 
@@ -80,7 +82,6 @@ def write(root, *, size: tuple[int, int] = (40, 36), nested: bool = False, csv_t
 
 def labels(root, split: str, *, csv_tables: bool = False) -> dict[str, int]:
   """The labels `write` put in a validation/test table (image name -> 0/1), read back with openpyxl/csv."""
-  from tfds_builders.refuge.refuge_dataset_builder import read_table  # pylint: disable=g-import-not-at-top
   gt, table, col = (('REFUGE-Validation400-GT', 'Fovea_locations', 'Glaucoma Label') if split == 'validation'
                     else ('REFUGE-Test-GT', 'Glaucoma_label_and_Fovea_location', 'Label(Glaucoma=1)'))
   rows = read_table(pathlib.Path(root) / gt / f'{table}{".csv" if csv_tables else ".xlsx"}')

@@ -2,7 +2,7 @@
 
 Stage 2 (mode "propagate") writes a propagation folder: the pool's images squared to one size, each
 image's abnormality activation map (CAM) and its pseudo-labels. This builder cuts every image into
-five patches (`medssl_jax.swcl.patches`: four corners and the centre; right eyes mirrored first when
+five patches (`tfds_builders/swcl_patches/patches.py`: four corners and the centre; right eyes mirrored first when
 the config says so) and stores one record per patch with the semi-weak labels SWCL pairs patches by:
 patient, position, abnormality score and pseudo-label.
 
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from medssl_jax.swcl.patches import POSITIONS, abnormality_scores, five_patches
+from tfds_builders.swcl_patches.patches import POSITIONS, abnormality_scores, five_patches
 from tfds_builders import common
 
 _DATASET = 'swcl_patches'
@@ -280,7 +280,7 @@ class SwclPatches(tfds.core.GeneratorBasedBuilder):
         'patient': tfds.features.Scalar(dtype=np.int64, doc='Index of patient_id among the sorted distinct ids.'),
         'patient_id': tfds.features.Text(doc="From pseudo_labels.csv; 'image:<key>' when that is empty."),
         'position': tfds.features.ClassLabel(names=list(POSITIONS)),
-        'abnormality': tfds.features.Scalar(dtype=np.float32, doc='medssl_jax.swcl.patches.abnormality_scores.'),
+        'abnormality': tfds.features.Scalar(dtype=np.float32, doc='tfds_builders.swcl_patches.patches.abnormality_scores.'),
         'pseudo_label': tfds.features.Tensor(shape=(len(c.class_names),), dtype=np.float32,
                                              doc=f'Pseudo-labeller probabilities: {", ".join(c.class_names)}.'),
         'label': tfds.features.ClassLabel(names=list(c.class_names)),

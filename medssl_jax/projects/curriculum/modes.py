@@ -7,7 +7,7 @@ Layout of a curriculum workdir:
                            config + the stage's overrides, train.num_steps = the stage's, curriculum.stages = ()
   checkpoints/<total>/     the final variables (last stage's params and batch_stats) in a TrainState of the
                            curriculum config itself (fresh optimizer / objective state), so modes linear_eval,
-                           transfer and analyze on <workdir> load it with experiment.load_pretrained unchanged
+                           transfer and analyze on <workdir> load it as any pretrained encoder
   probe_results.*          mode "curriculum": the usual probe of the final encoder (and random init)
 
 A copy rather than "the last stage's directory is the workdir": the workdir's config.json then stays the
@@ -21,8 +21,13 @@ import time
 from typing import Mapping
 
 import jax
+import ml_collections
 
+from medssl_jax import config as config_lib
 from medssl_jax.augment import views as views_lib
+from medssl_jax.data import pipeline
+from medssl_jax.protocols import encoders as encoders_lib
+from medssl_jax.protocols import probe as probe_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import reporting
@@ -34,13 +39,25 @@ ALLOWED_OVERRIDES = ("augment.", "objective.", "train.base_learning_rate", "trai
                      "train.weight_decay")
 
 
+def curriculum_section() -> ml_collections.ConfigDict:
+  """The `curriculum` section (mode "curriculum"; de Andres Tame et al. 2023): pretext stages of rising difficulty,
+  each starting from the previous one's final params and batch_stats (fresh optimizer and objective state).
+  `stages`: a tuple of dicts {"name": str, "num_steps": int, "overrides": {dotted key: value}}; overrides may set
+  augment.*, objective.* (same parameter shapes), train.base_learning_rate, warmup_steps, weight_decay. Stage k
+  runs in <workdir>/stages/<k>_<name>/; the final variables go to <workdir>/checkpoints."""
+  c = ml_collections.ConfigDict()
+  c.stages = ()
+  return c
+
+
+config_lib.register_section("curriculum", curriculum_section)
+
+
 def _allowed(key: str) -> bool:
   return any(key.startswith(p) if p.endswith(".") else key == p for p in ALLOWED_OVERRIDES)
 
 
 def _schema_has(key: str) -> bool:
-  from medssl_jax import config as config_lib
-
   node = config_lib.base_config()
   for part in key.split("."):
     if not hasattr(node, "keys") or part not in node:
@@ -81,7 +98,6 @@ def check_stages(config):
         raise ValueError(f"{where}.overrides: unknown config key {key!r}")
   if len(set(names)) != len(names):
     raise ValueError(f"config.curriculum.stages: names must be distinct, got {names}")
-  from medssl_jax import config as config_lib
   for i in range(len(stages)):
     try:
       config_lib.validate(stage_config(config, i))
@@ -168,8 +184,6 @@ def run_curriculum(config, workdir: str, *, builder=None, mesh=None):
   as <workdir>'s own checkpoint. With config.mode == "curriculum", then probes the final encoder (and a
   random one when eval.compare_random_init) like mode pretrain_and_probe and returns the results
   {encoder: metrics}; otherwise returns {}."""
-  from medssl_jax import experiment  # Local: experiment dispatches to this module.
-
   check_stages(config)
   stages = config.curriculum.stages
   if not stages:
@@ -218,16 +232,15 @@ def run_curriculum(config, workdir: str, *, builder=None, mesh=None):
   if config.mode != "curriculum":
     return {}
   if builder is None:
-    from medssl_jax.data import pipeline
     builder = pipeline.builder_from_config(config.data)
-  model, variables = experiment.load_pretrained(config, workdir)
-  encoders = {f"{config.objective.name} (curriculum)": (model, variables, False)}
-  if config.eval.compare_random_init:
-    rmodel, rvars = experiment.random_init_variables(config)
-    name = "supervised (random init)" if config.eval.protocol == "finetune" else "random init"
-    encoders[name] = (rmodel, rvars, True)
-  results = experiment.probe(config, encoders, builder=builder, mesh=mesh, workdir=workdir)
-  table = experiment.format_table(results, config=config)
-  print("\n" + table + "\n", flush=True)
-  experiment._write_results(workdir, results, table, experiment.results_name(config))
-  return results
+  model, variables = encoders_lib.load_pretrained(config, workdir)
+  encoders = probe_lib.compare_random_init(config, {f"{config.objective.name} (curriculum)": (model, variables, False)})
+  return probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)
+
+
+def curriculum(config, workdir: str, *, mesh=None) -> dict:
+  return run_curriculum(config, workdir, builder=pipeline.open_data(config.data), mesh=mesh)
+
+
+check = check_stages
+MODES = {"curriculum": curriculum}

@@ -1,4 +1,4 @@
-"""Issue 7's real-data configs run their `quick` variants as shipped (PneumoniaMNIST curriculum, BCCD particles),
+"""The real-data project configs run their `quick` variants as shipped (PneumoniaMNIST curriculum, BCCD particles),
 each through experiment.run as main.py does; skipped with the folder named where ../shared/data is absent.
 (The cxr_* quick configs run in tests/test_image_text_train.py on the synthetic paired CXR data.)"""
 import json

@@ -8,7 +8,8 @@
            mode "segmentation"  U-Net on the encoder (config.segmentation)                   <workdir>/segmentation/
 
 mode "swcl" runs them all; every stage skips work it finds finished, so rerunning the same command after an
-interruption continues where it stopped.
+interruption continues where it stopped. The pseudo-labeller's backbone is registered as the transfer encoder
+"pseudo_labeller" (the supervised-pretraining baseline), compared whenever a workdir holds one.
 """
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ import json
 import os
 import time
 
+from matplotlib.figure import Figure
 import numpy as np
+
+from medssl_jax.data import pipeline
+from medssl_jax.modes import transfer as transfer_modes
+from medssl_jax.projects.swcl import config as swcl_config
+from medssl_jax.projects.swcl import propagate as propagate_lib
+from medssl_jax.projects.swcl import pseudo_labeller
+from medssl_jax.protocols import encoders as encoders_lib
+from medssl_jax.train import pretrain as pretrain_lib
 
 STAGE_MODES = ("pseudo_label", "propagate", "patches", "swcl")
 STAGES = ("pseudo_label", "propagate", "patches", "pretrain", "transfer", "segmentation")
@@ -47,8 +57,6 @@ def resolve_patch_data(config, workdir: str):
 def build_patches(config, workdir: str):
   """Stage 3: the five-patch TFDS dataset from <workdir>/propagation (built once), plus
   <workdir>/patches/summary.json and a PNG grid of patches with their positions and abnormality scores."""
-  from medssl_jax.data import pipeline
-
   manifest = os.path.join(workdir, "propagation", "manifest.json")
   if not os.path.exists(manifest):
     raise FileNotFoundError(f"{manifest} does not exist: run stage 2 first (mode 'propagate', or mode 'swcl' "
@@ -80,8 +88,6 @@ def _with_patch_data(config):
 
 
 def _summarise_patches(builder, config, out_dir: str) -> dict:
-  from medssl_jax.data import pipeline
-
   keys = ("position", "abnormality", "patient", "eye", "flipped")
   data = pipeline.load_split_arrays(builder, split="train", extra_keys=keys)
   positions = builder.info.features["position"].names
@@ -107,8 +113,6 @@ def _summarise_patches(builder, config, out_dir: str) -> dict:
 def _save_patch_grid(data, positions, thr, path, *, num_images: int = 6) -> str:
   """Rows = images (the most and the least abnormal ones), columns = the five positions."""
   # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
-  from matplotlib.figure import Figure
-
   k = len(positions)
   per_image = data["abnormality"].reshape(-1, k).max(axis=1)
   order = np.argsort(-per_image)
@@ -135,11 +139,6 @@ def _stage(i: int, name: str, detail: str = ""):
 
 def run(config, workdir: str, *, mesh=None):
   """Runs config.mode: one of stages 1-3, or "swcl" = every stage in order (each resuming)."""
-  from medssl_jax import experiment
-  from medssl_jax.swcl import propagate as propagate_lib
-  from medssl_jax.swcl import pseudo_labeller
-  from medssl_jax.train import pretrain as pretrain_lib
-
   os.makedirs(workdir, exist_ok=True)
   mode = config.mode
   if mode == "pseudo_label":
@@ -150,7 +149,7 @@ def run(config, workdir: str, *, mesh=None):
     build_patches(config, workdir)
     return _read_json(os.path.join(workdir, "patches", "summary.json"))
   if mode != "swcl":
-    raise ValueError(f"medssl_jax.swcl.runner.run: config.mode={mode!r} is not an SWCL stage {STAGE_MODES}")
+    raise ValueError(f"medssl_jax.projects.swcl.modes.run: config.mode={mode!r} is not an SWCL stage {STAGE_MODES}")
   if config.data.builder != PATCH_BUILDER:
     raise ValueError(f"config.mode='swcl' pretrains on the stage-3 patches: set config.data.builder="
                      f"{PATCH_BUILDER!r} (got {config.data.builder!r})")
@@ -168,11 +167,11 @@ def run(config, workdir: str, *, mesh=None):
   pretrain_lib.pretrain(cfg, workdir, builder=builder, mesh=mesh)
   if config.transfer.targets:
     _stage(5, "transfer (classification)", ", ".join(t["name"] for t in config.transfer.targets))
-    out["transfer"] = experiment.transfer(cfg, workdir, mesh=mesh)
+    out["transfer"] = transfer_modes.transfer(cfg, workdir, mesh=mesh)
   if config.segmentation.encoders:
     _stage(6, "transfer (segmentation)", f"{config.segmentation.builder}, encoders "
            f"{tuple(config.segmentation.encoders)}")
-    out["segmentation"] = experiment.segmentation(cfg, workdir, mesh=mesh)
+    out["segmentation"] = transfer_modes.segmentation(cfg, workdir, mesh=mesh)
   minutes = (time.perf_counter() - t0) / 60
   print(f"\nSWCL pipeline done in {minutes:.1f} min (this run; finished stages were reused). Outputs in {workdir}",
         flush=True)
@@ -184,4 +183,25 @@ def _read_json(path):
     return json.load(f)
 
 
-__all__ = ["STAGES", "STAGE_MODES", "build_patches", "patch_builder_config", "resolve_patch_data", "run"]
+def _load_pseudo_labeller(config, workdir: str):
+  """SWCL stage 1's backbone (supervised cross-entropy on the labelled set plus FixMatch on the pool) in the
+  pretraining model; heads stay random (probes use the backbone only)."""
+  _, stage1, _ = pseudo_labeller.load(config, workdir)
+  model, variables = encoders_lib.random_init_variables(config)
+  variables = {col: dict(tree, backbone=stage1[col]["backbone"]) for col, tree in variables.items()}
+  return "pseudo-labeller (CE + FixMatch)", (model, variables, False)
+
+
+encoders_lib.register(encoders_lib.Encoder(
+    name="pseudo_labeller", load=_load_pseudo_labeller,
+    present=lambda workdir: os.path.exists(os.path.join(pseudo_labeller.stage_dir(workdir), "summary.json"))))
+
+
+def resolve(config, workdir: str):
+  """Applied to every run's config before its mode: points empty data fields of data.builder="swcl_patches" at
+  the workdir's stage-3 dataset (`resolve_patch_data`); stage modes run on the config as given."""
+  return config if config.mode in STAGE_MODES else resolve_patch_data(config, workdir)
+
+
+check = swcl_config.check
+MODES = {mode: run for mode in STAGE_MODES}

@@ -1,4 +1,4 @@
-"""config.mode = "analyze": representation analysis of the pretrained encoder in a workdir.
+"""mode "analyze": representation analysis of the pretrained encoder in a workdir.
 
 For the encoder restored from <workdir>/checkpoints (and, with eval.compare_random_init, the randomly
 initialised encoder pretraining started from, BatchNorm recalibrated on the training split as for the
@@ -32,17 +32,92 @@ import re
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medssl_jax import experiment
+from medssl_jax import config as config_lib
+from medssl_jax import objectives
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention as attention_lib
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import lung_mask as lung_mask_lib
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import representation
+from medssl_jax.protocols import encoders as encoders_lib
 
+
+
+def analysis_section() -> ml_collections.ConfigDict:
+  """The `analysis` section (mode "analyze"): what is analysed, how, and the attention settings."""
+  c = ml_collections.ConfigDict()
+  c.split = ""                 # Records analysed ("" = data.test_split).
+  c.max_examples = 512         # At most this many (a seeded random subset, split order kept; 0 = all).
+  c.label_key = "label"        # Single-label class feature for colours / neural collapse (e.g. "eye").
+  c.layers = ()                # Layers (representation.available_layers names); () = all of them.
+  c.nc_weighting = "balanced"  # Neural-collapse class weighting: "balanced" or "samples".
+  c.embedding_method = "tsne"  # 2-D map per layer: "tsne", "pca" or "none".
+  # Attention maps: "auto" (grad_cam for ResNets, rollout for ViTs), "grad_cam" (linear probe head fit on
+  # data.train_split features), "label_free" (= grad_feature_norm), "activation_norm",
+  # "grad_feature_norm", "rollout" (ViT) or "none".
+  c.attention = "auto"
+  c.cam_target = "label"       # grad_cam target class: "label" (the true class) or "predicted".
+  c.num_attention_images = 16  # Images in the overlay grid PNG (maps are computed for all).
+  c.mask_key = ""              # Mask feature (e.g. "mask", "fov_mask"): fraction of attention inside.
+  # A mask computed from the images instead of read from a feature (exclusive with mask_key): "" = none,
+  # "lung_intensity" = lung fields found by a classical intensity segmentation of chest X-rays
+  # (medssl_jax/evals/lung_mask.py), for the attention-in-lung measure on data without lung masks.
+  c.derived_mask = ""
+  return c
+
+
+ANALYSIS_ATTENTION = ("auto", "grad_cam", "label_free", "activation_norm", "grad_feature_norm", "rollout", "none")
+
+
+def check(config):
+  """The analysis section (mode "analyze"): choices, counts, and layer names of this model."""
+  a = config.analysis
+  config_lib.check_choice(a.embedding_method, ("tsne", "pca", "none"), "config.analysis.embedding_method")
+  config_lib.check_choice(a.nc_weighting, representation.WEIGHTINGS, "config.analysis.nc_weighting")
+  config_lib.check_choice(a.attention, ANALYSIS_ATTENTION, "config.analysis.attention")
+  config_lib.check_choice(a.cam_target, ("label", "predicted"), "config.analysis.cam_target")
+  config_lib.check_choice(a.derived_mask, ("", "lung_intensity"), "config.analysis.derived_mask")
+  if a.derived_mask and a.mask_key:
+    raise ValueError(f"config.analysis.mask_key={a.mask_key!r} and derived_mask={a.derived_mask!r} both name the mask "
+                     "attention is measured in; set one of them")
+  if a.derived_mask and a.attention == "none":
+    raise ValueError(f"config.analysis.derived_mask={a.derived_mask!r} measures attention inside a mask, but "
+                     "config.analysis.attention='none' computes no maps; set attention (e.g. 'auto')")
+  for k in ("max_examples", "num_attention_images"):
+    if not isinstance(a[k], int) or a[k] < 0:
+      raise ValueError(f"config.analysis.{k} must be an integer >= 0, got {a[k]!r}")
+  if not a.label_key:
+    raise ValueError("config.analysis.label_key must name the dataset's class feature (e.g. 'label'), got ''")
+  if a.mask_key and a.attention == "none":
+    raise ValueError(f"config.analysis.mask_key={a.mask_key!r} measures attention inside a mask, but "
+                     "config.analysis.attention='none' computes no maps; set attention (e.g. 'auto') or clear mask_key")
+  layers = a.layers
+  if isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not all(isinstance(l, str) for l in layers):
+    raise ValueError(f"config.analysis.layers must be a tuple of layer names (() = all), got {layers!r}")
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"config.analysis.layers lists a layer twice: {tuple(layers)!r}")
+  if config.mode == "analyze":
+    vit = config.model.encoder not in ("resnet18", "resnet50")  # The ViTs (MAE's encoder is one).
+    if vit and a.attention in ("grad_cam", "label_free", "activation_norm", "grad_feature_norm"):
+      raise ValueError(f"config.analysis.attention={a.attention!r} needs a ResNet; {config.model.encoder} is a ViT: "
+                       "use 'rollout' (or 'auto')")
+    if not vit and a.attention == "rollout":
+      raise ValueError(f"config.analysis.attention='rollout' needs a ViT; {config.model.encoder} is a ResNet: use "
+                       "'grad_cam', 'label_free' (or 'auto')")
+    if layers:
+      valid = representation.available_layers(objectives.build_model(config))
+      unknown = [l for l in layers if l not in valid]
+      if unknown:
+        raise ValueError(f"config.analysis.layers: unknown layer(s) {unknown} for {config.model.encoder} with the "
+                         f"{config.objective.name!r} heads; valid layers: {valid}")
+
+
+config_lib.register_section("analysis", analysis_section)
 
 def slug(name: str) -> str:
   """A file-name-safe form of an encoder, layer or split name ('simclr (pretrained)' -> 'simclr_pretrained',
@@ -66,7 +141,7 @@ def attention_method(config) -> str:
 def _class_feature(builder, key: str):
   """(names by label or None, num_classes or None) of the class feature `key`; clear errors otherwise."""
   features = builder.info.features
-  name = experiment.dataset_name(builder)
+  name = pipeline.dataset_name(builder)
   if key not in features:
     labels = sorted(k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel))
     raise KeyError(f"config.analysis.label_key={key!r}: dataset {name!r} has no such feature; its class features "
@@ -139,7 +214,7 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
   t0 = time.perf_counter()
   a, d, e = config.analysis, config.data, config.eval
   workdir = os.path.abspath(workdir)
-  dataset = experiment.dataset_name(builder)
+  dataset = pipeline.dataset_name(builder)
   split = a.split or d.test_split
   size = config.augment.views[0].crop_size
   prep = dict(image_size=size, mean=tuple(d.mean), std=tuple(d.std))
@@ -148,10 +223,10 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
   label_extra = () if a.label_key == "label" else (a.label_key,)
   pipeline.check_extra_keys(builder, (a.mask_key,) * bool(a.mask_key) + label_extra)  # Before any work.
 
-  model, variables = experiment.load_pretrained(config, workdir)
+  model, variables = encoders_lib.load_pretrained(config, workdir)
   encoders = {f"{config.objective.name} (pretrained)": (model, variables, False)}
   if e.compare_random_init:
-    rmodel, rvars = experiment.random_init_variables(config)
+    rmodel, rvars = encoders_lib.random_init_variables(config)
     encoders["random init"] = (rmodel, rvars, True)
   valid_layers = representation.available_layers(model)
   layers = list(a.layers) or valid_layers
@@ -358,3 +433,10 @@ def format_summary(summary: dict) -> str:
     lines += [f"- {enc}: " + ", ".join(os.path.basename(f) for f in files if f)]
   lines += ["", f"Wall-clock {s.get('wall_clock_s', 0):.0f}s; output folder {s['output_dir']}."]
   return "\n".join(lines)
+
+
+def analyze(config, workdir: str, *, mesh=None) -> dict:
+  return run(config, workdir, builder=pipeline.open_data(config.data), mesh=mesh)
+
+
+MODES = {"analyze": analyze}

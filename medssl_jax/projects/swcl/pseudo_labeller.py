@@ -58,6 +58,8 @@ from medssl_jax.augment import ops
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.models import convert_torch
+from medssl_jax.projects.swcl import config as swcl_config
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import guard as guard_lib
 from medssl_jax.train import mesh as mesh_lib
@@ -113,9 +115,8 @@ def _as_dict(entry) -> dict:
 
 
 def pool_entries(config) -> list[dict]:
-  """config.swcl.pool as plain dicts with every key of config.POOL_KEYS ('' when not given)."""
-  from medssl_jax.config import POOL_KEYS
-  return [{k: _as_dict(e).get(k, "") for k in POOL_KEYS} for e in config.swcl.pool]
+  """config.swcl.pool as plain dicts with every key of POOL_KEYS ('' when not given)."""
+  return [{k: _as_dict(e).get(k, "") for k in swcl_config.POOL_KEYS} for e in config.swcl.pool]
 
 
 def _load_labelled(config, size: int) -> dict:
@@ -296,7 +297,6 @@ def _init_state(config, model, tx, channels: int, *, imported: bool = True):
   size = config.swcl.classifier_image_size
   variables = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, channels)), train=False)
   if imported and config.model.init_checkpoint:
-    from medssl_jax.models import convert_torch  # Local: only imported weights need it.
     variables = convert_torch.init_backbone(config, variables)
   state = {"params": variables["params"], "opt_state": tx.init(variables["params"]), "step": jnp.int32(0)}
   if "batch_stats" in variables:

@@ -51,7 +51,7 @@ from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention
 from medssl_jax.models.resnet import ResNet
-from medssl_jax.swcl import pseudo_labeller
+from medssl_jax.projects.swcl import pseudo_labeller
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train.step import normalize
 

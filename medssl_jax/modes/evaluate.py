@@ -1,0 +1,63 @@
+"""Modes that evaluate an encoder on config.data with config.eval's protocol (medssl_jax/protocols/probe.py):
+
+  linear_eval         the pretrained encoder in the workdir (and a random init when eval.compare_random_init)
+  pretrain_and_probe  pretraining (resumable), then the same evaluation
+  supervised          a random init fine-tuned with labels (eval.protocol "finetune"): the from-scratch recipe
+
+Results go to <workdir>/<protocols.probe.results_name(config)>.{json,md}; image-text objectives also get
+report retrieval (medssl_jax/evals/retrieval.py).
+"""
+from __future__ import annotations
+
+import os
+
+from medssl_jax import objectives
+from medssl_jax.data import pipeline
+from medssl_jax.evals import retrieval
+from medssl_jax.protocols import encoders as encoders_lib
+from medssl_jax.protocols import probe as probe_lib
+from medssl_jax.train import pretrain as pretrain_lib
+
+
+def linear_eval(config, workdir: str, *, mesh=None) -> dict:
+  builder = pipeline.open_data(config.data)
+  model, variables = encoders_lib.load_pretrained(config, workdir)
+  return _evaluate(config, {f"{config.objective.name} (pretrained)": (model, variables, False)}, builder=builder,
+                   workdir=workdir, mesh=mesh)
+
+
+def pretrain_and_probe(config, workdir: str, *, mesh=None) -> dict:
+  builder = pipeline.open_data(config.data)
+  model, state = pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
+  return _evaluate(config, {f"{config.objective.name} (pretrained)": (model, state.variables, False)},
+                   builder=builder, workdir=workdir, mesh=mesh)
+
+
+def supervised(config, workdir: str, *, mesh=None) -> dict:
+  """Supervised training from scratch (e.g. the MedMNIST recipe): the random encoder fine-tuned with labels;
+  no pretraining, nothing to compare against."""
+  builder = pipeline.open_data(config.data)
+  os.makedirs(workdir, exist_ok=True)
+  model, variables = encoders_lib.random_init_variables(config)
+  encoders = {"supervised (random init)": (model, variables, True)}
+  return probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)
+
+
+def _evaluate(config, encoders: dict, *, builder, workdir: str, mesh) -> dict:
+  encoders = probe_lib.compare_random_init(config, encoders)
+  results = probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)
+  if objectives.get_objective(config.objective.name).text:
+    # Image-text models also retrieve reports: recall@k on the test split.
+    tokenizer = pretrain_lib.report_tokenizer(config, builder, workdir)
+    retrieved = retrieval.evaluate(config, encoders, builder=builder, tokenizer=tokenizer, workdir=workdir, mesh=mesh)
+    print("\n" + retrieval.format_table(retrieved, split=config.data.test_split) + "\n", flush=True)
+  return results
+
+
+def check(config):
+  if config.mode == "supervised" and config.eval.protocol != "finetune":
+    raise ValueError("config.mode='supervised' trains a randomly initialised encoder with labels, which is "
+                     f"eval.protocol='finetune'; got eval.protocol={config.eval.protocol!r}")
+
+
+MODES = {"linear_eval": linear_eval, "pretrain_and_probe": pretrain_and_probe, "supervised": supervised}

@@ -1,0 +1,17 @@
+"""mode "pretrain": the pretraining loop (medssl_jax/train/pretrain.py) on config.data, resumable."""
+from __future__ import annotations
+
+from medssl_jax.data import pipeline
+from medssl_jax.train import pretrain as pretrain_lib
+
+
+def pretrain(config, workdir: str, *, mesh=None) -> dict:
+  pretrain_lib.pretrain(config, workdir, builder=pipeline.open_data(config.data), mesh=mesh)
+  return {}
+
+
+def check(config):
+  del config  # The core checks (medssl_jax/config.py) cover pretraining.
+
+
+MODES = {"pretrain": pretrain}

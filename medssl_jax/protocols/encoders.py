@@ -1,0 +1,110 @@
+"""The encoders a run evaluates: the workdir's pretrained checkpoint, the random init pretraining started
+from, imported weights, and encoders that projects register (e.g. SWCL's pseudo-labeller).
+
+An encoder is `(model, variables, recalibrate)`: `recalibrate` asks the probe to re-estimate BatchNorm
+statistics on the training images first (a random init has none worth keeping).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+
+from medssl_jax.models import convert_torch
+from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import pretrain as pretrain_lib
+
+
+def load_pretrained(config, workdir):
+  """The model and the latest checkpointed variables in `workdir` (error if there is none)."""
+  model, _, tx, _ = pretrain_lib.build(config)
+  state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
+  manager = ckpt_lib.make_manager(workdir, keep=config.train.keep_checkpoints)
+  restored = ckpt_lib.restore_latest(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state),
+                                     data_iter=False)
+  manager.close()
+  if restored is None:
+    raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints; run mode=pretrain "
+                            "with this --workdir first")
+  step, state, _ = restored
+  print(f"loaded checkpoint at step {step} from {workdir}", flush=True)
+  return model, state.variables
+
+
+def random_init_variables(config):
+  """The variables pretraining started from (same seed and key split as pretrain)."""
+  model, _, tx, _ = pretrain_lib.build(config)
+  init_key, _ = jax.random.split(jax.random.key(config.seed))
+  state = pretrain_lib.init_train_state(config, model, tx, init_key)
+  return model, state.variables
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+  """An encoder a project adds to the transfer / segmentation comparisons.
+
+  load(config, workdir) -> (display name, (model, variables, recalibrate));
+  present(workdir) -> whether `workdir` holds it (mode "transfer" then compares it without being asked).
+  """
+  name: str
+  load: Callable
+  present: Callable[[str], bool]
+
+
+_REGISTERED: dict[str, Encoder] = {}
+BUILTIN = ("pretrained", "random", "init_checkpoint")
+
+
+def register(encoder: Encoder):
+  """Adds a project's encoder by name (a project module calls this when imported)."""
+  if encoder.name in BUILTIN:
+    raise ValueError(f"encoder name {encoder.name!r} is built in; choose another")
+  _REGISTERED[encoder.name] = encoder
+
+
+def names() -> tuple[str, ...]:
+  """Every encoder name `transfer_encoders` accepts."""
+  return BUILTIN + tuple(_REGISTERED)
+
+
+def present(workdir: str) -> list[str]:
+  """Registered encoders that `workdir` holds (e.g. an SWCL workdir's pseudo-labeller)."""
+  return [name for name, e in _REGISTERED.items() if e.present(workdir)]
+
+
+def transfer_encoders(config, workdir: str, wanted) -> dict:
+  """{display name: (model, variables, recalibrate)} for the encoders a transfer stage compares:
+  "pretrained" (the checkpoint in `workdir`), "random" (random init), "init_checkpoint" (random init
+  with the backbone from config.model.init_checkpoint, e.g. converted ImageNet weights) and any registered
+  encoder (`register`)."""
+  # Pretrained and random encoders keep the architecture pretraining used: model.init_checkpoint switches the
+  # ResNet to torchvision's padding (models.build_backbone), which only the imported weights need.
+  plain = config
+  if config.model.init_checkpoint:
+    plain = config.copy_and_resolve_references()
+    with plain.unlocked():
+      plain.model.init_checkpoint = ""
+  out = {}
+  for name in wanted:
+    if name not in names():
+      raise ValueError(f"unknown transfer encoder {name!r}; valid choices: {list(names())}")
+    if name == "pretrained":
+      model, variables = load_pretrained(plain, workdir)
+      out[f"{config.objective.name} (pretrained)"] = (model, variables, False)
+    elif name == "random":
+      model, variables = random_init_variables(plain)
+      out["random init"] = (model, variables, True)
+    elif name == "init_checkpoint":
+      if not config.model.init_checkpoint:
+        raise ValueError("transfer encoder 'init_checkpoint' needs config.model.init_checkpoint (a torchvision / "
+                         "timm ResNet state dict, see medssl_jax/models/convert_torch.py)")
+      model, variables = random_init_variables(config)
+      variables = convert_torch.init_backbone(config, variables)
+      label = os.path.basename(config.model.init_checkpoint)
+      out[f"imported ({label})"] = (model, variables, False)
+    else:
+      display, encoder = _REGISTERED[name].load(plain, workdir)
+      out[display] = encoder
+  return out
