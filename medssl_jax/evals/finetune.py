@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 
 import flax.linen as nn
 import jax
@@ -54,6 +53,7 @@ import optax
 from medssl_jax.augment import views as views_lib
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train import supervised
 from medssl_jax.train.step import normalize
 
 PROTOCOL = ("fine-tuning: backbone features -> new Dense head; AdamW, cosine decay, weight decay on kernels; "
@@ -97,30 +97,9 @@ def _probs(logits, multi_label: bool):
   return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
 
 
-def _decay_mask(params):
-  """True for kernels (conv / dense / attention weights): the leaves weight decay applies to."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-
-
-SCHEDULES = ("cosine", "multistep")
-
-
-def learning_rate_at(step: int, *, learning_rate: float, steps: int, warmup_steps: int = 0,
-                     schedule: str = "cosine", milestones=(0.5, 0.75), gamma: float = 0.1) -> float:
-  """The learning rate of update `step` (1-based): linear warm-up from 0 over `warmup_steps` updates, then
-  either cosine decay to 0 at update `steps + 1` (optax's warmup_cosine_decay_schedule /
-  cosine_decay_schedule evaluated at count = step - 1), or "multistep": multiplied by `gamma` at each
-  milestone (fractions of `steps`; MedMNIST's recipe: x0.1 at 50% and 75% of training)."""
-  t = step - 1
-  if t < warmup_steps:
-    return learning_rate * t / warmup_steps
-  if schedule == "multistep":
-    return learning_rate * gamma ** sum(t >= round(m * steps) for m in milestones)
-  if schedule != "cosine":
-    raise ValueError(f"schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
-  frac = min(t - warmup_steps, steps - warmup_steps) / (steps - warmup_steps)
-  return learning_rate * 0.5 * (1.0 + math.cos(math.pi * frac))
+# The schedule and decay mask live with the supervised training loop; re-exported for callers of this module.
+SCHEDULES = supervised.SCHEDULES
+learning_rate_at = supervised.learning_rate_at
 
 
 @functools.lru_cache(maxsize=32)
@@ -174,7 +153,7 @@ def _steps(backbone, num_classes: int, multi_label: bool, image_size: int, mean:
 
     (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = adam.update(grads, opt_state, params)
-    decay = _decay_mask(params)
+    decay = supervised.decay_mask(params)
     updates = jax.tree.map(lambda u, p, d: u + weight_decay * p if d else u, updates, params, decay)
     scale = {k: -lr * (bb_lr_scale if k == "backbone" else 1.0) for k in params}
     updates = {k: jax.tree.map(lambda u, s=scale[k]: (s * u).astype(u.dtype), v) for k, v in updates.items()}
@@ -220,9 +199,90 @@ def _check_split(images, labels, *, name: str, num_classes: int, multi_label: bo
   return images, labels.astype(np.int32)
 
 
+def _check_splits(splits: dict, *, num_classes: int, multi_label: bool, mean, std) -> dict:
+  """{name: (images, labels)} checked (`_check_split`; val may be (None, None)), one channel count throughout."""
+  out = {name: (None, None) if images is None else
+         _check_split(images, labels, name=name, num_classes=num_classes, multi_label=multi_label)
+         for name, (images, labels) in splits.items()}
+  channels = out["train"][0].shape[-1]
+  for name, (images, _) in out.items():
+    if images is not None and images.shape[-1] != channels:
+      raise ValueError(f"{name}_images has {images.shape[-1]} channels, train_images has {channels}")
+  if len(mean) not in (1, channels) or len(std) not in (1, channels):
+    raise ValueError(f"mean / std must have 1 or {channels} entries (the images' channels), got {mean} / {std}")
+  return out
+
+
 def _metrics(labels, probs, multi_label: bool) -> dict:
   del multi_label  # Read from the labels' shape.
   return metrics_lib.classification_metrics(labels, probs)
+
+
+def _check_settings(*, model, variables, num_classes, multi_label, steps, warmup_steps, backbone_lr_scale, schedule,
+                    eval_every, val_given):
+  """Refuses a model without a backbone and out-of-range settings, naming the argument."""
+  if not hasattr(model, "backbone"):
+    raise ValueError(f"model must have a `backbone` (e.g. SSLModel); got {type(model).__name__}")
+  if "backbone" not in variables.get("params", {}):
+    raise ValueError("variables['params'] has no 'backbone' entry; pass the SSL model's full variables "
+                     f"(found params keys {sorted(variables.get('params', {}))})")
+  if not isinstance(num_classes, int) or num_classes < (1 if multi_label else 2):
+    raise ValueError(f"num_classes={num_classes!r} must be an int >= {1 if multi_label else 2}"
+                     f"{' (multi-label)' if multi_label else ' (binary data: 2)'}")
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps={steps!r} must be a positive int")
+  if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < steps:
+    raise ValueError(f"warmup_steps={warmup_steps!r} must be an int in [0, steps={steps})")
+  if not backbone_lr_scale >= 0:
+    raise ValueError(f"backbone_lr_scale={backbone_lr_scale!r} must be >= 0 (0 freezes the backbone)")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
+  if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
+    raise ValueError(f"eval_every={eval_every!r} must be None or a positive int")
+  if val_given[0] != val_given[1]:
+    raise ValueError("val_images and val_labels must be given together (or neither)")
+
+
+def _result(test: dict, *, run, lrs, selected, has_val, eval_every, multi_label, num_train, steps, batch_size,
+            learning_rate, weight_decay, backbone_lr_scale, augment, seed, image_size, schedule, milestones) -> dict:
+  """The test metrics with the selection, curves, protocol and settings of one fine-tuning run."""
+  sel_step, val_m = selected
+  result = dict(test)
+  result.update(
+      selected_step=sel_step,
+      selection=(f"highest validation AUROC over evaluations every {eval_every} steps and at step {steps}"
+                 if has_val and eval_every else "validation AUROC scored at the last step only (eval_every=None)"
+                 if has_val else "last step (no validation data)"),
+      val_accuracy=None if val_m is None else val_m["accuracy"],
+      val_auroc=None if val_m is None else val_m["auroc"],
+      curve={"step": [e["step"] for e in run.train_curve], "train_loss": [e["loss"] for e in run.train_curve],
+             "learning_rate": lrs},
+      val_curve=[{k: v[k] for k in ("step", "loss", "accuracy", "auroc")} for v in run.val_curve],
+      multi_label=bool(multi_label),
+      protocol=describe(schedule=schedule, milestones=milestones, augment=augment, weight_decay=weight_decay),
+      num_train=num_train, steps=steps, batch_size=batch_size, learning_rate=float(learning_rate), weight_decay=float(weight_decay),
+      backbone_lr_scale=float(backbone_lr_scale), augment=bool(augment), seed=seed, image_size=int(image_size),
+      schedule=schedule, milestones=list(milestones) if schedule == "multistep" else None)
+  return result
+
+
+def _predictor(eval_step, *, channels: int, num_classes: int, multi_label: bool, batch_size: int, mesh):
+  """uint8 images [M, H, W, C] -> class probabilities of a trained head, as the test split is scored."""
+
+  def predictor(images):
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] != channels:
+      raise ValueError(f"fine-tuned predictor: images must be uint8 [M, H, W, {channels}] (the training "
+                       f"images' channels), got {images.dtype} {images.shape}")
+    if not len(images):
+      return np.zeros((0, num_classes), np.float32)
+    label_shape = (num_classes,) if multi_label else ()
+    zeros = np.zeros((len(images), *label_shape), np.float32 if multi_label else np.int32)  # Loss unused.
+    probs, _ = mesh_lib.apply_batched(lambda b: eval_step(b["x"], b["y"], b["mask"]), {"x": images, "y": zeros},
+                                      batch_size=batch_size, mesh=mesh, mask=True)
+    return probs
+
+  return predictor
 
 
 def finetune(*, model, variables, train_images, train_labels, val_images=None, val_labels=None, test_images,
@@ -265,41 +325,16 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     "train_loss"} for every step and "val_curve" [{"step", "loss", "accuracy", "auroc"}]; "protocol" and
     the hyperparameters.
   """
-  if not hasattr(model, "backbone"):
-    raise ValueError(f"model must have a `backbone` (e.g. SSLModel); got {type(model).__name__}")
-  if "backbone" not in variables.get("params", {}):
-    raise ValueError("variables['params'] has no 'backbone' entry; pass the SSL model's full variables "
-                     f"(found params keys {sorted(variables.get('params', {}))})")
-  if not isinstance(num_classes, int) or num_classes < (1 if multi_label else 2):
-    raise ValueError(f"num_classes={num_classes!r} must be an int >= {1 if multi_label else 2}"
-                     f"{' (multi-label)' if multi_label else ' (binary data: 2)'}")
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps={steps!r} must be a positive int")
-  if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < steps:
-    raise ValueError(f"warmup_steps={warmup_steps!r} must be an int in [0, steps={steps})")
-  if not backbone_lr_scale >= 0:
-    raise ValueError(f"backbone_lr_scale={backbone_lr_scale!r} must be >= 0 (0 freezes the backbone)")
-  if schedule not in SCHEDULES:
-    raise ValueError(f"schedule={schedule!r}; valid choices: {list(SCHEDULES)}")
-  if eval_every is not None and (not isinstance(eval_every, int) or eval_every < 1):
-    raise ValueError(f"eval_every={eval_every!r} must be None or a positive int")
-  if (val_images is None) != (val_labels is None):
-    raise ValueError("val_images and val_labels must be given together (or neither)")
+  _check_settings(model=model, variables=variables, num_classes=num_classes, multi_label=multi_label, steps=steps,
+                  warmup_steps=warmup_steps, backbone_lr_scale=backbone_lr_scale, schedule=schedule,
+                  eval_every=eval_every, val_given=(val_images is not None, val_labels is not None))
   mean, std = tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std))
-  train_images, train_labels = _check_split(train_images, train_labels, name="train", num_classes=num_classes,
-                                            multi_label=multi_label)
-  test_images, test_labels = _check_split(test_images, test_labels, name="test", num_classes=num_classes,
-                                          multi_label=multi_label)
-  has_val = val_images is not None
-  if has_val:
-    val_images, val_labels = _check_split(val_images, val_labels, name="val", num_classes=num_classes,
-                                          multi_label=multi_label)
-  channels = train_images.shape[-1]
-  for name, imgs in (("test", test_images), ("val", val_images)):
-    if imgs is not None and imgs.shape[-1] != channels:
-      raise ValueError(f"{name}_images has {imgs.shape[-1]} channels, train_images has {channels}")
-  if len(mean) not in (1, channels) or len(std) not in (1, channels):
-    raise ValueError(f"mean / std must have 1 or {channels} entries (the images' channels), got {mean} / {std}")
+  splits = _check_splits(dict(train=(train_images, train_labels), val=(val_images, val_labels),
+                              test=(test_images, test_labels)), num_classes=num_classes, multi_label=multi_label,
+                         mean=mean, std=std)
+  (train_images, train_labels), (val_images, val_labels), (test_images, test_labels) = (
+      splits["train"], splits["val"], splits["test"])
+  has_val, channels = val_images is not None, train_images.shape[-1]
 
   mesh = mesh or mesh_lib.make_mesh()
   n_dev = mesh.devices.size
@@ -323,77 +358,44 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
   params, opt_state = rep(params), rep(opt_state)
 
   def evaluate(bb, hd, bs, images, labels):
-    probs, loss = [], 0.0
-    for i in range(0, len(images), eval_bs):
-      x, y = images[i:i + eval_bs], labels[i:i + eval_bs]
-      pad = eval_bs - len(x)
-      mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
-      if pad:
-        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-        y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
-      b = mesh_lib.shard_batch({"x": x, "y": y, "m": mask}, mesh)
-      p, l = eval_step(bb, hd, bs, b["x"], b["y"], b["m"])
-      probs.append(np.asarray(p)[:eval_bs - pad])
-      loss += float(l)
-    probs = np.concatenate(probs)
+    probs, loss = mesh_lib.apply_batched(lambda b: eval_step(bb, hd, bs, b["x"], b["y"], b["mask"]),
+                                         {"x": images, "y": labels}, batch_size=eval_bs, mesh=mesh, mask=True)
     return dict(_metrics(labels, probs, multi_label), loss=loss / len(images))
 
   # Batch order: a stream of seeded permutations, one per epoch.
   rng = np.random.default_rng(seed)
   n = len(train_images)
   order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps * batch_size / n))])
-  losses, lrs, val_curve = [], [], []
-  best = None  # (selection key, step, params, batch_stats, val metrics)
-  t_start, last_print = time.perf_counter(), 0
-  print_every = max(1, steps // 10)
-  for step in range(1, steps + 1):
+  lrs = []
+
+  def step_fn(state, step):
+    params, batch_stats, opt_state = state
     idx = order[(step - 1) * batch_size:step * batch_size]
     b = mesh_lib.shard_batch({"x": train_images[idx], "y": train_labels[idx]}, mesh)
     lr = learning_rate_at(step, learning_rate=learning_rate, steps=steps, warmup_steps=warmup_steps,
                           schedule=schedule, milestones=tuple(milestones))
+    lrs.append(lr)
     params, batch_stats, opt_state, loss = train_step(
         params, bb_params, batch_stats, opt_state, b["x"], b["y"], jax.random.fold_in(key, step),
         np.float32(lr), np.float32(weight_decay), np.float32(backbone_lr_scale))
-    losses.append(loss)
-    lrs.append(lr)
-    if has_val and (step == steps or (eval_every and step % eval_every == 0)):
-      bb = bb_params if frozen else params["backbone"]
-      m = evaluate(bb, params["head"], batch_stats, val_images, val_labels)
-      val_curve.append(dict(step=step, **{k: m[k] for k in ("loss", "accuracy", "auroc")}))
-      auc = m["auroc"] if np.isfinite(m["auroc"]) else -np.inf
-      rank = (auc, m["accuracy"], -m["loss"])
-      if best is None or rank > best[0]:
-        best = (rank, step, params, batch_stats, m)
-    if progress and (step == steps or step % print_every == 0 or (val_curve and val_curve[-1]["step"] == step)):
-      # Long runs (e.g. the MedMNIST recipe's 3,700 steps) should not sit silent for minutes.
-      mean_loss = float(np.mean(jax.device_get(losses[last_print:step])))
-      rate = step / (time.perf_counter() - t_start)
-      line = f"finetune [{progress}] step {step}/{steps} | train loss {mean_loss:.4f}"
-      if val_curve and val_curve[-1]["step"] == step:
-        line += f" | val AUROC {val_curve[-1]['auroc']:.4f} (best {best[4]['auroc']:.4f} at step {best[1]})"
-      print(f"{line} | {rate:.2f} steps/s | ETA {(steps - step) / rate:.0f}s", flush=True)
-      last_print = step
-  if best is None:
-    best = (None, steps, params, batch_stats, None)
-  _, sel_step, sel_params, sel_bs, val_m = best
+    return (params, batch_stats, opt_state), {"loss": loss}
+
+  def validate(state, step):
+    params, batch_stats, _ = state
+    return evaluate(bb_params if frozen else params["backbone"], params["head"], batch_stats, val_images, val_labels)
+  # Selection: the highest validation AUROC (nan lowest), then accuracy, then the lower loss, then the earlier step.
+  rank = lambda m: (m["auroc"] if np.isfinite(m["auroc"]) else -np.inf, m["accuracy"], -m["loss"])
+  run = supervised.fit(name=f"finetune [{progress}]", steps=steps, state=(params, batch_stats, opt_state),
+                       step_fn=step_fn, evaluate=validate if has_val else None, eval_every=eval_every or 0, rank=rank,
+                       record_every=1, quiet=not progress)
+  sel_step, (sel_params, sel_bs, _), val_m = ((steps, run.state, None) if run.best_state is None else
+                                              (run.best_step, run.best_state, run.best_metrics))
   sel_bb = bb_params if frozen else sel_params["backbone"]
   test = evaluate(sel_bb, sel_params["head"], sel_bs, test_images, test_labels)
-
-  result = dict(test)
-  result.update(
-      selected_step=sel_step,
-      selection=(f"highest validation AUROC over evaluations every {eval_every} steps and at step {steps}"
-                 if has_val and eval_every else "validation AUROC scored at the last step only (eval_every=None)"
-                 if has_val else "last step (no validation data)"),
-      val_accuracy=None if val_m is None else val_m["accuracy"],
-      val_auroc=None if val_m is None else val_m["auroc"],
-      curve={"step": list(range(1, steps + 1)), "train_loss": [float(x) for x in jax.device_get(losses)],
-             "learning_rate": lrs},
-      val_curve=val_curve, multi_label=bool(multi_label),
-      protocol=describe(schedule=schedule, milestones=milestones, augment=augment, weight_decay=weight_decay), num_train=n, steps=steps,
-      batch_size=batch_size, learning_rate=float(learning_rate), weight_decay=float(weight_decay),
-      backbone_lr_scale=float(backbone_lr_scale), augment=bool(augment), seed=seed, image_size=int(image_size),
-      schedule=schedule, milestones=list(milestones) if schedule == "multistep" else None)
+  result = _result(test, run=run, lrs=lrs, selected=(sel_step, val_m), has_val=has_val, eval_every=eval_every,
+                   multi_label=multi_label, num_train=n, steps=steps, batch_size=batch_size,
+                   learning_rate=learning_rate, weight_decay=weight_decay, backbone_lr_scale=backbone_lr_scale,
+                   augment=augment, seed=seed, image_size=image_size, schedule=schedule, milestones=milestones)
   if return_variables:
     out = {"params": {"backbone": sel_bb, "head": sel_params["head"]}}
     if has_bn:
@@ -401,23 +403,5 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     result["variables"] = jax.device_get(out)
   if not return_predictor:
     return result
-
-  def predictor(images):
-    images = np.asarray(images)
-    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] != channels:
-      raise ValueError(f"fine-tuned predictor: images must be uint8 [M, H, W, {channels}] (the training "
-                       f"images' channels), got {images.dtype} {images.shape}")
-    label_shape = (num_classes,) if multi_label else ()
-    probs = []
-    for i in range(0, len(images), eval_bs):
-      x = images[i:i + eval_bs]
-      pad = eval_bs - len(x)
-      if pad:
-        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-      y = np.zeros((eval_bs, *label_shape), np.float32 if multi_label else np.int32)  # Loss unused.
-      b = mesh_lib.shard_batch({"x": x, "y": y, "m": np.zeros(eval_bs, np.float32)}, mesh)
-      p, _ = eval_step(sel_bb, sel_params["head"], sel_bs, b["x"], b["y"], b["m"])
-      probs.append(np.asarray(p)[:eval_bs - pad])
-    return np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
-
-  return result, predictor
+  return result, _predictor(functools.partial(eval_step, sel_bb, sel_params["head"], sel_bs), channels=channels,
+                            num_classes=num_classes, multi_label=multi_label, batch_size=eval_bs, mesh=mesh)

@@ -63,10 +63,11 @@ from medssl_jax.data import pipeline
 from medssl_jax.evals import attention
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import segmentation_metrics
-from medssl_jax.evals.finetune import learning_rate_at
 from medssl_jax.models.resnet import ResNet
 from medssl_jax.models.unet import UNet
 from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train import supervised
+from medssl_jax.train.supervised import learning_rate_at
 from medssl_jax.train.step import normalize
 
 PROTOCOL = ("segmentation transfer: U-Net (encoder from the given backbone, bilinear decoder from random init, "
@@ -163,10 +164,6 @@ def fov_masks(images, *, fov, masks=None) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 # Training and inference.
 
-def _decay_mask(params):
-  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-
-
 def _augment_one(key, image, mask):
   """Flips, a k x 90-degree rotation (image and mask alike) and brightness/contrast jitter (image only)."""
   k_h, k_v, k_rot, k_b, k_c = jax.random.split(key, 5)
@@ -247,7 +244,7 @@ def _functions(model: UNet, patch: int, mean: tuple, std: tuple, augment: bool, 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = adam.update(grads, opt_state, trainable)
     updates = jax.tree.map(lambda u, p, d: u + weight_decay * p if d else u, updates, trainable,
-                           _decay_mask(trainable))
+                           supervised.decay_mask(trainable))
     updates = {k: jax.tree.map(lambda u, s=-lr * (bb_lr_scale if k == "backbone" else 1.0): (s * u).astype(u.dtype),
                                v) for k, v in updates.items()}
     return {**params, **optax.apply_updates(trainable, updates)}, new_stats, opt_state, loss
@@ -381,6 +378,91 @@ def _num_classes(train_masks, test_masks, num_classes) -> int:
   return num_classes
 
 
+def _init_variables(model: UNet, backbone_variables, *, key, patch_size: int, channels: int, train_masks, train_fov,
+                    num_classes: int | None):
+  """(params, batch_stats) of a new U-Net: the given backbone's (copies), a fresh decoder, and the output bias at
+  the training masks' prior (num_classes None: binary)."""
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      key, jnp.zeros((1, patch_size, patch_size, channels), jnp.float32))
+  backbone = model.backbone
+  given = {c: backbone_variables.get(c, {}) for c in ("params", "batch_stats")}
+  for col in ("params", "batch_stats"):
+    want = jax.tree.map(np.shape, variables[col]["backbone"])
+    got = jax.tree.map(np.shape, given[col])
+    if want != got:
+      raise ValueError(f"backbone_variables[{col!r}] do not fit the backbone {backbone.__class__.__name__}"
+                       f"(depth={backbone.depth}, stem={backbone.stem!r}, width={backbone.width_multiplier}): "
+                       f"tree/shapes differ (expected {len(jax.tree.leaves(want))} leaves, got "
+                       f"{len(jax.tree.leaves(got))}); pass the plain ResNet's variables")
+  # Own copies: the caller's arrays are never aliased (or donated) by the training state.
+  params = {**variables["params"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True), given["params"])}
+  # Output bias at the log-odds of the training foreground fraction (Lin et al. 2017's prior init): the
+  # first steps then do not spend themselves pushing every background pixel down from p = 0.5.
+  if num_classes is not None:  # Softmax biases at log(class fraction): the initial prediction is the class prior.
+    frac = np.bincount(train_masks[train_fov].ravel(), minlength=num_classes) / float(train_fov.sum())
+    bias = np.log(np.clip(frac, 1e-3, None)).astype(np.float32)
+    params["logits"] = {**params["logits"], "bias": jnp.asarray(bias, params["logits"]["bias"].dtype)}
+  else:
+    prior = float(np.clip(train_masks[train_fov].mean(), 1e-3, 1 - 1e-3))
+    params["logits"] = {**params["logits"],
+                        "bias": jnp.full_like(params["logits"]["bias"], math.log(prior / (1 - prior)))}
+  stats = {**variables["batch_stats"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True),
+                                                                given["batch_stats"])}
+  return params, stats
+
+
+def _test_report(probs, masks, fov, *, num_classes: int | None, threshold: float, progress: str | None, t0: float):
+  """The test metrics of predicted maps (num_classes None: binary at `threshold`), printed under `progress`."""
+  if num_classes is not None:
+    report = segmentation_metrics.multiclass_segmentation_report(probs, masks, valid=fov)
+    per = " ".join(f"{report[f'dice_class_{k}']:.4f}" for k in range(1, num_classes))
+    line = (f"mean Dice {report['dice']:.4f} (per class {per}) | mean IoU {report['iou']:.4f} | mean AUROC "
+            f"{report['auroc']:.4f} | accuracy {report['accuracy']:.4f}")
+  else:
+    report = segmentation_metrics.segmentation_report(probs, masks, valid=fov, threshold=threshold)
+    line = (f"Dice {report['dice']:.4f} | AUROC {report['auroc']:.4f} | sensitivity {report['sensitivity']:.4f} | "
+            f"specificity {report['specificity']:.4f}")
+  if progress:
+    print(f"segmentation [{progress}] test: {line} ({len(masks)} images, {time.perf_counter() - t0:.1f}s)",
+          flush=True)
+  return report
+
+
+def _check_inputs(*, backbone, patch_size, steps, backbone_lr_scale, batch_size, mesh, mask_mode, num_classes, mean,
+                  std, train, test):
+  """The settings and splits of `finetune_segmentation` checked: (train, test, num_classes, mean, std)."""
+  if not isinstance(backbone, ResNet):
+    raise ValueError(f"finetune_segmentation: backbone must be a ResNet (the U-Net taps its stages), got "
+                     f"{type(backbone).__name__}")
+  if not isinstance(patch_size, int) or patch_size < PAD_MULTIPLE or patch_size % PAD_MULTIPLE:
+    raise ValueError(f"patch_size={patch_size!r} must be a positive multiple of {PAD_MULTIPLE}")
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps={steps!r} must be a positive int")
+  if not backbone_lr_scale >= 0:
+    raise ValueError(f"backbone_lr_scale={backbone_lr_scale!r} must be >= 0 (0 freezes the backbone's parameters)")
+  n_dev = 1 if mesh is None else mesh.devices.size
+  if not isinstance(batch_size, int) or batch_size < 1 or batch_size % n_dev:
+    raise ValueError(f"batch_size={batch_size!r} must be a positive multiple of the mesh's {n_dev} devices")
+  if mask_mode not in MASK_MODES:
+    raise ValueError(f"mask_mode={mask_mode!r} is not known; valid choices: {list(MASK_MODES)}")
+  classes = mask_mode == "classes"
+  train_images, train_masks, train_fov = _check_split(*train, name="train", mask_mode=mask_mode)
+  test_images, test_masks, test_fov = _check_split(*test, name="test", mask_mode=mask_mode)
+  if classes:
+    num_classes = _num_classes(train_masks, test_masks, num_classes)
+  elif num_classes not in (None, 1):
+    raise ValueError(f"num_classes={num_classes!r} is for mask_mode='classes'; mask_mode='binary' has one output")
+  channels = train_images.shape[-1]
+  if test_images.shape[-1] != channels:
+    raise ValueError(f"test_images has {test_images.shape[-1]} channels, train_images has {channels}")
+  if min(train_images.shape[1:3]) < patch_size:
+    raise ValueError(f"patch_size={patch_size} is larger than the training images {train_images.shape[1:3]}")
+  mean, std = tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std))
+  if len(mean) not in (1, channels) or len(std) not in (1, channels):
+    raise ValueError(f"mean / std must have 1 or {channels} entries (the images' channels), got {mean} / {std}")
+  return (train_images, train_masks, train_fov), (test_images, test_masks, test_fov), num_classes, mean, std
+
+
 def finetune_segmentation(*, backbone, backbone_variables, train_images, train_masks, test_images, test_masks,
                           test_fov=None, train_fov=None, patch_size: int, steps: int, batch_size: int,
                           learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
@@ -422,38 +504,12 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
     adds mask_mode and class_fraction_in_fov, the test FOV pixel fraction of each class, instead of
     vessel_fraction_in_fov and threshold). "probabilities" ([N, H, W] or [N, H, W, K]) when asked.
   """
-  if not isinstance(backbone, ResNet):
-    raise ValueError(f"finetune_segmentation: backbone must be a ResNet (the U-Net taps its stages), got "
-                     f"{type(backbone).__name__}")
-  if not isinstance(patch_size, int) or patch_size < PAD_MULTIPLE or patch_size % PAD_MULTIPLE:
-    raise ValueError(f"patch_size={patch_size!r} must be a positive multiple of {PAD_MULTIPLE}")
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps={steps!r} must be a positive int")
-  if not backbone_lr_scale >= 0:
-    raise ValueError(f"backbone_lr_scale={backbone_lr_scale!r} must be >= 0 (0 freezes the backbone's parameters)")
-  n_dev = 1 if mesh is None else mesh.devices.size
-  if not isinstance(batch_size, int) or batch_size < 1 or batch_size % n_dev:
-    raise ValueError(f"batch_size={batch_size!r} must be a positive multiple of the mesh's {n_dev} devices")
-  if mask_mode not in MASK_MODES:
-    raise ValueError(f"mask_mode={mask_mode!r} is not known; valid choices: {list(MASK_MODES)}")
+  (train_images, train_masks, train_fov), (test_images, test_masks, test_fov_arr), num_classes, mean, std = (
+      _check_inputs(backbone=backbone, patch_size=patch_size, steps=steps, backbone_lr_scale=backbone_lr_scale,
+                    batch_size=batch_size, mesh=mesh, mask_mode=mask_mode, num_classes=num_classes, mean=mean,
+                    std=std, train=(train_images, train_masks, train_fov), test=(test_images, test_masks, test_fov)))
   classes = mask_mode == "classes"
-  train_images, train_masks, train_fov = _check_split(train_images, train_masks, train_fov, name="train",
-                                                      mask_mode=mask_mode)
-  test_images, test_masks, test_fov_arr = _check_split(test_images, test_masks, test_fov, name="test",
-                                                       mask_mode=mask_mode)
-  if classes:
-    num_classes = _num_classes(train_masks, test_masks, num_classes)
-  elif num_classes not in (None, 1):
-    raise ValueError(f"num_classes={num_classes!r} is for mask_mode='classes'; mask_mode='binary' has one output")
   channels = train_images.shape[-1]
-  if test_images.shape[-1] != channels:
-    raise ValueError(f"test_images has {test_images.shape[-1]} channels, train_images has {channels}")
-  if min(train_images.shape[1:3]) < patch_size:
-    raise ValueError(f"patch_size={patch_size} is larger than the training images {train_images.shape[1:3]}")
-  mean, std = tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std))
-  if len(mean) not in (1, channels) or len(std) not in (1, channels):
-    raise ValueError(f"mean / std must have 1 or {channels} entries (the images' channels), got {mean} / {std}")
-
   widths = tuple(int(w) for w in decoder_widths) if decoder_widths else None
   model = UNet(backbone=backbone, num_classes=num_classes if classes else 1, decoder_widths=widths)
   frozen = backbone_lr_scale == 0
@@ -464,31 +520,9 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
   predict = predict_fn(model, mean, std)
 
   key = jax.random.key(seed)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.fold_in(key, 0), jnp.zeros((1, patch_size, patch_size, channels), jnp.float32))
-  given = {c: backbone_variables.get(c, {}) for c in ("params", "batch_stats")}
-  for col in ("params", "batch_stats"):
-    want = jax.tree.map(np.shape, variables[col]["backbone"])
-    got = jax.tree.map(np.shape, given[col])
-    if want != got:
-      raise ValueError(f"backbone_variables[{col!r}] do not fit the backbone {backbone.__class__.__name__}"
-                       f"(depth={backbone.depth}, stem={backbone.stem!r}, width={backbone.width_multiplier}): "
-                       f"tree/shapes differ (expected {len(jax.tree.leaves(want))} leaves, got "
-                       f"{len(jax.tree.leaves(got))}); pass the plain ResNet's variables")
-  # Own copies: the caller's arrays are never aliased (or donated) by the training state.
-  params = {**variables["params"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True), given["params"])}
-  # Output bias at the log-odds of the training foreground fraction (Lin et al. 2017's prior init): the
-  # first steps then do not spend themselves pushing every background pixel down from p = 0.5.
-  if classes:  # Softmax biases at log(class fraction): the initial prediction is the class prior.
-    frac = np.bincount(train_masks[train_fov].ravel(), minlength=num_classes) / float(train_fov.sum())
-    bias = np.log(np.clip(frac, 1e-3, None)).astype(np.float32)
-    params["logits"] = {**params["logits"], "bias": jnp.asarray(bias, params["logits"]["bias"].dtype)}
-  else:
-    prior = float(np.clip(train_masks[train_fov].mean(), 1e-3, 1 - 1e-3))
-    params["logits"] = {**params["logits"],
-                        "bias": jnp.full_like(params["logits"]["bias"], math.log(prior / (1 - prior)))}
-  stats = {**variables["batch_stats"], "backbone": jax.tree.map(lambda a: jnp.array(a, copy=True),
-                                                                given["batch_stats"])}
+  params, stats = _init_variables(model, backbone_variables, key=jax.random.fold_in(key, 0), patch_size=patch_size,
+                                  channels=channels, train_masks=train_masks, train_fov=train_fov,
+                                  num_classes=num_classes if classes else None)
   opt_state = init_opt(params)
   origins = _crop_origins(train_fov, patch_size, stride)
   data = (train_images, train_masks, origins)
@@ -497,48 +531,26 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
   else:
     data = jax.device_put(data)
 
-  log_every = max(1, steps // 50)
-  print_every = max(1, steps // 10)
-  losses, curve = [], {"step": [], "loss": []}
-  t0 = time.perf_counter()
-  last_print = 0
-  for step in range(1, steps + 1):
+  def step_fn(state, step):
+    params, stats, opt_state = state
     lr = learning_rate_at(step, learning_rate=learning_rate, steps=steps)
     params, stats, opt_state, loss = train_step(params, stats, opt_state, *data, jax.random.fold_in(key, step),
                                                 np.float32(lr), np.float32(weight_decay),
                                                 np.float32(backbone_lr_scale))
-    losses.append(loss)
-    if step % log_every == 0 or step == steps:
-      start = (curve["step"][-1] if curve["step"] else 0)
-      curve["step"].append(step)
-      curve["loss"].append(float(np.mean(jax.device_get(losses[start:step]))))
-    if progress and (step % print_every == 0 or step == steps):
-      mean_loss = float(np.mean(jax.device_get(losses[last_print:step])))
-      rate = step / (time.perf_counter() - t0)
-      print(f"segmentation [{progress}] step {step}/{steps} | loss {mean_loss:.4f} | lr {lr:.2e} | "
-            f"{rate:.2f} steps/s | ETA {(steps - step) / rate:.0f}s", flush=True)
-      last_print = step
-  jax.block_until_ready(params)
-  train_seconds = time.perf_counter() - t0
+    return (params, stats, opt_state), {"loss": loss}
+
+  run = supervised.fit(name=f"segmentation [{progress}]", steps=steps, state=(params, stats, opt_state),
+                       step_fn=step_fn, record_every=max(1, steps // 50), quiet=not progress)
+  params, stats, _ = run.state
+  train_seconds = run.seconds
+  curve = {"step": [e["step"] for e in run.train_curve], "loss": [e["loss"] for e in run.train_curve]}
 
   t1 = time.perf_counter()
   if mesh is not None:  # Inference on one device: whole images do not split over a data axis evenly.
     params, stats = jax.device_get((params, stats))
   probs = predict_images(predict, params, stats, test_images)
-  if classes:
-    report = segmentation_metrics.multiclass_segmentation_report(probs, test_masks, valid=test_fov_arr)
-    if progress:
-      per = " ".join(f"{report[f'dice_class_{k}']:.4f}" for k in range(1, num_classes))
-      print(f"segmentation [{progress}] test: mean Dice {report['dice']:.4f} (per class {per}) | mean IoU "
-            f"{report['iou']:.4f} | mean AUROC {report['auroc']:.4f} | accuracy {report['accuracy']:.4f} "
-            f"({len(test_images)} images, {time.perf_counter() - t1:.1f}s)", flush=True)
-  else:
-    report = segmentation_metrics.segmentation_report(probs, test_masks, valid=test_fov_arr,
-                                                      threshold=threshold)
-  if progress and not classes:
-    print(f"segmentation [{progress}] test: Dice {report['dice']:.4f} | AUROC {report['auroc']:.4f} | "
-          f"sensitivity {report['sensitivity']:.4f} | specificity {report['specificity']:.4f} "
-          f"({len(test_images)} images, {time.perf_counter() - t1:.1f}s)", flush=True)
+  report = _test_report(probs, test_masks, test_fov_arr, num_classes=num_classes if classes else None,
+                        threshold=threshold, progress=progress, t0=t1)
   result = dict(report)
   result.update(
       steps=steps, train_seconds=train_seconds, test_seconds=time.perf_counter() - t1, curve=curve,

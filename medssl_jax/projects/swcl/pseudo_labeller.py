@@ -63,6 +63,7 @@ from medssl_jax.projects.swcl import config as swcl_config
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import guard as guard_lib
 from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train import supervised
 from medssl_jax.train.step import normalize
 
 STAGE_DIR = "pseudo_labeller"
@@ -275,15 +276,10 @@ class Classifier(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(HEAD_INIT_STD), name="head")(f)
 
 
-def _decay_mask(params):
-  """Weight decay on kernels only (not biases, norm parameters, position embeddings or class token)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-
-
 def _optimizer(config):
   s = config.swcl
   return optax.adamw(optax.cosine_decay_schedule(s.learning_rate, s.steps), b1=0.9, b2=0.999,
-                     weight_decay=s.weight_decay, mask=_decay_mask)
+                     weight_decay=s.weight_decay, mask=supervised.decay_mask)
 
 
 def _build(config, num_classes: int):
@@ -372,14 +368,8 @@ class _Stream:
 
 def predict_probs(predict, params, batch_stats, images, *, mesh, batch_size: int) -> np.ndarray:
   """Class probabilities [N, C] of uint8 images in fixed-size batches (the last zero-padded, then dropped)."""
-  out = []
-  for i in range(0, len(images), batch_size):
-    x = images[i:i + batch_size]
-    pad = batch_size - len(x)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    out.append(np.asarray(predict(params, batch_stats, mesh_lib.shard_batch({"x": x}, mesh)["x"]))[:batch_size - pad])
-  return np.concatenate(out)
+  return mesh_lib.apply_batched(lambda b: predict(params, batch_stats, b["x"]), {"x": images}, batch_size=batch_size,
+                                mesh=mesh)
 
 
 def _val_metrics(labels, probs, multi_label: bool) -> dict:
@@ -453,6 +443,54 @@ def load(config, workdir: str, *, mesh=None):
   return backbone, variables, summary
 
 
+def _summary(config, *, lab, pool, pool_sources, progress, start, seconds, settings, out_dir) -> dict:
+  """What <workdir>/pseudo_labeller/summary.json records of a finished stage 1."""
+  s = config.swcl
+  classes, multi_label, channels = lab["classes"], lab["multi_label"], lab["train_images"].shape[-1]
+  size, bs, bu = s.classifier_image_size, s.batch_size, s.batch_size * s.unlabelled_ratio
+  final = progress["val_curve"][-1] if progress["val_curve"] else {}
+  summary = {
+      "classes": classes, "multi_label": multi_label, "steps": s.steps, "channels": int(channels),
+      "image_size": size, "fit": s.fit, "objective": OBJECTIVE,
+      "labelled": lab["source"], "val_split": s.labelled.val_split,
+      "num_labelled": int(len(lab["train_images"])), "num_val": int(len(lab.get("val_images", ()))),
+      "num_pool": int(len(pool)), "pool": pool_sources,
+      "batch_size": bs, "unlabelled_batch_size": bu,
+      "val_curve": progress["val_curve"], "train_curve": progress["train_curve"],
+      "final_val_auroc": final.get("auroc"), "final_val_accuracy": final.get("accuracy"),
+      "final_mask_rate": progress["train_curve"][-1]["mask_rate"] if progress["train_curve"] else None,
+      "resumed_from_step": start or None,
+      "seconds": round(seconds, 1),
+      "checkpoints": os.path.abspath(os.path.join(out_dir, "checkpoints")),
+      "settings": settings,
+  }
+  return summary
+
+
+def _load_data(config):
+  """The labelled set and the unlabelled pool at swcl.classifier_image_size, checked against each other and
+  data.mean / std: (labelled dict, pool images, pool sources, mean, std)."""
+  s = config.swcl
+  t0 = time.perf_counter()
+  size = s.classifier_image_size
+  lab = _load_labelled(config, size)
+  pool, pool_sources = _load_pool(config, size)
+  classes, multi_label = lab["classes"], lab["multi_label"]
+  channels = lab["train_images"].shape[-1]
+  if pool.shape[-1] != channels:
+    raise ValueError(f"config.swcl.pool images have {pool.shape[-1]} channels, the labelled set "
+                     f"{lab['source']} has {channels}")
+  mean, std = tuple(float(v) for v in config.data.mean), tuple(float(v) for v in config.data.std)
+  if len(mean) != channels or len(std) != channels:
+    raise ValueError(f"config.data.mean / std need {channels} values (the labelled images' channels), got "
+                     f"{mean} / {std}")
+  print(f"pseudo-labeller: {len(lab['train_images'])} labelled images ({lab['source']}, {len(classes)} classes"
+        f"{', multi-label' if multi_label else ''}), {len(pool)} unlabelled pool images "
+        f"({', '.join(p['source'] for p in pool_sources)}), {size} px; data loaded in "
+        f"{time.perf_counter() - t0:.0f}s", flush=True)
+  return lab, pool, pool_sources, mean, std
+
+
 def train(config, workdir: str, *, mesh=None):
   """Stage 1: trains the pseudo-labeller (module docstring), or loads it when <workdir>/pseudo_labeller holds a
   finished run; an interrupted run resumes from its last checkpoint. Returns (backbone, variables, summary) as
@@ -472,25 +510,10 @@ def train(config, workdir: str, *, mesh=None):
   _write_json(settings_path, settings)
 
   s = config.swcl
-  t0 = time.perf_counter()
-  size = s.classifier_image_size
-  lab = _load_labelled(config, size)
-  pool, pool_sources = _load_pool(config, size)
+  lab, pool, pool_sources, mean, std = _load_data(config)
   classes, multi_label = lab["classes"], lab["multi_label"]
   channels = lab["train_images"].shape[-1]
-  if pool.shape[-1] != channels:
-    raise ValueError(f"config.swcl.pool images have {pool.shape[-1]} channels, the labelled set "
-                     f"{lab['source']} has {channels}")
-  mean, std = tuple(float(v) for v in config.data.mean), tuple(float(v) for v in config.data.std)
-  if len(mean) != channels or len(std) != channels:
-    raise ValueError(f"config.data.mean / std need {channels} values (the labelled images' channels), got "
-                     f"{mean} / {std}")
   has_val = "val_images" in lab
-  print(f"pseudo-labeller: {len(lab['train_images'])} labelled images ({lab['source']}, {len(classes)} classes"
-        f"{', multi-label' if multi_label else ''}), {len(pool)} unlabelled pool images "
-        f"({', '.join(p['source'] for p in pool_sources)}), {size} px; data loaded in "
-        f"{time.perf_counter() - t0:.0f}s", flush=True)
-
   mesh = mesh or mesh_lib.make_mesh()
   n_dev = mesh.devices.size
   bs, bu = s.batch_size, s.batch_size * s.unlabelled_ratio
@@ -524,72 +547,44 @@ def train(config, workdir: str, *, mesh=None):
   key = jax.random.key(config.seed)
   lab_stream = _Stream(len(lab["train_images"]), (config.seed, 1))
   pool_stream = _Stream(len(pool), (config.seed, 2))
-  eval_every = s.eval_every
-  print_every = max(1, s.steps // 10)
-  pending, t_start, t_run = [], time.perf_counter(), time.perf_counter()
+  t_run = time.perf_counter()
 
-  def evaluate(step):
-    entry = {"step": step}
-    if has_val:
-      probs = predict_probs(predict, state["params"], state.get("batch_stats"), lab["val_images"], mesh=mesh,
-                            batch_size=eval_bs)
-      entry.update(_val_metrics(lab["val_labels"], probs, multi_label))
-    return entry
+  def step_fn(state, step):
+    idx_l = lab_stream.batch(step, bs)
+    batch = mesh_lib.shard_batch({"x": lab["train_images"][idx_l], "y": lab["train_labels"][idx_l]}, mesh)
+    if bu:
+      batch["u"] = mesh_lib.shard_batch({"u": pool[pool_stream.batch(step, bu)]}, mesh)["u"]
+    else:  # unlabelled_ratio 0: supervised only (an empty pool batch, a static shape).
+      batch["u"] = np.zeros((0, *pool.shape[1:]), pool.dtype)
+    return train_step(state, batch["x"], batch["y"], batch["u"], jax.random.fold_in(key, step))
 
-  def save(step):
+  def evaluate(state, step):
+    if not has_val:
+      return {}
+    probs = predict_probs(predict, state["params"], state.get("batch_stats"), lab["val_images"], mesh=mesh,
+                          batch_size=eval_bs)
+    return _val_metrics(lab["val_labels"], probs, multi_label)
+
+  def save(step, state, train_curve, val_curve):
     ckpt_lib.save(manager, step, state)
     manager.wait_until_finished()
     _write_json(os.path.join(out_dir, PROGRESS_FILE),
-                dict(progress, seconds=progress["seconds"] + time.perf_counter() - t_run))
+                {"val_curve": progress["val_curve"] + val_curve, "train_curve": progress["train_curve"] + train_curve,
+                 "seconds": progress["seconds"] + time.perf_counter() - t_run})
 
   # SIGTERM / Ctrl-C: finish the step, checkpoint it (the batches are a function of the step), exit.
   with guard_lib.StopSignals() as signals:
-    for step in range(start + 1, s.steps + 1):
-      idx_l = lab_stream.batch(step, bs)
-      batch = mesh_lib.shard_batch({"x": lab["train_images"][idx_l], "y": lab["train_labels"][idx_l]}, mesh)
-      if bu:
-        batch["u"] = mesh_lib.shard_batch({"u": pool[pool_stream.batch(step, bu)]}, mesh)["u"]
-      else:  # unlabelled_ratio 0: supervised only (an empty pool batch, a static shape).
-        batch["u"] = np.zeros((0, *pool.shape[1:]), pool.dtype)
-      state, m = train_step(state, batch["x"], batch["y"], batch["u"], jax.random.fold_in(key, step))
-      pending.append(m)
-      is_eval = step == s.steps or (eval_every and step % eval_every == 0)
-      if is_eval or step % print_every == 0:
-        means = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
-        progress["train_curve"].append({"step": step, **means})
-        pending = []
-        line = (f"pseudo-labeller step {step}/{s.steps} | loss {means['loss']:.4f} (sup {means['sup_loss']:.4f}, "
-                f"unsup {means['unsup_loss']:.4f}) | mask rate {means['mask_rate']:.3f}")
-        if is_eval:
-          entry = evaluate(step)
-          progress["val_curve"].append(entry)
-          if has_val:
-            line += " | val AUROC " + ("nan" if entry["auroc"] is None else f"{entry['auroc']:.4f}")
-          save(step)
-        rate = (step - start) / (time.perf_counter() - t_start)
-        print(f"{line} | {rate:.2f} steps/s | ETA {(s.steps - step) / rate:.0f}s", flush=True)
-      if signals.should_stop() and step < s.steps:  # (The last step finishes normally.)
-        save(step)
-        signals.interrupt(step, str(manager.directory), saved=step)
-
+    run = supervised.fit(name="pseudo-labeller", steps=s.steps, state=state, step_fn=step_fn, start=start,
+                         evaluate=evaluate, eval_every=s.eval_every, save=save, signals=signals,
+                         checkpoint_dir=str(manager.directory))
+  state = run.state
+  progress["val_curve"] += run.val_curve
+  progress["train_curve"] += run.train_curve
   if start >= s.steps:  # Interrupted after the last checkpoint but before the summary: score it again.
-    progress["val_curve"] = [v for v in progress["val_curve"] if v["step"] != s.steps] + [evaluate(s.steps)]
-  final = progress["val_curve"][-1] if progress["val_curve"] else {}
-  summary = {
-      "classes": classes, "multi_label": multi_label, "steps": s.steps, "channels": int(channels),
-      "image_size": size, "fit": s.fit, "objective": OBJECTIVE,
-      "labelled": lab["source"], "val_split": s.labelled.val_split,
-      "num_labelled": int(len(lab["train_images"])), "num_val": int(len(lab.get("val_images", ()))),
-      "num_pool": int(len(pool)), "pool": pool_sources,
-      "batch_size": bs, "unlabelled_batch_size": bu,
-      "val_curve": progress["val_curve"], "train_curve": progress["train_curve"],
-      "final_val_auroc": final.get("auroc"), "final_val_accuracy": final.get("accuracy"),
-      "final_mask_rate": progress["train_curve"][-1]["mask_rate"] if progress["train_curve"] else None,
-      "resumed_from_step": start or None,
-      "seconds": round(progress["seconds"] + time.perf_counter() - t_run, 1),
-      "checkpoints": os.path.abspath(os.path.join(out_dir, "checkpoints")),
-      "settings": settings,
-  }
+    progress["val_curve"] = ([v for v in progress["val_curve"] if v["step"] != s.steps] +
+                             [{"step": s.steps, **evaluate(state, s.steps)}])
+  summary = _summary(config, lab=lab, pool=pool, pool_sources=pool_sources, progress=progress, start=start,
+                     seconds=progress["seconds"] + time.perf_counter() - t_run, settings=settings, out_dir=out_dir)
   _write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
   fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
   print(f"pseudo-labeller done: {s.steps} steps, final val AUROC {fmt(summary['final_val_auroc'])}, mask rate "
