@@ -43,6 +43,7 @@ from medssl_jax.augment import views as views_lib
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.models.resnet import ResNet
 from medssl_jax.models.vit import ViT, grid_size
+from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train.step import normalize
 
 PROTOCOL = ("attention maps: ResNet Grad-CAM on the last stage (linear head on pooled features; label-free: "
@@ -241,15 +242,10 @@ def compute_maps(method, backbone, variables, images, *, image_size, mean, std, 
   def run(variables, x, t):
     return fn(variables, normalize(views_lib.eval_view(x, size=image_size), mean, std), t)
 
-  out = []
-  for i in range(0, n, batch_size):
-    chunk = np.asarray(images[i:i + batch_size])
-    pad = batch_size - len(chunk)
-    t = None if targets is None else np.concatenate([targets[i:i + batch_size], np.zeros(pad, np.int32)])
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(run(variables, chunk, t))[:batch_size - pad])
-  return np.concatenate(out) if out else np.zeros((0, image_size, image_size), np.float32)
+  inputs = {"image": images} if targets is None else {"image": images, "target": targets}
+  out = mesh_lib.apply_batched(lambda b: run(variables, b["image"], b.get("target")), inputs, batch_size=batch_size,
+                               mesh=None)
+  return np.zeros((0, image_size, image_size), np.float32) if out is None else out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.train import mesh as mesh_lib
 
 PROTOCOL = ("weighted kNN: backbone features (ResNet: global average pool; ViT: class token), "
             "L2-normalised, cosine similarity, k={k} neighbours voting with weight {weighting}")
@@ -137,17 +138,10 @@ def knn_scores(*, train_features, train_labels, test_features, num_classes: int,
   temp = jnp.float32(temperature if weighting == "exp" else 1.0)
   m = len(test_x)
   chunk = int(min(chunk_size, max(m, 1)))  # Never pad a small test set up to a large chunk.
-  out = []
-  for i in range(0, m, chunk):
-    rows = test_x[i:i + chunk]
-    pad = chunk - len(rows)
-    if pad:
-      rows = np.concatenate([rows, np.zeros((pad, rows.shape[1]), rows.dtype)])
-    votes = _chunk_votes(rows, train_dev, targets_dev, temp, k=int(k), uniform=weighting == "uniform")
-    out.append(np.asarray(votes)[:chunk - pad])
-  if not out:
-    return np.zeros((0, num_classes), np.float32)
-  return np.concatenate(out)
+  out = mesh_lib.apply_batched(
+      lambda b: _chunk_votes(b["x"], train_dev, targets_dev, temp, k=int(k), uniform=weighting == "uniform"),
+      {"x": test_x}, batch_size=chunk, mesh=None)
+  return np.zeros((0, num_classes), np.float32) if out is None else out
 
 
 def knn_classify(*, train_features, train_labels, test_features, num_classes: int, k: int = 20,

@@ -38,16 +38,11 @@ def extract_features(model, variables, images, *, image_size, mean, std, batch_s
     return model.apply(variables, x, method=model.embed)
 
   variables = mesh_lib.replicate(variables, mesh)
-  out = []
-  n = len(images)
-  for i in range(0, n, batch_size):
-    chunk = np.asarray(images[i:i + batch_size])
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    x = mesh_lib.shard_batch({"image": chunk}, mesh)["image"]
-    out.append(np.asarray(embed(variables, x))[:batch_size - pad])
-  return np.concatenate(out)
+  out = mesh_lib.apply_batched(lambda b: embed(variables, b["image"]), {"image": images}, batch_size=batch_size,
+                               mesh=mesh)
+  if out is None:
+    raise ValueError("extract_features: no images (an empty split?)")
+  return out
 
 
 def recalibrate_batch_stats(model, variables, images, *, image_size, mean, std, batch_size=256, num_batches=20):

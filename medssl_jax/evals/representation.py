@@ -267,18 +267,8 @@ def layer_features(model, variables, images, *, image_size: int, mean, std, laye
     return model.apply(variables, x, method=_all_layers)
 
   variables = mesh_lib.replicate(variables, mesh)
-  chunks = {k: [] for k in wanted}
-  n = len(images)
-  for i in range(0, n, batch_size):
-    chunk = images[i:i + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    x = mesh_lib.shard_batch({"image": chunk}, mesh)["image"]
-    out = jax.device_get(forward(variables, x))
-    for k in wanted:
-      chunks[k].append(np.asarray(out[k])[:batch_size - pad])
-  merged = {k: np.concatenate(v) for k, v in chunks.items()}
+  merged = mesh_lib.apply_batched(lambda b: {k: v for k, v in forward(variables, b["image"]).items() if k in wanted},
+                                  {"image": images}, batch_size=batch_size, mesh=mesh)
   return {l: merged[aliases.get(l, l)] for l in layers}
 
 

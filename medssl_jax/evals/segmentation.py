@@ -289,17 +289,8 @@ def predict_images(predict, params, batch_stats, images, *, batch: int = EVAL_BA
   n, h, w = images.shape[:3]
   padded = _pad_to_multiple(images, PAD_MULTIPLE)
   batch = max(1, min(batch, n))
-  out = None
-  for i in range(0, n, batch):
-    x = padded[i:i + batch]
-    k = len(x)
-    if k < batch:
-      x = np.concatenate([x, np.zeros((batch - k, *x.shape[1:]), x.dtype)])
-    y = np.asarray(predict(params, batch_stats, x))
-    if out is None:
-      out = np.empty((n, h, w, *y.shape[3:]), np.float32)
-    out[i:i + k] = y[:k, :h, :w]
-  return out
+  return mesh_lib.apply_batched(lambda b: np.asarray(predict(params, batch_stats, b["x"]), np.float32)[:, :h, :w],
+                                {"x": padded}, batch_size=batch, mesh=None)
 
 
 def _per_pixel(x, images, what: str, images_name: str) -> np.ndarray:

@@ -48,17 +48,19 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
-def apply_batched(fn, inputs: dict, *, batch_size: int, mesh: Mesh, mask: bool = False):
-  """`fn` over every row of `inputs` ({name: numpy [N, ...]}, one N) in global batches sharded over the data axis.
+def apply_batched(fn, inputs: dict, *, batch_size: int, mesh: Mesh | None, mask: bool = False):
+  """`fn` over every row of `inputs` ({name: numpy [N, ...]}, one N) in global batches sharded over the data axis
+  (mesh None: numpy batches, unsharded).
 
-  Batches hold `batch_size` rows (rounded down to a multiple of the devices, at least one per device); the last
-  is zero-padded to full size, so every call has one static shape (one compile). With `mask`, each batch also
+  Batches hold `batch_size` rows (with a mesh rounded down to a multiple of its devices, at least one per device);
+  the last is zero-padded to full size, so every call has one static shape (one compile). With `mask`, each batch also
   carries "mask" (float32 [B]: 1 for a real row, 0 for padding). `fn(batch)` returns a pytree of arrays: leaves
   with a leading batch axis come back concatenated over all batches, padding dropped; scalar leaves (e.g. a
   masked loss sum) come back summed over the batches. None when N is 0.
   """
-  n_dev = mesh.devices.size
-  batch_size = max(n_dev, batch_size // n_dev * n_dev)
+  if mesh is not None:
+    n_dev = mesh.devices.size
+    batch_size = max(n_dev, batch_size // n_dev * n_dev)
   n = len(next(iter(inputs.values())))
   outs = []
   for i in range(0, n, batch_size):
@@ -69,7 +71,7 @@ def apply_batched(fn, inputs: dict, *, batch_size: int, mesh: Mesh, mask: bool =
       chunk = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()}
     if mask:
       chunk["mask"] = np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)])
-    out = fn(shard_batch(chunk, mesh))
+    out = fn(chunk if mesh is None else shard_batch(chunk, mesh))
     outs.append(jax.tree.map(lambda a: np.asarray(a)[:real] if np.ndim(a) else float(a), out))
   if not outs:
     return None
