@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 import medssl_jax  # noqa: F401  First: sets the XLA:CPU flags before jax starts (medssl_jax/xla_cpu.py).
 import jax  # noqa: E402  After medssl_jax, whose import sets the XLA:CPU flags.
+from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.train import distributed
 from medssl_jax.train import guard
@@ -36,6 +37,10 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
   distributed.initialize(_CONFIG.value)  # Before anything touches a device (multi-host runs only).
   try:
+    experiment.validate(_CONFIG.value)
+  except ValueError as e:  # A bad or renamed key in the config file: one line, as for a bad override.
+    sys.exit(f"FATAL: {e}")
+  try:
     experiment.run(_CONFIG.value, _WORKDIR.value)
   except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.
     sys.exit(f"FATAL: {e}")
@@ -50,7 +55,8 @@ def parse_flags(argv):
     if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
       message = message[1:-1]  # KeyError's repr quotes.
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    sys.exit(f"FATAL: could not apply the config override(s) {overrides}: {message}")
+    renamed = config_lib.renamed_in_args(argv[1:])  # absl's message names the old key's section, not the new key.
+    sys.exit(f"FATAL: could not apply the config override(s) {overrides}: {'; '.join(renamed) or message}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def bench_config(*, objective="simclr", encoder="resnet18", size=28, batch=128, 
   c.model.patch_size = 4 if size < 64 else (8 if size < 224 else 16)
   c.model.compute_dtype = compute_dtype
   c.objective.name = objective
-  c.objective.queue_size = max(batch, (4096 // batch) * batch)  # MoCo v2: a multiple of the batch.
+  c.objective.moco_v2.queue_size = max(batch, (4096 // batch) * batch)  # MoCo v2: a multiple of the batch.
   c.augment.views = [views_lib.default_view(crop_size=size), views_lib.default_view(crop_size=size)]
   c.train.batch_size = batch
   c.train.optimizer = optimizer

@@ -60,7 +60,7 @@ def base(objective: str):
   c.model.projector_dim = 512
   c.objective.name = objective
   c.objective.temperature = 0.1
-  c.objective.image_text_temperature = 0.1
+  c.objective.image_text.temperature = 0.1
   c.text.key = "report"
   c.text.sample_sentences = objective == "convirt"  # ConVIRT's text view: one random sentence per report.
   c.text.vocab_size = 8000

@@ -25,5 +25,5 @@ def get_config(arg=None):
   c = _fundus.base("barlow_twins")
   c.model.projector_hidden_dims = (512, 512)
   c.model.projector_dim = 512
-  c.objective.barlow_lambda = 0.0051
+  c.objective.barlow_twins.off_diagonal_weight = 0.0051
   return _fundus.with_quick(c, arg, quick=_quick)

@@ -36,8 +36,8 @@ def _quick(c):
                                      saturation=0.2, hue=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
   c.model.projector_hidden_dims = (64, 64)  # Keep DINO's 3-layer head in the tiny model.
   c.model.projector_dim = 32
-  c.objective.num_prototypes = 64
-  c.objective.teacher_temperature_warmup_steps = 12
+  c.objective.dino.out_dim = 64
+  c.objective.dino.teacher_temperature_warmup_steps = 12
 
 
 def get_config(arg=None):
@@ -47,12 +47,12 @@ def get_config(arg=None):
   c.model.projector_hidden_dims = (512, 512)  # + the bottleneck layer: DINO's 3-layer MLP.
   c.model.projector_dim = 256                 # Bottleneck.
   c.objective.num_global_views = 2
-  c.objective.num_prototypes = 1024
+  c.objective.dino.out_dim = 1024
   c.objective.temperature = 0.1
-  c.objective.teacher_temperature_start = 0.04
-  c.objective.teacher_temperature = 0.07
-  c.objective.teacher_temperature_warmup_steps = int(0.3 * c.train.num_steps)
-  c.objective.center_momentum = 0.9
+  c.objective.dino.teacher_temperature_start = 0.04
+  c.objective.dino.teacher_temperature = 0.07
+  c.objective.dino.teacher_temperature_warmup_steps = int(0.3 * c.train.num_steps)
+  c.objective.dino.center_momentum = 0.9
   c.objective.momentum = 0.99
   c.train.grad_clip_norm = 3.0
   return _fundus.with_quick(c, arg, quick=_quick)

@@ -21,7 +21,7 @@ def _quick(c):
   # One batch of negatives: the fixed tiny batch fills any queue with keys of its own images (false
   # negatives), and the random initial queue makes the first steps' loss artificially low; a one-batch
   # queue is replaced after one step.
-  c.objective.queue_size = c.train.batch_size
+  c.objective.moco_v2.queue_size = c.train.batch_size
   c.objective.momentum = 0.9                 # Keys that follow the encoder within 40 steps.
   c.objective.momentum_final = 0.9
   c.train.base_learning_rate = 0.1           # Only the queries get gradients: learn faster than 0.03.
@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.model.projector_hidden_dims = (512,)  # 2-layer MLP; the paper's hidden width is 2048 for ResNet-50.
   c.model.projector_dim = 128
   c.objective.temperature = 0.2
-  c.objective.queue_size = 1024           # A multiple of train.batch_size (128).
+  c.objective.moco_v2.queue_size = 1024           # A multiple of train.batch_size (128).
   # MoCo keeps the key encoder's momentum constant (schedule from 0.99 to 0.99).
   c.objective.momentum = 0.99
   c.objective.momentum_final = 0.99

@@ -28,7 +28,7 @@ def _quick(c):
   c.augment.views = multi_crop_views(global_size=64, local_size=32, global_scale=(0.4, 1.0),
                                      local_scale=(0.05, 0.4), num_local=2, brightness=0.2, contrast=0.2,
                                      saturation=0.2, hue=0.0, grayscale_p=0.0, blur_p=0.0)
-  c.objective.num_prototypes = 32
+  c.objective.swav.num_prototypes = 32
 
 
 def get_config(arg=None):
@@ -38,7 +38,7 @@ def get_config(arg=None):
                                      local_scale=(0.05, 0.14), num_local=4, blur_p=0.5, solarize_p=0.0)
   c.objective.num_global_views = 2
   c.objective.temperature = 0.1
-  c.objective.num_prototypes = 128
-  c.objective.sinkhorn_epsilon = 0.05
-  c.objective.sinkhorn_iters = 3
+  c.objective.swav.num_prototypes = 128
+  c.objective.swav.sinkhorn_epsilon = 0.05
+  c.objective.swav.sinkhorn_iters = 3
   return _fundus.with_quick(c, arg, quick=_quick)

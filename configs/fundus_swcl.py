@@ -6,7 +6,7 @@ Reproduces: Yap & Ng 2021, "Semi-weakly Supervised Contrastive Representation Le
             propagated over the pool, (3) five patches per image (four corners + centre, right eyes
             mirrored onto left), each with an abnormality score from the activation map, (4) contrastive
             pretraining where two patches are positives when they share patient, position and thresholded
-            abnormality (objective.swcl_scheme), (5) transfer to classification and to vessel
+            abnormality (objective.swcl.scheme), (5) transfer to classification and to vessel
             segmentation (U-Net decoder on the encoder).
 Command:    python main.py --config=configs/fundus_swcl.py:<variant> --workdir=/tmp/swcl
             (mode "swcl" runs stages 1-5 in order; rerunning resumes. One stage alone:
@@ -18,13 +18,13 @@ Variants:   (none): the paper's setting: labelled ODIR-5K (8 diseases, multi-lab
               448 px images, 224 px patches, ResNet-18; transfer to APTOS 2019 DR grading (AUROC + quadratic
               kappa), REFUGE glaucoma, RFMiD multi-disease; CHASE_DB1 vessel segmentation. A GPU job; the
               datasets must be downloaded by hand (see each builder's MANUAL_DOWNLOAD_INSTRUCTIONS).
-            `pair`: swcl_scheme ("pair",), SimCLR on the same patches (the SimCLR baseline).
+            `pair`: objective.swcl.scheme ("pair",), SimCLR on the same patches (the SimCLR baseline).
             `refuge_disc_cup`: segmentation transfer to REFUGE optic disc / cup (mask_mode "classes").
             `cpu`: the real data in $MEDSSL_SHARED_DATA on a 2-core CPU: labelled HRF (27 training images,
               healthy / DR / glaucoma), unlabelled pool = all 45 HRF images + the 20 CHASE_DB1 training
               images; 256 px images, 128 px patches, ResNet-18 x0.25; transfer to RetinaMNIST DR grading and
               HRF; CHASE_DB1 vessel segmentation (20 train / 8 test, native 999x960).
-            `cpu_pair`: `cpu` with swcl_scheme ("pair",): SimCLR on the same patches, the SimCLR baseline of
+            `cpu_pair`: `cpu` with objective.swcl.scheme ("pair",): SimCLR on the same patches, the SimCLR baseline of
               the CHASE_DB1 table (configs/table_chase_db1_swcl.py).
             `cpu_byol`, `cpu_dino`: `cpu` pretrained with BYOL / DINO (their configs/fundus_<name>.py
               recipes) on the same patches: the table's other SSL baselines. The `cpu` run also transfers
@@ -59,7 +59,8 @@ def get_config(arg=None):
   c.data.test_split = "train"
   c.model.width_multiplier = 1.0
   c.objective.temperature = 0.1  # The paper's SupCon temperature.
-  c.objective.swcl_scheme = ("patient", "position", "abnormality")
+  c.objective.swcl.scheme = ("patient", "position", "abnormality")
+  c.objective.swcl.abnormality_threshold = 0.4  # The paper's threshold on the pseudo-abnormality.
   c.augment.views = _views(224, scale=(0.2, 1.0))
   c.train.optimizer = "adamw"  # The paper: Adam, lr 1e-3, 40 epochs, 128-d projector.
   c.train.base_learning_rate = 1e-3  # At batch 256 (scaled with the batch).
@@ -82,7 +83,6 @@ def get_config(arg=None):
   s.batch_size = 64
   s.unlabelled_ratio = 7
   s.normal_classes = ("N",)
-  s.abnormality_threshold = 0.4  # The paper's threshold on the pseudo-abnormality.
 
   c.eval.protocol = "linear_probe"
   c.transfer.targets = (
@@ -152,13 +152,15 @@ def _cpu_baseline(objective: str):
   def variant(c):
     cpu(c)
     other = config_lib.load(f"fundus_{objective}")
+    swcl = c.objective.swcl  # The patches' thresholds stay this run's.
     c.objective = other.objective.copy_and_resolve_references()
+    c.objective.swcl = swcl
     for k in ("projector_hidden_dims", "projector_dim", "predictor_hidden_dims"):
       c.model[k] = other.model[k]
     c.augment.views = list(other.augment.views)
     c.train.grad_clip_norm = other.train.grad_clip_norm
     if objective == "dino":  # Teacher temperature warm-up over the first 30% of this run, as in fundus_dino.
-      c.objective.teacher_temperature_warmup_steps = int(0.3 * c.train.num_steps)
+      c.objective.dino.teacher_temperature_warmup_steps = int(0.3 * c.train.num_steps)
     c.segmentation.encoders = ("pretrained",)  # Random init and the pseudo-labeller come from the `cpu` run.
   return variant
 
@@ -173,7 +175,7 @@ def refuge_disc_cup(c):
 
 def pair(c):
   """Positives = the two views of one patch only: SimCLR on the same patches."""
-  c.objective.swcl_scheme = ("pair",)
+  c.objective.swcl.scheme = ("pair",)
   c.segmentation.encoders = ("pretrained",)  # The random-init and supervised rows come from the SWCL run.
 
 

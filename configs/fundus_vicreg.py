@@ -9,7 +9,7 @@ Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small, for te
 Adapted:    the paper's LARS (base lr 0.2, weight decay 1e-6, batch 2048, 1000 epochs) is replaced by
             the shared fundus recipe (AdamW 2e-3, cosine) so objectives are compared on equal terms.
             The loss is the paper's equation (6); the official code halves the variance term
-            (set objective.vicreg_std = 12.5 to match it).
+            (set objective.vicreg.std_weight = 12.5 to match it).
 Expected / wall-clock: not yet measured as a table.
 """
 from configs import _fundus
@@ -24,7 +24,7 @@ def get_config(arg=None):
   c = _fundus.base("vicreg")
   c.model.projector_hidden_dims = (512, 512)
   c.model.projector_dim = 512
-  c.objective.vicreg_sim = 25.0
-  c.objective.vicreg_std = 25.0
-  c.objective.vicreg_cov = 1.0
+  c.objective.vicreg.sim_weight = 25.0
+  c.objective.vicreg.std_weight = 25.0
+  c.objective.vicreg.cov_weight = 1.0
   return _fundus.with_quick(c, arg, quick=_quick)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import difflib
+import json
 
 import ml_collections
 
@@ -27,6 +28,97 @@ EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
 CORE_SECTIONS = ("data", "model", "objective", "text", "augment", "train", "distributed", "eval")
 
 _SECTIONS: dict[str, Callable[[], ml_collections.ConfigDict]] = {}
+
+# Keys that moved: {old dotted key: new dotted key}. An old key fails naming its new one wherever it is set (a
+# config file, a --config.* override, a table's grid or overrides, a curriculum stage), and `migrate` moves
+# them in configs saved before (a workdir's config.json), so those workdirs still resume. One old key set
+# two objectives' sizes: it names both new keys (each under its objective's sub-section).
+RENAMED = {
+    "objective.queue_size": "objective.moco_v2.queue_size",
+    "objective.barlow_lambda": "objective.barlow_twins.off_diagonal_weight",
+    "objective.vicreg_sim": "objective.vicreg.sim_weight",
+    "objective.vicreg_std": "objective.vicreg.std_weight",
+    "objective.vicreg_cov": "objective.vicreg.cov_weight",
+    "objective.num_prototypes": ("objective.swav.num_prototypes", "objective.dino.out_dim"),
+    "objective.sinkhorn_iters": "objective.swav.sinkhorn_iters",
+    "objective.sinkhorn_epsilon": "objective.swav.sinkhorn_epsilon",
+    "objective.teacher_temperature": "objective.dino.teacher_temperature",
+    "objective.teacher_temperature_start": "objective.dino.teacher_temperature_start",
+    "objective.teacher_temperature_warmup_steps": "objective.dino.teacher_temperature_warmup_steps",
+    "objective.center_momentum": "objective.dino.center_momentum",
+    "objective.mask_ratio": "objective.mae.mask_ratio",
+    "objective.norm_pix_loss": "objective.mae.norm_pix_loss",
+    "objective.swcl_scheme": "objective.swcl.scheme",
+    "swcl.abnormality_threshold": "objective.swcl.abnormality_threshold",
+    "swcl.pseudo_label_threshold": "objective.swcl.pseudo_label_threshold",
+    "objective.image_text_temperature": "objective.image_text.temperature",
+    "objective.learn_temperature": "objective.image_text.learn_temperature",
+    "objective.image_to_text_weight": "objective.image_text.image_to_text_weight",
+    "objective.image_ssl_weight": "objective.image_text.image_ssl_weight",
+}
+
+
+def _new_keys(old: str) -> tuple[str, ...]:
+  new = RENAMED[old]
+  return (new,) if isinstance(new, str) else tuple(new)
+
+
+def renamed_message(old: str) -> str:
+  """'config.<old> was renamed: set config.<new>' for a key of RENAMED."""
+  return f"config.{old} was renamed: set " + " or ".join(f"config.{k}" for k in _new_keys(old))
+
+
+def check_renamed(dotted: str, where: str = ""):
+  """Raises a ValueError naming the new key when `dotted` (e.g. 'objective.vicreg_sim') was renamed."""
+  if dotted in RENAMED:
+    raise ValueError(f"{where}: {renamed_message(dotted)}" if where else renamed_message(dotted))
+
+
+def renamed_in_args(argv, flag: str = "config") -> list[str]:
+  """renamed_message of every renamed key that a command line overrides (`--config.<old>=v`, `--config.<old> v`,
+  `--noconfig.<old>`)."""
+  out = []
+  for arg in argv:
+    name = arg.lstrip("-").split("=", 1)[0]
+    for prefix in (f"{flag}.", f"no{flag}."):
+      if arg.startswith("-") and name.startswith(prefix) and name[len(prefix):] in RENAMED:
+        out.append(renamed_message(name[len(prefix):]))
+  return out
+
+
+def migrate(saved: Mapping) -> dict:
+  """A copy of a config saved as nested dicts (a workdir's config.json) with every RENAMED key under its new
+  name. An old key with two new ones goes to the one under the saved objective's own sub-section (it only
+  mattered there), or to both for other objectives."""
+  out = json.loads(json.dumps(saved))
+  name = (out.get("objective") or {}).get("name")
+  for old in RENAMED:
+    *path, leaf = old.split(".")
+    node = out
+    for p in path:
+      node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+      continue
+    value = node.pop(leaf)
+    targets = _new_keys(old)
+    own = [k for k in targets if k.startswith(f"objective.{name}.")]
+    for new in own or targets:
+      *sections, key = new.split(".")
+      node = out
+      for section in sections:
+        node = node.setdefault(section, {})
+      node.setdefault(key, value)
+  return out
+
+
+def old_names(flat: Mapping) -> dict:
+  """{dotted key: value} with every renamed key under its old name (when no other key holds that name): table
+  rows and pretrainings are found by a hash of such a dict, so those written before a rename keep theirs."""
+  inverse = {new: old for old in RENAMED for new in _new_keys(old)}
+  out = {k: v for k, v in flat.items() if k not in inverse}
+  for k in sorted(set(flat) & set(inverse)):
+    out[inverse[k] if inverse[k] not in out else k] = flat[k]
+  return out
 
 
 def register_section(name: str, defaults: Callable[[], ml_collections.ConfigDict]):
@@ -53,173 +145,215 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "pretrain_and_probe"
   c.seed = 0
+  c.data = data_section()
+  c.model = model_section()
+  c.objective = objective_section()
+  c.text = text_section()
+  c.augment = augment_section()
+  c.train = train_section()
+  c.distributed = distributed_section()
+  c.eval = eval_section()
+  return c
 
-  c.data = ml_collections.ConfigDict()
-  c.data.builder = "synthetic_fundus"   # A name in medssl_jax.data.pipeline.BUILDERS.
-  c.data.builder_config = ""            # TFDS builder config ("" = the builder's default).
-  c.data.data_dir = ""                  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  c.data.manual_dir = ""                # Official files of a manual-download builder ("" = TFDS default).
-  c.data.train_split = "train"
-  c.data.val_split = "validation"       # Model selection for eval.protocol=finetune ("" = none: last step).
-  c.data.test_split = "test"
-  c.data.image_size = 64                # Host-side resize of decoded images (pixels).
-  c.data.fit = "squash"                 # Non-square images: "squash", "pad" (black borders) or "center_crop".
-  c.data.channels = 3
-  c.data.mean = (0.5, 0.5, 0.5)         # Normalisation after augmentation.
-  c.data.std = (0.5, 0.5, 0.5)
-  c.data.worker_count = 0               # grain worker processes (0 = decode in the main process).
 
-  c.model = ml_collections.ConfigDict()
-  c.model.encoder = "resnet18"
-  c.model.stem = "imagenet"             # "cifar" for 28-32 px inputs.
-  c.model.width_multiplier = 1.0
-  c.model.projector_hidden_dims = (2048,)
-  c.model.projector_dim = 128
-  c.model.predictor_hidden_dims = (512,)  # BYOL / SimSiam / MoCo v3 predictor (output: projector_dim).
-  c.model.compute_dtype = "float32"     # "bfloat16": encoder compute in bf16; losses and norms stay float32.
-  c.model.patch_size = 4                # ViT patch size (4 for 28-32 px, 8 for 64 px, 16 for 224 px).
-  c.model.decoder_dim = 128             # MAE decoder width, depth and heads.
-  c.model.decoder_depth = 2
-  c.model.decoder_heads = 4
+def data_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.builder = "synthetic_fundus"   # A name in medssl_jax.data.pipeline.BUILDERS.
+  c.builder_config = ""            # TFDS builder config ("" = the builder's default).
+  c.data_dir = ""                  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.manual_dir = ""                # Official files of a manual-download builder ("" = TFDS default).
+  c.train_split = "train"
+  c.val_split = "validation"       # Model selection for eval.protocol=finetune ("" = none: last step).
+  c.test_split = "test"
+  c.image_size = 64                # Host-side resize of decoded images (pixels).
+  c.fit = "squash"                 # Non-square images: "squash", "pad" (black borders) or "center_crop".
+  c.channels = 3
+  c.mean = (0.5, 0.5, 0.5)         # Normalisation after augmentation.
+  c.std = (0.5, 0.5, 0.5)
+  c.worker_count = 0               # grain worker processes (0 = decode in the main process).
+  return c
+
+
+def model_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.encoder = "resnet18"
+  c.stem = "imagenet"              # "cifar" for 28-32 px inputs.
+  c.width_multiplier = 1.0
+  c.projector_hidden_dims = (2048,)
+  c.projector_dim = 128
+  c.predictor_hidden_dims = (512,)  # BYOL / SimSiam / MoCo v3 predictor (output: projector_dim).
+  c.compute_dtype = "float32"      # "bfloat16": encoder compute in bf16; losses and norms stay float32.
+  c.patch_size = 4                 # ViT patch size (4 for 28-32 px, 8 for 64 px, 16 for 224 px).
+  c.decoder_dim = 128              # MAE decoder width, depth and heads.
+  c.decoder_depth = 2
+  c.decoder_heads = 4
   # Weights the encoder starts from instead of a random init (transfer stages and baselines): "" = random;
   # a torchvision / timm ResNet state dict (.pth/.pt/.bin, .safetensors) converted by
   # medssl_jax/models/convert_torch.py, or an .npz written by its export.
-  c.model.init_checkpoint = ""
+  c.init_checkpoint = ""
+  return c
 
-  c.objective = ml_collections.ConfigDict()
-  c.objective.name = "simclr"
-  c.objective.temperature = 0.1         # Contrastive / student softmax temperature.
+
+def objective_section() -> ml_collections.ConfigDict:
+  """Keys several objectives share stay flat; each objective's own keys live in a sub-section named after it."""
+  c = ml_collections.ConfigDict()
+  c.name = "simclr"
+  c.temperature = 0.1              # Contrastive / student softmax temperature.
   # EMA teacher (BYOL, MoCo, DINO): momentum rises from `momentum` to `momentum_final` (cosine).
-  c.objective.momentum = 0.996
-  c.objective.momentum_final = 1.0
-  c.objective.queue_size = 4096         # MoCo v2 negatives (a multiple of the global batch size).
-  c.objective.barlow_lambda = 0.0051    # Barlow Twins off-diagonal weight.
-  c.objective.vicreg_sim = 25.0         # VICReg invariance / variance / covariance weights.
-  c.objective.vicreg_std = 25.0
-  c.objective.vicreg_cov = 1.0
-  c.objective.num_prototypes = 256      # SwAV prototypes; DINO head output dimension.
-  c.objective.sinkhorn_iters = 3        # SwAV Sinkhorn-Knopp iterations and epsilon.
-  c.objective.sinkhorn_epsilon = 0.05
-  c.objective.teacher_temperature = 0.04  # DINO: final teacher temperature, warmed up from
-  c.objective.teacher_temperature_start = 0.04  # this start over `..._warmup_steps` steps.
-  c.objective.teacher_temperature_warmup_steps = 0
-  c.objective.center_momentum = 0.9     # DINO centre EMA.
-  c.objective.num_global_views = 2      # Multi-crop: leading full-size views (teacher / assignments).
-  c.objective.mask_ratio = 0.75         # MAE: fraction of patches masked.
-  c.objective.norm_pix_loss = True      # MAE: per-patch normalised pixel targets.
-  # SWCL (objective "swcl", medssl_jax/objectives/swcl.py): which semi-weak labels make two patches
-  # positives. ("pair",) = only the two views of one patch (SimCLR on patches); otherwise patches are
-  # positives when they agree on every named key: "patient", "position", "abnormality" (thresholded),
-  # and "pseudo_label" (multi-label: positive weight = Jaccard overlap of the thresholded pseudo-labels).
-  c.objective.swcl_scheme = ("patient", "position", "abnormality")
+  c.momentum = 0.996
+  c.momentum_final = 1.0
+  c.num_global_views = 2           # Multi-crop: leading full-size views (teacher / assignments).
+  c.moco_v2 = ml_collections.ConfigDict()
+  c.moco_v2.queue_size = 4096      # Negatives (a multiple of the global batch size).
+  c.barlow_twins = ml_collections.ConfigDict()
+  c.barlow_twins.off_diagonal_weight = 0.0051  # The paper's lambda.
+  c.vicreg = ml_collections.ConfigDict()
+  c.vicreg.sim_weight = 25.0       # Invariance / variance / covariance weights (the paper's lambda, mu, nu).
+  c.vicreg.std_weight = 25.0
+  c.vicreg.cov_weight = 1.0
+  c.swav = ml_collections.ConfigDict()
+  c.swav.num_prototypes = 256
+  c.swav.sinkhorn_iters = 3        # Sinkhorn-Knopp iterations and epsilon.
+  c.swav.sinkhorn_epsilon = 0.05
+  c.dino = ml_collections.ConfigDict()
+  c.dino.out_dim = 256             # Head output dimension (the prototypes).
+  c.dino.teacher_temperature = 0.04  # Final teacher temperature, warmed up from
+  c.dino.teacher_temperature_start = 0.04  # this start over `..._warmup_steps` steps.
+  c.dino.teacher_temperature_warmup_steps = 0
+  c.dino.center_momentum = 0.9     # Centre EMA.
+  c.mae = ml_collections.ConfigDict()
+  c.mae.mask_ratio = 0.75          # Fraction of patches masked.
+  c.mae.norm_pix_loss = True       # Per-patch normalised pixel targets.
+  # SWCL (medssl_jax/objectives/swcl.py): which semi-weak labels make two patches positives. ("pair",) = only
+  # the two views of one patch (SimCLR on patches); otherwise patches are positives when they agree on every
+  # named key: "patient", "position", "abnormality" (thresholded), and "pseudo_label" (multi-label: positive
+  # weight = Jaccard overlap of the thresholded pseudo-labels).
+  c.swcl = ml_collections.ConfigDict()
+  c.swcl.scheme = ("patient", "position", "abnormality")
+  c.swcl.abnormality_threshold = 0.5   # A patch is abnormal when its score exceeds this.
+  c.swcl.pseudo_label_threshold = 0.5  # Multi-label pseudo-labels: probability above which a class is on.
   # Image-text objectives ("clip", "convirt", "joint"; medssl_jax/objectives/image_text.py): the initial
   # temperature t (logits = cosine / t), learnable as CLIP's logit scale when learn_temperature (clamped
   # at t >= 0.01); ConVIRT's image->text weight lambda; for "joint" (SLIP-style) the image-text loss on view
   # 0 plus image_ssl_weight x SimCLR on views 1.. (at least two more views).
-  c.objective.image_text_temperature = 0.1
-  c.objective.learn_temperature = True
-  c.objective.image_to_text_weight = 0.75
-  c.objective.image_ssl_weight = 1.0
+  c.image_text = ml_collections.ConfigDict()
+  c.image_text.temperature = 0.1
+  c.image_text.learn_temperature = True
+  c.image_text.image_to_text_weight = 0.75
+  c.image_text.image_ssl_weight = 1.0
+  return c
 
-  # Report text for image-text objectives (medssl_jax/text/, models/text.py): the dataset's text feature,
-  # a WordPiece tokenizer trained on data.train_split's reports (saved as <workdir>/tokenizer.json and reused),
-  # and the text transformer. Image and text projections both map to model.projector_dim.
-  c.text = ml_collections.ConfigDict()
-  c.text.key = "report"                 # Text feature of the dataset (e.g. "report", "impression").
-  c.text.vocab_size = 2000              # Tokenizer vocabulary size (at most; fewer if the corpus is small).
-  c.text.min_frequency = 2              # WordPiece merges need at least this many occurrences.
-  c.text.max_length = 64                # Tokens per report incl. [CLS] / [SEP]; longer reports are truncated.
+
+def text_section() -> ml_collections.ConfigDict:
+  """Report text for image-text objectives (medssl_jax/text/, models/text.py): the dataset's text feature, a
+  WordPiece tokenizer trained on data.train_split's reports (saved as <workdir>/tokenizer.json and reused), and
+  the text transformer. Image and text projections both map to model.projector_dim."""
+  c = ml_collections.ConfigDict()
+  c.key = "report"                 # Text feature of the dataset (e.g. "report", "impression").
+  c.vocab_size = 2000              # Tokenizer vocabulary size (at most; fewer if the corpus is small).
+  c.min_frequency = 2              # WordPiece merges need at least this many occurrences.
+  c.max_length = 64                # Tokens per report incl. [CLS] / [SEP]; longer reports are truncated.
   # Train on one sentence of each report, drawn anew every epoch (ConVIRT's text view) instead of the whole
   # report; evaluation (retrieval) always reads whole reports.
-  c.text.sample_sentences = False
-  c.text.width = 128                    # Text transformer width, depth and heads.
-  c.text.depth = 2
-  c.text.heads = 4
+  c.sample_sentences = False
+  c.width = 128                    # Text transformer width, depth and heads.
+  c.depth = 2
+  c.heads = 4
+  return c
 
-  c.augment = ml_collections.ConfigDict()
-  c.augment.views = [views_lib.default_view(), views_lib.default_view()]
 
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 256              # Global batch over all devices and hosts.
-  c.train.num_steps = 1000
-  c.train.optimizer = "lars"
-  c.train.base_learning_rate = 0.3      # Scaled by batch_size / 256.
-  c.train.warmup_steps = 100
-  c.train.weight_decay = 1e-6
-  c.train.grad_clip_norm = 0.0          # 0 = off.
-  c.train.log_every = 50
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 3
+def augment_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.views = [views_lib.default_view(), views_lib.default_view()]
+  return c
+
+
+def train_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.batch_size = 256               # Global batch over all devices and hosts.
+  c.num_steps = 1000
+  c.optimizer = "lars"
+  c.base_learning_rate = 0.3       # Scaled by batch_size / 256.
+  c.warmup_steps = 100
+  c.weight_decay = 1e-6
+  c.grad_clip_norm = 0.0           # 0 = off.
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
   # Guards (train/guard.py): a non-finite metric stops the run at once; the projection's spread (mean
   # per-dimension std of the l2-normalised projections x sqrt(dim): 1 spread out, 0 every image mapped to one
   # point) below collapse_threshold for collapse_patience consecutive steps after warmup stops it as collapsed.
   # No checkpoint is written while a step is non-finite or the spread is below the threshold, so the last good
   # one is kept. collapse_threshold 0 = off.
-  c.train.collapse_threshold = 0.01
-  c.train.collapse_patience = 100
+  c.collapse_threshold = 0.01
+  c.collapse_patience = 100
+  return c
 
-  # Multi-host (train/distributed.py): jax.distributed.initialize before any device is touched. Empty / 0 / -1
-  # fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, then to jax's detection of SLURM,
-  # Open MPI, Kubernetes and Cloud TPU pods (auto_detect); one process when none applies.
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator_address = ""   # "host:port" of process 0.
-  c.distributed.num_processes = 0
-  c.distributed.process_id = -1
-  c.distributed.local_device_ids = ()      # Devices of this process (e.g. one GPU per process); () = all.
-  c.distributed.auto_detect = True
-  c.distributed.initialization_timeout = 300  # Seconds to wait for every process to join.
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.protocol = "linear_probe"
-  c.eval.batch_size = 256
-  c.eval.l2_grid = (1e-4, 1e-3, 1e-2, 1e-1)
-  c.eval.max_iter = 200
-  c.eval.knn_k = 20                     # protocol "knn": weighted cosine kNN (Wu et al. 2018 / DINO).
-  c.eval.knn_temperature = 0.07
-  c.eval.knn_weighting = "exp"          # "exp" (weights exp(sim / T)) or "uniform".
+def distributed_section() -> ml_collections.ConfigDict:
+  """Multi-host (train/distributed.py): jax.distributed.initialize before any device is touched. Empty / 0 / -1
+  fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, then to jax's detection of SLURM,
+  Open MPI, Kubernetes and Cloud TPU pods (auto_detect); one process when none applies."""
+  c = ml_collections.ConfigDict()
+  c.coordinator_address = ""       # "host:port" of process 0.
+  c.num_processes = 0
+  c.process_id = -1
+  c.local_device_ids = ()          # Devices of this process (e.g. one GPU per process); () = all.
+  c.auto_detect = True
+  c.initialization_timeout = 300   # Seconds to wait for every process to join.
+  return c
+
+
+def eval_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.protocol = "linear_probe"
+  c.batch_size = 256
+  c.l2_grid = (1e-4, 1e-3, 1e-2, 1e-1)
+  c.max_iter = 200
+  c.knn_k = 20                     # protocol "knn": weighted cosine kNN (Wu et al. 2018 / DINO).
+  c.knn_temperature = 0.07
+  c.knn_weighting = "exp"          # "exp" (weights exp(sim / T)) or "uniform".
   # protocol "finetune": backbone + new head, AdamW with cosine decay, crop/flip augmentation,
   # checkpoint chosen by validation AUROC (medssl_jax/evals/finetune.py). backbone_lr_scale 0 = frozen.
-  c.eval.finetune_steps = 500
-  c.eval.finetune_batch_size = 64
-  c.eval.finetune_learning_rate = 1e-3
-  c.eval.finetune_weight_decay = 1e-4
-  c.eval.finetune_backbone_lr_scale = 1.0
-  c.eval.finetune_warmup_steps = 0
-  c.eval.finetune_eval_every = 0        # Validation every N steps (0 = the module's default).
-  c.eval.finetune_schedule = "cosine"   # Or "multistep": x0.1 at each of finetune_milestones (fractions).
-  c.eval.finetune_milestones = (0.5, 0.75)
-  c.eval.finetune_augment = True        # Random resized crop (0.5, 1) + flip; False: resize only.
-  c.eval.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
-  c.eval.max_train_examples = 0         # 0 = the whole training split.
+  c.finetune_steps = 500
+  c.finetune_batch_size = 64
+  c.finetune_learning_rate = 1e-3
+  c.finetune_weight_decay = 1e-4
+  c.finetune_backbone_lr_scale = 1.0
+  c.finetune_warmup_steps = 0
+  c.finetune_eval_every = 0        # Validation every N steps (0 = the module's default).
+  c.finetune_schedule = "cosine"   # Or "multistep": x0.1 at each of finetune_milestones (fractions).
+  c.finetune_milestones = (0.5, 0.75)
+  c.finetune_augment = True        # Random resized crop (0.5, 1) + flip; False: resize only.
+  c.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
+  c.max_train_examples = 0         # 0 = the whole training split.
   # Low-label protocol: the labelled training records the probe may use ("" = all, "1%", "10%", "k=5"),
   # chosen stratified, seeded and patient-aware (medssl_jax/data/subsets.py) and written to
   # <workdir>/subsets/*.json with a sha256; or a subset file written by an earlier run (wins if set).
-  c.eval.train_subset = ""
-  c.eval.subset_seed = 0
-  c.eval.subset_file = ""
+  c.train_subset = ""
+  c.subset_seed = 0
+  c.subset_file = ""
   # Where to cut (protocols linear_probe and knn; the "guillotine" comparison): the layers whose
   # frozen features are probed, named as medssl_jax.evals.representation.available_layers gives them for
   # the model, e.g. ("backbone", "projector/hidden1", "projector/out") or ResNet "stage1".."stage3".
   # The default probes the backbone output only, with the results keys and file names of before.
-  c.eval.feature_layers = ("backbone",)
+  c.feature_layers = ("backbone",)
   # Also neural-collapse measures (within- vs between-class variability, NC1/NC2, nearest class mean)
   # of each probed layer's train and test features, stored in the results per encoder and layer.
-  c.eval.neural_collapse = False
+  c.neural_collapse = False
   # Metrics beside accuracy / AUROC (medssl_jax.evals.metrics.report): quadratic-weighted kappa for graded
   # labels (DR grade 0-4: RetinaMNIST, EyePACS, APTOS, ...), and percentile bootstrap intervals (test
   # examples resampled within each class; 0 = none) of AUROC, accuracy (and kappa).
-  c.eval.ordinal = False
-  c.eval.bootstrap_samples = 1000
-
-
+  c.ordinal = False
+  c.bootstrap_samples = 1000
   return c
-
 
 
 def check_keys(config, schema, path=""):
   """Raises a ValueError naming the first key of config that schema lacks (with the closest valid key)."""
   for key in config.keys():
     if key not in schema:
+      check_renamed(f"{path}{key}")
       close = difflib.get_close_matches(key, list(schema.keys()), n=1)
       hint = f" (did you mean config.{path}{close[0]}?)" if close else ""
       section = f"config.{path.rstrip('.')}" if path else "config"
@@ -270,7 +404,10 @@ def validate(config) -> ml_collections.ConfigDict:
   if objective.text:
     _check_text(config, len(config.augment.views))
   if config.objective.name == "swcl":
-    swcl_objective.check_scheme(config.objective.swcl_scheme)
+    swcl_objective.check_scheme(config.objective.swcl.scheme)
+  for k in ("abnormality_threshold", "pseudo_label_threshold"):
+    if not 0.0 <= config.objective.swcl[k] <= 1.0:
+      raise ValueError(f"config.objective.swcl.{k} must lie in [0, 1], got {config.objective.swcl[k]!r}")
   for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config.train[k] <= 0:
       raise ValueError(f"config.train.{k} must be a positive integer, got {config.train[k]!r}")
@@ -299,20 +436,20 @@ def _check_distributed(d):
 
 def _check_text(config, num_views: int):
   """Image-text objectives: view count, temperatures, weights and the text tower's sizes."""
-  name, o, t = config.objective.name, config.objective, config.text
+  name, o, t = config.objective.name, config.objective.image_text, config.text
   if name in ("clip", "convirt") and num_views != 1:
     raise ValueError(f"config.objective.name={name!r} pairs one augmented image view with its report; "
                      f"config.augment.views has {num_views} (use one view)")
   if name == "joint" and num_views < 3:
     raise ValueError(f"config.objective.name='joint' uses view 0 with the report and SimCLR on views 1.., so it needs "
                      f"at least 3 views; config.augment.views has {num_views}")
-  if not o.image_text_temperature > 0:
-    raise ValueError(f"config.objective.image_text_temperature must be > 0, got {o.image_text_temperature!r}")
+  if not o.temperature > 0:
+    raise ValueError(f"config.objective.image_text.temperature must be > 0, got {o.temperature!r}")
   if not 0.0 <= o.image_to_text_weight <= 1.0:
-    raise ValueError(f"config.objective.image_to_text_weight (ConVIRT's lambda) must be in [0, 1], got "
+    raise ValueError(f"config.objective.image_text.image_to_text_weight (ConVIRT's lambda) must be in [0, 1], got "
                      f"{o.image_to_text_weight!r}")
   if o.image_ssl_weight < 0:
-    raise ValueError(f"config.objective.image_ssl_weight must be >= 0, got {o.image_ssl_weight!r}")
+    raise ValueError(f"config.objective.image_text.image_ssl_weight must be >= 0, got {o.image_ssl_weight!r}")
   for k, lo in (("vocab_size", 16), ("min_frequency", 1), ("max_length", 2), ("width", 1), ("depth", 1), ("heads", 1)):
     if not isinstance(t[k], int) or t[k] < lo:
       raise ValueError(f"config.text.{k} must be an integer >= {lo}, got {t[k]!r}")

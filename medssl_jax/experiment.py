@@ -16,6 +16,7 @@ from medssl_jax.modes import analyze
 from medssl_jax.modes import evaluate
 from medssl_jax.modes import features
 from medssl_jax.modes import pretrain
+from medssl_jax.modes import segmentation
 from medssl_jax.modes import transfer
 from medssl_jax.projects.curriculum import modes as curriculum
 from medssl_jax.projects.particles import modes as particles
@@ -24,7 +25,7 @@ from medssl_jax.protocols import probe
 from medssl_jax.train import mesh as mesh_lib
 
 # The evaluation protocols (probe) first: their checks cover settings every evaluating mode reads.
-MODULES = (probe, pretrain, evaluate, analyze, transfer, features, swcl, particles, curriculum)
+MODULES = (probe, pretrain, evaluate, analyze, transfer, segmentation, features, swcl, particles, curriculum)
 MODES = {name: fn for module in MODULES for name, fn in getattr(module, "MODES", {}).items()}
 
 

@@ -26,10 +26,10 @@ from medssl_jax.train import step as step_lib
 B = 8
 
 
-def _config(objective, **objective_overrides):
+def _config(objective, **image_text_overrides):
   c = config_lib.load(f"cxr_{objective}", "quick")
-  for k, v in objective_overrides.items():
-    c.objective[k] = v
+  for k, v in image_text_overrides.items():
+    c.objective.image_text[k] = v
   return experiment.validate(c)
 
 
@@ -60,7 +60,7 @@ def test_model_holds_both_towers_and_the_logit_scale():
   config = _config("joint")
   model, _, _, _, state = _state(config)
   assert set(state.params) == {"backbone", "projector", "ssl_projector", "text", "logit_scale"}
-  np.testing.assert_allclose(float(state.params["logit_scale"]), math.log(1 / config.objective.image_text_temperature),
+  np.testing.assert_allclose(float(state.params["logit_scale"]), math.log(1 / config.objective.image_text.temperature),
                              rtol=1e-6)
   x = jnp.zeros((2, 32, 32, 1))
   out = model.apply(state.variables, x, train=False)
@@ -99,7 +99,7 @@ def _np_nt_xent(z1, z2, t):
 
 @pytest.mark.parametrize("objective,learn", [("clip", True), ("convirt", False), ("joint", True)])
 def test_loss_matches_reference(tok, objective, learn):
-  config = _config(objective, learn_temperature=learn, image_text_temperature=0.2)
+  config = _config(objective, learn_temperature=learn, temperature=0.2)
   model, obj, _, _, state = _state(config)
   # A logit scale away from its initial value, to see which temperature the loss uses.
   params = dict(state.params, logit_scale=jnp.float32(math.log(1 / 0.3)))
@@ -119,11 +119,12 @@ def test_loss_matches_reference(tok, objective, learn):
                                method="encode_text")["text_embedding"])
   t = 0.3 if learn else 0.2
   i2t, t2i = _np_info_nce(img, txt, t)
-  lam = 0.5 * (objective == "clip") + config.objective.image_to_text_weight * (objective != "clip")
+  it = config.objective.image_text
+  lam = 0.5 * (objective == "clip") + it.image_to_text_weight * (objective != "clip")
   expected = lam * i2t + (1 - lam) * t2i
   if objective == "joint":
     ssl = np.asarray(out["ssl_projection"])
-    expected += config.objective.image_ssl_weight * _np_nt_xent(ssl[B:2 * B], ssl[2 * B:], config.objective.temperature)
+    expected += it.image_ssl_weight * _np_nt_xent(ssl[B:2 * B], ssl[2 * B:], config.objective.temperature)
   np.testing.assert_allclose(float(loss), expected, rtol=2e-4)
   np.testing.assert_allclose(float(metrics["temperature"]), t, rtol=1e-5)
   np.testing.assert_allclose([float(metrics["loss_i2t"]), float(metrics["loss_t2i"])], [i2t, t2i], rtol=2e-4)
@@ -256,8 +257,8 @@ def test_config_errors_name_the_key():
   with pytest.raises(ValueError, match="config.text.width=32 must be divisible by config.text.heads=3"):
     experiment.validate(c)
   c = config_lib.load("cxr_convirt", "quick")
-  c.objective.image_to_text_weight = 1.5
-  with pytest.raises(ValueError, match="image_to_text_weight"):
+  c.objective.image_text.image_to_text_weight = 1.5
+  with pytest.raises(ValueError, match="config.objective.image_text.image_to_text_weight"):
     experiment.validate(c)
 
 

@@ -83,7 +83,7 @@ def test_adapter_uses_config_lambda():
   config = config_lib.load("fundus_barlow_twins")
   assert len(config.model.projector_hidden_dims) == 2  # The paper's 3-layer projector.
   assert len(config_lib.load("fundus_barlow_twins", "quick").model.projector_hidden_dims) == 2
-  config.objective.barlow_lambda = 0.2
+  config.objective.barlow_twins.off_diagonal_weight = 0.2
   rng = np.random.default_rng(5)
   za, zb = (rng.normal(size=(5, 4)).astype(np.float32) for _ in range(2))
   loss, metrics, updates = bt.BARLOW_TWINS.loss(

@@ -87,9 +87,9 @@ def test_center_ema():
 def test_adapter_returns_the_centre_update_and_init_state():
   """`_loss` (what the trainer calls) uses the state's centre and the step's temperature, and returns
   the EMA centre; `init_state` makes a zero centre of size K."""
-  c = ml_collections.ConfigDict(dict(objective=dict(temperature=0.1, teacher_temperature_start=0.04,
-                                                    teacher_temperature=0.07, teacher_temperature_warmup_steps=10,
-                                                    center_momentum=0.8)))
+  dino_keys = dict(teacher_temperature_start=0.04, teacher_temperature=0.07, teacher_temperature_warmup_steps=10,
+                   center_momentum=0.8)
+  c = ml_collections.ConfigDict(dict(objective=dict(temperature=0.1, dino=dino_keys)))
   state = dino.DINO.init_state(c, {"logits": jax.ShapeDtypeStruct((2, 6), jnp.float32)})
   np.testing.assert_array_equal(np.asarray(state["center"]), np.zeros(6))
   rng = np.random.default_rng(3)

@@ -111,14 +111,14 @@ def test_queue_state_and_size_validation():
   c = load("fundus_moco_v2", "quick")
   outputs = {"projection": jax.ShapeDtypeStruct((2, 7), jnp.float32)}
   state = moco.MOCO_V2.init_state(c, outputs)
-  assert state["queue"].shape == (c.objective.queue_size, 7) and int(state["queue_ptr"]) == 0
+  assert state["queue"].shape == (c.objective.moco_v2.queue_size, 7) and int(state["queue_ptr"]) == 0
   np.testing.assert_allclose(np.linalg.norm(np.asarray(state["queue"]), axis=1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(state["queue"], moco.MOCO_V2.init_state(c, outputs)["queue"])  # Fixed seed.
-  c.objective.queue_size = c.train.batch_size * 3 + 1
-  with pytest.raises(ValueError, match=r"config.objective.queue_size=49 must be a positive multiple.*"
+  c.objective.moco_v2.queue_size = c.train.batch_size * 3 + 1
+  with pytest.raises(ValueError, match=r"config.objective.moco_v2.queue_size=49 must be a positive multiple.*"
                                        r"config.train.batch_size=16"):
     moco.MOCO_V2.init_state(c, outputs)
-  c.objective.queue_size = 0
+  c.objective.moco_v2.queue_size = 0
   with pytest.raises(ValueError, match="queue_size=0"):
     moco.MOCO_V2.init_state(c, outputs)
 

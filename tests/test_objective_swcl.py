@@ -90,7 +90,7 @@ SCHEMES = [("pair",), ("patient",), ("position",), ("abnormality",), ("patient",
 def _config(scheme, temperature=0.2):
   c = experiment.default_config()
   c.objective.name = "swcl"
-  c.objective.swcl_scheme = scheme
+  c.objective.swcl.scheme = scheme
   c.objective.temperature = temperature
   return c
 
@@ -196,7 +196,7 @@ def test_scheme_errors_and_batch_keys():
 def tiny_config(scheme):
   c = load_config("fundus_simclr", "quick")
   c.objective.name = "swcl"
-  c.objective.swcl_scheme = scheme
+  c.objective.swcl.scheme = scheme
   for v in c.augment.views:
     v.crop_size = 16
   c.data.image_size = 32
@@ -281,7 +281,7 @@ def test_pretrain_names_missing_dataset_features(builder):
   objective = objectives.get_objective("swcl")
   assert pretrain_lib.objective_batch_keys(_config(("pair",)), objective, builder) == ()
   assert pretrain_lib.objective_batch_keys(_config(("pair",)), objectives.get_objective("simclr"), builder) == ()
-  with pytest.raises(ValueError, match=r"objective 'swcl' with config.objective.swcl_scheme=\('patient', "
+  with pytest.raises(ValueError, match=r"objective 'swcl' with config.objective.swcl.scheme=\('patient', "
                                        r"'position'\) needs dataset features \['patient', 'position'\].*"
                                        r"synthetic_fundus/tiny.*\['eye', 'id', 'image', 'label'\]"):
     pretrain_lib.objective_batch_keys(_config(("patient", "position")), objective, builder)

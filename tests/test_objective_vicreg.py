@@ -75,9 +75,10 @@ def test_bad_shapes_raise():
 
 def test_adapter_uses_config_weights():
   config = config_lib.load("fundus_vicreg")
-  assert (config.objective.vicreg_sim, config.objective.vicreg_std, config.objective.vicreg_cov) == (25.0, 25.0, 1.0)
+  w = config.objective.vicreg
+  assert (w.sim_weight, w.std_weight, w.cov_weight) == (25.0, 25.0, 1.0)
   assert len(config_lib.load("fundus_vicreg", "quick").model.projector_hidden_dims) == 2
-  config.objective.vicreg_sim, config.objective.vicreg_std, config.objective.vicreg_cov = 2.0, 3.0, 4.0
+  w.sim_weight, w.std_weight, w.cov_weight = 2.0, 3.0, 4.0
   rng = np.random.default_rng(5)
   za, zb = (rng.normal(size=(6, 4)).astype(np.float32) for _ in range(2))
   loss, metrics, updates = vicreg.VICREG.loss(

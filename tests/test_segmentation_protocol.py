@@ -14,6 +14,7 @@ from medssl_jax.data import pipeline
 from medssl_jax.data import synthetic_fundus as sf
 from medssl_jax.evals import segmentation as seg
 from medssl_jax.evals import segmentation_metrics as sm
+from medssl_jax.modes import segmentation as seg_mode
 from medssl_jax.models import resnet
 from medssl_jax import experiment
 
@@ -142,7 +143,7 @@ def test_run_writes_results_and_resumes(data_dir, vessels, tmp_path, monkeypatch
   del vessels  # Builds the data set once for the module.
   bb, v = _backbone()
   encoders = {"random init": (bb, v)}
-  res = seg.run(_config(data_dir), tmp_path, encoders=encoders)
+  res = seg_mode.run(_config(data_dir), tmp_path, encoders=encoders)
   out = tmp_path / "segmentation"
   saved = json.loads((out / "results.json").read_text())
   enc = saved["encoders"]["random init"]
@@ -173,11 +174,11 @@ def test_run_writes_results_and_resumes(data_dir, vessels, tmp_path, monkeypatch
     assert "mask_mode" not in r["settings"] and "mask_mode" not in r and "mask_mode" not in old_file
     r["settings"] = json.loads(json.dumps(before))
   (out / "results.json").write_text(json.dumps(old_file))
-  again = seg.run(_config(data_dir), tmp_path, encoders=encoders)
+  again = seg_mode.run(_config(data_dir), tmp_path, encoders=encoders)
   assert again["encoders"]["random init"]["seeds"]["1"]["dice"] == enc["seeds"]["1"]["dice"]
   # Other settings are not reused.
   with pytest.raises(AssertionError, match="recomputed"):
-    seg.run(_config(data_dir, steps=5), tmp_path, encoders=encoders)
+    seg_mode.run(_config(data_dir, steps=5), tmp_path, encoders=encoders)
 
 
 def test_errors(data_dir, vessels, tmp_path):
@@ -198,9 +199,9 @@ def test_errors(data_dir, vessels, tmp_path):
     seg.finetune_segmentation(**_args(vessels, patch_size=48))
   with pytest.raises(ValueError, match=r"config.segmentation.fov='bogus' is not known .*'auto', 'none', "
                      r"'fov_mask', 'mask'"):
-    seg.run(_config(data_dir, fov="bogus"), tmp_path, encoders={})
+    seg_mode.run(_config(data_dir, fov="bogus"), tmp_path, encoders={})
   with pytest.raises(ValueError, match=r"mask_key='vessels' is not an image feature .* \['fov_mask', 'mask'\]"):
-    seg.run(_config(data_dir, mask_key="vessels"), tmp_path, encoders={})
+    seg_mode.run(_config(data_dir, mask_key="vessels"), tmp_path, encoders={})
 
 
 def test_fov_auto_on_real_chase_db1(tmp_path):
@@ -323,7 +324,7 @@ def test_classes_run_on_refuge_dummy(tmp_path):
   s.seeds = (0,)
   experiment.validate(c)
   bb, v = _backbone()
-  res = seg.run(c, tmp_path, encoders={"random init": (bb, v)})
+  res = seg_mode.run(c, tmp_path, encoders={"random init": (bb, v)})
   out = tmp_path / "segmentation"
   saved = json.loads((out / "results.json").read_text())
   assert saved["dataset"] == "refuge/original" and saved["mask_mode"] == "classes" and saved["num_classes"] == 3
@@ -362,4 +363,4 @@ def test_classes_errors(data_dir, tmp_path):
                      r"'binary' .* or 'classes'"):
     experiment.validate(c)
   with pytest.raises(ValueError, match=r"config.segmentation.mask_mode='multi' is not known"):
-    seg.run(c, tmp_path, encoders={})
+    seg_mode.run(c, tmp_path, encoders={})

@@ -7,7 +7,7 @@ a batch of images into one augmented view of the batch, vmapping the per-image p
 
 with one key per example (op i of an example uses fold_in(example_key, i), so adding an op later
 leaves the others' randomness unchanged; vflip and rot90 came later, with indices 6 and 7, and do
-no work at probability 0, so policies without them give the same views bit for bit as before).
+no work at probability 0, so policies without them give the same views bit for bit).
 Everything is jit-able and works on global arrays sharded over the batch axis; the result does not
 depend on the sharding (the random draws use partitionable threefry, and `ops` keeps the arithmetic
 sharding-invariant too; see its module docstring).

@@ -78,6 +78,131 @@ def _sample_in_fov(rng, cx, cy, r, disc, n, min_disc_dist):
   return pts
 
 
+def _background(rng, s: int):
+  """The lesion-free retina on the 2x canvas: FOV geometry, colour, brightness, illumination, choroidal texture,
+  optic disc and macula. Returns (image [s, s, 3] float32, geometry dict)."""
+  r = s * rng.uniform(0.43, 0.49)
+  cx = s / 2 + rng.normal(0.0, 0.015 * s)
+  cy = s / 2 + rng.normal(0.0, 0.015 * s)
+  eye = int(rng.integers(2))  # 0 = left, 1 = right; the disc sits nasally.
+  side = -1.0 if eye == 0 else 1.0
+  hue = rng.uniform(0.0, 1.0)  # 0 = deep red, 1 = orange.
+  base = np.array([rng.uniform(0.70, 0.95),
+                   0.18 + 0.27 * hue + rng.uniform(-0.04, 0.04),
+                   0.04 + 0.10 * rng.uniform()], np.float32)
+  bright = rng.uniform(0.45, 1.15)
+  vignette = rng.uniform(0.25, 0.6)
+  illum_dir = rng.uniform(0.0, 2.0 * math.pi)
+  illum_amp = rng.uniform(0.0, 0.3)
+
+  yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
+  dx, dy = (xx - cx) / r, (yy - cy) / r
+  d2 = dx * dx + dy * dy
+  shade = bright * (1.0 - vignette * d2) * (1.0 + illum_amp * (dx * math.cos(illum_dir)
+                                                                + dy * math.sin(illum_dir)))
+  # Smooth choroidal texture: a coarse random field upsampled bicubically (cheap in PIL).
+  g = int(rng.integers(4, 9))
+  field = rng.normal(0.0, 1.0, (g, g)).astype(np.float32)
+  field = np.asarray(Image.fromarray(field).resize((s, s), Image.BICUBIC))
+  shade = shade * (1.0 + rng.uniform(0.04, 0.15) * field)
+  img = shade[..., None] * base
+
+  # Optic disc (bright yellowish ellipse) and macula (darker spot on the other side).
+  disc = (cx + side * r * rng.uniform(0.25, 0.42), cy + r * rng.normal(0.0, 0.06))
+  drx = r * rng.uniform(0.11, 0.16)
+  dry = drx * rng.uniform(1.0, 1.25)
+  disc_col = np.array([1.0, rng.uniform(0.75, 0.95), rng.uniform(0.35, 0.6)], np.float32)
+  e = ((xx - disc[0]) / drx) ** 2 + ((yy - disc[1]) / dry) ** 2
+  a_disc = (np.clip(1.25 - e, 0.0, 1.0) * rng.uniform(0.75, 0.95))[..., None]
+  img = img * (1 - a_disc) + a_disc * disc_col * min(1.0, bright + 0.35)
+  mac = (cx - side * r * rng.uniform(0.0, 0.12), cy + r * rng.normal(0.0, 0.05))
+  mr = r * rng.uniform(0.15, 0.25)
+  img *= 1.0 - rng.uniform(0.1, 0.3) * np.exp(-((xx - mac[0]) ** 2 + (yy - mac[1]) ** 2) /
+                                              (2 * mr * mr))[..., None]
+  return img, dict(r=r, cx=cx, cy=cy, eye=eye, side=side, bright=bright, disc=disc, drx=drx, dry=dry,
+                   disc_col=disc_col, xx=xx, yy=yy)
+
+
+def _vessels(rng, img, geo: dict, s: int, unit: float):
+  """Vessel arcades up and down curving towards the macula, plus nasal vessels, painted on `img`.
+  Returns (image, vessel stroke mask: a PIL 'L' image on the 2x canvas)."""
+  paths = []
+  disc, r, tmp = geo["disc"], geo["r"], -geo["side"]  # tmp: unit x direction from disc towards the macula.
+  for vert in (-1.0, 1.0):
+    for _ in range(int(rng.integers(1, 3))):
+      ang0 = math.atan2(vert, tmp * rng.uniform(0.1, 0.6))
+      turn = -vert * tmp * rng.uniform(0.02, 0.06)  # Bend back towards the macula.
+      if math.cos(ang0) * tmp < 0:
+        turn = -turn
+      _walk(rng, disc, ang0, turn, r * rng.uniform(1.0, 1.6), 4 * unit, int(rng.integers(1, 3)), 0, paths)
+  for _ in range(int(rng.integers(2, 4))):
+    ang0 = math.atan2(rng.uniform(-1.0, 1.0), -tmp)
+    _walk(rng, disc, ang0, rng.normal(0.0, 0.02), r * rng.uniform(0.4, 0.8), 4 * unit,
+          int(rng.integers(0, 2)), 0, paths)
+  vmask = Image.new('L', (s, s), 0)
+  vdraw = ImageDraw.Draw(vmask)
+  w0 = rng.uniform(2.2, 3.2) * unit
+  for pts, wscale in paths:
+    n = len(pts) - 1
+    for i in range(n):  # Taper along the vessel.
+      w = max(1, int(round(w0 * wscale * (1.0 - 0.6 * i / n))))
+      vdraw.line([pts[i], pts[i + 1]], fill=255, width=w)
+  a_v = np.asarray(vmask, np.float32)[..., None] / 255.0 * rng.uniform(0.35, 0.6)
+  return img * (1.0 - a_v) + a_v * img * np.array([0.55, 0.2, 0.25], np.float32), vmask
+
+
+def _artefacts(rng, img, geo: dict):
+  """Lens dust / reflex artefacts in every class: large, blurry, low-contrast dark or bright blobs, so
+  "has dark/bright pixels" alone does not give the label away; lesions are small and sharp."""
+  xx, yy, cx, cy, r = geo["xx"], geo["yy"], geo["cx"], geo["cy"], geo["r"]
+  for _ in range(int(rng.integers(0, 4))):
+    ax, ay = _sample_in_fov(rng, cx, cy, r, (-1e9, -1e9), 1, 0.0)[0]
+    ar = r * rng.uniform(0.06, 0.14)
+    blob = np.exp(-((xx - ax) ** 2 + (yy - ay) ** 2) / (2 * ar * ar))[..., None]
+    if rng.uniform() < 0.5:
+      img = img * (1.0 - rng.uniform(0.15, 0.35) * blob)
+    else:
+      img = img + rng.uniform(0.08, 0.2) * blob * np.array([1.0, 0.9, 0.6], np.float32)
+  return img
+
+
+def _lesion_masks(rng, label: int, geo: dict, s: int, unit: float):
+  """The label-carrying lesions as masks on the 2x canvas: (counts (microaneurysms, haemorrhages, exudates), red
+  mask, yellow mask), PIL 'L' images."""
+  cx, cy, r, disc = geo["cx"], geo["cy"], geo["r"], geo["disc"]
+  n_ma = n_hm = n_ex = 0
+  if label == 1:
+    n_ma = int(rng.integers(1, 4))
+  elif label == 2:
+    n_ma = int(rng.integers(1, 4))
+    n_hm = int(rng.integers(max(1, 4 - n_ma), 11 - n_ma))
+  elif label == 3:
+    n_ma = int(rng.integers(1, 4))
+    n_hm = int(rng.integers(max(1, 4 - n_ma), 11 - n_ma))
+    n_ex = int(rng.integers(3, 10))
+  red_mask = Image.new('L', (s, s), 0)
+  yel_mask = Image.new('L', (s, s), 0)
+  rdraw, ydraw = ImageDraw.Draw(red_mask), ImageDraw.Draw(yel_mask)
+  keepout = 1.6 * max(geo["drx"], geo["dry"])
+  for x, y in _sample_in_fov(rng, cx, cy, r, disc, n_ma, keepout):
+    rad = rng.uniform(1.3, 2.0) * unit
+    rdraw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
+  for x, y in _sample_in_fov(rng, cx, cy, r, disc, n_hm, keepout):
+    rx, ry = rng.uniform(1.8, 3.8) * unit, rng.uniform(1.8, 3.8) * unit
+    rdraw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=int(rng.integers(170, 256)))
+  if n_ex:
+    # Exudates cluster: a few centres with spots scattered around them.
+    centres = _sample_in_fov(rng, cx, cy, r, disc, int(rng.integers(1, 3)), keepout)
+    for k in range(n_ex):
+      ccx, ccy = centres[k % len(centres)]
+      x, y = ccx + rng.normal(0.0, 6 * unit), ccy + rng.normal(0.0, 6 * unit)
+      if math.hypot(x - cx, y - cy) > 0.9 * r or math.hypot(x - disc[0], y - disc[1]) < keepout:
+        x, y = ccx, ccy
+      rad = rng.uniform(1.2, 2.4) * unit
+      ydraw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
+  return (n_ma, n_hm, n_ex), red_mask, yel_mask
+
+
 def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: bool = True,
                    return_masks: bool = False) -> tuple[np.ndarray, int, dict]:
   """Renders example `index` deterministically from (seed, index).
@@ -102,116 +227,11 @@ def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: b
   # Separate streams so lesions never perturb the nuisance draws (enables draw_lesions=False).
   rng_img, rng_les, rng_noise = (np.random.default_rng([seed, index, k]) for k in range(3))
   s = size * _SS
-  unit = s / 128.0  # Geometry below is tuned in units of a 128 px canvas (64 px output).
-
-  # --- Global nuisance: FOV geometry, colour, brightness, illumination.
-  r = s * rng_img.uniform(0.43, 0.49)
-  cx = s / 2 + rng_img.normal(0.0, 0.015 * s)
-  cy = s / 2 + rng_img.normal(0.0, 0.015 * s)
-  eye = int(rng_img.integers(2))  # 0 = left, 1 = right; the disc sits nasally.
-  side = -1.0 if eye == 0 else 1.0
-  hue = rng_img.uniform(0.0, 1.0)  # 0 = deep red, 1 = orange.
-  base = np.array([rng_img.uniform(0.70, 0.95),
-                   0.18 + 0.27 * hue + rng_img.uniform(-0.04, 0.04),
-                   0.04 + 0.10 * rng_img.uniform()], np.float32)
-  bright = rng_img.uniform(0.45, 1.15)
-  vignette = rng_img.uniform(0.25, 0.6)
-  illum_dir = rng_img.uniform(0.0, 2.0 * math.pi)
-  illum_amp = rng_img.uniform(0.0, 0.3)
-
-  yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
-  dx, dy = (xx - cx) / r, (yy - cy) / r
-  d2 = dx * dx + dy * dy
-  shade = bright * (1.0 - vignette * d2) * (1.0 + illum_amp * (dx * math.cos(illum_dir)
-                                                                + dy * math.sin(illum_dir)))
-  # Smooth choroidal texture: a coarse random field upsampled bicubically (cheap in PIL).
-  g = int(rng_img.integers(4, 9))
-  field = rng_img.normal(0.0, 1.0, (g, g)).astype(np.float32)
-  field = np.asarray(Image.fromarray(field).resize((s, s), Image.BICUBIC))
-  shade = shade * (1.0 + rng_img.uniform(0.04, 0.15) * field)
-  img = shade[..., None] * base
-
-  # Optic disc (bright yellowish ellipse) and macula (darker spot on the other side).
-  disc = (cx + side * r * rng_img.uniform(0.25, 0.42), cy + r * rng_img.normal(0.0, 0.06))
-  drx = r * rng_img.uniform(0.11, 0.16)
-  dry = drx * rng_img.uniform(1.0, 1.25)
-  disc_col = np.array([1.0, rng_img.uniform(0.75, 0.95), rng_img.uniform(0.35, 0.6)], np.float32)
-  e = ((xx - disc[0]) / drx) ** 2 + ((yy - disc[1]) / dry) ** 2
-  a_disc = (np.clip(1.25 - e, 0.0, 1.0) * rng_img.uniform(0.75, 0.95))[..., None]
-  img = img * (1 - a_disc) + a_disc * disc_col * min(1.0, bright + 0.35)
-  mac = (cx - side * r * rng_img.uniform(0.0, 0.12), cy + r * rng_img.normal(0.0, 0.05))
-  mr = r * rng_img.uniform(0.15, 0.25)
-  img *= 1.0 - rng_img.uniform(0.1, 0.3) * np.exp(-((xx - mac[0]) ** 2 + (yy - mac[1]) ** 2) /
-                                                  (2 * mr * mr))[..., None]
-
-  # --- Vessels: arcades up and down curving towards the macula, plus nasal vessels.
-  paths = []
-  tmp = -side  # Unit x direction from disc towards the macula (temporal).
-  for vert in (-1.0, 1.0):
-    for _ in range(int(rng_img.integers(1, 3))):
-      ang0 = math.atan2(vert, tmp * rng_img.uniform(0.1, 0.6))
-      turn = -vert * tmp * rng_img.uniform(0.02, 0.06)  # Bend back towards the macula.
-      if math.cos(ang0) * tmp < 0:
-        turn = -turn
-      _walk(rng_img, disc, ang0, turn, r * rng_img.uniform(1.0, 1.6), 4 * unit,
-            int(rng_img.integers(1, 3)), 0, paths)
-  for _ in range(int(rng_img.integers(2, 4))):
-    ang0 = math.atan2(rng_img.uniform(-1.0, 1.0), -tmp)
-    _walk(rng_img, disc, ang0, rng_img.normal(0.0, 0.02), r * rng_img.uniform(0.4, 0.8), 4 * unit,
-          int(rng_img.integers(0, 2)), 0, paths)
-  vmask = Image.new('L', (s, s), 0)
-  vdraw = ImageDraw.Draw(vmask)
-  w0 = rng_img.uniform(2.2, 3.2) * unit
-  for pts, wscale in paths:
-    n = len(pts) - 1
-    for i in range(n):  # Taper along the vessel.
-      w = max(1, int(round(w0 * wscale * (1.0 - 0.6 * i / n))))
-      vdraw.line([pts[i], pts[i + 1]], fill=255, width=w)
-  a_v = np.asarray(vmask, np.float32)[..., None] / 255.0 * rng_img.uniform(0.35, 0.6)
-  img = img * (1.0 - a_v) + a_v * img * np.array([0.55, 0.2, 0.25], np.float32)
-
-  # Lens dust / reflex artefacts in every class: large, blurry, low-contrast dark or bright blobs, so
-  # "has dark/bright pixels" alone does not give the label away; lesions are small and sharp.
-  for _ in range(int(rng_img.integers(0, 4))):
-    ax, ay = _sample_in_fov(rng_img, cx, cy, r, (-1e9, -1e9), 1, 0.0)[0]
-    ar = r * rng_img.uniform(0.06, 0.14)
-    blob = np.exp(-((xx - ax) ** 2 + (yy - ay) ** 2) / (2 * ar * ar))[..., None]
-    if rng_img.uniform() < 0.5:
-      img = img * (1.0 - rng_img.uniform(0.15, 0.35) * blob)
-    else:
-      img = img + rng_img.uniform(0.08, 0.2) * blob * np.array([1.0, 0.9, 0.6], np.float32)
-
-  # --- Lesions (label-carrying), from their own rng stream.
-  n_ma = n_hm = n_ex = 0
-  if label == 1:
-    n_ma = int(rng_les.integers(1, 4))
-  elif label == 2:
-    n_ma = int(rng_les.integers(1, 4))
-    n_hm = int(rng_les.integers(max(1, 4 - n_ma), 11 - n_ma))
-  elif label == 3:
-    n_ma = int(rng_les.integers(1, 4))
-    n_hm = int(rng_les.integers(max(1, 4 - n_ma), 11 - n_ma))
-    n_ex = int(rng_les.integers(3, 10))
-  red_mask = Image.new('L', (s, s), 0)
-  yel_mask = Image.new('L', (s, s), 0)
-  rdraw, ydraw = ImageDraw.Draw(red_mask), ImageDraw.Draw(yel_mask)
-  keepout = 1.6 * max(drx, dry)
-  for x, y in _sample_in_fov(rng_les, cx, cy, r, disc, n_ma, keepout):
-    rad = rng_les.uniform(1.3, 2.0) * unit
-    rdraw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
-  for x, y in _sample_in_fov(rng_les, cx, cy, r, disc, n_hm, keepout):
-    rx, ry = rng_les.uniform(1.8, 3.8) * unit, rng_les.uniform(1.8, 3.8) * unit
-    rdraw.ellipse([x - rx, y - ry, x + rx, y + ry], fill=int(rng_les.integers(170, 256)))
-  if n_ex:
-    # Exudates cluster: a few centres with spots scattered around them.
-    centres = _sample_in_fov(rng_les, cx, cy, r, disc, int(rng_les.integers(1, 3)), keepout)
-    for k in range(n_ex):
-      ccx, ccy = centres[k % len(centres)]
-      x, y = ccx + rng_les.normal(0.0, 6 * unit), ccy + rng_les.normal(0.0, 6 * unit)
-      if math.hypot(x - cx, y - cy) > 0.9 * r or math.hypot(x - disc[0], y - disc[1]) < keepout:
-        x, y = ccx, ccy
-      rad = rng_les.uniform(1.2, 2.4) * unit
-      ydraw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
+  unit = s / 128.0  # Geometry is tuned in units of a 128 px canvas (64 px output).
+  img, geo = _background(rng_img, s)
+  img, vmask = _vessels(rng_img, img, geo, s, unit)
+  img = _artefacts(rng_img, img, geo)
+  (n_ma, n_hm, n_ex), red_mask, yel_mask = _lesion_masks(rng_les, label, geo, s, unit)
   num_lesions = n_ma + n_hm + n_ex
   lesion_pixels = 0
   if num_lesions and draw_lesions:
@@ -221,13 +241,14 @@ def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: b
     red_col = img * np.array([0.45, 0.12, 0.15], np.float32) * rng_les.uniform(0.8, 1.2)
     # Exudates share the optic disc's colour and brightness, so bright-yellow pixel statistics
     # alone do not reveal them (every image has a disc); their shape and location do.
-    yel_col = disc_col * min(1.0, bright + 0.35) * rng_les.uniform(0.8, 0.95)
+    yel_col = geo["disc_col"] * min(1.0, geo["bright"] + 0.35) * rng_les.uniform(0.8, 0.95)
     img = img * (1.0 - a_r) + a_r * red_col
     img = img * (1.0 - a_y) + a_y * yel_col
     a_l = np.maximum(a_r, a_y)[..., 0]
     lesion_pixels = int((a_l.reshape(size, _SS, size, _SS).mean(axis=(1, 3)) >= 0.25).sum())
 
   # --- FOV mask (anti-aliased at 2x), downsample, noise.
+  cx, cy, r = geo["cx"], geo["cy"], geo["r"]
   fov = Image.new('L', (s, s), 0)
   ImageDraw.Draw(fov).ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
   img *= np.asarray(fov, np.float32)[..., None] / 255.0
@@ -236,7 +257,7 @@ def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: b
   noise = rng_noise.normal(0.0, rng_noise.uniform(0.01, 0.03), img.shape).astype(np.float32)
   img = img + noise * fov_small[..., None]  # Keep the frame outside the FOV truly black.
   out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-  meta = {'eye': EYE_NAMES[eye], 'num_lesions': num_lesions if draw_lesions else 0,
+  meta = {'eye': EYE_NAMES[geo["eye"]], 'num_lesions': num_lesions if draw_lesions else 0,
           'num_microaneurysms': n_ma, 'num_haemorrhages': n_hm, 'num_exudates': n_ex,
           'lesion_pixels': lesion_pixels}
   if return_masks:

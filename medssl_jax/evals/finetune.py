@@ -260,7 +260,8 @@ def _result(test: dict, *, run, lrs, selected, has_val, eval_every, multi_label,
       val_curve=[{k: v[k] for k in ("step", "loss", "accuracy", "auroc")} for v in run.val_curve],
       multi_label=bool(multi_label),
       protocol=describe(schedule=schedule, milestones=milestones, augment=augment, weight_decay=weight_decay),
-      num_train=num_train, steps=steps, batch_size=batch_size, learning_rate=float(learning_rate), weight_decay=float(weight_decay),
+      num_train=num_train, steps=steps, batch_size=batch_size, learning_rate=float(learning_rate),
+      weight_decay=float(weight_decay),
       backbone_lr_scale=float(backbone_lr_scale), augment=bool(augment), seed=seed, image_size=int(image_size),
       schedule=schedule, milestones=list(milestones) if schedule == "multistep" else None)
   return result

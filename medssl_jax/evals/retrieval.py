@@ -11,14 +11,13 @@ the same fraction for a random report (chance).
 from __future__ import annotations
 
 import collections
-import json
-import os
 
 import jax
 import numpy as np
 
 from medssl_jax.data import pipeline
 from medssl_jax.evals import representation
+from medssl_jax.evals import results as results_lib
 from medssl_jax.objectives.image_text import retrieval_recall
 
 KS = (1, 5, 10)
@@ -73,10 +72,7 @@ def evaluate(config, encoders: dict, *, builder, tokenizer, workdir: str, mesh=N
     print(f"retrieval [{name}]: " + "  ".join(f"i2t R@{k} {r[f'i2t_R@{k}']:.3f}" for k in KS)
           + f"  label match@1 {r['label_match@1']:.3f} (chance {r['label_match_chance']:.3f})", flush=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "retrieval.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.join(workdir, "retrieval.md"), "w") as f:
-      f.write(format_table(results, split=d.test_split) + "\n")
+    results_lib.write_results(workdir, "retrieval", results, format_table(results, split=d.test_split))
   return results
 
 

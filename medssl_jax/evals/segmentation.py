@@ -41,17 +41,14 @@ ships no FOV masks): pixels whose brightest channel exceeds AUTO_FOV_THRESHOLD (
 per image by keeping the largest connected component and filling its holes. A mask feature
 (e.g. HRF / DRIVE "fov_mask"): its non-zero pixels. "none": every pixel.
 
-`run(config, workdir, encoders=...)` is the stage behind `config.segmentation`: every encoder x seed,
-results.json / results.md / overlays in <workdir>/segmentation/, resuming finished runs.
+Mode "segmentation" (medssl_jax/modes/segmentation.py) runs this protocol for every encoder and seed of
+config.segmentation.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
-import re
 import time
 
 import jax
@@ -59,9 +56,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from medssl_jax.data import pipeline
-from medssl_jax.evals import attention
-from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import segmentation_metrics
 from medssl_jax.models.resnet import ResNet
 from medssl_jax.models.unet import UNet
@@ -348,7 +342,7 @@ def _crop_origins(fov: np.ndarray, patch: int, stride: int) -> np.ndarray:
   return np.stack([i, ys[a], xs[b]], axis=1).astype(np.int32)
 
 
-def _num_classes(train_masks, test_masks, num_classes) -> int:
+def num_classes_of(train_masks, test_masks, num_classes) -> int:
   """K for mask_mode "classes": `num_classes`, or the training masks' largest id + 1; checks both splits."""
   largest = int(train_masks.max())
   if num_classes is None:
@@ -440,7 +434,7 @@ def _check_inputs(*, backbone, patch_size, steps, backbone_lr_scale, batch_size,
   train_images, train_masks, train_fov = _check_split(*train, name="train", mask_mode=mask_mode)
   test_images, test_masks, test_fov = _check_split(*test, name="test", mask_mode=mask_mode)
   if classes:
-    num_classes = _num_classes(train_masks, test_masks, num_classes)
+    num_classes = num_classes_of(train_masks, test_masks, num_classes)
   elif num_classes not in (None, 1):
     raise ValueError(f"num_classes={num_classes!r} is for mask_mode='classes'; mask_mode='binary' has one output")
   channels = train_images.shape[-1]
@@ -564,7 +558,7 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
 
 
 # ----------------------------------------------------------------------------------------------------
-# Figures and the config-driven stage.
+# Figures.
 
 def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, threshold: float = 0.5):
   """PNG grid, one row per image (first `max_images`): image | truth | probability | thresholded.
@@ -621,211 +615,6 @@ def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, 
   return str(path)
 
 
-def _slug(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "encoder"
-
-
-def _variables_sha256(variables) -> str:
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
-    a = np.asarray(leaf)
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(str(a.dtype).encode() + str(a.shape).encode())
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()
-
-
-def _write_json(path, obj):
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=float)
-  os.replace(tmp, path)
-
-
-def _summary(runs: list[dict], metrics=METRICS) -> dict:
-  """{"mean": {metric: ...}, "std": {metric: sample std, nan for one seed}, "n": seeds} over finite values."""
-  out = {"mean": {}, "std": {}, "n": len(runs)}
-  for k in metrics:
-    vals = [r[k] for r in runs if r.get(k) is not None and np.isfinite(r[k])]
-    mean, std, _ = metrics_lib.mean_std(vals) if vals else (float("nan"), float("nan"), 0)
-    out["mean"][k], out["std"][k] = mean, std
-  return out
-
-
-def _fmt(runs, key):
-  vals = [r[key] for r in runs if r.get(key) is not None and np.isfinite(r[key])]
-  return metrics_lib.format_mean_std(vals, digits=4) if vals else "n/a"
-
-
-def _markdown(results: dict) -> str:
-  if results.get("mask_mode", "binary") == "classes":
-    return _markdown_classes(results)
-  lines = [f"# Segmentation transfer: {results['dataset']}", "",
-           "| encoder | Dice | AUROC | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
-  for name, enc in results["encoders"].items():
-    runs = [enc["seeds"][str(s)] for s in results["seeds"] if str(s) in enc["seeds"]]
-    lines.append(f"| {name} | " + " | ".join(_fmt(runs, k) for k in METRICS) + " |")
-  lines += ["", "Mean ± sample std over seeds " + ", ".join(str(s) for s in results["seeds"]) + ".", "",
-            f"Data: {results['dataset']}, train split '{results['train_split']}' ({results['num_train']} images), "
-            f"test split '{results['test_split']}' ({results['num_test']} images, {results['test_image_shape']}), "
-            f"target '{results['mask_key']}' (> 0 = foreground), image size "
-            f"{results['image_size'] or 'native'}.", "",
-            f"Field of view: {results['fov_convention']}", "", f"Protocol: {results['protocol']}", ""]
-  return "\n".join(lines)
-
-
-def _markdown_classes(results: dict) -> str:
-  """results.md for mask_mode "classes": mean and per-class Dice / IoU / AUROC and cumulative-group Dice."""
-  k = results["num_classes"]
-  fg = range(1, k)
-  cols = ([("dice", "mean Dice"), ("iou", "mean IoU"), ("auroc", "mean AUROC"), ("accuracy", "accuracy")]
-          + [(f"dice_class_{c}", f"Dice {c}") for c in fg] + [(f"iou_class_{c}", f"IoU {c}") for c in fg]
-          + [(f"dice_ge_{c}", f"Dice >= {c}") for c in fg])
-  lines = [f"# Segmentation transfer: {results['dataset']}", "",
-           "| encoder | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-  for name, enc in results["encoders"].items():
-    runs = [enc["seeds"][str(s)] for s in results["seeds"] if str(s) in enc["seeds"]]
-    lines.append(f"| {name} | " + " | ".join(_fmt(runs, key) for key, _ in cols) + " |")
-  lines += ["", "Mean ± sample std over seeds " + ", ".join(str(s) for s in results["seeds"]) + ". "
-            f"Classes 1..{k - 1} are the foreground ids of the mask (0 = background); 'Dice >= c' is the Dice of "
-            "the union of classes >= c (REFUGE: >= 1 the whole optic disc, >= 2 the cup). Prediction: argmax.", "",
-            f"Data: {results['dataset']}, train split '{results['train_split']}' ({results['num_train']} images), "
-            f"test split '{results['test_split']}' ({results['num_test']} images, {results['test_image_shape']}), "
-            f"target '{results['mask_key']}' (class ids 0..{k - 1}), image size {results['image_size'] or 'native'}.",
-            "", f"Field of view: {results['fov_convention']}", "", f"Protocol: {results['protocol']}", ""]
-  return "\n".join(lines)
-
-
-def _fov_convention(fov: str) -> str:
-  if fov == "auto":
-    return (f"'auto': pixels whose brightest channel > {AUTO_FOV_THRESHOLD}/255, largest connected "
-            f"component, holes filled (no official FOV masks); metrics pool test pixels inside it")
-  if fov == "none":
-    return "'none': every pixel is scored"
-  return f"the dataset's {fov!r} mask (non-zero = inside); metrics pool test pixels inside it"
-
-
-def run(config, workdir, *, encoders, mesh=None) -> dict:
-  """The segmentation-transfer stage of `config.segmentation` for each encoder and seed.
-
-  Args:
-    config: the experiment config (reads `config.segmentation`, `config.data.fit/mean/std`).
-    workdir: results go to <workdir>/segmentation/: results.json, results.md (the table) and
-      overlays_<encoder slug>.png (the first seed's test maps).
-    encoders: {name: (ResNet module, its variables)}: a plain ResNet's {"params", "batch_stats"}, or an
-      SSL model's variables (their "backbone" subtrees are taken).
-    mesh: optional 1-D data mesh for training (see `finetune_segmentation`).
-
-  results.json (and the returned dict): {"dataset", "train_split", "test_split", "mask_key", "fov",
-  "fov_convention", "image_size", "num_train", "num_test", "test_image_shape", "seeds" [list], "protocol",
-  "encoders": {name: {"seeds": {"<seed>": finetune_segmentation's result + "settings", "backbone_sha256"},
-  "mean": {metric: ...}, "std": {metric: sample std over seeds (NaN for one seed)}, "n": seeds}}} for
-  the metrics dice, auroc, accuracy, sensitivity, specificity. With config.segmentation.mask_mode "classes"
-  (class-id masks, K = the training masks' largest id + 1) it also holds "mask_mode" and "num_classes", and
-  the summarised metrics are `segmentation_metrics.class_metric_names(K)`. A finished (encoder, seed)
-  result already in results.json is reused when its settings and backbone weights (sha256) are unchanged,
-  so the stage resumes after an interruption; encoders of earlier calls not named now are kept in the file.
-  "settings" is config.segmentation less encoders / seeds and less keys holding SETTINGS_DEFAULTS (keys
-  added later, so results from before them stay reusable), plus data.fit / mean / std.
-  """
-
-  cfg = config.segmentation
-  out_dir = os.path.join(str(workdir), "segmentation")
-  os.makedirs(out_dir, exist_ok=True)
-  builder = pipeline.get_builder(cfg.builder, data_dir=cfg.data_dir or None, config=cfg.builder_config or None,
-                                 manual_dir=cfg.manual_dir or None)
-  features = builder.info.features
-  dataset = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
-  image_features = sorted(k for k in features.keys() if k != "image"
-                          and type(features[k]).__name__ == "Image")
-  fov = cfg.fov
-  if fov not in FOV_CHOICES and fov not in image_features:
-    raise ValueError(f"config.segmentation.fov={fov!r} is not known for {dataset}; valid choices: "
-                     f"{list(FOV_CHOICES) + image_features}")
-  if cfg.mask_key not in image_features:
-    raise ValueError(f"config.segmentation.mask_key={cfg.mask_key!r} is not an image feature of {dataset}; "
-                     f"valid choices: {image_features}")
-  mask_mode = cfg.get("mask_mode", "binary")
-  if mask_mode not in MASK_MODES:
-    raise ValueError(f"config.segmentation.mask_mode={mask_mode!r} is not known; valid choices: {list(MASK_MODES)}")
-  classes = mask_mode == "classes"
-  extra = (cfg.mask_key,) + ((fov,) if fov not in FOV_CHOICES and fov != cfg.mask_key else ())
-  image_size = int(cfg.image_size) or None
-  splits = {}
-  for split in (cfg.train_split, cfg.test_split):
-    a = pipeline.load_split_arrays(builder, split=split, image_size=image_size, fit=config.data.fit,
-                                   extra_keys=extra)
-    masks = a[cfg.mask_key][..., 0] if classes else (a[cfg.mask_key][..., 0] > 0).astype(np.uint8)
-    fmask = fov_masks(a["image"], fov=fov, masks=a.get(fov))
-    splits[split] = (a["image"], masks, fmask)
-  (tr_x, tr_m, tr_f), (te_x, te_m, te_f) = splits[cfg.train_split], splits[cfg.test_split]
-  num_classes = None
-  if classes:
-    try:
-      num_classes = _num_classes(tr_m, te_m, None)
-    except ValueError as e:
-      raise ValueError(f"config.segmentation.mask_mode='classes' on {dataset} {cfg.mask_key!r}: {e}") from e
-  print(f"segmentation: {dataset} train '{cfg.train_split}' {tr_x.shape}, test '{cfg.test_split}' {te_x.shape}, "
-        f"fov {fov!r}" + (f", {num_classes} classes" if classes else ""), flush=True)
-
-  settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()
-              if k not in ("encoders", "seeds") and not (k in SETTINGS_DEFAULTS and v == SETTINGS_DEFAULTS[k])}
-  settings.update(fit=config.data.fit, mean=list(config.data.mean), std=list(config.data.std))
-  path = os.path.join(out_dir, "results.json")
-  previous = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f).get("encoders", {})
-  seeds = [int(s) for s in cfg.seeds]
-  results = {"dataset": dataset, "train_split": cfg.train_split, "test_split": cfg.test_split,
-             "mask_key": cfg.mask_key, "fov": fov, "fov_convention": _fov_convention(fov),
-             "image_size": image_size, "num_train": len(tr_x), "num_test": len(te_x),
-             "test_image_shape": "x".join(map(str, te_x.shape[1:3])), "seeds": seeds,
-             "protocol": describe(patch_size=int(cfg.patch_size), augment=bool(cfg.augment),
-                                  backbone_lr_scale=float(cfg.backbone_lr_scale), threshold=float(cfg.threshold),
-                                  mask_mode=mask_mode, num_classes=num_classes),
-             "encoders": {}}
-  if classes:
-    results.update(mask_mode=mask_mode, num_classes=num_classes)
-  metrics = segmentation_metrics.class_metric_names(num_classes) if classes else METRICS
-  for name, (backbone, variables) in encoders.items():
-    if "backbone" in variables.get("params", {}):
-      variables = attention.backbone_variables(variables)
-    sha = _variables_sha256(variables)
-    runs = {k: v for k, v in previous.get(name, {}).get("seeds", {}).items()
-            if v.get("settings") == settings and v.get("backbone_sha256") == sha}
-    for seed in seeds:
-      if str(seed) in runs:
-        print(f"segmentation: {name} seed {seed}: reusing the finished result in {path}", flush=True)
-        continue
-      first = seed == seeds[0]
-      res = finetune_segmentation(
-          backbone=backbone, backbone_variables=variables, train_images=tr_x, train_masks=tr_m, train_fov=tr_f,
-          test_images=te_x, test_masks=te_m, test_fov=te_f, patch_size=int(cfg.patch_size), steps=int(cfg.steps),
-          batch_size=int(cfg.batch_size), learning_rate=float(cfg.learning_rate),
-          weight_decay=float(cfg.weight_decay), backbone_lr_scale=float(cfg.backbone_lr_scale),
-          decoder_widths=tuple(cfg.decoder_widths) or None, augment=bool(cfg.augment),
-          threshold=float(cfg.threshold), mean=config.data.mean, std=config.data.std, seed=seed,
-          progress=f"{name} seed {seed}", return_predictions=first, mesh=mesh, mask_mode=mask_mode,
-          num_classes=num_classes)
-      if first:
-        probs = res.pop("probabilities")
-        save_overlays(te_x, te_m, probs, os.path.join(out_dir, f"overlays_{_slug(name)}.png"), fov=te_f,
-                      threshold=float(cfg.threshold))
-      runs[str(seed)] = dict(res, settings=settings, backbone_sha256=sha)
-      results["encoders"][name] = {"seeds": runs}
-      _write_json(path, {**results, "encoders": {**previous, **results["encoders"]}})
-    # Only this config's seeds are kept and summarised (a seed dropped from config.segmentation.seeds goes).
-    chosen = {str(s): runs[str(s)] for s in seeds}
-    results["encoders"][name] = {"seeds": chosen, **_summary(list(chosen.values()), metrics)}
-  # Encoders of earlier calls that this one did not ask for stay in the file (not in the table).
-  _write_json(path, {**results, "encoders": {**previous, **results["encoders"]}})
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(_markdown(results))
-  print(_markdown(results), flush=True)
-  return results
-
-
-__all__ = ["finetune_segmentation", "fov_masks", "predict_fn", "predict_images", "run", "save_overlays", "soft_dice_loss",
+__all__ = ["finetune_segmentation", "fov_masks", "predict_fn", "predict_images", "save_overlays", "soft_dice_loss",
            "multiclass_soft_dice_loss", "describe", "PROTOCOL", "PROTOCOL_CLASSES", "FOV_CHOICES", "MASK_MODES",
            "SETTINGS_DEFAULTS"]

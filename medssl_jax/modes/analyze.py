@@ -26,7 +26,6 @@ File names carry the encoder (and layer), so encoders never overwrite each other
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -44,6 +43,7 @@ from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import lung_mask as lung_mask_lib
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import representation
+from medssl_jax.evals import results as results_lib
 from medssl_jax.protocols import encoders as encoders_lib
 
 
@@ -316,10 +316,7 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
   table = format_summary(summary)
   print("\n" + table + "\n", flush=True)
   if write:
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-      f.write(table + "\n")
+    results_lib.write_results(out_dir, "summary", summary, table)
   print(f"analysis done in {summary['wall_clock_s']:.0f}s: {out_dir}", flush=True)
   return summary
 
@@ -414,7 +411,8 @@ def format_summary(summary: dict) -> str:
     if has_mask:
       lines.append(f"Fraction of each map inside {s.get('mask_name') or repr(s['mask_key'])} (mean ± std over "
                    "images); mask area = the fraction a uniform map would have.")
-    lines += ["", "| encoder | probe head accuracy | empty maps | fraction inside | mask area | per class (inside / area) |",
+    lines += ["", "| encoder | probe head accuracy | empty maps | fraction inside | mask area "
+              "| per class (inside / area) |",
               "|---|---|---|---|---|---|"]
     for enc, r in s["encoders"].items():
       at = r.get("attention", {})

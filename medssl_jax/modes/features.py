@@ -54,9 +54,9 @@ def features(config, workdir: str, *, mesh=None) -> dict:
       if model is None:
         model, variables = encoders_lib.load_pretrained(config, workdir)
       data = pipeline.load_split_arrays(builder, split=split, image_size=d.image_size, fit=d.fit)
-      feats = linear_probe.extract_features(model, variables, data["image"], image_size=config.augment.views[0].crop_size,
-                                            mean=tuple(d.mean), std=tuple(d.std), batch_size=config.eval.batch_size,
-                                            mesh=mesh)
+      feats = linear_probe.extract_features(model, variables, data["image"],
+                                            image_size=config.augment.views[0].crop_size, mean=tuple(d.mean),
+                                            std=tuple(d.std), batch_size=config.eval.batch_size, mesh=mesh)
       if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         np.savez(path + ".tmp.npz", features=feats.astype(np.float32), label=data["label"], id=data["id"])

@@ -62,7 +62,7 @@ def barlow_twins_loss(*, projections, lambd: float = 0.0051, eps: float = BN_EPS
 def _loss(*, student, teacher, batch, state, step, config):
   del teacher, batch, state, step
   loss, metrics = barlow_twins_loss(projections=[s["projection"] for s in student[:2]],
-                                    lambd=config.objective.barlow_lambda)
+                                    lambd=config.objective.barlow_twins.off_diagonal_weight)
   return loss, metrics, {}
 
 

@@ -139,7 +139,7 @@ def dino_loss(*, student_logits, teacher_logits, center, student_temperature: fl
 def _heads(config):
   m = config.model
   return {"projector": DINOHead(hidden_dims=tuple(m.projector_hidden_dims), bottleneck_dim=m.projector_dim,
-                                num_prototypes=config.objective.num_prototypes,
+                                num_prototypes=config.objective.dino.out_dim,
                                 # DINO's `use_bn_in_head`: off for ViTs (its default), on for ResNets here.
                                 use_bn=m.encoder.startswith("resnet"))}
 
@@ -151,13 +151,13 @@ def _init_state(config, outputs):
 
 def _loss(*, student, teacher, batch, state, step, config):
   del batch
-  o = config.objective
-  tau_t = teacher_temperature(step, start=o.teacher_temperature_start, final=o.teacher_temperature,
-                              warmup_steps=o.teacher_temperature_warmup_steps)
+  o, d = config.objective, config.objective.dino
+  tau_t = teacher_temperature(step, start=d.teacher_temperature_start, final=d.teacher_temperature,
+                              warmup_steps=d.teacher_temperature_warmup_steps)
   teacher_logits = [t["logits"] for t in teacher]
   loss, metrics = dino_loss(student_logits=[s["logits"] for s in student], teacher_logits=teacher_logits,
                             center=state["center"], student_temperature=o.temperature, teacher_temperature=tau_t)
-  center = update_center(center=state["center"], teacher_logits=teacher_logits, momentum=o.center_momentum)
+  center = update_center(center=state["center"], teacher_logits=teacher_logits, momentum=d.center_momentum)
   return loss, dict(metrics, teacher_temperature=tau_t), {"center": center}
 
 

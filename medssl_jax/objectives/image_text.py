@@ -160,15 +160,15 @@ def build_image_text_model(config):
                          max_length=t.max_length, out_dim=m.projector_dim)
   return ImageTextModel(backbone=models.build_backbone(config), projector=head(), text=text,
                         ssl_projector=head() if config.objective.name == "joint" else None,
-                        init_temperature=config.objective.image_text_temperature)
+                        init_temperature=config.objective.image_text.temperature)
 
 
 def temperature(batch, config):
   """The image-text temperature: exp(-logit_scale) clamped at MIN_TEMPERATURE when learned, else
-  config.objective.image_text_temperature."""
-  if config.objective.learn_temperature:
+  config.objective.image_text.temperature."""
+  if config.objective.image_text.learn_temperature:
     return jnp.exp(-jnp.minimum(batch["logit_scale"], -np.log(MIN_TEMPERATURE)))
-  return jnp.float32(config.objective.image_text_temperature)
+  return jnp.float32(config.objective.image_text.temperature)
 
 
 def _image_text_part(name, student_view, batch, config):
@@ -179,7 +179,7 @@ def _image_text_part(name, student_view, batch, config):
   else:
     loss, metrics = convirt_loss(image_embeddings=student_view["projection"],
                                  text_embeddings=batch["text_embedding"], temperature=t,
-                                 image_to_text_weight=config.objective.image_to_text_weight)
+                                 image_to_text_weight=config.objective.image_text.image_to_text_weight)
   metrics = dict(metrics, temperature=jnp.asarray(t, jnp.float32), top1=metrics["i2t_top1"])
   metrics.pop("num_pairs")
   return loss, metrics
@@ -204,7 +204,7 @@ def _make_loss(name):
     ssl_loss, ssl_metrics = contrastive_loss(
         embeddings=jnp.concatenate([s["ssl_projection"] for s in ssl], axis=0),
         ids=multiview_ids(jnp.arange(b), len(ssl)), temperature=config.objective.temperature)
-    w = config.objective.image_ssl_weight
+    w = config.objective.image_text.image_ssl_weight
     metrics.update(image_text_loss=it_loss, ssl_loss=ssl_loss, ssl_top1=ssl_metrics["top1"])
     return it_loss + w * ssl_loss, metrics, {}
   return loss

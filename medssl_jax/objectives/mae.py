@@ -1,7 +1,7 @@
 """MAE (He et al. 2022): mask most patches, encode the visible ones, reconstruct the pixels of the rest.
 
 Each image is cut into L patches of p x p x C pixels; a random subset of round(L (1 - r)) patches
-(r = config.objective.mask_ratio) is kept per example and encoded by the ViT (class token included);
+(r = config.objective.mae.mask_ratio) is kept per example and encoded by the ViT (class token included);
 a light transformer decoder receives the encoded visible tokens plus a shared learned mask token at
 every masked position (each with the decoder's own position embedding) and predicts every patch's
 pixels. With m_bl = 1 for masked patches,
@@ -9,7 +9,7 @@ pixels. With m_bl = 1 for masked patches,
     L = sum_{b,l} m_bl * mean_k (pred_blk - target_blk)^2 / sum_{b,l} m_bl
 
 where target is the patch's pixels, normalised per patch ((x - mean) / sqrt(var + 1e-6) over its
-p*p*C values, unbiased var as in the reference code) when config.objective.norm_pix_loss (the
+p*p*C values, unbiased var as in the reference code) when config.objective.mae.norm_pix_loss (the
 paper's default: better representations).
 
 Linear probe / `embed`: the encoder on all patches (no masking), final-normed class token.
@@ -63,7 +63,7 @@ def normalize_patches(patches, eps: float = 1e-6):
 def num_kept(num_patches: int, mask_ratio: float) -> int:
   """Patches kept visible per example: round(L (1 - r)), at least 1."""
   if not 0.0 <= mask_ratio < 1.0:
-    raise ValueError(f"config.objective.mask_ratio={mask_ratio!r} must be in [0, 1)")
+    raise ValueError(f"config.objective.mae.mask_ratio={mask_ratio!r} must be in [0, 1)")
   return max(1, min(num_patches, int(round(num_patches * (1.0 - mask_ratio)))))
 
 
@@ -180,7 +180,7 @@ class MAEModel(nn.Module):
 
 def build_mae(config) -> MAEModel:
   """The MAE model of a config: config.model.encoder (a ViT) + the config.model.decoder_* decoder."""
-  m, o = config.model, config.objective
+  m, o = config.model, config.objective.mae
   backbone = models.build_backbone(config)
   if not isinstance(backbone, vit_lib.ViT):
     raise ValueError(f"MAE needs a ViT encoder ({sorted(vit_lib.VIT_SIZES)}), config.model.encoder={m.encoder!r}")

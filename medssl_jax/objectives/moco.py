@@ -164,13 +164,13 @@ def moco_v3_loss(*, queries, keys, temperature: float = 0.2):
 def check_queue_size(queue_size: int, batch_size: int):
   """MoCo's queue takes whole global batches: queue_size must be a positive multiple of batch_size."""
   if queue_size <= 0 or queue_size % batch_size:
-    raise ValueError(f"config.objective.queue_size={queue_size} must be a positive multiple of the global "
+    raise ValueError(f"config.objective.moco_v2.queue_size={queue_size} must be a positive multiple of the global "
                      f"batch size config.train.batch_size={batch_size} (the queue takes whole batches of keys)")
 
 
 def _v2_init_state(config, outputs):
   """The queue: [K, D] random l2-normalised keys (fixed seed) and its pointer."""
-  k = config.objective.queue_size
+  k = config.objective.moco_v2.queue_size
   check_queue_size(k, config.train.batch_size)
   dim = outputs["projection"].shape[-1]
   queue = l2_normalize(jax.random.normal(jax.random.key(QUEUE_SEED), (k, dim), jnp.float32))

@@ -130,14 +130,15 @@ def swav_loss(*, scores, num_global_views: int = 2, temperature: float = 0.1, ep
 def _heads(config):
   m = config.model
   return {"projector": SwAVHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim,
-                                num_prototypes=config.objective.num_prototypes)}
+                                num_prototypes=config.objective.swav.num_prototypes)}
 
 
 def _loss(*, student, teacher, batch, state, step, config):
   del teacher, batch, state, step
   o = config.objective
   loss, metrics = swav_loss(scores=[s["logits"] for s in student], num_global_views=o.num_global_views,
-                            temperature=o.temperature, epsilon=o.sinkhorn_epsilon, sinkhorn_iters=o.sinkhorn_iters)
+                            temperature=o.temperature, epsilon=o.swav.sinkhorn_epsilon,
+                            sinkhorn_iters=o.swav.sinkhorn_iters)
   return loss, metrics, {}
 
 

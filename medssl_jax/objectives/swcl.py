@@ -3,14 +3,14 @@
 Pretraining data are patches (four corners + centre of each fundus image, right eyes mirrored so
 positions match) from the `swcl_patches` dataset, whose records carry semi-weak labels: 'patient',
 'position' (0-4), 'abnormality' (a [0, 1] score from the pseudo-labeller's class activation maps) and
-'pseudo_label' ([K] class probabilities). `config.objective.swcl_scheme` names the labels that make
+'pseudo_label' ([K] class probabilities). `config.objective.swcl.scheme` names the labels that make
 two patches positives:
 
 * ("pair",): only the two views of one patch (SimCLR on patches);
 * otherwise patches are positives when ALL named keys agree: same 'patient', same 'position',
-  'abnormality' on the same side of `config.swcl.abnormality_threshold`; with 'pseudo_label' the
+  'abnormality' on the same side of `config.objective.swcl.abnormality_threshold`; with 'pseudo_label' the
   weight is the Jaccard overlap of the pseudo-label sets (classes above
-  `config.swcl.pseudo_label_threshold`; two empty sets overlap fully).
+  `config.objective.swcl.pseudo_label_threshold`; two empty sets overlap fully).
 
 The two views of one patch are always positives with weight 1. The loss is
 `weighted_contrastive_loss` (objectives/contrastive.py) on the global batch.
@@ -30,7 +30,7 @@ SCHEME_KEYS = tuple(SCHEME_FEATURES)
 
 def check_scheme(scheme) -> tuple[str, ...]:
   """Returns the scheme as a tuple, or raises a ValueError naming what is wrong and the valid keys."""
-  where = f"config.objective.swcl_scheme={scheme!r}"
+  where = f"config.objective.swcl.scheme={scheme!r}"
   if isinstance(scheme, str) or not isinstance(scheme, (tuple, list)):
     raise ValueError(f"{where} must be a tuple of keys from {list(SCHEME_KEYS)}, e.g. ('patient', 'position')")
   scheme = tuple(scheme)
@@ -53,7 +53,7 @@ def scheme_features(scheme) -> tuple[str, ...]:
 
 
 def _batch_keys(config) -> tuple[str, ...]:
-  return scheme_features(tuple(config.objective.swcl_scheme))
+  return scheme_features(tuple(config.objective.swcl.scheme))
 
 
 def positive_weights(*, batch, num_views: int, scheme, abnormality_threshold: float = 0.5,
@@ -106,13 +106,14 @@ def positive_weights(*, batch, num_views: int, scheme, abnormality_threshold: fl
 
 def swcl_loss(*, student, teacher, batch, state, step, config):
   """The SWCL objective (Objective contract, objectives/base.py): weighted InfoNCE over all views'
-  projections with positives from `config.objective.swcl_scheme`."""
+  projections with positives from `config.objective.swcl.scheme`."""
   del teacher, state, step
   num_views = len(student)
   projections = jnp.concatenate([s["projection"] for s in student], axis=0)
-  weights = positive_weights(batch=batch, num_views=num_views, scheme=tuple(config.objective.swcl_scheme),
-                             abnormality_threshold=config.swcl.abnormality_threshold,
-                             pseudo_label_threshold=config.swcl.pseudo_label_threshold)
+  s = config.objective.swcl
+  weights = positive_weights(batch=batch, num_views=num_views, scheme=tuple(s.scheme),
+                             abnormality_threshold=s.abnormality_threshold,
+                             pseudo_label_threshold=s.pseudo_label_threshold)
   if weights.shape[0] != projections.shape[0]:
     raise ValueError(f"batch features have {weights.shape[0] // num_views} rows but the views have "
                      f"{projections.shape[0] // num_views}")

@@ -8,9 +8,9 @@
     c(Z)     = 1/d sum_{i != j} Cov(Z)_ij^2                          (covariance: decorrelation)
 
 Var and Cov are over the GLOBAL batch with the unbiased 1/(N-1) normalisation, as in the paper's code;
-lambda, mu, nu = config.objective.vicreg_sim / vicreg_std / vicreg_cov (paper: 25, 25, 1). Note: this is
+lambda, mu, nu = config.objective.vicreg.sim_weight / std_weight / cov_weight (paper: 25, 25, 1). Note: this is
 the paper's equation (6); the official code averages the two variance terms (mu/2 * [v(Z) + v(Z')]), so
-setting vicreg_std = 12.5 reproduces the code exactly.
+setting std_weight = 12.5 reproduces the code exactly.
 """
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def vicreg_loss(*, projections, sim_weight: float = 25.0, std_weight: float = 25
 
 def _loss(*, student, teacher, batch, state, step, config):
   del teacher, batch, state, step
-  o = config.objective
-  loss, metrics = vicreg_loss(projections=[s["projection"] for s in student[:2]], sim_weight=o.vicreg_sim,
-                              std_weight=o.vicreg_std, cov_weight=o.vicreg_cov)
+  o = config.objective.vicreg
+  loss, metrics = vicreg_loss(projections=[s["projection"] for s in student[:2]], sim_weight=o.sim_weight,
+                              std_weight=o.std_weight, cov_weight=o.cov_weight)
   return loss, metrics, {}
 
 

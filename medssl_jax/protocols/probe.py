@@ -6,7 +6,6 @@ config.ood; `format_table`, `results_name` and `write_results` give its Markdown
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -24,6 +23,7 @@ from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import ood as ood_lib
 from medssl_jax.evals import representation
+from medssl_jax.evals import results as results_lib
 from medssl_jax.protocols import encoders as encoders_lib
 
 
@@ -115,7 +115,7 @@ def _layered(config) -> bool:
 
 def result_key(name: str, layer: str, *, layered: bool) -> str:
   """The results key of one encoder and layer: the encoder name alone for the default backbone-only
-  probe (as before layers were selectable), else 'simclr (pretrained) @ projector/out'."""
+  probe, else 'simclr (pretrained) @ projector/out'."""
   return f"{name} @ {layer}" if layered else name
 
 
@@ -356,10 +356,7 @@ def write_results(workdir, results, table, name="probe_results"):
   """<workdir>/<name>.json and .md (process 0 only)."""
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, f"{name}.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
-    f.write(table + "\n")
+  results_lib.write_results(workdir, name, results, table)
 
 
 def probe_and_write(config, encoders: dict, *, builder, workdir: str, mesh=None) -> dict:

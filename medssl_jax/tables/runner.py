@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from typing import Any, Mapping
 
@@ -51,6 +52,7 @@ from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
 from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.evals import results as results_lib
 from medssl_jax.protocols import probe
 from medssl_jax.tables import records as records_lib
 from medssl_jax.tables import ood_matrix
@@ -129,6 +131,7 @@ def _leaves(section, prefix="") -> dict[str, Any]:
 
 def _check_key(config, dotted: str, where: str):
   """Raises a ValueError naming `dotted` (and the valid keys) unless it is a value key of `config`."""
+  config_lib.check_renamed(dotted, where)
   section, path = config, ""
   parts = dotted.split(".")
   for i, part in enumerate(parts):
@@ -238,14 +241,16 @@ _DEFAULTS = None
 def _flat_config(config, exclude) -> dict:
   """The config's values that a hash covers: every key but `exclude`, and but keys at their schema default
   (medssl_jax.config.base_config()), so adding a key whose default keeps the old behaviour leaves the
-  hashes, and so the cached rows and pretrainings of earlier runs, valid."""
+  hashes, and so the cached rows and pretrainings of earlier runs, valid; renamed keys count under their old
+  names (config_lib.old_names) for the same reason."""
   global _DEFAULTS
   if _DEFAULTS is None:
     _DEFAULTS = _flatten(views_lib.strip_later_defaults(json.loads(experiment.default_config().to_json_best_effort())))
   flat = _flatten(views_lib.strip_later_defaults(json.loads(config.to_json_best_effort())))
   missing = object()
-  return {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in exclude)
+  kept = {k: v for k, v in flat.items() if not any(k == e or k.startswith(e + ".") for e in exclude)
           and _DEFAULTS.get(k, missing) != v}
+  return config_lib.old_names(kept)
 
 
 def _slug_part(key: str, value) -> str:
@@ -330,10 +335,8 @@ def package_versions() -> dict[str, str]:
 # Running.
 
 def _write_json(path: str, data):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2, default=str)
-  os.replace(tmp, path)  # A row interrupted while writing leaves no result behind, so it reruns.
+  # Atomic: a row interrupted while writing leaves no result behind, so it reruns.
+  results_lib.write_json(path, data, default=str)
 
 
 def _pretrain(row, pdir: str) -> float:
@@ -429,7 +432,7 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
     if os.path.exists(path):
       with open(path) as f:
         record = dict(json.load(f), status="cached")
-      if record.get("config", {}).get("mode") == "supervised":  # Rows written before supervised rows were named.
+      if record.get("config", {}).get("mode") == "supervised":  # Older records of supervised rows lack the name.
         record["objective"] = "none (supervised)"
       print(f"[{i}/{len(rows)}] cached   {row['slug']} (finished {record.get('finished', '?')})", flush=True)
     else:
@@ -452,7 +455,7 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
 def _entries(records) -> list[dict]:
   """One flat entry per (row, encoder, layer): the CSV rows (ours). A result probed at a layer
   (eval.feature_layers; key 'encoder @ layer') gives its layer its own field; results without one
-  (written before layers were selectable, or fine-tuning) are the backbone's."""
+  (the default backbone-only probe, or fine-tuning) are the backbone's."""
   out = []
   for r in records:
     for key, m in r["results"].items():
@@ -482,7 +485,7 @@ def _optional_columns(entries) -> tuple[bool, bool]:
 
 
 def _show_kappa(entries) -> bool:
-  """Kappa column only for graded labels (eval.ordinal), so other tables read as before."""
+  """Kappa column only for graded labels (eval.ordinal); other tables have none."""
   return any(e["kappa"] is not None for e in entries)
 
 
@@ -702,7 +705,19 @@ def _define_flags():
   flags.mark_flags_as_required(["table", "workdir"])
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a renamed key in a `--table.a.b=v` override reported in one line naming its new key."""
+  from absl import app
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError):
+    renamed = config_lib.renamed_in_args(argv[1:], flag="table")
+    if not renamed:
+      raise
+    sys.exit(f"FATAL: could not apply the table override(s): {'; '.join(renamed)}")
+
+
 if __name__ == "__main__":
   from absl import app
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

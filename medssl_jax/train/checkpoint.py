@@ -58,7 +58,7 @@ def save_or_check_config(config, workdir: str):
   distributed.barrier("config.json checked")  # Every process decides before process 0 may write it.
   if exists:
     with open(path) as f:
-      saved = json.load(f)
+      saved = config_lib.migrate(json.load(f))  # Keys renamed since the run started count under their new names.
     a, b = _flatten(saved), _flatten(current)
     allowed = lambda k: any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
     # A key added to the schema after the run started is no difference while it holds its default

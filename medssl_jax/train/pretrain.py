@@ -45,7 +45,7 @@ def objective_batch_keys(config, objective, builder) -> tuple:
   missing = [k for k in keys if k not in builder.info.features]
   if missing:
     name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
-    setting = (f" with config.objective.swcl_scheme={tuple(config.objective.swcl_scheme)}"
+    setting = (f" with config.objective.swcl.scheme={tuple(config.objective.swcl.scheme)}"
                if objective.name == "swcl" else "")
     raise ValueError(f"objective {objective.name!r}{setting} needs dataset features {list(keys)}, but dataset "
                      f"{name!r} (config.data.builder) lacks {missing}; its features are "

@@ -91,6 +91,8 @@ def check_stages(config):
     if not isinstance(overrides, Mapping):
       raise ValueError(f"{where}.overrides must be a dict {{dotted config key: value}}, got {overrides!r}")
     for key in overrides:
+      if isinstance(key, str):
+        config_lib.check_renamed(key, f"{where}.overrides")
       if not isinstance(key, str) or not _allowed(key):
         raise ValueError(f"{where}.overrides: key {key!r} may not change between stages; allowed: "
                          f"{list(ALLOWED_OVERRIDES)} (the model and data stay fixed so parameters carry over)")

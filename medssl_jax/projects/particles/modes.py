@@ -6,7 +6,6 @@ medssl_jax/evals/particles.py (cluster structure, few labels, novelty of the hel
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -22,6 +21,7 @@ from medssl_jax.data import pipeline
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import particles as particles_lib
 from medssl_jax.evals import representation
+from medssl_jax.evals import results as results_lib
 from medssl_jax.modes import analyze
 from medssl_jax.protocols import encoders as encoders_lib
 from medssl_jax.train import pretrain as pretrain_lib
@@ -65,7 +65,8 @@ def check(config):
   methods = p.novelty_methods
   if isinstance(methods, str) or not isinstance(methods, (tuple, list)) or len(set(methods)) != len(methods) \
       or any(m not in particles_lib.NOVELTY_METHODS for m in methods):
-    raise ValueError(f"config.particles.novelty_methods must be a tuple of distinct names from {list(particles_lib.NOVELTY_METHODS)} "
+    raise ValueError(f"config.particles.novelty_methods must be a tuple of distinct names from "
+                     f"{list(particles_lib.NOVELTY_METHODS)} "
                      f"(() = none), got {methods!r}")
 
 
@@ -136,8 +137,9 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
   recalibrate True (a random init) BatchNorm statistics are re-estimated on the known-class training images
   first. data.train_split and data.test_split are loaded (each capped at particles.max_examples records, a
   seeded subset in split order), encoded at views[0]'s crop size, and scored. With a held-out class, each
-  encoder's result has "novelty_methods" ({method: `evals.particles.novelty_report` entry} for particles.novelty_methods) and,
-  when "knn" is among them, "novelty" (the "knn" entry, as in summaries before novelty_methods existed).
+  encoder's result has "novelty_methods" ({method: `evals.particles.novelty_report` entry} for
+  particles.novelty_methods) and,
+  when "knn" is among them, "novelty" (the "knn" entry, the key older summaries have).
   Writes <workdir>/particles/summary.json, summary.md and one embedding map PNG per encoder (process 0
   only); returns the summary dict.
   """
@@ -228,10 +230,7 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
   table = format_summary(summary)
   print("\n" + table + "\n", flush=True)
   if write:
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-      f.write(table + "\n")
+    results_lib.write_results(out_dir, "summary", summary, table)
   return summary
 
 
@@ -290,7 +289,8 @@ def format_summary(summary: dict) -> str:
       lines.append(f"| {enc} | {k} | {_pm(m['accuracy_mean'], m['accuracy_std'])} | "
                    f"{_pm(m['balanced_accuracy_mean'], m['balanced_accuracy_std'])} | "
                    f"{_pm(m['auroc_mean'], m['auroc_std'])} |")
-  maps = [f"- {enc}: {os.path.basename(r['embedding_map'])}" for enc, r in s["encoders"].items() if "embedding_map" in r]
+  maps = [f"- {enc}: {os.path.basename(r['embedding_map'])}" for enc, r in s["encoders"].items()
+          if "embedding_map" in r]
   if maps:
     lines += ["", "Embedding maps (test split):", *maps]
   return "\n".join(lines)

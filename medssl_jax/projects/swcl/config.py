@@ -41,8 +41,7 @@ def swcl_section() -> ml_collections.ConfigDict:
   c.eval_every = 500               # Validation AUROC every N steps (0 = at the end only).
   c.normal_classes = ("healthy",)  # Labelled classes that are not abnormal (abnormality = the rest).
   c.flip_right_eyes = True         # Stage 3: mirror right eyes so positions match left eyes.
-  c.abnormality_threshold = 0.5    # Stage 3/4: a patch is abnormal when its score exceeds this.
-  c.pseudo_label_threshold = 0.5   # Multi-label pseudo-labels: probability above which a class is on.
+  # The abnormality and pseudo-label thresholds (stages 2-4) are the objective's: config.objective.swcl.*.
   return c
 
 
@@ -62,9 +61,8 @@ def check(config):
     raise ValueError(f"config.swcl.patch_size={s.patch_size} is larger than config.swcl.image_size={s.image_size}")
   if not isinstance(s.unlabelled_ratio, int) or s.unlabelled_ratio < 0:
     raise ValueError(f"config.swcl.unlabelled_ratio must be an integer >= 0, got {s.unlabelled_ratio!r}")
-  for k in ("confidence_threshold", "abnormality_threshold", "pseudo_label_threshold"):
-    if not 0.0 <= s[k] <= 1.0:
-      raise ValueError(f"config.swcl.{k} must lie in [0, 1], got {s[k]!r}")
+  if not 0.0 <= s.confidence_threshold <= 1.0:
+    raise ValueError(f"config.swcl.confidence_threshold must lie in [0, 1], got {s.confidence_threshold!r}")
 
 
 config_lib.register_section("swcl", swcl_section)

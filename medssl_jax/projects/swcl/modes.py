@@ -21,7 +21,9 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from medssl_jax.data import pipeline
-from medssl_jax.modes import transfer as transfer_modes
+from medssl_jax.evals import results as results_lib
+from medssl_jax.modes import segmentation as segmentation_mode
+from medssl_jax.modes import transfer as transfer_mode
 from medssl_jax.projects.swcl import config as swcl_config
 from medssl_jax.projects.swcl import propagate as propagate_lib
 from medssl_jax.projects.swcl import pseudo_labeller
@@ -67,8 +69,7 @@ def build_patches(config, workdir: str):
   summary_path = os.path.join(out_dir, "summary.json")
   if not os.path.exists(summary_path):
     summary = _summarise_patches(builder, config, out_dir)
-    with open(summary_path, "w") as f:
-      json.dump(summary, f, indent=2)
+    results_lib.write_json(summary_path, summary)
   with open(summary_path) as f:
     summary = json.load(f)
   print(f"patch dataset: {summary['num_patches']} patches of {summary['num_images']} images "
@@ -91,7 +92,7 @@ def _summarise_patches(builder, config, out_dir: str) -> dict:
   keys = ("position", "abnormality", "patient", "eye", "flipped")
   data = pipeline.load_split_arrays(builder, split="train", extra_keys=keys)
   positions = builder.info.features["position"].names
-  thr = float(config.swcl.abnormality_threshold)
+  thr = float(config.objective.swcl.abnormality_threshold)
   abnormal = data["abnormality"] > thr
   summary = {
       "num_patches": int(len(data["id"])),
@@ -162,16 +163,16 @@ def run(config, workdir: str, *, mesh=None):
   _stage(3, "patch dataset", "five patches per image")
   builder = build_patches(config, workdir)
   out["patches"] = _read_json(os.path.join(workdir, "patches", "summary.json"))
-  _stage(4, "pretraining", f"{config.objective.name}, scheme {tuple(config.objective.swcl_scheme)}")
+  _stage(4, "pretraining", f"{config.objective.name}, scheme {tuple(config.objective.swcl.scheme)}")
   cfg = resolve_patch_data(config, workdir)
   pretrain_lib.pretrain(cfg, workdir, builder=builder, mesh=mesh)
   if config.transfer.targets:
     _stage(5, "transfer (classification)", ", ".join(t["name"] for t in config.transfer.targets))
-    out["transfer"] = transfer_modes.transfer(cfg, workdir, mesh=mesh)
+    out["transfer"] = transfer_mode.transfer(cfg, workdir, mesh=mesh)
   if config.segmentation.encoders:
     _stage(6, "transfer (segmentation)", f"{config.segmentation.builder}, encoders "
            f"{tuple(config.segmentation.encoders)}")
-    out["segmentation"] = transfer_modes.segmentation(cfg, workdir, mesh=mesh)
+    out["segmentation"] = segmentation_mode.segmentation(cfg, workdir, mesh=mesh)
   minutes = (time.perf_counter() - t0) / 60
   print(f"\nSWCL pipeline done in {minutes:.1f} min (this run; finished stages were reused). Outputs in {workdir}",
         flush=True)

@@ -247,9 +247,10 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
     writer.writerows(rows)
   probs = np.concatenate(all_probs)
   if multi_label:
-    on = probs >= s.pseudo_label_threshold
+    threshold = config.objective.swcl.pseudo_label_threshold
+    on = probs >= threshold
     counts = {c: int(on[:, j].sum()) for j, c in enumerate(classes)}
-    how = f"probability >= swcl.pseudo_label_threshold={s.pseudo_label_threshold}"
+    how = f"probability >= objective.swcl.pseudo_label_threshold={threshold}"
   else:
     pred = probs.argmax(axis=1)
     counts = {c: int((pred == j).sum()) for j, c in enumerate(classes)}

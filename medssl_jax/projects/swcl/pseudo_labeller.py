@@ -58,6 +58,7 @@ from medssl_jax.augment import ops
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.evals.results import write_json as _write_json
 from medssl_jax.models import convert_torch
 from medssl_jax.projects.swcl import config as swcl_config
 from medssl_jax.train import checkpoint as ckpt_lib
@@ -387,13 +388,6 @@ def _finite(x):
   """float, or None for nan (JSON-safe and comparable)."""
   x = float(x)
   return x if math.isfinite(x) else None
-
-
-def _write_json(path: str, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 def _read_json(path: str):
