@@ -16,6 +16,7 @@ from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import ood
+from medssl_jax.protocols import ood as ood_protocol
 from medssl_jax.tables import ood_matrix, runner
 from medssl_jax.protocols import probe as protocol_probe
 from medssl_jax.protocols import encoders as protocol_encoders
@@ -147,7 +148,7 @@ def test_spec_defaults_duplicates_and_missing_keys():
   experiment.validate(c)
   spec = ood.validate_targets(c.ood.targets)[0]
   assert spec["split"] == "test" and spec["manual_dir"] == "" and spec["label_map"]["abnormal"] == ("pneumonia",)
-  assert ood.describe_target(c, GOOD) == "synthetic_fundus/small → nih_chestxray14/subset1000_patient_split (test)"
+  assert ood_protocol.describe_target(c, GOOD) == "synthetic_fundus/small → nih_chestxray14/subset1000_patient_split (test)"
   with pytest.raises(ValueError, match=r"names must be unique .*repeated: \['nih1000'\]"):
     ood.validate_targets((GOOD, dict(GOOD, split="validation")))
   with pytest.raises(ValueError, match=r"targets\[0\] \('x'\) needs 'label_map'"):
@@ -202,7 +203,7 @@ def _brightness_predictor(seen):
 def test_evaluate_targets_with_a_predictor(tfds_dir):
   config = _fundus_config(tfds_dir)
   seen = []
-  out = ood.evaluate_targets(config, predict=_brightness_predictor(seen), source_classes=FUNDUS)
+  out = ood_protocol.evaluate_targets(config, predict=_brightness_predictor(seen), source_classes=FUNDUS)
   assert list(out) == ["fundus_test"] and seen == [(32, 24, 24, 3)]
   m = out["fundus_test"]
   test = pipeline.load_split_arrays(pipeline.get_builder("synthetic_fundus", data_dir=str(tfds_dir), config="tiny"),
@@ -218,8 +219,8 @@ def test_evaluate_targets_with_a_predictor(tfds_dir):
   assert m["dataset"] == "synthetic_fundus/tiny" and m["split"] == "test" and "renormalised" in m["protocol"]
   json.dumps(out)  # Results rows are JSON.
   # Loaded once, scored for several encoders; the lines for probe_results.md.
-  loaded = ood.load_targets(config)
-  again = ood.evaluate_targets(config, predict=_brightness_predictor([]), source_classes=FUNDUS, loaded=loaded)
+  loaded = ood_protocol.load_targets(config)
+  again = ood_protocol.evaluate_targets(config, predict=_brightness_predictor([]), source_classes=FUNDUS, loaded=loaded)
   assert again["fundus_test"]["auroc"] == m["auroc"]
   text = ood.format_ood({"random init": {"auroc": 0.5, "ood": again}, "other": {"auroc": 0.6}})
   assert "| random init | fundus_test: synthetic_fundus/tiny → synthetic_fundus/tiny (test) | healthy ← healthy; " \
@@ -231,20 +232,20 @@ def test_run_time_errors_name_the_target(tfds_dir):
   config = _fundus_config(tfds_dir, label_map={"healthy": ("healthy",), "sick": ("severe",)})
   with pytest.raises(ValueError, match=r"targets\[0\] \('fundus_test'\).label_map: target class 'sick' is not a class "
                                        r"of synthetic_fundus/tiny; its classes: \['healthy', 'mild', 'moderate', 'severe'\]"):
-    ood.load_targets(config)
+    ood_protocol.load_targets(config)
   config = _fundus_config(tfds_dir)
   called = []
   with pytest.raises(ValueError, match=r"\('fundus_test'\).label_map\['severe'\]: source class 'moderate' is not a class "
                                        r"of the source dataset; its classes: \['healthy', 'mild', 'severe'\]"):
-    ood.evaluate_targets(config, predict=called.append, source_classes=("healthy", "mild", "severe"))
+    ood_protocol.evaluate_targets(config, predict=called.append, source_classes=("healthy", "mild", "severe"))
   assert not called  # Checked before any prediction.
   config.data.channels, config.data.mean, config.data.std = 1, (0.5,), (0.5,)
   with pytest.raises(ValueError, match=r"synthetic_fundus/tiny has 3-channel images but the source classifier "
                                        r"\(synthetic_fundus/tiny\) takes config.data.channels=1"):
-    ood.load_targets(config)
+    ood_protocol.load_targets(config)
   config = _fundus_config(tfds_dir, split="tset")
   with pytest.raises(ValueError, match=r"targets\[0\] \('fundus_test'\): Unknown split 'tset'"):
-    ood.load_targets(config)
+    ood_protocol.load_targets(config)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -401,11 +402,11 @@ def test_real_nih1000_test_split_as_a_target(tmp_path):
     p = images.reshape(len(images), -1).mean(1) / 255.0
     return np.stack([1 - p, p], 1)
 
-  m = ood.evaluate_targets(config, predict=predict, source_classes=("normal", "pneumonia"))["nih1000"]
+  m = ood_protocol.evaluate_targets(config, predict=predict, source_classes=("normal", "pneumonia"))["nih1000"]
   assert seen == [(199, 28, 28, 1)]
   assert (m["n"], m["n_dropped"], m["n_per_class"]) == (199, 0, {"normal": 91, "abnormal": 108})
   assert m["target"] == "medmnist/pneumoniamnist → nih_chestxray14/subset1000_patient_split (test)"
-  (target,) = ood.load_targets(config)
+  (target,) = ood_protocol.load_targets(config)
   brightness = target.images.reshape(199, -1).mean(1)
   assert m["auroc"] == pytest.approx(roc_auc_score(target.labels, brightness), abs=1e-9)
   assert 0.0 <= m["auroc"] <= 1.0 and math.isfinite(m["accuracy"])
@@ -420,7 +421,7 @@ def test_real_hrf_test_split_drops_glaucoma(tmp_path):
                              label_map={"healthy": ("0",), "diabetic_retinopathy": ("1", "2", "3", "4")}),)
   experiment.validate(config)
   probs = np.full((9, 5), 0.2)
-  m = ood.evaluate_targets(config, predict=lambda im: probs[:len(im)], source_classes=("0", "1", "2", "3", "4"))["hrf"]
+  m = ood_protocol.evaluate_targets(config, predict=lambda im: probs[:len(im)], source_classes=("0", "1", "2", "3", "4"))["hrf"]
   assert (m["n"], m["n_dropped"], m["dropped_per_class"]) == (6, 3, {"glaucoma": 3})
   assert m["n_per_class"] == {"healthy": 3, "diabetic_retinopathy": 3}
   assert m["auroc"] == 0.5 and m["mapped_mass_mean"] == pytest.approx(1.0)  # Constant scores: chance.
@@ -510,23 +511,23 @@ def test_multilabel_errors():
 def _loaded(multi_label, classes=("x", "y")):
   spec = ood.normalize_target(dict(name="t", builder="chexpert", label_map={c: (c,) for c in classes}))
   labels = np.zeros((2, len(classes)), int) if multi_label else np.zeros(2, int)
-  return ood.LoadedTarget(spec=spec, dataset="d/c", classes=list(classes), images=np.zeros((2, 8, 8, 1), np.uint8),
+  return ood_protocol.LoadedTarget(spec=spec, dataset="d/c", classes=list(classes), images=np.zeros((2, 8, 8, 1), np.uint8),
                           labels=labels, multi_label=multi_label)
 
 
 def test_mixing_single_and_multi_label_is_an_error():
   with pytest.raises(ValueError, match=r"targets\[0\] \('t'\): the source classifier is multi-label .* but d/c is "
                                        r"single-label .*mixing single-label and multi-label datasets .*not supported"):
-    ood.check_label_maps([_loaded(False)], source_classes=("x", "y"), source_multi_label=True)
+    ood_protocol.check_label_maps([_loaded(False)], source_classes=("x", "y"), source_multi_label=True)
   with pytest.raises(ValueError, match=r"source classifier is single-label .* but d/c is multi-label .*not supported"):
-    ood.check_label_maps([_loaded(True)], source_classes=("x", "y"))
+    ood_protocol.check_label_maps([_loaded(True)], source_classes=("x", "y"))
   config = config_lib.load("demo_simclr", "quick")
   called = []
   with pytest.raises(ValueError, match="not supported"):
-    ood.evaluate_targets(config, predict=called.append, source_classes=("x", "y"), loaded=[_loaded(True)])
+    ood_protocol.evaluate_targets(config, predict=called.append, source_classes=("x", "y"), loaded=[_loaded(True)])
   assert not called
   # Same kind: the multi-label scorer is used and the protocol says so.
-  out = ood.evaluate_targets(config, predict=lambda im: np.full((len(im), 2), 0.5), source_classes=("x", "y"),
+  out = ood_protocol.evaluate_targets(config, predict=lambda im: np.full((len(im), 2), 0.5), source_classes=("x", "y"),
                              loaded=[_loaded(True)], source_multi_label=True)["t"]
   assert out["protocol"] == ood.PROTOCOL_MULTI_LABEL and out["n"] == 2 and out["skipped_classes"] == ["x", "y"]
 
@@ -592,7 +593,7 @@ def test_experiment_multilabel_source_to_multilabel_targets(tfds_dir, tmp_path_f
   r = results["enc"]
   own, cx = r["ood"]["self"], r["ood"]["chexpert"]
   assert own["n"] == 32 and own["auroc"] == pytest.approx(r["auroc"], abs=1e-6)
-  (target,) = [t for t in ood.load_targets(c) if t.spec["name"] == "chexpert"]
+  (target,) = [t for t in ood_protocol.load_targets(c) if t.spec["name"] == "chexpert"]
   assert target.multi_label and target.images.shape[1:] == (32, 32, 1) and (target.labels == -1).any()
   assert cx["classes"] == ["Cardiomegaly", "Consolidation", "Pleural Effusion"] and cx["n"] == len(target.labels)
   cols = [LABELS.index(k) for k in cx["classes"]]

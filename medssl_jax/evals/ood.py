@@ -28,19 +28,16 @@ others; no record is dropped; target classes not in the map are ignored and list
 `cxr_label_map(source names, target names)` builds the map of the findings the datasets share
 (CXR_SHARED_FINDINGS). A single-label source with a multi-label target (or the reverse) is an error.
 
-Use: `evaluate_targets(config, predict=..., source_classes=...)` with a predictor from the source run
-(linear_probe(..., return_predictor=True), finetune(..., return_predictor=True), or knn_scores on the
-features) returns {target name: metrics}; `load_targets(config)` loads the targets once so that several
-encoders share them.
+Use: medssl_jax/protocols/ood.py loads a run's config.ood.targets and scores them with a predictor from the
+source run (linear_probe(..., return_predictor=True), finetune(..., return_predictor=True), or knn_scores on the
+features); the functions here work on label maps, arrays and metrics only.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from medssl_jax.data import pipeline
 from medssl_jax.evals import metrics as metrics_lib
 
 PROTOCOL = ("out-of-distribution: the source classifier applied to another dataset's split at the source's "
@@ -58,7 +55,7 @@ _DEFAULTS = dict(builder_config="", data_dir="", manual_dir="", split="test")
 # ---------------------------------------------------------------------------------------------------
 # Target specs: static checks (config.validate) and run-time checks against the class names.
 
-def _where(i, target) -> str:
+def where_of(i, target) -> str:
   name = target.get("name") if isinstance(target, Mapping) else None
   return f"config.ood.targets[{i}]" + (f" ({name!r})" if isinstance(name, str) and name else "")
 
@@ -84,7 +81,7 @@ def normalize_target(target, *, index: int = 0, builders: Sequence[str] | None =
   """
   if not isinstance(target, Mapping):
     raise ValueError(f"config.ood.targets[{index}] must be a dict with keys {list(TARGET_KEYS)}, got {target!r}")
-  where = _where(index, target)
+  where = where_of(index, target)
   for key in target.keys():
     if key not in TARGET_KEYS:
       raise ValueError(f"Unknown key {key!r} in {where}; valid keys: {list(TARGET_KEYS)}")
@@ -318,116 +315,6 @@ def cxr_label_map(source_names: Sequence[str], target_names: Sequence[str], *,
 
 # ---------------------------------------------------------------------------------------------------
 # Loading targets and scoring a predictor on them.
-
-@dataclasses.dataclass
-class LoadedTarget:
-  """One target's spec, its dataset name ('builder/config'), class names and the loaded split (labels [N]
-  class indices, or [N, K] 0/1/-1 when multi_label)."""
-  spec: dict
-  dataset: str
-  classes: list
-  images: np.ndarray
-  labels: np.ndarray
-  multi_label: bool = False
-
-
-def _source_name(config) -> str:
-  d = config.data
-  return d.builder + (f"/{d.builder_config}" if d.builder_config else "")
-
-
-def describe_target(config, target) -> str:
-  """'medmnist/pneumoniamnist → nih_chestxray14/subset1000_patient_split (test)': source → target (split)."""
-  spec = normalize_target(target)  # Idempotent: fills the default split of a raw config entry.
-  dataset = spec["builder"] + (f"/{spec['builder_config']}" if spec["builder_config"] else "")
-  return f"{_source_name(config)} → {dataset} ({spec['split']})"
-
-
-def load_targets(config) -> list[LoadedTarget]:
-  """Loads every config.ood.targets split at the source's data.image_size / data.fit.
-
-  The builders are prepared if needed (data_dir "" = the source's data.data_dir; manual_dir "" = the
-  builder's default). Raises ValueError when a target's image channels differ from data.channels, its
-  split is unknown, or it has no class names (ClassLabel names, or a multi-label builder's LABEL_NAMES).
-  """
-  d = config.data
-  loaded = []
-  for i, spec in enumerate(validate_targets(config.ood.targets, builders=pipeline.BUILDERS)):
-    where = _where(i, spec)
-    builder = pipeline.get_builder(spec["builder"], data_dir=spec["data_dir"] or d.data_dir or None,
-                                   config=spec["builder_config"] or None, manual_dir=spec["manual_dir"] or None)
-    dataset = spec["builder"] + (f"/{builder.builder_config.name}" if builder.builder_config else "")
-    channels = pipeline.image_channels(builder)
-    if channels != d.channels:
-      raise ValueError(f"{where}: {dataset} has {channels}-channel images but the source classifier "
-                       f"({_source_name(config)}) takes config.data.channels={d.channels}; OOD targets must "
-                       "share the source's channels (choose a target of the same modality)")
-    classes = pipeline.label_names(builder)
-    if not classes:
-      raise ValueError(f"{where}: {dataset} has no class names (label feature "
-                       f"{builder.info.features.get('label', None)!r}); OOD label maps need a ClassLabel target "
-                       "or a multi-label builder with LABEL_NAMES")
-    # Class names are checked before any image is decoded; source names are checked in evaluate_targets.
-    for t in spec["label_map"]:
-      if t not in classes:
-        raise ValueError(f"{where}.label_map: target class {t!r} is not a class of {dataset}; its classes: {classes}")
-    try:
-      pipeline.num_examples(builder, spec["split"])
-    except ValueError as e:
-      raise ValueError(f"{where}: {e}") from None
-    arrays = pipeline.load_split_arrays(builder, split=spec["split"], image_size=d.image_size, fit=d.fit)
-    loaded.append(LoadedTarget(spec=spec, dataset=dataset, classes=classes, images=arrays["image"],
-                               labels=np.asarray(arrays["label"]), multi_label=pipeline.is_multi_label(builder)))
-  return loaded
-
-
-def check_label_maps(loaded: Sequence[LoadedTarget], *, source_classes: Sequence[str],
-                     source_multi_label: bool = False) -> None:
-  """Checks every loaded target against the source before any training or prediction: both single-label
-  or both multi-label (mixing is not supported), and every label-map name a class of its dataset."""
-  for i, t in enumerate(loaded):
-    where = _where(i, t.spec)
-    if t.multi_label != bool(source_multi_label):
-      kind = lambda multi: "multi-label ([N, K] 0/1 labels, sigmoid scores)" if multi else \
-          "single-label (one class per image, softmax scores)"
-      raise ValueError(f"{where}: the source classifier is {kind(source_multi_label)} but {t.dataset} is "
-                       f"{kind(t.multi_label)}; mixing single-label and multi-label datasets in OOD evaluation "
-                       "is not supported (choose a target of the same kind)")
-    resolve_label_map(t.spec["label_map"], target_classes=t.classes, source_classes=source_classes,
-                      where=f"{where}.label_map")
-
-
-def evaluate_targets(config, *, predict: Callable[[np.ndarray], np.ndarray], source_classes: Sequence[str],
-                     loaded: Sequence[LoadedTarget] | None = None, source_multi_label: bool = False) -> dict:
-  """Scores a source classifier on every config.ood.targets split; returns {target name: metrics}.
-
-  Args:
-    config: the source run's config (data.image_size / fit / channels / data_dir; ood.targets).
-    predict: uint8 images [N, H, W, C] -> class probabilities [N, len(source_classes)] of the source
-      classifier (e.g. softmax of a linear probe on the encoder's features).
-    source_classes: the source dataset's class names, in label order (pipeline.label_names(builder)).
-    loaded: `load_targets(config)` when several encoders are scored on the same targets (loads once).
-    source_multi_label: the source has [N, K] multi-label labels and predict returns per-class sigmoid
-      probabilities [N, K]; its targets must be multi-label too (`score_multilabel`).
-
-  Metrics per target: see `score_grouped` (`score_multilabel` when multi-label), plus "target"
-  (describe_target), "dataset", "split" and "protocol". Every label map is checked against both
-  datasets' class names (and kinds, `check_label_maps`) before any prediction.
-  """
-  loaded = load_targets(config) if loaded is None else loaded
-  source_classes = list(source_classes)
-  # All maps first: a typo fails before any (slow) prediction.
-  check_label_maps(loaded, source_classes=source_classes, source_multi_label=source_multi_label)
-  out = {}
-  for i, t in enumerate(loaded):
-    probs = np.asarray(predict(t.images))
-    score = score_multilabel if t.multi_label else score_grouped
-    m = score(t.labels, probs, label_map=t.spec["label_map"], target_classes=t.classes,
-              source_classes=source_classes, where=f"{_where(i, t.spec)}")
-    out[t.spec["name"]] = dict(m, target=describe_target(config, t.spec), dataset=t.dataset,
-                               split=t.spec["split"], protocol=PROTOCOL_MULTI_LABEL if t.multi_label else PROTOCOL)
-  return out
-
 
 def format_ood(results: Mapping[str, Mapping]) -> str:
   """Markdown lines for probe_results.md: one row per (encoder, target) with AUROC, accuracy, n and dropped.

@@ -10,10 +10,8 @@ import os
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
-from medssl_jax import config as config_lib
 from medssl_jax import objectives
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
@@ -25,23 +23,14 @@ from medssl_jax.evals import ood as ood_lib
 from medssl_jax.evals import representation
 from medssl_jax.evals import results as results_lib
 from medssl_jax.protocols import encoders as encoders_lib
-
-
-def ood_section() -> ml_collections.ConfigDict:
-  """Out-of-distribution targets (medssl_jax/evals/ood.py): the trained classifier scored on other datasets'
-  splits sharing its label. `targets`: a tuple of dicts: name, builder, label_map {target class: (source
-  classes,)}, optional builder_config, data_dir, manual_dir, split ("test"). Empty: no OOD evaluation."""
-  c = ml_collections.ConfigDict()
-  c.targets = ()
-  return c
+from medssl_jax.protocols import ood as ood_protocol
 
 
 def check(config):
-  """The evaluation settings a probe needs beyond the core checks: feature layers of this model, and the ood
-  section (target keys, builder names and label-map shape; class names are checked at run time, against the
-  datasets, by medssl_jax.evals.ood.evaluate_targets)."""
+  """The evaluation settings a probe needs beyond the core checks: feature layers of this model, and the OOD
+  targets (medssl_jax/protocols/ood.py)."""
   _check_feature_layers(config)
-  ood_lib.validate_targets(config.ood.targets, builders=pipeline.BUILDERS)
+  ood_protocol.check(config)
 
 
 def _check_feature_layers(config):
@@ -65,9 +54,6 @@ def _check_feature_layers(config):
   if unknown:
     raise ValueError(f"config.eval.feature_layers: unknown layer(s) {unknown} for {config.model.encoder} with "
                      f"the {config.objective.name!r} heads; valid layers: {valid}")
-
-
-config_lib.register_section("ood", ood_section)
 
 
 def label_subset(config, builder, workdir: str | None):
@@ -159,10 +145,10 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   kw = dict(image_size=size, mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
   results = {}
   # OOD targets (config.ood): loaded once, scored by every encoder's trained classifier.
-  ood_targets = ood_lib.load_targets(config) if config.ood.targets else None
+  ood_targets = ood_protocol.load_targets(config) if config.ood.targets else None
   source_classes, multi_label = pipeline.label_names(builder), pipeline.is_multi_label(builder)
   if ood_targets:  # Label maps and kinds (single- vs multi-label) checked before any training.
-    ood_lib.check_label_maps(ood_targets, source_classes=source_classes, source_multi_label=multi_label)
+    ood_protocol.check_label_maps(ood_targets, source_classes=source_classes, source_multi_label=multi_label)
   if e.protocol == "finetune":
     return _finetune_all(config, encoders, builder=builder, train=train, test=test, subset=subset,
                          num_classes=num_classes, mesh=mesh, t0=t0, ood_targets=ood_targets,
@@ -197,7 +183,7 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
       if ood_targets:
         predict = lambda images, score=score, layer=layer, model=model, variables=variables: score(
             _frozen_features(model, variables, images, layers=(layer,), mesh=mesh, **kw)[layer])
-        r["ood"] = ood_lib.evaluate_targets(config, predict=predict, source_classes=source_classes,
+        r["ood"] = ood_protocol.evaluate_targets(config, predict=predict, source_classes=source_classes,
                                             loaded=ood_targets, source_multi_label=multi_label)
       if e.neural_collapse:
         r["neural_collapse"] = nc = _neural_collapse(tr, train["label"], te, test["label"])
@@ -246,7 +232,7 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         progress=name)
     r.update(_report(config, test["label"], predict(test["image"])))
     if ood_targets:
-      r["ood"] = ood_lib.evaluate_targets(config, predict=predict, source_classes=source_classes,
+      r["ood"] = ood_protocol.evaluate_targets(config, predict=predict, source_classes=source_classes,
                                           loaded=ood_targets, source_multi_label=np.ndim(train["label"]) == 2)
     r.pop("curve", None)  # Per-step training curve: in the log, not in the results table.
     if subset is not None:
