@@ -117,11 +117,7 @@ def _steps(backbone, num_classes: int, multi_label: bool, image_size: int, mean:
   view = _train_view(image_size) if augment else None
 
   def features(bb_params, batch_stats, x, train):
-    variables = {"params": bb_params, **({"batch_stats": batch_stats} if has_bn else {})}
-    if train and has_bn:
-      f, mutated = backbone.apply(variables, x, train=True, mutable=["batch_stats"])
-      return f, mutated["batch_stats"]
-    return backbone.apply(variables, x, train=train), batch_stats
+    return supervised.apply_with_batch_stats(backbone, bb_params, batch_stats, x, train=train, has_bn=has_bn)
 
   @jax.jit
   def init(key, bb_params, batch_stats, images):

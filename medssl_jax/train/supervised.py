@@ -42,6 +42,16 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
+def apply_with_batch_stats(module, params, batch_stats, x, *, train: bool, has_bn: bool):
+  """(module output, batch_stats): BatchNorm statistics of the batch in train mode (the updated running statistics
+  come back), the running ones otherwise; modules without BatchNorm (has_bn False) pass batch_stats through."""
+  variables = {"params": params, **({"batch_stats": batch_stats} if has_bn else {})}
+  if train and has_bn:
+    out, mutated = module.apply(variables, x, train=True, mutable=["batch_stats"])
+    return out, mutated["batch_stats"]
+  return module.apply(variables, x, train=train), batch_stats
+
+
 @dataclasses.dataclass
 class Fit:
   """What `fit` returns."""

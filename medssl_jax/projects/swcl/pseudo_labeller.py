@@ -306,11 +306,7 @@ def _steps(model, tx, *, multi_label: bool, threshold: float, unlabelled_weight:
   """Jitted (train_step, predict) of the classifier."""
 
   def apply(params, batch_stats, x, train):
-    variables = {"params": params, **({"batch_stats": batch_stats} if has_bn else {})}
-    if train and has_bn:
-      logits, mutated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-      return logits, mutated["batch_stats"]
-    return model.apply(variables, x, train=train), batch_stats
+    return supervised.apply_with_batch_stats(model, params, batch_stats, x, train=train, has_bn=has_bn)
 
   @jax.jit
   def train_step(state, x_lab, y_lab, x_pool, key):
