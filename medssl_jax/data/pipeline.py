@@ -251,7 +251,7 @@ def check_channels(builder: Builder, channels: int) -> None:
   """Raises a ValueError when a config's `data.channels` disagrees with the builder's images."""
   have = image_channels(builder)
   if channels != have:
-    name = builder.name + (f'/{builder.builder_config.name}' if builder.builder_config else '')
+    name = dataset_name(builder)
     raise ValueError(f'config.data.channels={channels} but {name} has {have}-channel images; set '
                      f'config.data.channels={have} (and data.mean/std with {have} values)')
 
@@ -373,7 +373,7 @@ def check_extra_keys(builder: Builder, extra_keys) -> tuple[tuple[str, ...], fro
   reserved = [k for k in extra_keys if k in ('image', 'label', 'id')]
   missing = [k for k in extra_keys if k not in features]
   if reserved or missing or len(set(extra_keys)) != len(extra_keys):
-    name = builder.name + (f'/{builder.builder_config.name}' if builder.builder_config else '')
+    name = dataset_name(builder)
     images = sorted(k for k, f in features.items() if isinstance(f, tfds.features.Image) and k != 'image')
     what = (f'has no feature {missing[0]!r}' if missing and not reserved else
             f'extra_keys {list(extra_keys)} must be distinct and not {reserved or "repeated"} (always returned)')

@@ -205,7 +205,7 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   builder = pipeline.get_builder(cfg.builder, data_dir=cfg.data_dir or None, config=cfg.builder_config or None,
                                  manual_dir=cfg.manual_dir or None)
   features = builder.info.features
-  dataset = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+  dataset = pipeline.dataset_name(builder)
   image_features = sorted(k for k in features.keys() if k != "image"
                           and type(features[k]).__name__ == "Image")
   fov = cfg.fov

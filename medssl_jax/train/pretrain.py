@@ -44,7 +44,7 @@ def objective_batch_keys(config, objective, builder) -> tuple:
   keys = tuple(objective.batch_keys(config))
   missing = [k for k in keys if k not in builder.info.features]
   if missing:
-    name = builder.name + (f"/{builder.builder_config.name}" if builder.builder_config else "")
+    name = pipeline.dataset_name(builder)
     setting = (f" with config.objective.swcl.scheme={tuple(config.objective.swcl.scheme)}"
                if objective.name == "swcl" else "")
     raise ValueError(f"objective {objective.name!r}{setting} needs dataset features {list(keys)}, but dataset "
