@@ -79,7 +79,7 @@ def main(_):
     print(f"MFU: {gflop / dt / (_PEAK.value * 1e3) * 100:.1f}% of {_PEAK.value} TFLOP/s")
 
   # Input pipeline alone.
-  builder = pipeline.builder_from_config(config.data)
+  builder = pipeline.open_dataset(config.data)
   it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
                                     seed=0, image_size=config.data.image_size, worker_count=config.data.worker_count)
   for _ in range(2):

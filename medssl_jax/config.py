@@ -157,11 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def data_section() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.builder = "synthetic_fundus"   # A name in medssl_jax.data.pipeline.BUILDERS.
-  c.builder_config = ""            # TFDS builder config ("" = the builder's default).
-  c.data_dir = ""                  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  c.manual_dir = ""                # Official files of a manual-download builder ("" = TFDS default).
+  c = pipeline.ref_section("synthetic_fundus")  # The dataset: builder, builder_config, data_dir, manual_dir.
   c.train_split = "train"
   c.val_split = "validation"       # Model selection for eval.protocol=finetune ("" = none: last step).
   c.test_split = "test"
@@ -380,7 +376,7 @@ def validate(config) -> ml_collections.ConfigDict:
   check_choice(config.objective.name, sorted(objectives.OBJECTIVES), "config.objective.name")
   check_choice(config.eval.protocol, EVAL_PROTOCOLS, "config.eval.protocol")
   check_choice(config.eval.finetune_schedule, ("cosine", "multistep"), "config.eval.finetune_schedule")
-  check_choice(config.data.builder, sorted(pipeline.BUILDERS), "config.data.builder")
+  pipeline.check_ref(config.data, "config.data")
   check_choice(config.data.fit, pipeline.FITS, "config.data.fit")
   if config.eval.train_subset and not config.eval.subset_file:
     subsets.parse_spec(config.eval.train_subset)  # A typo fails before any work, with the accepted forms.
@@ -457,21 +453,6 @@ def _check_text(config, num_views: int):
     raise ValueError(f"config.text.width={t.width} must be divisible by config.text.heads={t.heads}")
   if not t.key:
     raise ValueError("config.text.key must name the dataset's report feature (e.g. 'report'), got ''")
-
-
-def check_dicts(entries, *, where: str, required, allowed, builders):
-  """Checks a tuple of dataset dicts (e.g. config.transfer.targets): keys allowed / required, builder names."""
-  if isinstance(entries, (str, Mapping)) or not isinstance(entries, (tuple, list)):
-    raise ValueError(f"{where} must be a tuple of dicts, got {entries!r}")
-  for i, e in enumerate(entries):
-    if not isinstance(e, Mapping):
-      raise ValueError(f"{where}[{i}] must be a dict with keys {list(allowed)}, got {e!r}")
-    unknown = sorted(set(e) - set(allowed))
-    missing = [k for k in required if not e.get(k)]
-    if unknown or missing:
-      raise ValueError(f"{where}[{i}]: " + (f"unknown key(s) {unknown}" if unknown else f"missing {missing}") +
-                       f"; valid keys: {list(allowed)} (required: {list(required)})")
-    check_choice(e["builder"], sorted(builders), f"{where}[{i}].builder")
 
 
 def with_variant(config, arg: str | None, variants: Mapping[str, Callable]) -> ml_collections.ConfigDict:

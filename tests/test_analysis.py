@@ -161,7 +161,7 @@ def test_analyze_writes_the_library_numbers(pretrained):
   idx = np.asarray(saved["record_indices"])
   assert len(idx) == 40 and np.all(np.diff(idx) > 0) and idx.max() < 256  # A subset, in split order.
   # Neural collapse of the saved layers equals the library on the same records and pretrained weights.
-  arrays = pipeline.load_split_arrays(pipeline.builder_from_config(c.data), split="test", image_size=64, indices=idx)
+  arrays = pipeline.load_split_arrays(pipeline.open_dataset(c.data), split="test", image_size=64, indices=idx)
   model, variables = protocol_encoders.load_pretrained(c, workdir)
   feats = representation.layer_features(model, variables, arrays["image"], image_size=64, mean=(0.5,) * 3,
                                         std=(0.5,) * 3, layers=list(c.analysis.layers))
@@ -204,7 +204,7 @@ def test_analyze_fraction_inside_masks(pretrained, chase):
   r = summary["encoders"]["simclr (pretrained)"]["attention"]
   assert r["method"] == "grad_feature_norm" and os.path.exists(r["overlay"])
   saved = np.load(os.path.join(out, "attention_simclr_pretrained_grad_feature_norm.npz"))
-  arrays = pipeline.load_split_arrays(pipeline.builder_from_config(c.data), split="test", image_size=64, fit="pad",
+  arrays = pipeline.load_split_arrays(pipeline.open_dataset(c.data), split="test", image_size=64, fit="pad",
                                       extra_keys=("mask", "eye"))
   maps = saved["maps"].astype(np.float64)
   inside = (arrays["mask"][..., 0] > 0)

@@ -122,7 +122,7 @@ def test_probe_on_a_label_subset_writes_and_reuses_it(tfds_dir, tmp_path, capsys
   config.data.data_dir = str(tfds_dir)
   config.eval.train_subset = "k=8"
   config.eval.subset_seed = 2
-  builder = pipeline.builder_from_config(config.data)
+  builder = pipeline.open_dataset(config.data)
   model, variables = protocol_encoders.random_init_variables(config)
   encoders = {"random init": (model, variables, False)}
   first = protocol_probe.probe(config, encoders, builder=builder, workdir=str(tmp_path))["random init"]
@@ -170,7 +170,7 @@ def test_knn_protocol_through_experiment(tfds_dir, tmp_path):
   config.data.data_dir = str(tfds_dir)
   config.eval.protocol = "knn"
   config.eval.knn_k = 10
-  builder = pipeline.builder_from_config(config.data)
+  builder = pipeline.open_dataset(config.data)
   model, variables = protocol_encoders.random_init_variables(config)
   results = protocol_probe.probe(config, {"random init": (model, variables, True)}, builder=builder,
                              workdir=str(tmp_path))
@@ -190,7 +190,7 @@ def test_finetune_protocol_on_a_label_subset(tfds_dir, tmp_path, capsys):
   config.eval.finetune_steps = 6
   config.eval.finetune_batch_size = 16
   config.eval.finetune_eval_every = 3
-  builder = pipeline.builder_from_config(config.data)
+  builder = pipeline.open_dataset(config.data)
   model, variables = protocol_encoders.random_init_variables(config)
   results = protocol_probe.probe(config, {"supervised from scratch": (model, variables, True)}, builder=builder,
                              workdir=str(tmp_path))

@@ -98,7 +98,7 @@ def test_results_names():
 def setup(tfds_dir):
   """Two encoders (random inits of seeds 0 and 1, both BN-recalibrated), the builder and the splits."""
   c = tiny_config(tfds_dir)
-  builder = pipeline.builder_from_config(c.data)
+  builder = pipeline.open_dataset(c.data)
   model, v0 = protocol_encoders.random_init_variables(c)
   c1 = tiny_config(tfds_dir)
   c1.seed = 1

@@ -45,7 +45,7 @@ def _graph():
   """({module: {imported module}}, [(module, imported, line) of imports inside functions])."""
   modules = _modules()
 
-  def resolve(name):  # 'medssl_jax.data.pipeline.open_data' -> 'medssl_jax.data.pipeline'
+  def resolve(name):  # 'medssl_jax.data.pipeline.open_dataset' -> 'medssl_jax.data.pipeline'
     while name and name not in modules:
       name = name.rpartition(".")[0]
     return name
@@ -140,6 +140,18 @@ def test_no_hidden_imports(graph):
   _, _, local = graph
   hidden = [f"{m}:{line} imports {dep}" for m, dep, line in local if (m, dep) not in LOCAL_IMPORTS_ALLOWED]
   assert not hidden, f"medssl_jax imports inside functions (import at the top, or fix the room): {hidden}"
+
+
+def test_evals_work_on_arrays():
+  """evals/ holds functions of a model, its variables and arrays; reading a config is a protocol's or a mode's job."""
+  readers = []
+  for path in sorted((ROOT / "medssl_jax" / "evals").glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.FunctionDef):
+        args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+        if any(a.arg == "config" for a in args):
+          readers.append(f"{path.name}:{node.lineno} {node.name}")
+  assert not readers, f"functions in evals/ that take a config (move them to protocols/ or modes/): {readers}"
 
 
 def test_every_room_has_a_floor(graph):

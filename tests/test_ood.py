@@ -146,17 +146,17 @@ def test_spec_defaults_duplicates_and_missing_keys():
   assert c.ood.targets == ()
   c.ood.targets = (GOOD,)
   experiment.validate(c)
-  spec = ood.validate_targets(c.ood.targets)[0]
+  spec = ood_protocol.validate_targets(c.ood.targets)[0]
   assert spec["split"] == "test" and spec["manual_dir"] == "" and spec["label_map"]["abnormal"] == ("pneumonia",)
   assert ood_protocol.describe_target(c, GOOD) == "synthetic_fundus/small → nih_chestxray14/subset1000_patient_split (test)"
   with pytest.raises(ValueError, match=r"names must be unique .*repeated: \['nih1000'\]"):
-    ood.validate_targets((GOOD, dict(GOOD, split="validation")))
+    ood_protocol.validate_targets((GOOD, dict(GOOD, split="validation")))
   with pytest.raises(ValueError, match=r"targets\[0\] \('x'\) needs 'label_map'"):
-    ood.validate_targets((dict(name="x", builder="hrf"),))
+    ood_protocol.validate_targets((dict(name="x", builder="hrf"),))
   with pytest.raises(ValueError, match="must be a tuple of dicts"):
-    ood.validate_targets("nih1000")
+    ood_protocol.validate_targets("nih1000")
   # A single source-class name is accepted for a one-class group; JSON round trips (lists) too.
-  assert ood.normalize_target(dict(GOOD, label_map={"normal": "normal", "abnormal": ["pneumonia"]}))["label_map"] == \
+  assert ood_protocol.normalize_target(dict(GOOD, label_map={"normal": "normal", "abnormal": ["pneumonia"]}))["label_map"] == \
       {"normal": ("normal",), "abnormal": ("pneumonia",)}
 
 
@@ -439,7 +439,7 @@ def test_experiment_scores_ood_targets_kappa_and_intervals(tfds_dir, protocol):
   c.eval.protocol, c.eval.ordinal, c.eval.bootstrap_samples = protocol, True, 50
   c.eval.max_iter, c.eval.l2_grid, c.eval.knn_k = 10, (1e-2,), 5
   c.eval.finetune_steps, c.eval.finetune_batch_size, c.eval.finetune_eval_every = 2, 16, 2
-  builder = pipeline.builder_from_config(c.data)
+  builder = pipeline.open_dataset(c.data)
   model, variables = protocol_encoders.random_init_variables(c)
   results = protocol_probe.probe(c, {"enc": (model, variables, True)}, builder=builder)
   r = results["enc"]
@@ -509,7 +509,7 @@ def test_multilabel_errors():
 
 
 def _loaded(multi_label, classes=("x", "y")):
-  spec = ood.normalize_target(dict(name="t", builder="chexpert", label_map={c: (c,) for c in classes}))
+  spec = ood_protocol.normalize_target(dict(name="t", builder="chexpert", label_map={c: (c,) for c in classes}))
   labels = np.zeros((2, len(classes)), int) if multi_label else np.zeros(2, int)
   return ood_protocol.LoadedTarget(spec=spec, dataset="d/c", classes=list(classes), images=np.zeros((2, 8, 8, 1), np.uint8),
                           labels=labels, multi_label=multi_label)
@@ -559,7 +559,7 @@ def test_label_names_and_cxr_label_map_on_the_real_builders():
                                                  "Consolidation": ("consolidation",)}
   for src, tgt in ((chexpert, nih), (nih, chexpert), (synth, chexpert)):  # Every map passes both checks.
     lmap = ood.cxr_label_map(src[0], tgt[0])
-    ood.normalize_target(dict(name="t", builder="chexpert", label_map=lmap))
+    ood_protocol.normalize_target(dict(name="t", builder="chexpert", label_map=lmap))
     ood.resolve_label_map(lmap, target_classes=tgt[0], source_classes=src[0])
   with pytest.raises(ValueError, match=r"share 1 finding\(s\) \(\['Edema'\]\); an OOD label map needs 2"):
     ood.cxr_label_map(("Edema", "Fracture"), nih[0])
@@ -587,7 +587,7 @@ def test_experiment_multilabel_source_to_multilabel_targets(tfds_dir, tmp_path_f
                    dict(name="chexpert", builder="chexpert", builder_config="all_u_keep_320", manual_dir=str(manual),
                         split="validation", label_map=to_chexpert))  # Its uncertain labels: train.csv's.
   experiment.validate(c)
-  builder = pipeline.builder_from_config(c.data)
+  builder = pipeline.open_dataset(c.data)
   model, variables = protocol_encoders.random_init_variables(c)
   results = protocol_probe.probe(c, {"enc": (model, variables, True)}, builder=builder)
   r = results["enc"]

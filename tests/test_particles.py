@@ -307,7 +307,7 @@ def test_config_section(tmp_path, monkeypatch):
 def test_run_tiny_random_encoder(tmp_path):
   manual = dummy_data.write(tmp_path / "manual")
   c = _tiny_config(tmp_path / "tfds", manual)
-  b = pipeline.builder_from_config(c.data)
+  b = pipeline.open_dataset(c.data)
   # Miniature BCCD: train RBC 4 / WBC 4 / Platelets 1, test 2 / 2 / 1 crops.
   assert particles_modes.pretrain_indices(b, "train", "Platelets").tolist() == [0, 1, 2, 3, 4, 6, 7, 8]  # Record 5: Platelets.
   model, variables = protocol_encoders.random_init_variables(c)

@@ -15,10 +15,12 @@ import io
 import json
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import grain
 import jax
+from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
@@ -111,24 +113,71 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
   return builder
 
 
-def builder_from_config(data_config) -> Builder:
-  """The prepared builder named by a config's `data` section (builder, builder_config, data_dir,
-  manual_dir; empty strings mean the defaults)."""
-  get = functools.partial(get_builder, data_config.builder, data_dir=data_config.data_dir or None,
-                          config=data_config.builder_config or None, manual_dir=data_config.manual_dir or None)
-  if jax.process_count() == 1:
-    return get()
-  # Process 0 builds a missing dataset once; the others wait, then open it.
-  from jax.experimental import multihost_utils
-  builder = get() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices(f'dataset {data_config.builder} prepared')
-  return builder or get()
+# A dataset reference: the keys with which any config entry names a dataset (config.data, swcl.labelled and
+# swcl.pool[i], transfer.targets[i], ood.targets[i], segmentation), beside that entry's own keys (splits, label
+# maps...). All of them open through `open_dataset`.
+REF_KEYS = ('builder', 'builder_config', 'data_dir', 'manual_dir')
 
 
-def open_data(data_config) -> Builder:
-  """`builder_from_config`, with config.data.channels checked against the dataset's images."""
-  builder = builder_from_config(data_config)
-  check_channels(builder, data_config.channels)
+def ref_section(builder: str, builder_config: str = '') -> ml_collections.ConfigDict:
+  """The reference keys of a config section, with their meaning; sections add their own keys beside them."""
+  c = ml_collections.ConfigDict()
+  c.builder = builder                # A name in medssl_jax.data.pipeline.BUILDERS.
+  c.builder_config = builder_config  # TFDS builder config ("" = the builder's default).
+  c.data_dir = ''                    # "" = the entry's default (see open_dataset), else $TFDS_DATA_DIR.
+  c.manual_dir = ''                  # Official files of a manual-download builder ("" = TFDS default).
+  return c
+
+
+def check_ref(ref, where: str) -> None:
+  """Raises a one-line ValueError naming `where` when a reference's builder is not registered."""
+  if ref['builder'] not in BUILDERS:
+    raise ValueError(f"{where}.builder={ref['builder']!r} is not known; valid choices: {sorted(BUILDERS)}")
+
+
+def check_refs(entries, *, where: str, required=('builder',), extra_keys=()) -> None:
+  """Checks a tuple of reference dicts (e.g. config.transfer.targets): keys are REF_KEYS + `extra_keys`,
+  `required` ones are non-empty, builders are registered."""
+  allowed = REF_KEYS + tuple(extra_keys)
+  if isinstance(entries, (str, Mapping)) or not isinstance(entries, (tuple, list)):
+    raise ValueError(f'{where} must be a tuple of dicts, got {entries!r}')
+  for i, e in enumerate(entries):
+    if not isinstance(e, Mapping):
+      raise ValueError(f'{where}[{i}] must be a dict with keys {list(allowed)}, got {e!r}')
+    unknown = sorted(set(e) - set(allowed))
+    missing = [k for k in required if not e.get(k)]
+    if unknown or missing:
+      raise ValueError(f'{where}[{i}]: ' + (f'unknown key(s) {unknown}' if unknown else f'missing {missing}') +
+                       f'; valid keys: {list(allowed)} (required: {list(required)})')
+    check_ref(e, f'{where}[{i}]')
+
+
+def ref_name(ref) -> str:
+  """'builder/config' of a reference, without opening it ('builder' when it names no config)."""
+  return ref['builder'] + (f"/{ref['builder_config']}" if ref.get('builder_config') else '')
+
+
+def open_dataset(ref, *, default_data_dir: str = '', prepare: bool = True) -> Builder:
+  """The TFDS builder a dataset reference names, built (once) if it is not prepared yet.
+
+  Args:
+    ref: a mapping or ConfigDict with `builder` and optionally `builder_config`, `data_dir`, `manual_dir`
+      (empty = default). When it also has `channels` (config.data does), the images must have that many.
+    default_data_dir: the data dir of a reference whose own is empty (e.g. an OOD target takes the source's
+      data.data_dir); empty = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    prepare: build the dataset if missing. On a multi-host job process 0 builds it and the others wait.
+  """
+  get = functools.partial(get_builder, ref['builder'], data_dir=ref.get('data_dir') or default_data_dir or None,
+                          config=ref.get('builder_config') or None, manual_dir=ref.get('manual_dir') or None,
+                          prepare=prepare)
+  if jax.process_count() == 1 or not prepare:
+    builder = get()
+  else:
+    builder = get() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f"dataset {ref_name(ref)} prepared")
+    builder = builder or get()
+  if ref.get('channels') is not None:
+    check_channels(builder, ref['channels'])
   return builder
 
 

@@ -7,34 +7,34 @@ chance (k / N). Templated or short reports repeat (identical reports embed ident
 ties in the query's favour, and a label-level measure is added where the dataset has class labels: the
 fraction of images whose top-ranked report belongs to an image with exactly the same label (vector), beside
 the same fraction for a random report (chance).
+
+medssl_jax/protocols/retrieval.py runs it on a run's test split; the functions here work on a model, its
+variables and arrays.
 """
 from __future__ import annotations
 
 import collections
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from medssl_jax.data import pipeline
-from medssl_jax.evals import representation
-from medssl_jax.evals import results as results_lib
 from medssl_jax.objectives.image_text import retrieval_recall
+from medssl_jax.train import mesh as mesh_lib
 
 KS = (1, 5, 10)
 
 
-def text_embeddings(model, variables, ids, mask, *, batch_size: int = 256) -> np.ndarray:
-  """[N, D] float32 report embeddings of token ids / mask [N, L] (the model's encode_text)."""
-  fn = jax.jit(lambda v, i, m: model.apply(v, i, m, method="encode_text")["text_embedding"])
-  out = []
-  for start in range(0, len(ids), batch_size):
-    i, m = ids[start:start + batch_size], mask[start:start + batch_size]
-    pad = batch_size - len(i)
-    if pad:  # One compiled shape for every batch; the padding rows are dropped.
-      i = np.concatenate([i, np.zeros((pad, i.shape[1]), i.dtype)])
-      m = np.concatenate([m, np.ones((pad, m.shape[1]), m.dtype)])
-    out.append(np.asarray(jax.device_get(fn(variables, i, m)))[:batch_size - pad])
-  return np.concatenate(out).astype(np.float32)
+def text_embeddings(model, variables, ids, mask, *, batch_size: int = 256, mesh=None) -> np.ndarray:
+  """[N, D] float32 report embeddings of token ids / mask [N, L] (the model's encode_text), in batches sharded
+  over `mesh` (None: unsharded)."""
+  encode = jax.jit(lambda v, b: model.apply(
+      # Padding rows attend to every token, so none is fully masked; they are dropped.
+      v, b["ids"], jnp.maximum(b["attention"], (1 - b["mask"])[:, None].astype(b["attention"].dtype)),
+      method="encode_text")["text_embedding"])
+  out = mesh_lib.apply_batched(lambda b: encode(variables, b), {"ids": ids, "attention": mask}, batch_size=batch_size,
+                               mesh=mesh, mask=True)
+  return np.asarray(out, np.float32)
 
 
 def label_match_at_1(image_embeddings, text_embeddings, labels) -> tuple[float, float]:
@@ -50,30 +50,15 @@ def label_match_at_1(image_embeddings, text_embeddings, labels) -> tuple[float, 
   return float(hit), chance
 
 
-def evaluate(config, encoders: dict, *, builder, tokenizer, workdir: str, mesh=None) -> dict:
-  """Retrieval on config.data.test_split for each encoder {name: (model, variables, _)} with a text tower;
-  writes <workdir>/retrieval.{json,md} and returns {name: metrics}."""
-  d = config.data
-  test = pipeline.load_split_arrays(builder, split=d.test_split, image_size=d.image_size, fit=d.fit)
-  texts = [pipeline.as_text(t) for t in pipeline.read_column(builder, split=d.test_split, key=config.text.key)]
-  ids, mask = tokenizer.encode_batch(texts, max_length=config.text.max_length)
-  n = len(texts)
-  results = {}
-  for name, (model, variables, _) in encoders.items():
-    img = representation.layer_features(model, variables, test["image"], image_size=config.augment.views[0].crop_size,
-                                        mean=tuple(d.mean), std=tuple(d.std), layers=["projector/out"],
-                                        batch_size=config.eval.batch_size, mesh=mesh)["projector/out"]
-    txt = text_embeddings(model, variables, ids, mask, batch_size=config.eval.batch_size)
-    r = retrieval_recall(image_embeddings=img, text_embeddings=txt, ks=KS)
-    r.update({f"chance_R@{k}": min(1.0, k / n) for k in KS})
-    r["label_match@1"], r["label_match_chance"] = label_match_at_1(img, txt, test["label"])
-    r["num_pairs"] = n
-    results[name] = r
-    print(f"retrieval [{name}]: " + "  ".join(f"i2t R@{k} {r[f'i2t_R@{k}']:.3f}" for k in KS)
-          + f"  label match@1 {r['label_match@1']:.3f} (chance {r['label_match_chance']:.3f})", flush=True)
-  if jax.process_index() == 0:
-    results_lib.write_results(workdir, "retrieval", results, format_table(results, split=d.test_split))
-  return results
+def retrieval_metrics(image_embeddings, text_embeddings, labels) -> dict:
+  """Recall@k both ways (`retrieval_recall`) with chance k / N, the label-level match at 1 with its chance, and
+  the number of pairs, for paired embeddings [N, D] and labels [N] or [N, K]."""
+  n = len(image_embeddings)
+  r = retrieval_recall(image_embeddings=image_embeddings, text_embeddings=text_embeddings, ks=KS)
+  r.update({f"chance_R@{k}": min(1.0, k / n) for k in KS})
+  r["label_match@1"], r["label_match_chance"] = label_match_at_1(image_embeddings, text_embeddings, labels)
+  r["num_pairs"] = n
+  return r
 
 
 def format_table(results: dict, *, split: str) -> str:

@@ -434,7 +434,7 @@ def format_summary(summary: dict) -> str:
 
 
 def analyze(config, workdir: str, *, mesh=None) -> dict:
-  return run(config, workdir, builder=pipeline.open_data(config.data), mesh=mesh)
+  return run(config, workdir, builder=pipeline.open_dataset(config.data), mesh=mesh)
 
 
 MODES = {"analyze": analyze}

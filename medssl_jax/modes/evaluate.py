@@ -5,7 +5,7 @@
   supervised          a random init fine-tuned with labels (eval.protocol "finetune"): the from-scratch recipe
 
 Results go to <workdir>/<protocols.probe.results_name(config)>.{json,md}; image-text objectives also get
-report retrieval (medssl_jax/evals/retrieval.py).
+report retrieval (medssl_jax/protocols/retrieval.py).
 """
 from __future__ import annotations
 
@@ -13,21 +13,21 @@ import os
 
 from medssl_jax import objectives
 from medssl_jax.data import pipeline
-from medssl_jax.evals import retrieval
 from medssl_jax.protocols import encoders as encoders_lib
 from medssl_jax.protocols import probe as probe_lib
+from medssl_jax.protocols import retrieval as retrieval_protocol
 from medssl_jax.train import pretrain as pretrain_lib
 
 
 def linear_eval(config, workdir: str, *, mesh=None) -> dict:
-  builder = pipeline.open_data(config.data)
+  builder = pipeline.open_dataset(config.data)
   model, variables = encoders_lib.load_pretrained(config, workdir)
   return _evaluate(config, {f"{config.objective.name} (pretrained)": (model, variables, False)}, builder=builder,
                    workdir=workdir, mesh=mesh)
 
 
 def pretrain_and_probe(config, workdir: str, *, mesh=None) -> dict:
-  builder = pipeline.open_data(config.data)
+  builder = pipeline.open_dataset(config.data)
   model, state = pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
   return _evaluate(config, {f"{config.objective.name} (pretrained)": (model, state.variables, False)},
                    builder=builder, workdir=workdir, mesh=mesh)
@@ -36,7 +36,7 @@ def pretrain_and_probe(config, workdir: str, *, mesh=None) -> dict:
 def supervised(config, workdir: str, *, mesh=None) -> dict:
   """Supervised training from scratch (e.g. the MedMNIST recipe): the random encoder fine-tuned with labels;
   no pretraining, nothing to compare against."""
-  builder = pipeline.open_data(config.data)
+  builder = pipeline.open_dataset(config.data)
   os.makedirs(workdir, exist_ok=True)
   model, variables = encoders_lib.random_init_variables(config)
   encoders = {"supervised (random init)": (model, variables, True)}
@@ -49,8 +49,7 @@ def _evaluate(config, encoders: dict, *, builder, workdir: str, mesh) -> dict:
   if objectives.get_objective(config.objective.name).text:
     # Image-text models also retrieve reports: recall@k on the test split.
     tokenizer = pretrain_lib.report_tokenizer(config, builder, workdir)
-    retrieved = retrieval.evaluate(config, encoders, builder=builder, tokenizer=tokenizer, workdir=workdir, mesh=mesh)
-    print("\n" + retrieval.format_table(retrieved, split=config.data.test_split) + "\n", flush=True)
+    retrieval_protocol.evaluate(config, encoders, builder=builder, tokenizer=tokenizer, workdir=workdir, mesh=mesh)
   return results
 
 

@@ -41,7 +41,7 @@ config_lib.register_section("features", features_section)
 def features(config, workdir: str, *, mesh=None) -> dict:
   """Writes (or reads back) <workdir>/features/<split>.npz per split; returns {split: {"path", "shape"}}."""
   d = config.data
-  builder = pipeline.open_data(d)
+  builder = pipeline.open_dataset(d)
   splits = tuple(config.features.splits) or (d.train_split, d.test_split)
   for split in splits:
     pipeline.num_examples(builder, split)  # An unknown split fails before the encoder is loaded.

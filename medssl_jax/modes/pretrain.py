@@ -6,7 +6,7 @@ from medssl_jax.train import pretrain as pretrain_lib
 
 
 def pretrain(config, workdir: str, *, mesh=None) -> dict:
-  pretrain_lib.pretrain(config, workdir, builder=pipeline.open_data(config.data), mesh=mesh)
+  pretrain_lib.pretrain(config, workdir, builder=pipeline.open_dataset(config.data), mesh=mesh)
   return {}
 
 

@@ -29,11 +29,7 @@ def segmentation_section() -> ml_collections.ConfigDict:
   """The `segmentation` section (mode "segmentation", medssl_jax/evals/segmentation.py): a U-Net decoder on the
   encoder's backbone, trained on random patches of the training images, scored on whole test images (Dice / F1,
   pixel AUROC, accuracy, sensitivity, specificity, pooled over the field of view)."""
-  c = ml_collections.ConfigDict()
-  c.builder = "chase_db1"
-  c.builder_config = "original"
-  c.data_dir = ""
-  c.manual_dir = ""
+  c = pipeline.ref_section("chase_db1", "original")  # The dataset; "" data_dir = $TFDS_DATA_DIR.
   c.train_split = "train"
   c.test_split = "test"
   c.mask_key = "mask"      # The target map feature (vessels: 1, background: 0).
@@ -64,7 +60,7 @@ def segmentation_section() -> ml_collections.ConfigDict:
 def check(config):
   """The segmentation section."""
   g = config.segmentation
-  config_lib.check_choice(g.builder, sorted(pipeline.BUILDERS), "config.segmentation.builder")
+  pipeline.check_ref(g, "config.segmentation")
   enc = g.encoders
   if isinstance(enc, str) or not isinstance(enc, (tuple, list)) or len(set(enc)) != len(enc):
     raise ValueError(f"config.segmentation.encoders must be a tuple of distinct names from "
@@ -202,8 +198,7 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   cfg = config.segmentation
   out_dir = os.path.join(str(workdir), "segmentation")
   os.makedirs(out_dir, exist_ok=True)
-  builder = pipeline.get_builder(cfg.builder, data_dir=cfg.data_dir or None, config=cfg.builder_config or None,
-                                 manual_dir=cfg.manual_dir or None)
+  builder = pipeline.open_dataset(cfg)
   features = builder.info.features
   dataset = pipeline.dataset_name(builder)
   image_features = sorted(k for k in features.keys() if k != "image"

@@ -14,8 +14,8 @@ from medssl_jax.data import pipeline
 from medssl_jax.protocols import encoders as encoders_lib
 from medssl_jax.protocols import probe as probe_lib
 
-TRANSFER_TARGET_KEYS = ("name", "builder", "builder_config", "data_dir", "manual_dir", "train_split", "val_split",
-                        "test_split", "image_size", "fit", "ordinal")
+# A target: a dataset reference plus these keys.
+TARGET_KEYS = ("name", "train_split", "val_split", "test_split", "image_size", "fit", "ordinal")
 
 
 def transfer_section() -> ml_collections.ConfigDict:
@@ -31,8 +31,7 @@ def transfer_section() -> ml_collections.ConfigDict:
 def check(config):
   """The transfer section (classification targets)."""
   targets = config.transfer.targets
-  config_lib.check_dicts(targets, where="config.transfer.targets", required=("name", "builder"),
-               allowed=TRANSFER_TARGET_KEYS, builders=pipeline.BUILDERS)
+  pipeline.check_refs(targets, where="config.transfer.targets", required=("name", "builder"), extra_keys=TARGET_KEYS)
   names = [t["name"] for t in targets]
   for n in names:
     if not isinstance(n, str) or not n.replace("_", "").replace("-", "").isalnum():
@@ -52,8 +51,7 @@ def _target_config(config, target: dict):
   defaults = config_lib.base_config().data
   with cfg.unlocked():
     # The target's own dataset: unnamed fields take the schema defaults, not the pretraining data's values.
-    for k in ("builder", "builder_config", "data_dir", "manual_dir", "train_split", "val_split", "test_split",
-              "fit"):
+    for k in pipeline.REF_KEYS + ("train_split", "val_split", "test_split", "fit"):
       cfg.data[k] = target.get(k, defaults[k])
     if target.get("image_size"):
       cfg.data.image_size = int(target["image_size"])
@@ -92,7 +90,7 @@ def transfer(config, workdir: str, *, mesh=None) -> dict:
       print(f"transfer [{target['name']}]: results already in {path}", flush=True)
       continue
     os.makedirs(tdir, exist_ok=True)
-    builder = pipeline.open_data(cfg.data)
+    builder = pipeline.open_dataset(cfg.data)
     print(f"transfer [{target['name']}]: {pipeline.dataset_name(builder)}, {cfg.eval.protocol}: {', '.join(todo)}",
           flush=True)
     results = dict(done, **probe_lib.probe(cfg, todo, builder=builder, mesh=mesh, workdir=tdir))

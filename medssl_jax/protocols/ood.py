@@ -7,7 +7,7 @@ data_dir, manual_dir, split ("test"). Empty: no OOD evaluation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -27,10 +27,93 @@ def ood_section() -> ml_collections.ConfigDict:
 def check(config):
   """Target keys, builder names and label-map shape (class names are checked against the datasets at run time,
   by `evaluate_targets`)."""
-  ood_lib.validate_targets(config.ood.targets, builders=pipeline.BUILDERS)
+  validate_targets(config.ood.targets)
 
 
 config_lib.register_section("ood", ood_section)
+
+
+TARGET_KEYS = ("name",) + pipeline.REF_KEYS + ("split", "label_map")
+REQUIRED_KEYS = ("name", "builder", "label_map")
+_DEFAULTS = dict(builder_config="", data_dir="", manual_dir="", split="test")
+
+
+def where_of(i, target) -> str:
+  name = target.get("name") if isinstance(target, Mapping) else None
+  return f"config.ood.targets[{i}]" + (f" ({name!r})" if isinstance(name, str) and name else "")
+
+
+def _class_tuple(value, where: str) -> tuple[str, ...]:
+  """The source classes of one label-map entry: a non-empty tuple/list of names (a single name allowed)."""
+  if isinstance(value, str):
+    value = (value,)
+  if not isinstance(value, (tuple, list)) or not value:
+    raise ValueError(f"{where} must be a non-empty tuple of source class names, got {value!r}")
+  for v in value:
+    if not isinstance(v, str) or not v:
+      raise ValueError(f"{where} must hold class names (non-empty strings), got {v!r} in {tuple(value)!r}")
+  return tuple(value)
+
+
+def normalize_target(target, *, index: int = 0) -> dict:
+  """One target spec checked (keys, types, builder name, label-map shape) and completed with defaults.
+
+  Returns a plain dict with every key of TARGET_KEYS; label_map becomes {target class: tuple of source
+  classes}. Raises ValueError naming the target and the key. Class names are checked against the
+  datasets at run time (`ood_lib.resolve_label_map`).
+  """
+  if not isinstance(target, Mapping):
+    raise ValueError(f"config.ood.targets[{index}] must be a dict with keys {list(TARGET_KEYS)}, got {target!r}")
+  where = where_of(index, target)
+  for key in target.keys():
+    if key not in TARGET_KEYS:
+      raise ValueError(f"Unknown key {key!r} in {where}; valid keys: {list(TARGET_KEYS)}")
+  for key in REQUIRED_KEYS:
+    if key not in target:
+      raise ValueError(f"{where} needs {key!r} (a target names itself, its builder and a label_map)")
+  spec = dict(_DEFAULTS, **{k: target[k] for k in target.keys()})
+  for key in ("name", "builder", "builder_config", "data_dir", "manual_dir", "split"):
+    if not isinstance(spec[key], str):
+      raise ValueError(f"{where}.{key} must be a string, got {spec[key]!r}")
+  for key in ("name", "builder", "split"):
+    if not spec[key]:
+      raise ValueError(f"{where}.{key} must be non-empty")
+  pipeline.check_ref(spec, where)
+  label_map = spec["label_map"]
+  if not isinstance(label_map, Mapping):
+    raise ValueError(f"{where}.label_map must be a dict {{target class: (source classes, ...)}}, got {label_map!r}")
+  if len(label_map) < 2:
+    raise ValueError(f"{where}.label_map maps {len(label_map)} target class(es) ({list(label_map)}); AUROC needs "
+                     "at least 2, e.g. {'normal': ('normal',), 'abnormal': ('pneumonia',)}")
+  grouped, seen = {}, {}
+  for t, sources in label_map.items():
+    if not isinstance(t, str) or not t:
+      raise ValueError(f"{where}.label_map keys must be target class names (strings), got {t!r}")
+    grouped[t] = _class_tuple(sources, f"{where}.label_map[{t!r}]")
+    for s in grouped[t]:
+      if s in seen:  # Its probability would count twice.
+        raise ValueError(f"{where}.label_map maps source class {s!r} to both {seen[s]!r} and {t!r}; "
+                         "each source class may feed one target class only")
+      seen[s] = t
+  spec["label_map"] = grouped
+  return spec
+
+
+def validate_targets(targets) -> list[dict]:
+  """Checks config.ood.targets (a tuple of dicts; see normalize_target) and that names are unique.
+
+  Returns the normalised specs (a list of dicts).
+  """
+  if targets is None:
+    return []
+  if isinstance(targets, (str, bytes)) or not isinstance(targets, (tuple, list)):
+    raise ValueError(f"config.ood.targets must be a tuple of dicts (one per target dataset), got {targets!r}")
+  specs = [normalize_target(t, index=i) for i, t in enumerate(targets)]
+  names = [s["name"] for s in specs]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ValueError(f"config.ood.targets names must be unique (they key the results); repeated: {dup}")
+  return specs
 
 
 @dataclasses.dataclass
@@ -45,16 +128,11 @@ class LoadedTarget:
   multi_label: bool = False
 
 
-def _source_name(config) -> str:
-  d = config.data
-  return d.builder + (f"/{d.builder_config}" if d.builder_config else "")
-
-
 def describe_target(config, target) -> str:
   """'medmnist/pneumoniamnist → nih_chestxray14/subset1000_patient_split (test)': source → target (split)."""
-  spec = ood_lib.normalize_target(target)  # Idempotent: fills the default split of a raw config entry.
-  dataset = spec["builder"] + (f"/{spec['builder_config']}" if spec["builder_config"] else "")
-  return f"{_source_name(config)} → {dataset} ({spec['split']})"
+  spec = normalize_target(target)  # Idempotent: fills the default split of a raw config entry.
+  dataset = pipeline.ref_name(spec)
+  return f"{pipeline.ref_name(config.data)} → {dataset} ({spec['split']})"
 
 
 def load_targets(config) -> list[LoadedTarget]:
@@ -66,15 +144,14 @@ def load_targets(config) -> list[LoadedTarget]:
   """
   d = config.data
   loaded = []
-  for i, spec in enumerate(ood_lib.validate_targets(config.ood.targets, builders=pipeline.BUILDERS)):
-    where = ood_lib.where_of(i, spec)
-    builder = pipeline.get_builder(spec["builder"], data_dir=spec["data_dir"] or d.data_dir or None,
-                                   config=spec["builder_config"] or None, manual_dir=spec["manual_dir"] or None)
+  for i, spec in enumerate(validate_targets(config.ood.targets)):
+    where = where_of(i, spec)
+    builder = pipeline.open_dataset(spec, default_data_dir=d.data_dir)
     dataset = spec["builder"] + (f"/{builder.builder_config.name}" if builder.builder_config else "")
     channels = pipeline.image_channels(builder)
     if channels != d.channels:
       raise ValueError(f"{where}: {dataset} has {channels}-channel images but the source classifier "
-                       f"({_source_name(config)}) takes config.data.channels={d.channels}; OOD targets must "
+                       f"({pipeline.ref_name(config.data)}) takes config.data.channels={d.channels}; OOD targets must "
                        "share the source's channels (choose a target of the same modality)")
     classes = pipeline.label_names(builder)
     if not classes:
@@ -100,7 +177,7 @@ def check_label_maps(loaded: Sequence[LoadedTarget], *, source_classes: Sequence
   """Checks every loaded target against the source before any training or prediction: both single-label
   or both multi-label (mixing is not supported), and every label-map name a class of its dataset."""
   for i, t in enumerate(loaded):
-    where = ood_lib.where_of(i, t.spec)
+    where = where_of(i, t.spec)
     if t.multi_label != bool(source_multi_label):
       kind = lambda multi: "multi-label ([N, K] 0/1 labels, sigmoid scores)" if multi else \
           "single-label (one class per image, softmax scores)"
@@ -137,7 +214,7 @@ def evaluate_targets(config, *, predict: Callable[[np.ndarray], np.ndarray], sou
     probs = np.asarray(predict(t.images))
     score = ood_lib.score_multilabel if t.multi_label else ood_lib.score_grouped
     m = score(t.labels, probs, label_map=t.spec["label_map"], target_classes=t.classes,
-              source_classes=source_classes, where=f"{ood_lib.where_of(i, t.spec)}")
+              source_classes=source_classes, where=f"{where_of(i, t.spec)}")
     out[t.spec["name"]] = dict(m, target=describe_target(config, t.spec), dataset=t.dataset,
                                split=t.spec["split"], protocol=ood_lib.PROTOCOL_MULTI_LABEL if t.multi_label else ood_lib.PROTOCOL)
   return out

@@ -275,8 +275,8 @@ def format_table(results: dict, *, config) -> str:
   lines = [f"{title} on {config.data.builder}"
            f"{'/' + config.data.builder_config if config.data.builder_config else ''} "
            f"(train split '{config.data.train_split}', test split '{config.data.test_split}')",
-           f"Protocol: {protocol}", *extra_lines, *_subset_line(results), "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+           f"Protocol: {protocol}", *extra_lines, *_subset_line(results), ""]
+  rows = []
   by_layer: dict[str, dict[str, dict]] = {}  # {layer: {encoder name: result}}, for the differences below.
   for key, r in results.items():
     layer = r.get("layer", "backbone")
@@ -291,7 +291,8 @@ def format_table(results: dict, *, config) -> str:
       m = r.get("neural_collapse")
       cells += ([f"{m['train']['nc1']:.4g}", f"{m['test']['nc1']:.4g}", f"{m['train']['within_between_ratio']:.4g}",
                  f"{m['ncc_test_accuracy']:.4f}"] if m else ["—"] * 4)
-    lines.append("| " + " | ".join(cells) + " |")
+    rows.append(cells)
+  lines += results_lib.markdown_table(head, rows)
   diffs = []
   for layer, named in by_layer.items():
     names = list(named)

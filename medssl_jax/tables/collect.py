@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.evals import results as results_lib
 
 RANDOM = "random init"
 RETRIEVAL = {"i2t_R@1": "image->report R@1", "i2t_R@10": "image->report R@10", "label_match@1": "same-label report @1"}
@@ -113,8 +114,7 @@ def main(argv):
   table = format_rows(collect(arms, results=f.results, split=f.split))
   print(table)
   if f.out:
-    with open(f.out, "w") as fh:
-      fh.write(table + "\n")
+    results_lib.write_text(f.out, table + "\n")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ and <name>_ood.png (a heatmap of mean AUROC); None when no record has OOD result
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import ood as ood_lib
+from medssl_jax.evals import results as results_lib
 from medssl_jax.tables import records as records_lib
 
 CSV_COLUMNS = ("table", "row", "seed", "source", "objective", "encoder", "protocol", "label_subset", "test_set",
@@ -146,12 +145,9 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
 
 def format_csv(records) -> str:
   """One CSV line per (run, encoder, test set)."""
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-  w.writeheader()
-  for e in ood_entries(records):
-    w.writerow(dict(e, test_set=e["column"], label_map=json.dumps(e["label_map"]) if e["label_map"] else ""))
-  return buf.getvalue()
+  return results_lib.csv_text(CSV_COLUMNS, [
+      dict(e, test_set=e["column"], label_map=json.dumps(e["label_map"]) if e["label_map"] else "")
+      for e in ood_entries(records)])
 
 
 def plot_heatmap(table, records, path: str) -> str:
@@ -200,8 +196,5 @@ def write_ood_outputs(table, records, *, workdir: str) -> dict | None:
     return None
   base = os.path.join(workdir, f"{table.name}_ood")
   png = plot_heatmap(table, records, base + ".png")
-  with open(base + ".md", "w") as f:
-    f.write(format_markdown(table, records, png=png))
-  with open(base + ".csv", "w", newline="") as f:
-    f.write(format_csv(records))
-  return {"md": base + ".md", "csv": base + ".csv", "png": png}
+  paths = results_lib.write_table(base, markdown=format_markdown(table, records, png=png), csv=format_csv(records))
+  return dict(paths, png=png)

@@ -30,11 +30,9 @@ Workdir layout (everything is keyed by hashes of the resolved configs, so reruns
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
 import importlib.util
-import io
 import itertools
 import json
 import math
@@ -366,7 +364,7 @@ def _num_labelled(config, results) -> int | None:
   subset = next((r["label_subset"] for r in results.values() if "label_subset" in r), None)
   if subset is not None:
     return int(subset["num_selected"])
-  n = pipeline.num_examples(pipeline.builder_from_config(config.data), config.data.train_split)
+  n = pipeline.num_examples(pipeline.open_dataset(config.data), config.data.train_split)
   return min(n, config.eval.max_train_examples) if config.eval.max_train_examples else n
 
 
@@ -567,26 +565,27 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
   lines += ["## Mean ± std over seeds", ""]
   head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels", *extra, "accuracy", "AUROC",
           *kappa_head, *nc_head, "source"]
-  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  body = []
   for g in _aggregate(entries, extra):
     n = ", ".join(str(v) for v in sorted(g["n_labelled_set"], key=str))
     cells = [g["dataset"], g["objective"], g["encoder"], *([g["layer"]] if show_layer else []), g["protocol"],
              f"{g['label_subset']} (n={n})", *(str(g["axes"].get(k, "")) for k in extra),
              _mean_std(g["accuracies"]), _mean_std(g["aurocs"]), *([_mean_std(g["kappas"])] if show_kappa else []),
              *([_mean_std_g(g["nc1_trains"]), _mean_std_g(g["nc1_tests"])] if show_nc else []), "ours"]
-    lines.append("| " + " | ".join(cells) + " |")
+    body.append(cells)
   for p in table.get("published", None) or ():
     cells = [p["dataset"], p["method"], "—", *("—" for _ in layer_head), p.get("protocol", "") or "—",
              p.get("labels", "") or "—", *("—" for _ in extra), _fmt(p.get("accuracy"), 3), _fmt(p.get("auroc"), 3),
              *("—" for _ in kappa_head), *("—" for _ in nc_head), f"published: {p['source']}" + (f" ({p['note']})" if p.get("note") else "")]
-    lines.append("| " + " | ".join(cells) + " |")
+    body.append(cells)
+  lines += results_lib.markdown_table(head, body)
   if png:
     lines += ["", f"![mean AUROC vs labelled fraction]({os.path.basename(png)})"]
 
   lines += ["", "## Every run", ""]
   head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels (spec, subset seed, n)", *extra, "seed",
           "accuracy", "AUROC", *(["AUROC 95% CI"] if show_ci else []), *kappa_head, *nc_head, "eval s", "pretrain s", "code", "jax / flax / optax / numpy", "row"]
-  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  body = []
   for e in entries:
     labels = (f"{e['label_subset']} (n={e['n_labelled']})" if e["label_subset"] == "100%"
               else f"{e['label_subset']} (seed {e['subset_seed']}, n={e['n_labelled']})")
@@ -597,24 +596,19 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
              *([_fmt_g(e["nc1_train"]), _fmt_g(e["nc1_test"])] if show_nc else []),
              f"{e['eval_wall_clock_s']:.1f}", f"{e['pretrain_wall_clock_s']:.1f}", e["code_version"],
              " / ".join(str(e[k]) for k in PACKAGES), f"`{e['row']}` ({e['status']})"]
-    lines.append("| " + " | ".join(cells) + " |")
+    body.append(cells)
+  lines += results_lib.markdown_table(head, body)
   return "\n".join(lines) + "\n"
 
 
 def format_csv(table, records) -> str:
   """One CSV line per (row, encoder, layer), then the published rows (source 'published: ...')."""
-  buf = io.StringIO()
   entries = _entries(records)
+  published = [dict(source=f"published: {p['source']}", table=table.name, dataset=p["dataset"], objective=p["method"],
+                    protocol=p.get("protocol", ""), label_subset=p.get("labels", ""), accuracy=p.get("accuracy"),
+                    auroc=p.get("auroc")) for p in table.get("published", None) or ()]
   # CSV_COLUMNS, plus 'layer' / neural-collapse columns when the table has them (_csv_columns).
-  w = csv.DictWriter(buf, fieldnames=_csv_columns(entries), extrasaction="ignore", lineterminator="\n")
-  w.writeheader()
-  for e in entries:
-    w.writerow(e)
-  for p in table.get("published", None) or ():
-    w.writerow(dict(source=f"published: {p['source']}", table=table.name, dataset=p["dataset"],
-                    objective=p["method"], protocol=p.get("protocol", ""), label_subset=p.get("labels", ""),
-                    accuracy=p.get("accuracy"), auroc=p.get("auroc")))
-  return buf.getvalue()
+  return results_lib.csv_text(_csv_columns(entries), entries + published)
 
 
 def _fraction(spec: str) -> float | None:
@@ -668,12 +662,9 @@ def write_outputs(table, records, *, workdir: str) -> dict:
   """Writes <workdir>/<name>.md, .csv and (with label fractions) .png; returns their paths."""
   base = os.path.join(workdir, table.name)
   png = plot_auroc_vs_labels(table, records, base + ".png")
-  with open(base + ".md", "w") as f:
-    f.write(format_markdown(table, records, png=png))
-  with open(base + ".csv", "w", newline="") as f:
-    f.write(format_csv(table, records))
-  ood = ood_matrix.write_ood_outputs(table, records, workdir=workdir)
-  return {"md": base + ".md", "csv": base + ".csv", "png": png, "ood": ood}
+  paths = results_lib.write_table(base, markdown=format_markdown(table, records, png=png),
+                                  csv=format_csv(table, records))
+  return dict(paths, png=png, ood=ood_matrix.write_ood_outputs(table, records, workdir=workdir))
 
 
 # ---------------------------------------------------------------------------------------------------

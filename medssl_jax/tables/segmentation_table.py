@@ -14,7 +14,6 @@ Rows report mean ± std over the run's config.segmentation.seeds.
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ from absl import flags
 
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
+from medssl_jax.evals import results as results_lib
 
 METRICS = (("dice", "Dice (F1)"), ("auroc", "AUROC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
            ("specificity", "specificity"))
@@ -93,8 +93,8 @@ def _transfer_lines(rows: list[dict]) -> list[str]:
   lines = ["", "## Classification transfer", "",
            "Each encoder on the runs' `config.transfer.targets` with the run's `eval.protocol` (the cpu configs: "
            "linear probe on frozen backbone features); one run per row, so no spread over seeds; in brackets the "
-           "bootstrap 95% interval over test images where the run computed one.",
-           "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+           "bootstrap 95% interval over test images where the run computed one.", ""]
+  body = []
   for r in rows:
     cells = [r["label"]]
     for t in targets:
@@ -103,8 +103,8 @@ def _transfer_lines(rows: list[dict]) -> list[str]:
       cells.append("—" if not m else f"{m['auroc']:.4f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
       if kappa[t]:
         cells.append(f"{m['kappa']:.4f}" if m and "kappa" in m else "—")
-    lines.append("| " + " | ".join(cells) + " |")
-  return lines
+    body.append(cells)
+  return lines + results_lib.markdown_table(head, body)
 
 
 def _encoder_entry(results: dict, encoder: str, *, where: str) -> dict:
@@ -136,15 +136,12 @@ def format_markdown(table: dict, rows: list[dict]) -> str:
   protocol = next((r["protocol"] for r in rows if r.get("protocol")), "")
   if protocol:
     lines += [f"Protocol: {protocol}", ""]
-  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in rows:
-    cells = [r["label"], f"{r['run']} (`{r['config']}`)"]
-    cells += [_mean_std(r[k], r[k + "_std"]) for k, _ in METRICS] + [str(r["seeds"])]
-    lines.append("| " + " | ".join(cells) + " |")
-  for p in table.get("published", ()):
-    cells = [f"{p['method']} (published)", p.get("source", "")]
-    cells += [f"{p[k]:.4f}" if p.get(k) is not None else "—" for k, _ in METRICS] + ["—"]
-    lines.append("| " + " | ".join(cells) + " |")
+  body = [[r["label"], f"{r['run']} (`{r['config']}`)", *(_mean_std(r[k], r[k + "_std"]) for k, _ in METRICS),
+           str(r["seeds"])] for r in rows]
+  body += [[f"{p['method']} (published)", p.get("source", ""),
+            *(f"{p[k]:.4f}" if p.get(k) is not None else "—" for k, _ in METRICS), "—"]
+           for p in table.get("published", ())]
+  lines += results_lib.markdown_table(head, body)
   notes = [p["note"] for p in table.get("published", ()) if p.get("note")]
   if notes:
     lines += [""] + [f"Published rows: {n}" for n in notes]
@@ -156,16 +153,10 @@ def write_outputs(table: dict, rows: list[dict], out_dir: str) -> list[str]:
   """<out_dir>/<name>.md, .csv and a bar chart .png; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   stem = os.path.join(out_dir, table["name"])
-  with open(stem + ".md", "w") as f:
-    f.write(format_markdown(table, rows))
   keys = ["label", "run", "config", "encoder", "seeds"] + [k for m, _ in METRICS for k in (m, m + "_std")]
-  with open(stem + ".csv", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    for p in table.get("published", ()):
-      w.writerow({"label": p["method"] + " (published)", "config": p.get("source", ""),
-                  **{m: p.get(m) for m, _ in METRICS}})
+  published = [{"label": p["method"] + " (published)", "config": p.get("source", ""), **{m: p.get(m) for m, _ in METRICS}}
+               for p in table.get("published", ())]
+  results_lib.write_table(stem, markdown=format_markdown(table, rows), csv=results_lib.csv_text(keys, rows + published))
   _plot(table, rows, stem + ".png")
   return [stem + ".md", stem + ".csv", stem + ".png"]
 

@@ -141,7 +141,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   if t.batch_size % n_dev:
     raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the {n_dev} devices")
   ckpt_lib.save_or_check_config(config, workdir)
-  builder = builder or pipeline.builder_from_config(config.data)
+  builder = builder or pipeline.open_dataset(config.data)
   pipeline.check_channels(builder, config.data.channels)
   model, objective, tx, schedule = build(config)
   extra_keys = objective_batch_keys(config, objective, builder)

@@ -234,14 +234,14 @@ def run_curriculum(config, workdir: str, *, builder=None, mesh=None):
   if config.mode != "curriculum":
     return {}
   if builder is None:
-    builder = pipeline.builder_from_config(config.data)
+    builder = pipeline.open_dataset(config.data)
   model, variables = encoders_lib.load_pretrained(config, workdir)
   encoders = probe_lib.compare_random_init(config, {f"{config.objective.name} (curriculum)": (model, variables, False)})
   return probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)
 
 
 def curriculum(config, workdir: str, *, mesh=None) -> dict:
-  return run_curriculum(config, workdir, builder=pipeline.open_data(config.data), mesh=mesh)
+  return run_curriculum(config, workdir, builder=pipeline.open_dataset(config.data), mesh=mesh)
 
 
 check = check_stages

@@ -299,7 +299,7 @@ def format_summary(summary: dict) -> str:
 def particles(config, workdir: str, *, mesh=None) -> dict:
   """mode "particles": pretraining on the training split without particles.holdout_class (so that class is new
   to the encoder), then medssl_jax/evals/particles.py on the pretrained (and random) encoder."""
-  builder = pipeline.open_data(config.data)
+  builder = pipeline.open_dataset(config.data)
   indices = pretrain_indices(builder, config.data.train_split, config.particles.holdout_class)
   if indices is not None:
     print(f"pretraining on {len(indices)} '{config.data.train_split}' records without class "

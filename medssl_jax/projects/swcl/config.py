@@ -6,8 +6,8 @@ import ml_collections
 from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 
-# Keys of an unlabelled pool entry (config.swcl.pool).
-POOL_KEYS = ("builder", "split", "builder_config", "data_dir", "manual_dir")
+# Keys of an unlabelled pool entry (config.swcl.pool): a dataset reference and its split.
+POOL_KEYS = pipeline.REF_KEYS + ("split",)
 
 
 def swcl_section() -> ml_collections.ConfigDict:
@@ -17,11 +17,7 @@ def swcl_section() -> ml_collections.ConfigDict:
   five-patch TFDS dataset `swcl_patches` from them (<workdir>/patches/). Stage 4 is mode "pretrain" with objective
   "swcl" on that dataset; stage 5 is "transfer" / "segmentation"."""
   c = ml_collections.ConfigDict()
-  c.labelled = ml_collections.ConfigDict()  # Images with image-level labels (e.g. ODIR, HRF).
-  c.labelled.builder = "synthetic_fundus"
-  c.labelled.builder_config = "small"
-  c.labelled.data_dir = ""
-  c.labelled.manual_dir = ""
+  c.labelled = pipeline.ref_section("synthetic_fundus", "small")  # Images with image-level labels (e.g. ODIR, HRF).
   c.labelled.train_split = "train"
   c.labelled.val_split = "validation"  # Reported during training ("" = none).
   # Unlabelled pool (e.g. EyePACS): a tuple of dicts {builder, split, optional builder_config, data_dir,
@@ -48,9 +44,8 @@ def swcl_section() -> ml_collections.ConfigDict:
 def check(config):
   """The swcl section (SWCL stages 1-3)."""
   s = config.swcl
-  config_lib.check_choice(s.labelled.builder, sorted(pipeline.BUILDERS), "config.swcl.labelled.builder")
-  config_lib.check_dicts(s.pool, where="config.swcl.pool", required=("builder", "split"), allowed=POOL_KEYS,
-               builders=pipeline.BUILDERS)
+  pipeline.check_ref(s.labelled, "config.swcl.labelled")
+  pipeline.check_refs(s.pool, where="config.swcl.pool", required=("builder", "split"), extra_keys=("split",))
   if config.mode in ("pseudo_label", "propagate", "swcl") and not s.pool:
     raise ValueError(f"config.mode={config.mode!r} needs an unlabelled pool: config.swcl.pool is empty")
   config_lib.check_choice(s.fit, pipeline.FITS, "config.swcl.fit")

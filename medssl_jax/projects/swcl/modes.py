@@ -64,7 +64,7 @@ def build_patches(config, workdir: str):
     raise FileNotFoundError(f"{manifest} does not exist: run stage 2 first (mode 'propagate', or mode 'swcl' "
                             "which runs every stage in order)")
   cfg = resolve_patch_data(_with_patch_data(config), workdir)
-  builder = pipeline.builder_from_config(cfg.data)
+  builder = pipeline.open_dataset(cfg.data)
   out_dir = os.path.join(workdir, "patches")
   summary_path = os.path.join(out_dir, "summary.json")
   if not os.path.exists(summary_path):

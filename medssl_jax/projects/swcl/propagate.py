@@ -170,7 +170,7 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
   summary = pseudo_labeller.read_summary(config, workdir)
   sources = []
   for entry in pseudo_labeller.pool_entries(config):
-    builder = pseudo_labeller.builder_for(entry)
+    builder = pipeline.open_dataset(entry)
     sources.append(dict(entry, source=pseudo_labeller.source_name(builder, entry["split"]),
                         num_images=pipeline.num_examples(builder, entry["split"])))
   expected = _expected(config, summary, sources)
@@ -211,7 +211,7 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
   rows, all_probs, overlay_images, overlay_maps = [], [], [], []
   k, t_start, next_print = 0, time.perf_counter(), max(1, total // 10)
   for src in sources:
-    builder = pseudo_labeller.builder_for(src)
+    builder = pipeline.open_dataset(src)
     pids, eyes = _source_meta(builder, src["split"], src["source"])
     index = 0
     for batch in pipeline.iterate_eval(builder, split=src["split"], batch_size=batch_size, image_size=s.image_size,

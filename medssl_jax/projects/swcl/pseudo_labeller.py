@@ -44,7 +44,6 @@ import math
 import os
 import sys
 import time
-from typing import Mapping
 
 import flax.linen as nn
 import jax
@@ -84,17 +83,9 @@ OBJECTIVE = ("FixMatch: CE on weak labelled views + lambda_u x masked CE of stro
 # ----------------------------------------------------------------------------------------------------
 # Data.
 
-def builder_for(entry: Mapping, *, prepare: bool = True):
-  """The TFDS builder of a dataset dict {builder, optional builder_config, data_dir, manual_dir}."""
-  return pipeline.get_builder(entry["builder"], data_dir=entry.get("data_dir") or None,
-                              config=entry.get("builder_config") or None, manual_dir=entry.get("manual_dir") or None,
-                              prepare=prepare)
-
-
 def source_name(builder, split: str) -> str:
   """'builder/config:split' ('builder:split' for a builder without configs)."""
-  cfg = f"/{builder.builder_config.name}" if builder.builder_config else ""
-  return f"{builder.name}{cfg}:{split}"
+  return f"{pipeline.dataset_name(builder)}:{split}"
 
 
 def label_info(builder) -> tuple[list[str], bool]:
@@ -123,7 +114,7 @@ def pool_entries(config) -> list[dict]:
 
 def _load_labelled(config, size: int) -> dict:
   lab = config.swcl.labelled
-  builder = builder_for(lab)
+  builder = pipeline.open_dataset(lab)
   classes, multi_label = label_info(builder)
   out = {"classes": classes, "multi_label": multi_label, "source": source_name(builder, lab.train_split)}
   splits = [("train", lab.train_split)] + ([("val", lab.val_split)] if lab.val_split else [])
@@ -142,7 +133,7 @@ def _load_labelled(config, size: int) -> dict:
 def _load_pool(config, size: int) -> tuple[np.ndarray, list[dict]]:
   images, sources = [], []
   for entry in pool_entries(config):
-    builder = builder_for(entry)
+    builder = pipeline.open_dataset(entry)
     d = pipeline.load_split_arrays(builder, split=entry["split"], image_size=size, fit=config.swcl.fit)
     del d["label"]  # Decoded with the record, never used: the pool is unlabelled.
     images.append(d["image"])
@@ -586,5 +577,5 @@ def train(config, workdir: str, *, mesh=None):
   return backbone, variables, summary
 
 
-__all__ = ["Classifier", "builder_for", "label_info", "load", "pool_entries", "read_summary", "source_name",
+__all__ = ["Classifier", "label_info", "load", "pool_entries", "read_summary", "source_name",
            "strong_view", "supervised_loss", "train", "unlabelled_loss", "weak_view"]
