@@ -1,5 +1,6 @@
 """Shared base of the configs/medmnist_<recipe>.py family (not itself a config): the `:<dataset>[,quick]`
 argument and MedMNIST v2's data and encoder settings (28 px, mean/std 0.5, CIFAR-stem ResNet-18)."""
+from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.data import shared
 from tfds_builders.medmnist import DATASETS
@@ -12,7 +13,8 @@ def parse(arg, *, config_file: str):
   names = [p for p in parts if p != "quick"]
   name = names[0] if names else "retinamnist"
   if name not in DATASETS or names[1:]:
-    raise ValueError(f"{config_file}:{arg}: expected '<dataset>[,quick]' with a dataset in {sorted(DATASETS)}")
+    raise config_lib.unknown_variant(arg, ["<dataset>", "<dataset>,quick"], what=f"{config_file} variant",
+                                    rest=f"with <dataset> in {sorted(DATASETS)}")
   if DATASETS[name][0] == "multi-label":
     raise ValueError(f"{name} is multi-label; {config_file} covers the single-label datasets")
   return name, "quick" in parts

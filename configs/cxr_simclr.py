@@ -8,7 +8,9 @@ Command:    python main.py --config=configs/cxr_simclr.py:cpu --workdir=/tmp/cxr
             fraction, and (paper scale) --config.mode=transfer for CheXpert / NIH ChestX-ray14.
 Outputs:    probe_results.md (linear probe vs a random encoder).
 """
-from configs import _cxr
+from medssl_jax import config as config_lib
+
+_cxr = config_lib.sibling(__file__, "_cxr")
 
 
 def get_config(arg=None):

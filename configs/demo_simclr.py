@@ -7,7 +7,9 @@ Data:       synthetic_fundus/64px (built on first use into $TFDS_DATA_DIR or ~/t
             2048 train / 256 validation / 512 test images, 4 lesion classes).
 Expected / wall-clock: see README "Demo" (numbers from this command on 2 CPU cores).
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def get_config(arg=None):

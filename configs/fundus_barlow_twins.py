@@ -13,7 +13,9 @@ Adapted:    lambda stays the paper's 0.0051 (not 1/D): at initialisation the off
             recipe (AdamW 2e-3, cosine) so objectives are compared on equal terms.
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def _quick(c):

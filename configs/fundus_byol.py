@@ -6,7 +6,9 @@ Command:    python main.py --config=configs/fundus_byol.py --workdir=/tmp/fundus
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small, for tests and smoke runs).
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def get_config(arg=None):

@@ -15,8 +15,10 @@ Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small: 2 glob
             32 px crops, head 64-64-32 -> K = 64, teacher temperature warm-up over 12 steps).
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
 from medssl_jax.augment import views
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def multi_crop_views(*, global_size, local_size, global_scale, local_scale, num_local, **kw):

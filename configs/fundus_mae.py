@@ -11,8 +11,10 @@ Command:    python main.py --config=configs/fundus_mae.py --workdir=/tmp/fundus_
 Variants:   `:quick` (40 steps on synthetic_fundus/small, decoder 1 block, for tests and smoke runs).
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
 from medssl_jax.augment import views
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def _view(crop_size, crop_scale=(0.2, 1.0)):

@@ -12,7 +12,9 @@ Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small, for te
             queue of one batch, momentum 0.9, base learning rate 0.1).
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def _quick(c):

@@ -5,5 +5,7 @@ Reproduces: SimCLR (Chen et al. 2020) on synthetic_fundus/64px, probed beside a 
 Command:    python main.py --config=configs/fundus_simclr.py --workdir=/tmp/fundus_simclr
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small).
 """
-from configs.demo_simclr import get_config  # noqa: F401  (one recipe, two names)
+from medssl_jax import config as config_lib
+
+get_config = config_lib.sibling(__file__, "demo_simclr").get_config  # One recipe, two names.
 __all__ = ["get_config"]

@@ -13,7 +13,9 @@ Adapted:    the paper trains with SGD (lr 0.05 x batch/256, momentum 0.9, weight
             one schedule for all parameters.
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def _quick(c):

@@ -12,8 +12,10 @@ Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small: 2 glob
             (0.4, 1), + 2 local 32 px crops, scale (0.05, 0.4); K = 32; for tests and smoke runs).
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
 from medssl_jax.augment import views
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def multi_crop_views(*, global_size, local_size, global_scale, local_scale, num_local, **kw):

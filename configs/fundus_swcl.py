@@ -41,7 +41,7 @@ from medssl_jax import config as config_lib
 from medssl_jax.augment import views
 from medssl_jax.data import shared
 
-from configs import _fundus
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def _views(crop: int, scale=(0.3, 1.0)):

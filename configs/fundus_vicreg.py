@@ -12,7 +12,9 @@ Adapted:    the paper's LARS (base lr 0.2, weight decay 1e-6, batch 2048, 1000 e
             (set objective.vicreg.std_weight = 12.5 to match it).
 Expected / wall-clock: not yet measured as a table.
 """
-from configs import _fundus
+from medssl_jax import config as config_lib
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def _quick(c):

@@ -19,7 +19,9 @@ Wall-clock: see configs/table_medmnist_ssl.py (measured there, per row).
 from medssl_jax.augment import views
 from tfds_builders.medmnist import DATASETS
 
-from configs import _medmnist
+from medssl_jax import config as config_lib
+
+_medmnist = config_lib.sibling(__file__, "_medmnist")
 
 
 def get_config(arg=None):

@@ -19,7 +19,10 @@ import math
 from medssl_jax.augment import views
 from tfds_builders.medmnist import DATASETS
 
-from configs import _medmnist
+from medssl_jax import config as config_lib
+
+_medmnist = config_lib.sibling(__file__, "_medmnist")
+
 
 _EPOCHS, _BATCH = 100, 128
 

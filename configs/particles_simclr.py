@@ -16,10 +16,12 @@ Views:      microscopy crops have no canonical scale or orientation but their st
             k * 90 degree turn, k uniform in {1, 2, 3}), mild colour jitter, no grayscale, light blur,
             no solarize.
 """
-from configs import _fundus
+
 from medssl_jax import config as config_lib
 from medssl_jax.augment import views
 from medssl_jax.data import shared
+
+_fundus = config_lib.sibling(__file__, "_fundus")
 
 
 def _view(size: int, **overrides):

@@ -26,7 +26,8 @@ Table:      docs/tables/pneumonia_curricular_cpu.md (seeds 0-2, with the command
 from medssl_jax import config as config_lib
 from medssl_jax.augment import views
 
-from configs import _medmnist
+_medmnist = config_lib.sibling(__file__, "_medmnist")
+
 
 NAME = "pneumoniamnist"
 # Grayscale scans: brightness / contrast only, never hue / saturation / grayscale.

@@ -15,6 +15,7 @@ Variants:   `cpu`: configs/fundus_swcl.py:cpu, :cpu_pair, :cpu_byol and :cpu_din
 `get_table` returns the table (medssl_jax/tables/segmentation_table.py documents its keys); `get_config`
 returns the SWCL run of the same variant, so this file is also a normal config.
 """
+from medssl_jax import config as config_lib
 
 PUBLISHED = (
     {"method": "U-Net", "source": "Alom et al. 2018 (R2U-Net paper), as listed in ../shared/TARGETS.md",
@@ -27,7 +28,7 @@ PUBLISHED = (
 def get_table(arg=None):
   variant = arg or ""
   if variant not in ("", "cpu", "quick"):
-    raise ValueError(f"Unknown table variant {variant!r}; valid variants: ['cpu', 'quick'] (or none)")
+    raise config_lib.unknown_variant(variant, ["cpu", "quick"], what="table variant", rest="(or none)")
   cfg = "configs/fundus_swcl.py"
   swcl = f"{cfg}:{variant}" if variant else cfg
   runs = {"swcl": swcl}

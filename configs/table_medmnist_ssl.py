@@ -34,7 +34,7 @@ _PUBLISHED = {
 
 def get_table(arg=None):
   if arg and arg not in VARIANTS:
-    raise ValueError(f"Unknown table variant {arg!r}; valid variants: {list(VARIANTS)} (or none for the full table)")
+    raise config_lib.unknown_variant(arg, VARIANTS, what="table variant", rest="(or none for the full table)")
   datasets = {"retina_cpu": ("retinamnist",), "pneumonia_cpu": ("pneumoniamnist",)}.get(arg, _DATASETS)
   quick = ",quick" if arg == "quick" else ""
   t = ml_collections.ConfigDict()

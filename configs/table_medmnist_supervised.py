@@ -23,7 +23,7 @@ VARIANTS = ("quick", "retina_cpu", "pneumonia_cpu")
 
 def get_table(arg=None):
   if arg and arg not in VARIANTS:
-    raise ValueError(f"Unknown table variant {arg!r}; valid variants: {list(VARIANTS)} (or none for the full table)")
+    raise config_lib.unknown_variant(arg, VARIANTS, what="table variant", rest="(or none for the full table)")
   quick = ",quick" if arg == "quick" else ""
   t = ml_collections.ConfigDict()
   t.name = "medmnist_resnet18_28" + (f"_{arg}" if arg else "")

@@ -56,8 +56,8 @@ def get_config(arg=None):
   unknown = [p for p in parts if p not in SOURCES + VARIANTS]
   sources = [p for p in parts if p in SOURCES]
   if unknown or len(sources) > 1:
-    raise ValueError(f"configs/table_ood_cxr.py:{arg}: expected '<source>[,quick]' with source in {list(SOURCES)}, "
-                     f"or a table variant {list(VARIANTS)}")
+    raise config_lib.unknown_variant(arg, [*VARIANTS, "<source>", "<source>,quick"], what="configs/table_ood_cxr.py variant",
+                                    rest=f"with <source> in {list(SOURCES)}")
   source = sources[0] if sources else "pneumoniamnist"
   quick = ",quick" if "quick" in parts else ""
   c = config_lib.load("medmnist_supervised", f"pneumoniamnist{quick}")
@@ -77,7 +77,7 @@ def get_config(arg=None):
 
 def get_table(arg=None):
   if arg and arg not in VARIANTS:
-    raise ValueError(f"Unknown table variant {arg!r}; valid variants: {list(VARIANTS)} (or none for the full table)")
+    raise config_lib.unknown_variant(arg, VARIANTS, what="table variant", rest="(or none for the full table)")
   quick = ",quick" if arg == "quick" else ""
   t = ml_collections.ConfigDict()
   t.name = "ood_cxr" + (f"_{arg}" if arg else "")

@@ -10,10 +10,12 @@ valid choices listed.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
-
 import difflib
+import importlib.util
 import json
+import os
+import pathlib
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -455,33 +457,137 @@ def _check_text(config, num_views: int):
     raise ValueError("config.text.key must name the dataset's report feature (e.g. 'report'), got ''")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Config files: found by path or by the name of a shipped config, loaded as `--config` loads them.
+
+class UnknownVariant(ValueError):
+  """A `--config=file.py:<variant>` the file does not define; `valid` lists what it accepts."""
+  valid: list = []
+
+
+def unknown_variant(variant: str, valid: Sequence[str], *, what: str = "config variant",
+                    rest: str = "") -> UnknownVariant:
+  """The UnknownVariant a config raises for `variant`, naming the valid ones."""
+  e = UnknownVariant(f"Unknown {what} {variant!r}; valid variants: {list(valid)}" + (f" {rest}" if rest else ""))
+  e.valid = list(valid)
+  return e
+
+
 def with_variant(config, arg: str | None, variants: Mapping[str, Callable]) -> ml_collections.ConfigDict:
   """Applies the variant named by `--config=file.py:<arg>` (e.g. "quick") to a config.
 
-  Raises a ValueError listing the valid variants for an unknown name.
+  Raises UnknownVariant listing the valid variants for an unknown name.
   """
   arg = (arg or "").strip()
   if arg:
     if arg not in variants:
-      raise ValueError(f"Unknown config variant {arg!r}; valid variants: {sorted(variants)} "
-                       "(or none for the full run)")
+      raise unknown_variant(arg, sorted(variants), rest="(or none for the full run)")
     variants[arg](config)
   return config
 
 
-def load(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """Loads `get_config(arg)` from a config file (e.g. "configs/demo_simclr.py"), as `--config` does.
+def shipped_config_dir() -> pathlib.Path | None:
+  """The folder of the configs that come with medssl_jax: the installed package's medssl_jax/configs, or the
+  checkout's configs/ beside medssl_jax/."""
+  spec = importlib.util.find_spec("medssl_jax.configs")
+  if spec is not None and spec.submodule_search_locations:
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+  checkout = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  return checkout if (checkout / "demo_simclr.py").is_file() else None
 
-  A bare name like "demo_simclr" is looked up in the repository's configs/ folder.
-  """
-  import importlib.util
-  import os
 
-  if not path.endswith(".py"):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", path + ".py")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"Config file {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+def shipped_configs() -> list[str]:
+  """Names of the shipped configs (files in shipped_config_dir() not starting with '_')."""
+  folder = shipped_config_dir()
+  return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_")) if folder else []
+
+
+def config_path(spec: str) -> str:
+  """The file of a `--config` value without its variant: a path to a .py file, or the name of a shipped config
+  ("demo_simclr" or "demo_simclr.py"). Raises FileNotFoundError in one line naming the choices."""
+  if os.path.isfile(spec):
+    return spec
+  folder = shipped_config_dir()
+  name = os.path.basename(spec)[:-3] if spec.endswith(".py") else spec
+  if folder is not None and "/" not in spec.replace(os.sep, "/").removeprefix("configs/") and \
+      (folder / f"{name}.py").is_file():
+    return str(folder / f"{name}.py")
+  close = difflib.get_close_matches(name, shipped_configs(), n=1)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  raise FileNotFoundError(f"config file {spec!r} does not exist{hint}; give the path of a config file or the name "
+                          f"of a shipped config: {', '.join(shipped_configs())}")
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+  """'file.py:variant' -> ('file.py', 'variant'); 'file.py' -> ('file.py', None)."""
+  path, sep, arg = spec.rpartition(":")
+  if not sep or "/" in arg or arg.endswith(".py"):
+    return spec, None
+  return path, arg
+
+
+def sibling(file: str, name: str):
+  """The module `name` (a shared recipe, e.g. "_fundus", or another config) from the folder of the config file
+  `file` (the caller's __file__), loaded once. Configs use it instead of `import configs...`, so they work from a
+  checkout, an installed package and a copied folder alike."""
+  path = os.path.join(os.path.dirname(os.path.abspath(file)), f"{name}.py")
+  if path not in _SIBLINGS:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{file} uses {name!r}, but {path} does not exist: keep the shared config files "
+                              "(configs/_*.py) beside the configs that use them")
+    module_spec = importlib.util.spec_from_file_location(f"medssl_config_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    _SIBLINGS[path] = module
+    module_spec.loader.exec_module(module)
+  return _SIBLINGS[path]
+
+
+_SIBLINGS: dict = {}
+
+
+def load_module(spec: str):
+  """(module, variant) of a config spec 'path-or-name[:variant]': the config file executed as a module."""
+  path, variant = split_spec(spec)
+  path = config_path(path)
+  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module, variant
+
+
+def load(spec: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config` loads it: `spec` is a path or a shipped config's name,
+  optionally with ':variant' (e.g. "demo_simclr:quick"); `arg` overrides that variant."""
+  module, variant = load_module(spec)
+  return module.get_config(arg if arg is not None else variant)
+
+
+def resolve_config_flag(argv: list[str], flag: str = "config") -> list[str]:
+  """argv with the value of --<flag> made a file path (a shipped config's name becomes its file), for absl's
+  config_flags, which read a path."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith(f"--{flag}="):
+      value = a[len(flag) + 3:]
+    elif a == f"--{flag}" and i + 1 < len(out):
+      value = out[i + 1]
+    else:
+      continue
+    path, variant = split_spec(value)
+    resolved = config_path(path) + (f":{variant}" if variant is not None else "")
+    if a == f"--{flag}":
+      out[i + 1] = resolved
+    else:
+      out[i] = f"--{flag}=" + resolved
+  return out
+
+
+def variants_of(path: str) -> list[str] | None:
+  """The variants a config file accepts (UnknownVariant.valid of a name it cannot know); None when it accepts any."""
+  try:
+    load(path, "\x00")
+  except UnknownVariant as e:
+    return e.valid
+  except Exception:  # A config that cannot load here (e.g. its data is absent) lists no variants.
+    return None
+  return None

@@ -52,7 +52,8 @@ def test_main_quick_demo(tfds_dir, tmp_path):
   # A different config in the same workdir is refused and nothing is overwritten.
   saved = (tmp_path / "config.json").read_text()
   bad = subprocess.run(cmd + ["--config.seed=3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert bad.returncode != 0 and "different config" in bad.stderr and "seed" in bad.stderr
+  assert bad.returncode == 2 and "different config" in bad.stderr and "seed" in bad.stderr
+  assert "Traceback" not in bad.stderr and bad.stderr.strip().splitlines()[-1].startswith("FATAL: workdir")
   assert (tmp_path / "config.json").read_text() == saved
 
 

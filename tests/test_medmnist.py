@@ -52,8 +52,9 @@ def test_dummy_grayscale_and_multilabel(tmp_path):
 def test_bad_inputs_name_the_file_and_leave_nothing(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()
-  with pytest.raises(AssertionError, match=r"(?s)manual does not exist or is empty.*retinamnist_64.npz"):
-    build(tmp_path, "breastmnist", manual)  # TFDS's own check, with our download instructions.
+  with pytest.raises(FileNotFoundError, match=r"medmnist/breastmnist: the official files are not in .*manual .*MedMNIST"
+                     r"\.MANUAL_DOWNLOAD_INSTRUCTIONS.*--config.data.manual_dir=<folder>"):
+    build(tmp_path, "breastmnist", manual)  # TFDS's own check, in one line with where to read the instructions.
   write_npz(manual / "dermamnist.npz")
   with pytest.raises(FileNotFoundError, match=r"manual/breastmnist.npz \(config 'breastmnist'\)"):
     build(tmp_path, "breastmnist", manual)

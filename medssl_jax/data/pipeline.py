@@ -109,7 +109,17 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
     print(f'Building {builder.name}/{builder.builder_config.name if builder.builder_config else ""}'
           f' ({_FILE_FORMAT}) into {builder.data_dir} ...', flush=True)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=download_config)
+    try:
+      builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=download_config)
+    except AssertionError as e:  # TFDS's check of the manual dir: a page of instructions, no word of the config key.
+      if not str(e).startswith('Manual directory'):
+        raise
+      folder = str(e).split(' does not exist', 1)[0].removeprefix('Manual directory ')
+      raise FileNotFoundError(
+          f'{name}{"/" + config if config else ""}: the official files are not in {folder} (it does not exist or is '
+          f'empty). Download them as `python -c "from {cls.__module__.rsplit(".", 1)[0]} import {cls.__name__}; '
+          f'print({cls.__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS)"` says, then name their folder in the config entry '
+          'of this dataset, e.g. --config.data.manual_dir=<folder>') from None
   return builder
 
 

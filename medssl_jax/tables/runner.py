@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -57,7 +56,6 @@ from medssl_jax.tables import ood_matrix
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import provenance
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description", "subset_seed_from_seed")
 PUBLISHED_KEYS = ("dataset", "method", "source", "accuracy", "auroc", "protocol", "labels", "note")
 # Keys the runner sets itself (mode), or that say where data lives or how often to log: they never
@@ -78,14 +76,10 @@ CSV_COLUMNS = ("source", "table", "row", "dataset", "objective", "encoder", "pro
 # Table config: loading and validation.
 
 def load_table(spec: str) -> ml_collections.ConfigDict:
-  """`get_table(arg)` of a table config file 'path[:arg]' (path relative to the cwd or the repo root)."""
-  path, _, arg = spec.partition(":")
-  path = _resolve_path(path)
-  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  """`get_table(arg)` of a table config 'path-or-name[:arg]' (a path, or the name of a shipped config)."""
+  module, arg = config_lib.load_module(spec)
   if not hasattr(module, "get_table"):
-    raise ValueError(f"{path} has no get_table(); a table config defines get_table(arg=None) returning the "
+    raise ValueError(f"{module.__file__} has no get_table(); a table config defines get_table(arg=None) returning the "
                      "table (see medssl_jax/tables/runner.py) and get_config(arg=None) returning its base config")
   return module.get_table(arg or None)
 
@@ -96,19 +90,8 @@ def base_config(table) -> ml_collections.ConfigDict:
   return _load_config(bases if isinstance(bases, str) else bases[0])
 
 
-def _resolve_path(path: str) -> str:
-  if not path.endswith(".py"):
-    raise ValueError(f"config path {path!r} must name a .py file")
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(REPO_ROOT, path)  # Table configs name configs relative to the repo root.
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist")
-  return path
-
-
 def _load_config(spec: str) -> ml_collections.ConfigDict:
-  path, _, arg = spec.partition(":")
-  return config_lib.load(_resolve_path(path), arg or None)
+  return config_lib.load(spec)
 
 
 def _is_section(value) -> bool:
@@ -699,6 +682,10 @@ def _define_flags():
 def _parse_flags(argv):
   """absl's flag parsing, with a renamed key in a `--table.a.b=v` override reported in one line naming its new key."""
   from absl import app
+  try:
+    argv = config_lib.resolve_config_flag(argv, flag="table")
+  except FileNotFoundError as e:
+    sys.exit(f"FATAL: {e}")
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError, TypeError, ValueError):

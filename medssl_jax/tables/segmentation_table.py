@@ -14,7 +14,6 @@ Rows report mean ± std over the run's config.segmentation.seeds.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -33,12 +32,7 @@ TABLE_KEYS = ("name", "description", "runs", "rows", "published")
 
 def load_table(spec: str) -> dict:
   """The table dict of 'configs/<file>.py[:arg]', validated (unknown keys, rows naming unknown runs)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"table file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module, arg = config_lib.load_module(spec)
   table = dict(module.get_table(arg or None))
   unknown = sorted(set(table) - set(TABLE_KEYS))
   if unknown or not table.get("name") or not table.get("runs") or not table.get("rows"):
@@ -48,9 +42,8 @@ def load_table(spec: str) -> dict:
     if set(row) != {"label", "run", "encoder"} or row["run"] not in table["runs"]:
       raise ValueError(f"table {spec!r}: rows[{i}]={row!r} needs keys label, run (one of {sorted(table['runs'])}) "
                        "and encoder")
-  for name, cfg in table["runs"].items():
-    file, _, variant = cfg.partition(":")
-    config_lib.load(file, variant or None)  # Fails now, not an hour in, on a typo.
+  for cfg in table["runs"].values():
+    config_lib.load(cfg)  # Fails now, not an hour in, on a typo.
   return table
 
 
@@ -61,8 +54,7 @@ def run_table(table: dict, *, workdir: str) -> list[dict]:
   for i, (name, spec) in enumerate(table["runs"].items()):
     rdir = os.path.join(workdir, name)
     path = os.path.join(rdir, "segmentation", "results.json")
-    file, _, variant = spec.partition(":")
-    config = config_lib.load(file, variant or None)
+    config = config_lib.load(spec)
     print(f"\n#### run {i + 1}/{len(table['runs'])}: {name} ({spec}) in {rdir}", flush=True)
     t0 = time.perf_counter()
     out = experiment.run(config, rdir)

@@ -1,0 +1,112 @@
+"""The command line: `medssl --config=<config>[:variant] --workdir=DIR [--config.a.b=value ...]`.
+
+The same command is `python -m medssl_jax ...` and, in a checkout, `python main.py ...`. `<config>` is the path of
+a config file or the name of a shipped config (`medssl --help` lists them with their variants, and the modes).
+What runs is chosen by `config.mode`, looked up in the mode registry (medssl_jax/experiment.py). A user error
+(a bad key, value, config name or override) prints one line starting with FATAL and exits with status 2.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+import medssl_jax  # noqa: F401  First: sets the XLA:CPU flags before jax starts (medssl_jax/xla_cpu.py).
+import jax  # noqa: E402  After medssl_jax, whose import sets the XLA:CPU flags.
+from medssl_jax import config as config_lib
+from medssl_jax import experiment
+from medssl_jax.train import distributed
+from medssl_jax.train import guard
+
+USER_ERROR = 2  # Exit status of a user error (as argparse and absl use for bad usage).
+# Exceptions whose message is meant for the user (the code raises them for bad input, naming what to change).
+USER_ERRORS = (ValueError, OSError)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config: the path of a config file or the name of a shipped config, with an optional "
+    "':variant' (e.g. demo_simclr:quick); `--help` lists them. config.mode chooses what runs.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def fatal(message: str):
+  """Exits with one line and USER_ERROR."""
+  print(f"FATAL: {message}", file=sys.stderr, flush=True)
+  sys.exit(USER_ERROR)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # orbax and TFDS log every checkpoint and shard at INFO; keep the progress lines readable.
+    logging.set_verbosity(logging.WARNING)
+  if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins when set.
+    # A persistent compile cache makes the second run of a config start in seconds.
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
+  distributed.initialize(_CONFIG.value)  # Before anything touches a device (multi-host runs only).
+  try:
+    experiment.validate(_CONFIG.value)
+  except ValueError as e:  # A bad or renamed key in the config file: one line, as for a bad override.
+    fatal(str(e))
+  try:
+    experiment.run(_CONFIG.value, _WORKDIR.value)
+  except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.
+    fatal(str(e))
+  except USER_ERRORS as e:
+    # Bad input met at run time (a workdir holding another run, missing dataset files, ...): the message names
+    # the file, key or value and what to do. --verbosity=1 (or MEDSSL_TRACEBACK=1) shows where it was raised.
+    if flags.FLAGS["verbosity"].present or os.environ.get("MEDSSL_TRACEBACK"):
+      raise
+    fatal(" ".join(str(e).split()) + "  (--verbosity=1 shows the traceback)")
+
+
+def usage() -> str:
+  """What `--help` prints before the flags: the command, the shipped configs with their variants, the modes."""
+  lines = ["usage: medssl --config=<config>[:variant] --workdir=DIR [--config.<section>.<key>=<value> ...]", "",
+           f"Shipped configs ({config_lib.shipped_config_dir()}), with the variants each accepts:"]
+  names = config_lib.shipped_configs()
+  tables = [n for n in names if n.startswith("table_")]
+  for name in [n for n in names if n not in tables] + tables:
+    if tables and name == tables[0]:
+      lines += ["", "Tables (python -m medssl_jax.tables.runner --table=<table>[:variant] --workdir=DIR):"]
+    variants = config_lib.variants_of(name)
+    lines.append(f"  {name:28s} " + (", ".join(f":{v}" for v in variants) if variants else ""))
+  lines += ["", "Modes (config.mode): " + ", ".join(sorted(experiment.MODES)), "",
+            "Any config key can be overridden, e.g. --config.train.num_steps=100 --config.mode=linear_eval.", ""]
+  return "\n".join(lines)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad config name or `--config.a.b=v` override reported in one line."""
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+    print(usage() + "\nFlags:\n" + flags.FLAGS.module_help(__name__) + "\n\n--helpfull lists every flag.")
+    sys.exit(0)
+  try:
+    argv = config_lib.resolve_config_flag(argv)
+    for a in argv[1:]:
+      if a.startswith("--config="):  # Loaded here too, so a bad variant or value is one line, not absl's traceback.
+        config_lib.load(a[len("--config="):])
+  except (FileNotFoundError, ValueError) as e:
+    fatal(str(e))
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = re.sub(r"\s+", " ", str(e).replace("\\n", " ").replace("\\'", "'")).strip()
+    if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+      message = message[1:-1]  # KeyError's repr quotes.
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    if isinstance(e, config_lib.UnknownVariant) or not overrides:
+      fatal(message)
+    renamed = config_lib.renamed_in_args(argv[1:])  # absl's message names the old key's section, not the new key.
+    fatal(f"could not apply the config override(s) {overrides}: {'; '.join(renamed) or message}")
+
+
+def run():
+  """The `medssl` console script."""
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,68 @@
+"""The package as pip installs it: a wheel built from the checkout, installed into a folder of its own, run from a
+directory outside the checkout (the checkout is not on sys.path)."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+import jax
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+  """(wheel path, folder the wheel is installed into)."""
+  src, out, target = (tmp_path_factory.mktemp(n) for n in ("src", "wheel", "site"))
+  for name in ("pyproject.toml", "setup.py", "README.md"):
+    shutil.copy(ROOT / name, src / name)
+  for name in ("medssl_jax", "tfds_builders", "configs"):
+    shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+  subprocess.run(pip + ["wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(out)], check=True,
+                 capture_output=True, timeout=300)
+  wheel = next(out.glob("medssl_jax-*.whl"))
+  subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True,
+                 timeout=300)
+  return wheel, target
+
+
+def test_wheel_contents(installed):
+  wheel, _ = installed
+  names = zipfile.ZipFile(wheel).namelist()
+  tops = {n.split("/")[0] for n in names}
+  assert tops == {"medssl_jax", "tfds_builders", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
+  shipped = {pathlib.Path(n).name for n in names if n.startswith("medssl_jax/configs/")}
+  assert shipped == {p.name for p in (ROOT / "configs").glob("*.py")}  # Every config, no generic top-level name.
+  entry = next(n for n in names if n.endswith("entry_points.txt"))
+  assert "medssl = medssl_jax.cli:run" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_core_dependencies_leave_out_torch_tests_and_notebooks():
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  core = " ".join(project["dependencies"]).lower()
+  for heavy in ("torch", "pytest", "nbclient", "ipykernel", "jupyter", "tensorflow "):
+    assert heavy not in core, heavy
+  assert {"torch", "datasets", "notebooks", "test", "cuda12", "tpu"} <= set(project["optional-dependencies"])
+
+
+def test_runs_outside_the_checkout(installed, fundus_small_dir, tmp_path):
+  _, site = installed
+  env = dict(os.environ, PYTHONPATH=str(site), TFDS_DATA_DIR=str(fundus_small_dir),
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True,
+                                     text=True, timeout=600)
+  where = run("medssl_jax", "--help")
+  assert where.returncode == 0, where.stderr[-2000:]
+  assert f"Shipped configs ({site / 'medssl_jax' / 'configs'})" in where.stdout
+  out = run("medssl_jax", "--config=demo_simclr:quick", "--config.mode=pretrain", "--config.train.num_steps=2",
+            "--config.train.checkpoint_every=2", f"--workdir={tmp_path / 'wd'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "step 2/2" in out.stdout and (tmp_path / "wd" / "checkpoints" / "2").is_dir()
+  # A table config by name, from the installed package.
+  tables = run("medssl_jax.tables.runner", "--table=table_fundus_quik", f"--workdir={tmp_path / 't'}")
+  assert tables.returncode != 0 and "did you mean" in tables.stderr and "table_fundus_quick" in tables.stderr
