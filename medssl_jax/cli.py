@@ -8,8 +8,10 @@ What runs is chosen by `config.mode`, looked up in the mode registry (medssl_jax
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -54,6 +56,7 @@ def main(argv):
     experiment.validate(_CONFIG.value)
   except ValueError as e:  # A bad or renamed key in the config file: one line, as for a bad override.
     fatal(str(e))
+  started = time.time()
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value)
   except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.
@@ -64,6 +67,20 @@ def main(argv):
     if flags.FLAGS["verbosity"].present or os.environ.get("MEDSSL_TRACEBACK"):
       raise
     fatal(" ".join(str(e).split()) + "  (--verbosity=1 shows the traceback)")
+  if jax.process_index() == 0:
+    print(where_results_are(_WORKDIR.value, since=started), flush=True)
+
+
+def where_results_are(workdir: str, *, since: float) -> str:
+  """The closing lines of a run: the result tables it wrote (Markdown files under the workdir changed since
+  `since`) and the TensorBoard command."""
+  root = pathlib.Path(workdir)
+  tables = sorted(str(p.relative_to(root)) for p in root.rglob("*.md")
+                  if p.stat().st_mtime >= since - 1 and p.relative_to(root).parts[0] not in ("checkpoints", "tb"))
+  lines = [f"done: {root}" + (f"; results: {', '.join(tables)}" if tables else "")]
+  if (root / "tb").is_dir():
+    lines.append(f"TensorBoard: tensorboard --logdir {root / 'tb'}")
+  return "\n".join(lines)
 
 
 def usage() -> str:

@@ -45,3 +45,23 @@ def fundus_small_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("tfds_fundus_small")
   pipeline.get_builder("synthetic_fundus", data_dir=str(d), config="small")
   return d
+
+
+@pytest.fixture(scope="session")
+def installed_package(tmp_path_factory):
+  """(wheel, folder it is installed into): medssl_jax as pip builds and installs it from this checkout, for runs
+  outside the checkout with PYTHONPATH=<folder> (tests/test_packaging.py, tests/test_colabs.py)."""
+  import shutil
+  import subprocess
+  src, out, site = (tmp_path_factory.mktemp(n) for n in ("package_src", "wheel", "site"))
+  for name in ("pyproject.toml", "setup.py", "README.md"):
+    shutil.copy(ROOT / name, src / name)
+  for name in ("medssl_jax", "tfds_builders", "configs"):
+    shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+  subprocess.run(pip + ["wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(out)], check=True,
+                 capture_output=True, timeout=300)
+  wheel = next(out.glob("medssl_jax-*.whl"))
+  subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True,
+                 timeout=300)
+  return wheel, site

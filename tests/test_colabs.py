@@ -1,6 +1,7 @@
 """Executes every notebook in colabs/ top to bottom in a fresh kernel, as CI's notebook check.
 
-Each notebook runs with the repository root as the working directory, its data (TFDS_DATA_DIR) and workdir
+Each notebook runs as Colab would run it: in a directory outside the checkout, with medssl_jax installed from a
+wheel built from the checkout (PYTHONPATH=<the installed folder>), its data (TFDS_DATA_DIR) and workdir
 (MEDSSL_COLAB_DIR) under the test's tmp_path, and the suite's XLA compilation cache; a notebook must be stored
 without outputs, start with a setup cell and say in its markdown what it shows or reproduces. Notebooks are
 discovered by glob, so a new one is picked up without touching this file.
@@ -39,8 +40,8 @@ def test_notebook_is_clean_and_documented(path):
                   if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
   assert not with_outputs, f"{path.name}: clear the outputs of cells {with_outputs} before committing"
   code = [_source(c) for c in cells if c["cell_type"] == "code"]
-  assert code and "REPO_URL" in code[0] and "TFDS_DATA_DIR" in code[0], (
-      f"{path.name}: the first code cell must be the setup cell (REPO_URL, TFDS_DATA_DIR)")
+  assert code and "PACKAGE" in code[0] and "TFDS_DATA_DIR" in code[0] and "sys.path" not in code[0], (
+      f"{path.name}: the first code cell must be the setup cell (PACKAGE installed with pip, TFDS_DATA_DIR)")
   markdown = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
   assert markdown.lstrip().startswith("# "), f"{path.name}: the first markdown cell must be a '# title'"
   assert "what this shows" in markdown.lower() or "reproduces" in markdown.lower(), (
@@ -48,7 +49,7 @@ def test_notebook_is_clean_and_documented(path):
   assert "runtime" in markdown.lower(), f"{path.name}: the markdown must state the runtime"
 
 
-def _kernel_env(tmp_path, tfds_dir) -> dict:
+def _kernel_env(tmp_path, tfds_dir, site) -> dict:
   env = dict(os.environ)
   # One CPU device, as in Colab (the suite simulates 8 for the sharding tests; not needed here).
   flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f)
@@ -61,19 +62,21 @@ def _kernel_env(tmp_path, tfds_dir) -> dict:
   env.update(TFDS_DATA_DIR=str(tfds_dir), MEDSSL_COLAB_DIR=str(tmp_path / "colab"),
              JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]))
+             PYTHONPATH=str(site),  # The installed wheel, not the checkout.
+             MEDSSL_DOCS=str(ROOT / "docs"))  # As a user who points a notebook at a clone's docs/.
   return env
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, tmp_path, fundus_small_dir, monkeypatch):
-  """Every cell runs without an error in a fresh kernel (data: the suite's synthetic_fundus/small build)."""
+def test_notebook_runs(path, tmp_path, fundus_small_dir, installed_package, monkeypatch):
+  """Every cell runs without an error in a fresh kernel, as in Colab: in a directory outside the checkout, with
+  medssl_jax installed from a wheel built from it (data: the suite's synthetic_fundus/small build)."""
   nbclient = pytest.importorskip("nbclient", reason="notebook runner packages (nbclient, nbformat, ipykernel) "
                                  "are not installed; pip install -r requirements.txt")
   nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
   pytest.importorskip("ipykernel", reason="ipykernel is not installed (the notebooks' kernel)")
   nb = nbformat.read(str(path), as_version=4)
-  env = _kernel_env(tmp_path, fundus_small_dir)
+  env = _kernel_env(tmp_path, fundus_small_dir, installed_package[1])
   for k in ("XLA_FLAGS", "MPLBACKEND"):  # The kernel inherits this process's environment.
     if k not in env:
       monkeypatch.delenv(k, raising=False)
@@ -82,7 +85,7 @@ def test_notebook_runs(path, tmp_path, fundus_small_dir, monkeypatch):
       monkeypatch.setenv(k, v)
   before = _repo_files()
   client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                   resources={"metadata": {"path": str(ROOT)}})
+                                   resources={"metadata": {"path": str(tmp_path)}})
   try:
     client.execute()
   except nbclient.exceptions.CellExecutionError as e:

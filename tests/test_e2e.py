@@ -26,6 +26,21 @@ def tfds_dir(tmp_path_factory):
   return d
 
 
+def _tensorboard_scalars(folder) -> dict:
+  """{tag: last value} of the scalar summaries in a folder's event files (TFRecord framing read by hand)."""
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      n = int.from_bytes(data[i:i + 8], "little")
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out[v.tag] = v.simple_value
+  return out
+
+
 def test_main_quick_demo(tfds_dir, tmp_path):
   env = dict(os.environ, TFDS_DATA_DIR=str(tfds_dir), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
   cmd = [sys.executable, "main.py", "--config=configs/demo_simclr.py:quick", f"--workdir={tmp_path}"]
@@ -38,6 +53,11 @@ def test_main_quick_demo(tfds_dir, tmp_path):
   assert (tmp_path / "config.json").exists() and (tmp_path / "probe_results.md").exists()
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]
   assert any((tmp_path / "tb").iterdir())
+  # The run says where its results are; the probe's scalars are in TensorBoard beside the training curves.
+  assert "results: probe_results.md" in out.stdout and f"tensorboard --logdir {tmp_path / 'tb'}" in out.stdout
+  probe_scalars = _tensorboard_scalars(tmp_path / "tb" / "probe_results")
+  assert probe_scalars["simclr_pretrained/auroc"] == pytest.approx(results["simclr (pretrained)"]["auroc"])
+  assert probe_scalars["random_init/accuracy"] == pytest.approx(results["random init"]["accuracy"])
   logs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in logs] == [10, 20, 30, 40]
   # The contrastive loss goes down and positives are found more often than by chance (1/31).

@@ -1,8 +1,7 @@
-"""The package as pip installs it: a wheel built from the checkout, installed into a folder of its own, run from a
-directory outside the checkout (the checkout is not on sys.path)."""
+"""The package as pip installs it: a wheel built from the checkout, installed into a folder of its own (the
+`installed_package` fixture, tests/conftest.py), run from a directory outside the checkout (not on sys.path)."""
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -14,25 +13,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-  """(wheel path, folder the wheel is installed into)."""
-  src, out, target = (tmp_path_factory.mktemp(n) for n in ("src", "wheel", "site"))
-  for name in ("pyproject.toml", "setup.py", "README.md"):
-    shutil.copy(ROOT / name, src / name)
-  for name in ("medssl_jax", "tfds_builders", "configs"):
-    shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-  subprocess.run(pip + ["wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(out)], check=True,
-                 capture_output=True, timeout=300)
-  wheel = next(out.glob("medssl_jax-*.whl"))
-  subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True,
-                 timeout=300)
-  return wheel, target
-
-
-def test_wheel_contents(installed):
-  wheel, _ = installed
+def test_wheel_contents(installed_package):
+  wheel, _ = installed_package
   names = zipfile.ZipFile(wheel).namelist()
   tops = {n.split("/")[0] for n in names}
   assert tops == {"medssl_jax", "tfds_builders", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
@@ -50,8 +32,8 @@ def test_core_dependencies_leave_out_torch_tests_and_notebooks():
   assert {"torch", "datasets", "notebooks", "test", "cuda12", "tpu"} <= set(project["optional-dependencies"])
 
 
-def test_runs_outside_the_checkout(installed, fundus_small_dir, tmp_path):
-  _, site = installed
+def test_runs_outside_the_checkout(installed_package, fundus_small_dir, tmp_path):
+  _, site = installed_package
   env = dict(os.environ, PYTHONPATH=str(site), TFDS_DATA_DIR=str(fundus_small_dir),
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
   run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True,

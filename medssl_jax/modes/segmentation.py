@@ -23,6 +23,7 @@ from medssl_jax.evals import results as results_lib
 from medssl_jax.evals import segmentation_metrics
 from medssl_jax.evals import segmentation as segmentation_lib
 from medssl_jax.protocols import encoders as encoders_lib
+from medssl_jax.train import reporting
 
 
 def segmentation_section() -> ml_collections.ConfigDict:
@@ -289,6 +290,9 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   # Encoders of earlier calls that this one did not ask for stay in the file (not in the table).
   results_lib.write_json(path, {**results, "encoders": {**previous, **results["encoders"]}}, indent=1, default=float)
   results_lib.write_text(os.path.join(out_dir, "results.md"), _markdown(results))
+  if jax.process_index() == 0:
+    means = {name: enc.get("mean", {}) for name, enc in results["encoders"].items()}  # Mean over seeds.
+    reporting.write_eval_scalars(str(workdir), "segmentation", means, step=config.train.num_steps)
   print(_markdown(results), flush=True)
   return results
 

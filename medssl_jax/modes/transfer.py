@@ -96,7 +96,7 @@ def transfer(config, workdir: str, *, mesh=None) -> dict:
     results = dict(done, **probe_lib.probe(cfg, todo, builder=builder, mesh=mesh, workdir=tdir))
     table = probe_lib.format_table(results, config=cfg)
     print("\n" + table + "\n", flush=True)
-    probe_lib.write_results(tdir, results, table, probe_lib.results_name(cfg))
+    probe_lib.write_results(tdir, results, table, probe_lib.results_name(cfg), step=cfg.train.num_steps)
     out[target["name"]] = results
   return out
 

@@ -24,6 +24,7 @@ from medssl_jax.evals import representation
 from medssl_jax.evals import results as results_lib
 from medssl_jax.protocols import encoders as encoders_lib
 from medssl_jax.protocols import ood as ood_protocol
+from medssl_jax.train import reporting
 
 
 def check(config):
@@ -339,11 +340,12 @@ def results_name(config) -> str:
   return name
 
 
-def write_results(workdir, results, table, name="probe_results"):
-  """<workdir>/<name>.json and .md (process 0 only)."""
+def write_results(workdir, results, table, name="probe_results", *, step: int = 0):
+  """<workdir>/<name>.json and .md, and the scalars in TensorBoard (<workdir>/tb/<name>, at `step`; process 0 only)."""
   if jax.process_index() != 0:
     return
   results_lib.write_results(workdir, name, results, table)
+  reporting.write_eval_scalars(workdir, name, results, step=step)
 
 
 def probe_and_write(config, encoders: dict, *, builder, workdir: str, mesh=None) -> dict:
@@ -351,7 +353,7 @@ def probe_and_write(config, encoders: dict, *, builder, workdir: str, mesh=None)
   results = probe(config, encoders, builder=builder, mesh=mesh, workdir=workdir)
   table = format_table(results, config=config)
   print("\n" + table + "\n", flush=True)
-  write_results(workdir, results, table, results_name(config))
+  write_results(workdir, results, table, results_name(config), step=config.train.num_steps)
   return results
 
 

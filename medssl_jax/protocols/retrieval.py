@@ -10,6 +10,7 @@ from medssl_jax.data import pipeline
 from medssl_jax.evals import representation
 from medssl_jax.evals import results as results_lib
 from medssl_jax.evals import retrieval as retrieval_lib
+from medssl_jax.train import reporting
 
 
 def evaluate(config, encoders: dict, *, builder, tokenizer, workdir: str, mesh=None) -> dict:
@@ -31,5 +32,6 @@ def evaluate(config, encoders: dict, *, builder, tokenizer, workdir: str, mesh=N
   table = retrieval_lib.format_table(results, split=d.test_split)
   if jax.process_index() == 0:
     results_lib.write_results(workdir, "retrieval", results, table)
+    reporting.write_eval_scalars(workdir, "retrieval", results, step=config.train.num_steps)
   print("\n" + table + "\n", flush=True)
   return results

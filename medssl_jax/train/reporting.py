@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -69,6 +70,26 @@ class ScalarWriter:
     if self._enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def tag(name: str) -> str:
+  """A TensorBoard tag part: runs of other characters become one "_"."""
+  return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(name)).strip("_")
+
+
+def write_eval_scalars(workdir: str, name: str, results: dict, *, step: int):
+  """The scalar metrics of an evaluation ({encoder: {metric: value}}) as TensorBoard scalars '<encoder>/<metric>' in
+  <workdir>/tb/<name>, beside the training curves (process 0 only; nested and non-finite values are left out).
+  TensorBoard tags hold letters, digits and _ . - /: "simclr (pretrained)" becomes "simclr_pretrained"."""
+  if jax.process_index() != 0:
+    return
+  from tensorboardX import SummaryWriter  # Imported lazily, as in ScalarWriter.
+  writer = SummaryWriter(os.path.join(workdir, "tb", name))
+  for encoder, metrics in results.items():
+    for k, v in (metrics.items() if isinstance(metrics, dict) else ()):
+      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and np.isfinite(v):
+        writer.add_scalar(f"{tag(encoder)}/{tag(k)}", float(v), int(step))
+  writer.close()
 
 
 def format_duration(seconds: float) -> str:
