@@ -249,6 +249,9 @@ def text_section() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.key = "report"                 # Text feature of the dataset (e.g. "report", "impression").
   c.vocab_size = 2000              # Tokenizer vocabulary size (at most; fewer if the corpus is small).
+  # A vocabulary to use instead of training one: a BERT vocab.txt (e.g. a clinical BERT's) or a tokenizers
+  # tokenizer.json; vocab_size must then be at least its size.
+  c.vocab_file = ""
   c.min_frequency = 2              # WordPiece merges need at least this many occurrences.
   c.max_length = 64                # Tokens per report incl. [CLS] / [SEP]; longer reports are truncated.
   # Train on one sentence of each report, drawn anew every epoch (ConVIRT's text view) instead of the whole
@@ -455,6 +458,9 @@ def _check_text(config, num_views: int):
     raise ValueError(f"config.text.width={t.width} must be divisible by config.text.heads={t.heads}")
   if not t.key:
     raise ValueError("config.text.key must name the dataset's report feature (e.g. 'report'), got ''")
+  if t.vocab_file and not os.path.isfile(t.vocab_file):
+    raise ValueError(f"config.text.vocab_file={t.vocab_file!r} does not exist; give a BERT vocab.txt or a tokenizers "
+                     "tokenizer.json, or '' to train a vocabulary on the reports")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -243,6 +243,22 @@ def test_workdir_tokenizer_is_trained_once_and_checked(builder, tmp_path):
     pretrain_lib.report_tokenizer(wrong, builder, str(tmp_path / "other"))
 
 
+def test_a_bert_vocabulary_instead_of_training(builder, tok, tmp_path):
+  """config.text.vocab_file: a BERT vocab.txt becomes the workdir's tokenizer.json (kept for resume / evaluation)."""
+  (tmp_path / "vocab.txt").write_text("\n".join(tok.vocab) + "\n")  # The trained vocabulary, as BERT writes one.
+  config = _config("clip")
+  config.text.vocab_file = str(tmp_path / "vocab.txt")
+  experiment.validate(config)
+  loaded = pretrain_lib.report_tokenizer(config, builder, str(tmp_path / "wd"))
+  assert loaded.vocab == tok.vocab and (tmp_path / "wd" / "tokenizer.json").exists()
+  assert tokenizer_lib.Tokenizer.load(tmp_path / "wd" / "tokenizer.json") == loaded
+  assert loaded.encode("No pleural effusion.", max_length=8)[0].tolist()[:3] == [
+      loaded.cls_id, *(loaded.token_to_id[t] for t in ("no", "pleural"))]
+  config.text.vocab_file = str(tmp_path / "missing.txt")
+  with pytest.raises(ValueError, match="config.text.vocab_file=.*missing.txt' does not exist"):
+    experiment.validate(config)
+
+
 def test_config_errors_name_the_key():
   c = config_lib.load("cxr_clip", "quick")
   c.augment.views = [c.augment.views[0]] * 2

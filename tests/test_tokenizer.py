@@ -1,8 +1,10 @@
-"""Tests for the locally trained WordPiece tokenizer (medssl_jax.text)."""
+"""Tests for the WordPiece tokenizer (medssl_jax.text): trained locally, saved and read as the Hugging Face
+`tokenizers` library writes it, and BERT vocab.txt files."""
 import json
 
 import numpy as np
 import pytest
+import tokenizers
 
 from medssl_jax.data import synthetic_cxr
 from medssl_jax.text import SPECIAL_TOKENS, Tokenizer, pre_tokenize, train_tokenizer
@@ -167,3 +169,41 @@ def test_matches_a_naive_trainer_on_random_words(min_frequency):
   texts = [' '.join(rng.choice(words, 8)) for _ in range(40)]
   assert train_tokenizer(texts, vocab_size=120, min_frequency=min_frequency).vocab == _naive_train(
       texts, 120, min_frequency)
+
+
+def test_saved_file_is_a_standard_tokenizer_json(tok, reports, tmp_path):
+  """What save() writes is the library's own format: tokenizers.Tokenizer.from_file reads it and splits alike."""
+  tok.save(tmp_path / 'tokenizer.json')
+  hf = tokenizers.Tokenizer.from_file(str(tmp_path / 'tokenizer.json'))
+  for text in reports[:20] + ['Effusiön, 2.5 cm (left).']:
+    ids, mask = tok.encode(text, max_length=128)
+    assert hf.encode(text, add_special_tokens=False).ids == ids[mask].tolist()[1:-1]
+  assert hf.token_to_id('[PAD]') == 0 and hf.get_vocab_size() == tok.vocab_size
+
+
+def test_bert_vocab_txt(tmp_path):
+  """A BERT vocab.txt (special tokens where BERT puts them, not first) with BERT's lowercasing, accent stripping
+  and punctuation splitting; ids are the file's line numbers."""
+  vocab = ['[PAD]', '[unused0]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'the', 'heart', 'is', 'en', '##larg', '##ed', '.',
+           '2', '##5']
+  (tmp_path / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+  t = Tokenizer.load(tmp_path / 'vocab.txt')
+  assert (t.pad_id, t.unk_id, t.cls_id, t.sep_id, t.mask_id) == (0, 2, 3, 4, 5) and t.vocab_size == len(vocab)
+  ids, mask = t.encode('The HEART is Enlarged.', max_length=12)
+  assert ids.tolist() == [3, 6, 7, 8, 9, 10, 11, 12, 4, 0, 0, 0] and mask.sum() == 9
+  assert t.tokenize('2.5 thé') == ['2', '.', '[UNK]', 'the']  # BERT splits numbers at '.'; 'é' loses its accent.
+  assert t.decode(ids) == 'the heart is enlarged.'
+  (tmp_path / 'no_specials.txt').write_text('the\nheart\n')
+  with pytest.raises(ValueError, match=r"no_specials.txt: the vocabulary lacks the special token\(s\) \['\[PAD\]'"):
+    Tokenizer.load(tmp_path / 'no_specials.txt')
+
+
+def test_older_vocabulary_files_still_load(tok, reports, tmp_path):
+  """Workdirs written before the tokenizers library hold {"format": "medssl_jax.wordpiece", "vocab": [...]}: they
+  load to the same tokenizer, so resumed and evaluated runs encode their reports exactly as when trained."""
+  (tmp_path / 'old.json').write_text(json.dumps({'format': 'medssl_jax.wordpiece', 'version': 1, 'lowercase': True,
+                                                 'max_chars_per_word': 100, 'vocab': list(tok.vocab)}))
+  old = Tokenizer.load(tmp_path / 'old.json')
+  assert old == tok
+  np.testing.assert_array_equal(old.encode_batch(reports[:10], max_length=64)[0],
+                                tok.encode_batch(reports[:10], max_length=64)[0])

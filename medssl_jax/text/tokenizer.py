@@ -1,11 +1,15 @@
-"""A small WordPiece tokenizer trained locally on a report corpus (pure Python + numpy, no downloads).
+"""WordPiece tokenizers for report text, on the Hugging Face `tokenizers` library: trained locally on a report
+corpus (no downloads), saved in that library's standard tokenizer.json, and any BERT `vocab.txt` (e.g. a clinical
+BERT's) loadable instead.
 
-Training follows the usual WordPiece recipe (as in HuggingFace's WordPieceTrainer): start from the
-characters of the pre-tokenised words (a character inside a word carries the continuation prefix
-"##"), then repeatedly merge the most frequent adjacent pair of symbols into a new vocabulary entry
-until `vocab_size` is reached or no pair occurs `min_frequency` times. Ties are broken by the merged
-token string, so training is deterministic. Encoding is BERT's greedy longest-match-first split of
-each word; a word that cannot be split (it holds a character never seen in training) becomes [UNK].
+A trained tokenizer lowercases and splits text into words (letter runs, numbers with their decimal part, single
+punctuation marks: `pre_tokenize`). Its vocabulary is learnt by the usual WordPiece recipe (as in the library's
+WordPieceTrainer), here in plain Python so that it is deterministic (the library's trainer orders tokens of equal
+count differently from run to run): start from the characters of the words (inside a word with the continuation
+prefix "##"), then repeatedly merge the most frequent adjacent pair of symbols until `vocab_size` is reached or no
+pair occurs `min_frequency` times, ties broken by the merged token string. A BERT vocab.txt gets BERT's own
+normalisation and pre-tokenisation. Encoding is WordPiece's greedy longest-match-first split of each word (the
+library's), a word that cannot be split becoming [UNK].
 """
 from __future__ import annotations
 
@@ -17,14 +21,17 @@ import re
 from typing import Iterable, Sequence
 
 import numpy as np
+import tokenizers
+from tokenizers import models, normalizers, pre_tokenizers
 
 PAD, UNK, CLS, SEP, MASK = '[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'
-SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # Their ids are their positions: [PAD] = 0.
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # A trained vocabulary starts with them: [PAD] = 0.
 CONTINUATION = '##'
-_FORMAT = 'medssl_jax.wordpiece'
+_LEGACY_FORMAT = 'medssl_jax.wordpiece'  # The JSON vocabulary files this project wrote before; still read.
 # Words: runs of letters; numbers (digits with an optional decimal part, kept whole); any other
 # non-space character on its own (punctuation).
-_WORD = re.compile(r'\d+(?:\.\d+)?|[^\W\d_]+|[^\w\s]|_')
+_WORD_PATTERN = r'\d+(?:\.\d+)?|[^\W\d_]+|[^\w\s]|_'
+_WORD = re.compile(_WORD_PATTERN)
 # No space before closing punctuation and after opening brackets when decoding.
 _NO_SPACE_BEFORE = re.compile(r' ([.,;:!?%)\]])')
 _NO_SPACE_AFTER = re.compile(r'([(\[]) ')
@@ -47,55 +54,58 @@ def pre_tokenize(text: str, *, lowercase: bool = True) -> list[str]:
   return _WORD.findall(text)
 
 
-class Tokenizer:
-  """A trained WordPiece vocabulary with encode / decode / save / load."""
+def _report_pipeline(hf: tokenizers.Tokenizer, *, lowercase: bool) -> tokenizers.Tokenizer:
+  """This project's normalisation and pre-tokenisation (`pre_tokenize`) on a library tokenizer."""
+  hf.normalizer = normalizers.Lowercase() if lowercase else None
+  hf.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(_WORD_PATTERN), behavior='removed', invert=True)
+  return hf
 
-  def __init__(self, vocab: Sequence[str], *, lowercase: bool = True, max_chars_per_word: int = 100):
-    """`vocab` lists the tokens in id order and must start with SPECIAL_TOKENS."""
-    vocab = tuple(vocab)
-    if vocab[:len(SPECIAL_TOKENS)] != SPECIAL_TOKENS:
-      raise ValueError(f'vocab must start with the special tokens {SPECIAL_TOKENS}, got {vocab[:5]}.')
-    if len(set(vocab)) != len(vocab):
-      dup = sorted(t for t, n in collections.Counter(vocab).items() if n > 1)
-      raise ValueError(f'vocab has duplicate tokens: {dup[:10]}.')
-    self.vocab = vocab
-    self.lowercase = bool(lowercase)
-    self.max_chars_per_word = int(max_chars_per_word)
-    self.token_to_id = {t: i for i, t in enumerate(vocab)}
-    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(len(SPECIAL_TOKENS))
+
+def _wordpiece(vocab: dict, max_chars_per_word: int = 100) -> models.WordPiece:
+  return models.WordPiece(vocab, unk_token=UNK, continuing_subword_prefix=CONTINUATION,
+                          max_input_chars_per_word=max_chars_per_word)
+
+
+class Tokenizer:
+  """A WordPiece tokenizer (a `tokenizers.Tokenizer` inside) with encode / decode / save / load.
+
+  Build one with `train_tokenizer`, `Tokenizer.load(path)` (a tokenizer.json, a BERT vocab.txt, or this project's
+  older JSON vocabulary), or `Tokenizer(vocab)` from a token list in id order (this project's pre-tokenisation).
+  """
+
+  def __init__(self, vocab: Sequence[str] | None = None, *, lowercase: bool = True, max_chars_per_word: int = 100,
+               hf: tokenizers.Tokenizer | None = None, source: str = 'vocab'):
+    if hf is None:
+      vocab = tuple(vocab)
+      if len(set(vocab)) != len(vocab):
+        dup = sorted({t for t in vocab if vocab.count(t) > 1})
+        raise ValueError(f'vocab has duplicate tokens: {dup[:10]}.')
+      hf = _report_pipeline(tokenizers.Tokenizer(_wordpiece({t: i for i, t in enumerate(vocab)}, max_chars_per_word)),
+                            lowercase=lowercase)
+    self.hf = hf
+    self.token_to_id = hf.get_vocab(with_added_tokens=True)
+    self.vocab = tuple(sorted(self.token_to_id, key=self.token_to_id.get))
+    if [self.token_to_id[t] for t in self.vocab] != list(range(len(self.vocab))):
+      raise ValueError(f'{source}: token ids must be 0..{len(self.vocab) - 1} without gaps.')
+    missing = [t for t in SPECIAL_TOKENS if t not in self.token_to_id]
+    if missing:
+      raise ValueError(f'{source}: the vocabulary lacks the special token(s) {missing}; a WordPiece vocabulary for '
+                       f'reports needs {list(SPECIAL_TOKENS)}.')
+    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.token_to_id[t] for t in SPECIAL_TOKENS)
 
   @property
   def vocab_size(self) -> int:
     return len(self.vocab)
 
   def __eq__(self, other) -> bool:
-    return (isinstance(other, Tokenizer) and self.vocab == other.vocab and self.lowercase == other.lowercase
-            and self.max_chars_per_word == other.max_chars_per_word)
+    return isinstance(other, Tokenizer) and self.hf.to_str() == other.hf.to_str()
 
   def __repr__(self) -> str:
-    return f'Tokenizer(vocab_size={self.vocab_size}, lowercase={self.lowercase})'
-
-  def _split_word(self, word: str) -> list[str]:
-    """Greedy longest-match-first WordPiece split; [UNK] for the whole word if any part fails."""
-    if len(word) > self.max_chars_per_word:
-      return [UNK]
-    pieces, start = [], 0
-    while start < len(word):
-      end = len(word)
-      while end > start:
-        piece = word[start:end] if start == 0 else CONTINUATION + word[start:end]
-        if piece in self.token_to_id:
-          break
-        end -= 1
-      if end == start:
-        return [UNK]
-      pieces.append(piece)
-      start = end
-    return pieces
+    return f'Tokenizer(vocab_size={self.vocab_size})'
 
   def tokenize(self, text: str) -> list[str]:
     """The WordPiece tokens of `text`, without [CLS] / [SEP]."""
-    return [p for w in pre_tokenize(text, lowercase=self.lowercase) for p in self._split_word(w)]
+    return self.hf.encode(text, add_special_tokens=False).tokens
 
   def encode(self, text: str, *, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [max_length], mask bool [max_length]) of "[CLS] tokens [SEP]" padded with [PAD].
@@ -105,7 +115,7 @@ class Tokenizer:
     """
     if max_length < 2:
       raise ValueError(f'max_length must be >= 2 to hold [CLS] and [SEP], got {max_length}.')
-    body = [self.token_to_id[t] for t in self.tokenize(text)][:max_length - 2]
+    body = self.hf.encode(text, add_special_tokens=False).ids[:max_length - 2]
     seq = [self.cls_id, *body, self.sep_id]
     ids = np.full((max_length,), self.pad_id, np.int32)
     ids[:len(seq)] = seq
@@ -137,19 +147,31 @@ class Tokenizer:
     return _NO_SPACE_AFTER.sub(r'\1', _NO_SPACE_BEFORE.sub(r'\1', text))
 
   def save(self, path: str | pathlib.Path) -> None:
-    """Writes the tokenizer as JSON (vocabulary in id order plus settings)."""
-    data = {'format': _FORMAT, 'version': 1, 'lowercase': self.lowercase,
-            'max_chars_per_word': self.max_chars_per_word, 'vocab': list(self.vocab)}
-    pathlib.Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=0))
+    """Writes the tokenizer as a `tokenizers` tokenizer.json (readable by `tokenizers.Tokenizer.from_file`)."""
+    pathlib.Path(path).write_text(self.hf.to_str(pretty=True))
 
   @classmethod
   def load(cls, path: str | pathlib.Path) -> 'Tokenizer':
-    """Reads a tokenizer written by save()."""
-    data = json.loads(pathlib.Path(path).read_text())
-    if not isinstance(data, dict) or data.get('format') != _FORMAT:
-      raise ValueError(f'{path} is not a {_FORMAT} tokenizer file (expected a JSON object with '
-                       f'"format": "{_FORMAT}").')
-    return cls(data['vocab'], lowercase=data['lowercase'], max_chars_per_word=data['max_chars_per_word'])
+    """A tokenizer.json of the `tokenizers` library, a BERT vocab.txt (one token per line, with BERT's lowercasing
+    and pre-tokenisation), or this project's older JSON vocabulary."""
+    path = pathlib.Path(path)
+    text = path.read_text()
+    if path.suffix == '.txt':
+      vocab = {t: i for i, t in enumerate(line.rstrip('\n') for line in text.splitlines())}
+      hf = tokenizers.Tokenizer(_wordpiece(vocab))
+      hf.normalizer = normalizers.BertNormalizer(lowercase=True)
+      hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+      return cls(hf=hf, source=str(path))
+    try:
+      data = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is neither a tokenizer.json nor a vocab.txt: {e}') from None
+    if isinstance(data, dict) and data.get('format') == _LEGACY_FORMAT:
+      return cls(data['vocab'], lowercase=data['lowercase'], max_chars_per_word=data['max_chars_per_word'])
+    if not isinstance(data, dict) or not isinstance(data.get('model'), dict):
+      raise ValueError(f'{path} is not a tokenizer file: expected a `tokenizers` tokenizer.json (with "model"), a '
+                       'BERT vocab.txt, or a medssl_jax.wordpiece vocabulary')
+    return cls(hf=tokenizers.Tokenizer.from_str(text), source=str(path))
 
 
 def _merge(a: str, b: str) -> str:

@@ -55,7 +55,8 @@ def objective_batch_keys(config, objective, builder) -> tuple:
 
 def report_tokenizer(config, builder, workdir: str):
   """The WordPiece tokenizer of an image-text run: <workdir>/tokenizer.json when it exists (a resumed run, or
-  evaluation), else trained on every config.text.key text of data.train_split and saved there first."""
+  evaluation); else config.text.vocab_file (a BERT vocab.txt or a tokenizer.json) when set, or one trained on every
+  config.text.key text of data.train_split, saved there first."""
   key = config.text.key
   features = builder.info.features
   if key not in features or not isinstance(features[key], tfds.features.Text):
@@ -69,14 +70,18 @@ def report_tokenizer(config, builder, workdir: str):
   if os.path.exists(path):
     tok = tokenizer_lib.Tokenizer.load(path)
   else:
-    texts = [pipeline.as_text(v) for v in pipeline.read_column(builder, split=config.data.train_split, key=key)]
-    tok = tokenizer_lib.train_tokenizer(texts, vocab_size=config.text.vocab_size,
-                                        min_frequency=config.text.min_frequency)
+    if config.text.vocab_file:
+      tok = tokenizer_lib.Tokenizer.load(config.text.vocab_file)
+      made = f"from {config.text.vocab_file}"
+    else:
+      texts = [pipeline.as_text(v) for v in pipeline.read_column(builder, split=config.data.train_split, key=key)]
+      tok = tokenizer_lib.train_tokenizer(texts, vocab_size=config.text.vocab_size,
+                                          min_frequency=config.text.min_frequency)
+      made = f"from {len(texts)} '{config.data.train_split}' {key!r} texts"
     os.makedirs(workdir, exist_ok=True)
     tok.save(path + ".tmp")
     os.replace(path + ".tmp", path)  # Never a half-written tokenizer beside a checkpoint.
-    print(f"tokenizer: {tok.vocab_size} WordPiece tokens from {len(texts)} '{config.data.train_split}' {key!r} "
-          f"texts -> {path}", flush=True)
+    print(f"tokenizer: {tok.vocab_size} WordPiece tokens {made} -> {path}", flush=True)
   if tok.vocab_size > config.text.vocab_size:
     raise ValueError(f"{path} has {tok.vocab_size} tokens but config.text.vocab_size={config.text.vocab_size} "
                      "(the text tower's embedding table); use a workdir made with this config")
