@@ -22,6 +22,7 @@ import medssl_jax  # noqa: F401  First: sets the XLA:CPU flags before jax starts
 import jax  # noqa: E402  After medssl_jax, whose import sets the XLA:CPU flags.
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
+from medssl_jax import paths
 from medssl_jax.train import distributed
 from medssl_jax.train import guard
 
@@ -74,9 +75,11 @@ def main(argv):
 def where_results_are(workdir: str, *, since: float) -> str:
   """The closing lines of a run: the result tables it wrote (Markdown files under the workdir changed since
   `since`) and the TensorBoard command."""
-  root = pathlib.Path(workdir)
-  tables = sorted(str(p.relative_to(root)) for p in root.rglob("*.md")
-                  if p.stat().st_mtime >= since - 1 and p.relative_to(root).parts[0] not in ("checkpoints", "tb"))
+  root = paths.path(workdir)
+  tables = []
+  if not paths.is_url(workdir):  # Object stores list no modification times cheaply: name the folder only.
+    tables = sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*.md")
+                    if p.stat().st_mtime >= since - 1 and p.relative_to(root).parts[0] not in ("checkpoints", "tb"))
   lines = [f"done: {root}" + (f"; results: {', '.join(tables)}" if tables else "")]
   if (root / "tb").is_dir():
     lines.append(f"TensorBoard: tensorboard --logdir {root / 'tb'}")

@@ -7,11 +7,10 @@ to MODULES. Importing this module registers every section, so `default_config()`
 """
 from __future__ import annotations
 
-import os
-
 import jax
 
 from medssl_jax import config as config_lib
+from medssl_jax import paths
 from medssl_jax.modes import analyze
 from medssl_jax.modes import evaluate
 from medssl_jax.modes import features
@@ -47,7 +46,7 @@ def run(config, workdir: str):
   """Runs config.mode in `workdir`; returns what the mode returns (evaluation results {encoder: metrics},
   the analysis summary, a stage's summary; {} for pretraining)."""
   validate(config)
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
   if jax.process_count() > 1 and config.mode != "pretrain":
     raise ValueError(f"config.mode={config.mode!r} runs on one process; on {jax.process_count()} processes run "
                      "mode 'pretrain', then evaluate its workdir on one host (e.g. --config.mode=linear_eval), "

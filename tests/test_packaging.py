@@ -29,7 +29,7 @@ def test_core_dependencies_leave_out_torch_tests_and_notebooks():
   core = " ".join(project["dependencies"]).lower()
   for heavy in ("torch", "pytest", "nbclient", "ipykernel", "jupyter", "tensorflow "):
     assert heavy not in core, heavy
-  assert {"torch", "datasets", "notebooks", "test", "cuda12", "tpu"} <= set(project["optional-dependencies"])
+  assert {"torch", "datasets", "notebooks", "test", "gcs", "cuda12", "tpu"} <= set(project["optional-dependencies"])
 
 
 def test_runs_outside_the_checkout(installed_package, fundus_small_dir, tmp_path):

@@ -20,11 +20,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 import re
 from typing import Sequence
 
 import numpy as np
+
+from medssl_jax import paths
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _SHOT = re.compile(r"^\s*(?:k\s*=\s*(\d+)|(\d+)\s*(?:-?\s*shot|per[\s_-]*class))\s*$", re.IGNORECASE)
@@ -146,17 +147,14 @@ def write(path: str, *, indices: Sequence[int], spec: str, seed: int, dataset: s
     if labels.ndim == 1:
       record["class_counts"] = {str(k): int(v) for k, v in sorted(collections.Counter(labels[indices].tolist()).items())}
   record["indices"] = indices
-  if os.path.exists(path):
+  if paths.exists(path):
     old = read(path)
     if old["sha256"] != record["sha256"]:
       raise ValueError(f"{path} already holds a different subset (sha256 {old['sha256'][:12]}, "
                        f"{old['num_selected']} records); not overwriting it. Move it away or use another workdir.")
     return old
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(tmp, path)  # Atomic: a reader never sees half a file.
+  paths.makedirs(paths.path(path).parent)
+  paths.write_text(path, json.dumps(record, indent=1))  # Atomic: a reader never sees half a file.
   return record
 
 
@@ -167,11 +165,10 @@ def read(path: str, *, dataset: str | None = None, split: str | None = None,
   Raises:
     FileNotFoundError / ValueError naming the file and the field that does not match.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"label subset file {path} does not exist")
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = json.loads(paths.read_text(path))
     indices = [int(i) for i in record["indices"]]
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"label subset file {path} is not a subset written by medssl_jax ({e})") from e

@@ -5,16 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from typing import Iterable, Mapping, Sequence
+
+from medssl_jax import paths
 
 
 def write_text(path: str, text: str):
-  """`text` to `path` through a temporary file beside it."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  """`text` to `path` atomically (local or a URL: medssl_jax/paths.py)."""
+  paths.write_text(path, text)
 
 
 def write_json(path: str, data, *, indent: int = 2, default=None):
@@ -24,8 +22,8 @@ def write_json(path: str, data, *, indent: int = 2, default=None):
 
 def write_results(directory: str, name: str, data, table: str):
   """<directory>/<name>.json (the record) and <directory>/<name>.md (its Markdown table)."""
-  write_json(os.path.join(directory, f"{name}.json"), data)
-  write_text(os.path.join(directory, f"{name}.md"), table + "\n")
+  write_json(paths.join(directory, f"{name}.json"), data)
+  write_text(paths.join(directory, f"{name}.md"), table + "\n")
 
 
 def markdown_table(head: Sequence[str], rows: Iterable[Sequence]) -> list[str]:

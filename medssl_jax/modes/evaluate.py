@@ -9,9 +9,9 @@ report retrieval (medssl_jax/protocols/retrieval.py).
 """
 from __future__ import annotations
 
-import os
 
 from medssl_jax import objectives
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.protocols import encoders as encoders_lib
 from medssl_jax.protocols import probe as probe_lib
@@ -37,7 +37,7 @@ def supervised(config, workdir: str, *, mesh=None) -> dict:
   """Supervised training from scratch (e.g. the MedMNIST recipe): the random encoder fine-tuned with labels;
   no pretraining, nothing to compare against."""
   builder = pipeline.open_dataset(config.data)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   model, variables = encoders_lib.random_init_variables(config)
   encoders = {"supervised (random init)": (model, variables, True)}
   return probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import jax
 
+from medssl_jax import paths
 from medssl_jax.models import convert_torch
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import pretrain as pretrain_lib
@@ -26,7 +27,7 @@ def load_pretrained(config, workdir):
                                      data_iter=False)
   manager.close()
   if restored is None:
-    raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints; run mode=pretrain "
+    raise FileNotFoundError(f"No checkpoint in {paths.join(paths.absolute(workdir), 'checkpoints')}; run mode=pretrain "
                             "with this --workdir first")
   step, state, _ = restored
   print(f"loaded checkpoint at step {step} from {workdir}", flush=True)

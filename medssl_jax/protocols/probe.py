@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from medssl_jax import objectives
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
 from medssl_jax.evals import finetune as finetune_lib
@@ -77,11 +78,11 @@ def label_subset(config, builder, workdir: str | None):
     pids = (pipeline.read_column(builder, split=d.train_split, key="patient_id")
             if "patient_id" in builder.info.features else None)
     indices = subsets.select(labels, spec=e.train_subset, seed=e.subset_seed, patient_ids=pids)
-    path = os.path.join(workdir or ".", "subsets",
+    path = paths.join(workdir or ".", "subsets",
                         subsets.file_name(dataset=name, split=d.train_split, spec=e.train_subset, seed=e.subset_seed))
     record = subsets.write(path, indices=indices, spec=e.train_subset, seed=e.subset_seed, dataset=name,
                            split=d.train_split, num_records=n, labels=labels)
-  record = dict(record, file=os.path.abspath(path))
+  record = dict(record, file=paths.absolute(path))
   print(f"label subset {record['spec']!r} (seed {record['seed']}): {record['num_selected']} of {n} "
         f"'{d.train_split}' records, sha256 {record['sha256'][:12]}, {path}", flush=True)
   return np.asarray(record["indices"], np.int64), record

@@ -16,10 +16,10 @@ from __future__ import annotations
 import collections
 import heapq
 import json
-import pathlib
 import re
 from typing import Iterable, Sequence
 
+from etils import epath
 import numpy as np
 import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers
@@ -146,15 +146,19 @@ class Tokenizer:
     text = ' '.join(words)
     return _NO_SPACE_AFTER.sub(r'\1', _NO_SPACE_BEFORE.sub(r'\1', text))
 
-  def save(self, path: str | pathlib.Path) -> None:
-    """Writes the tokenizer as a `tokenizers` tokenizer.json (readable by `tokenizers.Tokenizer.from_file`)."""
-    pathlib.Path(path).write_text(self.hf.to_str(pretty=True))
+  def to_json(self) -> str:
+    """The tokenizer as a `tokenizers` tokenizer.json text (readable by `tokenizers.Tokenizer.from_file`)."""
+    return self.hf.to_str(pretty=True)
+
+  def save(self, path) -> None:
+    """Writes to_json() to `path` (local or a URL such as gs://...)."""
+    epath.Path(path).write_text(self.to_json())
 
   @classmethod
-  def load(cls, path: str | pathlib.Path) -> 'Tokenizer':
+  def load(cls, path) -> 'Tokenizer':
     """A tokenizer.json of the `tokenizers` library, a BERT vocab.txt (one token per line, with BERT's lowercasing
     and pre-tokenisation), or this project's older JSON vocabulary."""
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     text = path.read_text()
     if path.suffix == '.txt':
       vocab = {t: i for i, t in enumerate(line.rstrip('\n') for line in text.splitlines())}

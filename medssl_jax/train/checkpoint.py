@@ -12,13 +12,13 @@ each process its own iterator file.
 from __future__ import annotations
 
 import json
-import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 from medssl_jax import config as config_lib
+from medssl_jax import paths
 from medssl_jax.augment import views as views_lib
 from medssl_jax.train import distributed
 
@@ -52,13 +52,12 @@ def save_or_check_config(config, workdir: str):
   Raises:
     ValueError naming every differing key, so nothing a user had is silently overwritten.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = paths.join(workdir, CONFIG_FILE)
   current = config_dict(config)
-  exists = os.path.exists(path)
+  exists = paths.exists(path)
   distributed.barrier("config.json checked")  # Every process decides before process 0 may write it.
   if exists:
-    with open(path) as f:
-      saved = config_lib.migrate(json.load(f))  # Keys renamed since the run started count under their new names.
+    saved = config_lib.migrate(json.loads(paths.read_text(path)))  # Renamed keys count under their new names.
     a, b = _flatten(saved), _flatten(current)
     allowed = lambda k: any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
     # A key added to the schema after the run started is no difference while it holds its default
@@ -72,16 +71,15 @@ def save_or_check_config(config, workdir: str):
                        "Use a new --workdir, or delete that one if you no longer need it.")
     return
   if distributed.is_primary():
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)  # Never a half-written config.json for a resume to trip over.
+    paths.makedirs(workdir)
+    # Atomic: never a half-written config.json for a resume to trip over.
+    paths.write_text(path, json.dumps(current, indent=2, sort_keys=True))
   distributed.barrier("config.json written")  # Other processes may check it next.
 
 
 def make_manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
-  """A CheckpointManager under workdir/checkpoints (orbax needs an absolute path)."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  """A CheckpointManager under workdir/checkpoints (orbax needs an absolute path or a URL)."""
+  directory = paths.path(paths.join(workdir, "checkpoints"))
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("state", "data_iters", "data_iter", "provenance"))
@@ -124,20 +122,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, *, data_iter:
   step = manager.latest_step()
   if step is None:
     return None
-  folder = os.path.join(str(manager.directory), str(step))
+  folder = paths.path(manager.directory) / str(step)
   args = {"state": ocp.args.StandardRestore(abstract_state)}
   # A fresh manager has no handlers registered yet, so ask the directory rather than item_metadata.
-  iters = os.path.join(folder, "data_iters")
-  if data_iter and os.path.isdir(iters):
+  iters = folder / "data_iters"
+  if data_iter and iters.is_dir():
     n = jax.process_count()
-    mine = os.path.join(iters, f"process_{jax.process_index()}-of-{n}.json")
-    if not os.path.exists(mine):
-      written = sorted(f for f in os.listdir(iters) if f.endswith(".json"))
+    mine = iters / f"process_{jax.process_index()}-of-{n}.json"
+    if not mine.exists():
+      written = sorted(f.name for f in iters.iterdir() if f.name.endswith(".json"))
       raise ValueError(f"checkpoint {folder} holds the data iterator positions of other processes ({written}); "
                        f"this run has {n} process(es), and record shards would not continue where they stopped. "
                        "Resume with the process count that wrote it, or start a new --workdir")
     args["data_iters"] = grain.checkpoint.CheckpointRestore(item=_IteratorJson())
-  elif data_iter and os.path.isdir(os.path.join(folder, "data_iter")):
+  elif data_iter and (folder / "data_iter").is_dir():
     if jax.process_count() > 1:
       raise ValueError(f"checkpoint {folder} has one data iterator state (written by a single-process run "
                        f"before multi-host support); resume it with one process")
@@ -145,7 +143,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, *, data_iter:
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**args))
   except (ValueError, KeyError, TypeError) as e:
-    check_fits(os.path.join(folder, "state"), abstract_state)  # Names the first leaf that differs.
+    check_fits(str(folder / "state"), abstract_state)  # Names the first leaf that differs.
     raise ValueError(f"could not restore checkpoint {folder} into this run's train state: {e}. It was written by "
                      "a run with another model, objective or optimizer (config.json beside it says which); "
                      "use a new --workdir") from e
@@ -177,7 +175,7 @@ def check_fits(state_dir: str, abstract_state):
   bad = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
   if bad:
     k = bad[0]
-    raise ValueError(f"checkpoint {os.path.dirname(state_dir)} does not fit this run: {k} is "
+    raise ValueError(f"checkpoint {paths.path(state_dir).parent} does not fit this run: {k} is "
                      f"{saved.get(k, 'missing')} there but {want.get(k, 'absent')} here ({len(bad)} differing "
                      "leaves). It was written with another config.model.* / config.objective.* / optimizer (the "
                      "config.json beside the checkpoints says which); use that config, or a new --workdir")
@@ -185,25 +183,23 @@ def check_fits(state_dir: str, abstract_state):
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps with a finished checkpoint (a "state" item) under <workdir>/checkpoints, ascending."""
-  root = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(root):
+  root = paths.path(paths.join(workdir, "checkpoints"))
+  if not root.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(root) if d.isdigit() and os.path.isdir(os.path.join(root, d, "state")))
+  return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and (d / "state").is_dir())
 
 
 def read_provenance(workdir: str, *, step: int | None = None) -> dict:
   """The provenance record of a checkpoint in `workdir` (default: the latest); checkpoints from before
   provenance records existed give {"config": config.json} only."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  directory = paths.path(paths.join(workdir, "checkpoints"))
   steps = checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory}")
   step = steps[-1] if step is None else int(step)
   if step not in steps:
     raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; there are {steps}")
-  path = os.path.join(directory, str(step), "provenance", "metadata")
-  if os.path.exists(path):
-    with open(path) as f:
-      return dict(json.load(f), step=step)
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return {"config": json.load(f), "step": step}
+  path = directory / str(step) / "provenance" / "metadata"
+  if path.exists():
+    return dict(json.loads(path.read_text()), step=step)
+  return {"config": json.loads(paths.read_text(paths.join(workdir, CONFIG_FILE))), "step": step}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import tensorflow_datasets as tfds
 
 from medssl_jax import objectives
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.text import tokenizer as tokenizer_lib
 from medssl_jax.train import checkpoint as ckpt_lib
@@ -62,12 +62,12 @@ def report_tokenizer(config, builder, workdir: str):
   if key not in features or not isinstance(features[key], tfds.features.Text):
     raise ValueError(f"objective {config.objective.name!r} reads report text from config.text.key={key!r}, which is "
                      f"not a Text feature of dataset {builder.name!r}; its features are {sorted(features.keys())}")
-  path = os.path.join(workdir, "tokenizer.json")
-  if jax.process_count() > 1 and not os.path.exists(path):
+  path = paths.join(workdir, "tokenizer.json")
+  if jax.process_count() > 1 and not paths.exists(path):
     if distributed.is_primary():  # Process 0 trains and writes it; the others read that file.
       report_tokenizer(config, builder, workdir)
     distributed.barrier("tokenizer.json written")
-  if os.path.exists(path):
+  if paths.exists(path):
     tok = tokenizer_lib.Tokenizer.load(path)
   else:
     if config.text.vocab_file:
@@ -78,9 +78,8 @@ def report_tokenizer(config, builder, workdir: str):
       tok = tokenizer_lib.train_tokenizer(texts, vocab_size=config.text.vocab_size,
                                           min_frequency=config.text.min_frequency)
       made = f"from {len(texts)} '{config.data.train_split}' {key!r} texts"
-    os.makedirs(workdir, exist_ok=True)
-    tok.save(path + ".tmp")
-    os.replace(path + ".tmp", path)  # Never a half-written tokenizer beside a checkpoint.
+    paths.makedirs(workdir)
+    paths.write_text(path, tok.to_json())  # Atomic: never a half-written tokenizer beside a checkpoint.
     print(f"tokenizer: {tok.vocab_size} WordPiece tokens {made} -> {path}", flush=True)
   if tok.vocab_size > config.text.vocab_size:
     raise ValueError(f"{path} has {tok.vocab_size} tokens but config.text.vocab_size={config.text.vocab_size} "

@@ -5,7 +5,6 @@ clu.metric_writers imports TensorFlow, so scalars go to TensorBoard through tens
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -13,6 +12,8 @@ import time
 import jax
 import numpy as np
 from clu import metrics as clu_metrics
+
+from medssl_jax import paths
 
 
 def average_collection(names):
@@ -44,7 +45,8 @@ class MetricAccumulator:
 class ScalarWriter:
   """Writes scalars to TensorBoard event files (workdir/tb) and to workdir/metrics.jsonl.
 
-  Only process 0 writes, so multi-host runs do not produce duplicate logs.
+  Only process 0 writes, so multi-host runs do not produce duplicate logs. On an object store (gs://...), which
+  cannot append, metrics.jsonl is rewritten whole at each write (it holds one short line per log step).
   """
 
   def __init__(self, workdir: str, *, subdir: str = "tb"):
@@ -53,9 +55,13 @@ class ScalarWriter:
     self._jsonl = None
     if self._enabled:
       from tensorboardX import SummaryWriter  # Imported lazily: only the writing process needs it.
-      os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, subdir))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      paths.makedirs(workdir)
+      self._tb = SummaryWriter(paths.join(workdir, subdir))
+      jsonl = paths.join(workdir, "metrics.jsonl")
+      if paths.is_url(jsonl):
+        self._jsonl = _RewrittenFile(jsonl)
+      else:
+        self._jsonl = open(jsonl, "a")
 
   def write(self, step: int, scalars: dict, *, prefix: str = ""):
     if not self._enabled:
@@ -77,6 +83,27 @@ def tag(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(name)).strip("_")
 
 
+class _RewrittenFile:
+  """An append-only text file on a store without append: the whole text is written again on each flush."""
+
+  def __init__(self, path: str):
+    self._path = paths.path(path)
+    self._text = self._path.read_text() if self._path.exists() else ""
+    self._dirty = False
+
+  def write(self, text: str):
+    self._text += text
+    self._dirty = True
+
+  def flush(self):
+    if self._dirty:
+      self._path.write_text(self._text)
+      self._dirty = False
+
+  def close(self):
+    self.flush()
+
+
 def write_eval_scalars(workdir: str, name: str, results: dict, *, step: int):
   """The scalar metrics of an evaluation ({encoder: {metric: value}}) as TensorBoard scalars '<encoder>/<metric>' in
   <workdir>/tb/<name>, beside the training curves (process 0 only; nested and non-finite values are left out).
@@ -84,7 +111,7 @@ def write_eval_scalars(workdir: str, name: str, results: dict, *, step: int):
   if jax.process_index() != 0:
     return
   from tensorboardX import SummaryWriter  # Imported lazily, as in ScalarWriter.
-  writer = SummaryWriter(os.path.join(workdir, "tb", name))
+  writer = SummaryWriter(paths.join(workdir, "tb", name))
   for encoder, metrics in results.items():
     for k, v in (metrics.items() if isinstance(metrics, dict) else ()):
       if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and np.isfinite(v):
