@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -46,17 +45,8 @@ def test_pretrain_sigterm_resume_and_probe_on_gcs(gcs, fundus_small_dir, tmp_pat
          "--config.mode=pretrain", f"--config.data.data_dir={fundus_small_dir}", f"--config.train.num_steps={STEPS}",
          "--config.train.log_every=1", "--config.train.checkpoint_every=4"]
   env = dict(os.environ, **gcs, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines, deadline = [], time.time() + 300
-  for line in proc.stdout:
-    lines.append(line)
-    if line.startswith(f"step 6/{STEPS}"):
-      proc.send_signal(signal.SIGTERM)
-      break
-    assert time.time() < deadline, "".join(lines[-20:])
-  rest, _ = proc.communicate(timeout=300)
-  out = "".join(lines) + rest
-  assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+  returncode, out = run_testing.run_until_sigterm(cmd, env=env, at=f"step 6/{STEPS}")
+  assert returncode == 128 + signal.SIGTERM, out[-3000:]
   stopped = int(out.split("stopped by SIGTERM after step ")[1].split(";")[0])
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]

@@ -5,7 +5,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -49,17 +48,8 @@ def test_sigterm_at_a_random_step_then_resume_is_bit_identical(fundus_small_dir,
   cmd = [sys.executable, "main.py", "--config=configs/demo_simclr.py:quick", f"--workdir={workdir}",
          *_overrides(config)]
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines, deadline = [], time.time() + 300
-  for line in proc.stdout:
-    lines.append(line)
-    if line.startswith(f"step {kill_at}/{STEPS}"):
-      proc.send_signal(signal.SIGTERM)
-      break
-    assert time.time() < deadline, "".join(lines[-20:])
-  rest, _ = proc.communicate(timeout=300)
-  out = "".join(lines) + rest
-  assert proc.returncode == 128 + signal.SIGTERM, f"kill at {kill_at}:\n{out[-3000:]}"
+  returncode, out = run_testing.run_until_sigterm(cmd, env=env, at=f"step {kill_at}/{STEPS}")
+  assert returncode == 128 + signal.SIGTERM, f"kill at {kill_at}:\n{out[-3000:]}"
   assert "SIGTERM received: finishing this step" in out and "Traceback" not in out, out[-3000:]
   stopped = int(out.split("stopped by SIGTERM after step ")[1].split(";")[0])
   assert kill_at <= stopped < STEPS, (kill_at, stopped)

@@ -199,8 +199,8 @@ def test_bert_vocab_txt(tmp_path):
 
 
 def test_older_vocabulary_files_still_load(tok, reports, tmp_path):
-  """Workdirs written before the tokenizers library hold {"format": "medssl_jax.wordpiece", "vocab": [...]}: they
-  load to the same tokenizer, so resumed and evaluated runs encode their reports exactly as when trained."""
+  """A workdir's tokenizer.json in the medssl_jax.wordpiece format ({"format": ..., "vocab": [...]}) loads to the same
+  tokenizer, so resumed and evaluated runs encode their reports exactly as when trained."""
   (tmp_path / 'old.json').write_text(json.dumps({'format': 'medssl_jax.wordpiece', 'version': 1, 'lowercase': True,
                                                  'max_chars_per_word': 100, 'vocab': list(tok.vocab)}))
   old = Tokenizer.load(tmp_path / 'old.json')

@@ -172,6 +172,18 @@ def _fov_convention(fov: str) -> str:
   return f"the dataset's {fov!r} mask (non-zero = inside); metrics pool test pixels inside it"
 
 
+def _check_maps(cfg, builder):
+  """config.segmentation.fov and mask_key against the dataset's image features (one-line errors naming them)."""
+  features, dataset = builder.info.features, pipeline.dataset_name(builder)
+  image_features = sorted(k for k in features.keys() if k != "image" and type(features[k]).__name__ == "Image")
+  if cfg.fov not in segmentation_lib.FOV_CHOICES and cfg.fov not in image_features:
+    raise ValueError(f"config.segmentation.fov={cfg.fov!r} is not known for {dataset}; valid choices: "
+                     f"{list(segmentation_lib.FOV_CHOICES) + image_features}")
+  if cfg.mask_key not in image_features:
+    raise ValueError(f"config.segmentation.mask_key={cfg.mask_key!r} is not an image feature of {dataset}; "
+                     f"valid choices: {image_features}")
+
+
 def run(config, workdir, *, encoders, mesh=None) -> dict:
   """The segmentation-transfer stage of `config.segmentation` for each encoder and seed.
 
@@ -200,17 +212,9 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   out_dir = os.path.join(str(workdir), "segmentation")
   os.makedirs(out_dir, exist_ok=True)
   builder = pipeline.open_dataset(cfg)
-  features = builder.info.features
   dataset = pipeline.dataset_name(builder)
-  image_features = sorted(k for k in features.keys() if k != "image"
-                          and type(features[k]).__name__ == "Image")
+  _check_maps(cfg, builder)
   fov = cfg.fov
-  if fov not in segmentation_lib.FOV_CHOICES and fov not in image_features:
-    raise ValueError(f"config.segmentation.fov={fov!r} is not known for {dataset}; valid choices: "
-                     f"{list(segmentation_lib.FOV_CHOICES) + image_features}")
-  if cfg.mask_key not in image_features:
-    raise ValueError(f"config.segmentation.mask_key={cfg.mask_key!r} is not an image feature of {dataset}; "
-                     f"valid choices: {image_features}")
   mask_mode = cfg.get("mask_mode", "binary")
   if mask_mode not in segmentation_lib.MASK_MODES:
     raise ValueError(f"config.segmentation.mask_mode={mask_mode!r} is not known; valid choices: "
@@ -289,11 +293,11 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
     results["encoders"][name] = {"seeds": chosen, **_summary(list(chosen.values()), metrics)}
   # Encoders of earlier calls that this one did not ask for stay in the file (not in the table).
   results_lib.write_json(path, {**results, "encoders": {**previous, **results["encoders"]}}, indent=1, default=float)
-  results_lib.write_text(os.path.join(out_dir, "results.md"), _markdown(results))
-  if jax.process_index() == 0:
-    means = {name: enc.get("mean", {}) for name, enc in results["encoders"].items()}  # Mean over seeds.
-    reporting.write_eval_scalars(str(workdir), "segmentation", means, step=config.train.num_steps)
-  print(_markdown(results), flush=True)
+  table = _markdown(results)
+  results_lib.write_text(os.path.join(out_dir, "results.md"), table)
+  reporting.write_eval_scalars(str(workdir), "segmentation", {n: e["mean"] for n, e in results["encoders"].items()},
+                               step=config.train.num_steps)  # Each encoder's mean over seeds.
+  print(table, flush=True)
   return results
 
 

@@ -27,7 +27,7 @@ from tokenizers import models, normalizers, pre_tokenizers
 PAD, UNK, CLS, SEP, MASK = '[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # A trained vocabulary starts with them: [PAD] = 0.
 CONTINUATION = '##'
-_LEGACY_FORMAT = 'medssl_jax.wordpiece'  # The JSON vocabulary files this project wrote before; still read.
+_LEGACY_FORMAT = 'medssl_jax.wordpiece'  # medssl_jax's own JSON vocabulary format, read by `load`.
 # Words: runs of letters; numbers (digits with an optional decimal part, kept whole); any other
 # non-space character on its own (punctuation).
 _WORD_PATTERN = r'\d+(?:\.\d+)?|[^\W\d_]+|[^\w\s]|_'
@@ -69,8 +69,9 @@ def _wordpiece(vocab: dict, max_chars_per_word: int = 100) -> models.WordPiece:
 class Tokenizer:
   """A WordPiece tokenizer (a `tokenizers.Tokenizer` inside) with encode / decode / save / load.
 
-  Build one with `train_tokenizer`, `Tokenizer.load(path)` (a tokenizer.json, a BERT vocab.txt, or this project's
-  older JSON vocabulary), or `Tokenizer(vocab)` from a token list in id order (this project's pre-tokenisation).
+  Build one with `train_tokenizer`, `Tokenizer.load(path)` (a tokenizer.json, a BERT vocab.txt, or a
+  medssl_jax.wordpiece JSON vocabulary), or `Tokenizer(vocab)` from a token list in id order (with this project's
+  pre-tokenisation).
   """
 
   def __init__(self, vocab: Sequence[str] | None = None, *, lowercase: bool = True, max_chars_per_word: int = 100,
@@ -157,7 +158,7 @@ class Tokenizer:
   @classmethod
   def load(cls, path) -> 'Tokenizer':
     """A tokenizer.json of the `tokenizers` library, a BERT vocab.txt (one token per line, with BERT's lowercasing
-    and pre-tokenisation), or this project's older JSON vocabulary."""
+    and pre-tokenisation), or a medssl_jax.wordpiece JSON vocabulary."""
     path = epath.Path(path)
     text = path.read_text()
     if path.suffix == '.txt':
