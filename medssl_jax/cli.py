@@ -52,14 +52,15 @@ def main(argv):
   if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins when set.
     # A persistent compile cache makes the second run of a config start in seconds.
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
-  distributed.initialize(_CONFIG.value)  # Before anything touches a device (multi-host runs only).
+  config = final_config()
+  distributed.initialize(config)  # Before anything touches a device (multi-host runs only).
   try:
-    experiment.validate(_CONFIG.value)
+    experiment.validate(config)
   except ValueError as e:  # A bad or renamed key in the config file: one line, as for a bad override.
     fatal(str(e))
   started = time.time()
   try:
-    experiment.run(_CONFIG.value, _WORKDIR.value)
+    experiment.run(config, _WORKDIR.value)
   except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.
     fatal(str(e))
   except USER_ERRORS as e:
@@ -70,6 +71,15 @@ def main(argv):
     fatal(" ".join(str(e).split()) + "  (--verbosity=1 shows the traceback)")
   if jax.process_index() == 0:
     print(where_results_are(_WORKDIR.value, since=started), flush=True)
+
+
+def final_config():
+  """The parsed --config with its overrides, and sizes derived from an overridden one following it
+  (config.follow_image_size)."""
+  flag = flags.FLAGS["config"]
+  loaded = config_lib.load(config_flags.get_config_filename(flag))  # The file's values, before the overrides.
+  config_lib.follow_image_size(_CONFIG.value, loaded.data.image_size, list(config_flags.get_override_values(flag)))
+  return _CONFIG.value
 
 
 def where_results_are(workdir: str, *, since: float) -> str:

@@ -425,6 +425,26 @@ def validate(config) -> ml_collections.ConfigDict:
   return config
 
 
+def follow_image_size(config, loaded_image_size: int, overrides: Sequence[str] = ()) -> list[int]:
+  """Derived sizes follow what they derive from: when an override changed config.data.image_size from
+  `loaded_image_size` (the config file's value), each view whose crop size was that value takes the new one.
+
+  A crop size that differed from the image size was chosen on purpose (multi-crop local views, crops of a
+  larger image) and is kept, as are all views when `overrides` (the dotted keys overridden) set a view
+  themselves. Returns the indices of the views changed. Runs before validation and before table rows are
+  hashed, so a config whose image size is unchanged hashes as before.
+  """
+  new = config.data.image_size
+  if new == loaded_image_size or any(k.startswith("augment.views") for k in overrides):
+    return []
+  views = [views_lib.validate_view(v) for v in config.augment.views]
+  changed = [i for i, v in enumerate(views) if v.crop_size == loaded_image_size]
+  if changed:
+    config.augment.views = [views_lib.validate_view(dict(v.to_dict(), crop_size=new)) if i in changed else v
+                            for i, v in enumerate(views)]
+  return changed
+
+
 def _check_distributed(d):
   addr = d.coordinator_address
   if addr and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):

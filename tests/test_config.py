@@ -1,4 +1,5 @@
 """Configs: every file in configs/ builds and validates; typos and unknown names fail clearly."""
+import os
 import pathlib
 import subprocess
 import sys
@@ -78,3 +79,39 @@ def test_results_names_never_collide():
   assert len(names) == 12 and "probe_results" in names and "probe_results_finetune_10pct_seed1" in names
   c.eval.subset_file = "/runs/a/subsets/medmnist-retinamnist_train_1pct_seed2.json"
   assert protocol_probe.results_name(c) == "probe_results_finetune_medmnist-retinamnist_train_1pct_seed2"
+
+
+def test_crop_size_follows_an_overridden_image_size():
+  """Views whose crop size was the config's image size follow an overridden image size; a crop size chosen apart
+  from it (multi-crop local views) and views overridden themselves stay."""
+  c = load("configs/demo_simclr.py", "quick")
+  assert {v.crop_size for v in c.augment.views} == {c.data.image_size}
+  loaded = c.data.image_size
+  unchanged = c.to_json_best_effort()
+  assert config_lib.follow_image_size(c, loaded) == [] and c.to_json_best_effort() == unchanged
+  c.data.image_size = 2 * loaded
+  assert config_lib.follow_image_size(c, loaded) == [0, 1]
+  assert [v.crop_size for v in c.augment.views] == [2 * loaded] * 2
+  experiment.validate(c)
+
+  d = load("configs/fundus_dino.py", "quick")
+  sizes = [v.crop_size for v in d.augment.views]
+  d.data.image_size = 2 * sizes[0]
+  config_lib.follow_image_size(d, sizes[0])
+  assert [v.crop_size for v in d.augment.views] == [2 * sizes[0]] * 2 + sizes[2:]  # Local views keep their size.
+
+  e = load("configs/demo_simclr.py", "quick")
+  e.data.image_size = 2 * loaded
+  assert config_lib.follow_image_size(e, loaded, ["data.image_size", "augment.views[0].crop_size"]) == []
+
+
+def test_command_line_image_size_moves_the_crop_size(tmp_path):
+  code = ("import sys; from medssl_jax import cli; cli.parse_flags(sys.argv); "
+          "print('CROPS', [v.crop_size for v in cli.final_config().augment.views])")
+  args = ["--config=demo_simclr:quick", f"--workdir={tmp_path}"]
+  for extra, crops in [(["--config.data.image_size=48"], [48, 48]),
+                       (["--config.data.image_size=48", "--config.augment.views[1].crop_size=40"], [64, 40])]:
+    out = subprocess.run([sys.executable, "-c", code, *args, *extra], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("CROPS ")[1].strip() == str(crops)

@@ -259,3 +259,12 @@ def test_medmnist_ssl_table_runs_on_a_dummy_npz(tmp_path):
   assert subsets == {20}
   md = pathlib.Path(out["md"]).read_text()
   assert "supervised (random init)" in md and "0.717" in md and out["png"] and os.path.exists(out["png"])
+
+
+def test_an_image_size_override_moves_the_crop_size_of_every_row():
+  module = _load_table_module("table_medmnist_ssl")
+  rows = runner.build_rows(module.get_table("retina_cpu"))
+  bigger = runner.build_rows(module.get_table("retina_cpu"), overrides={"data.image_size": 32})
+  assert {v.crop_size for r in rows for v in r["config"].augment.views} == {28}
+  assert {v.crop_size for r in bigger for v in r["config"].augment.views} == {32}
+  assert not {r["slug"] for r in rows} & {r["slug"] for r in bigger}  # Other runs, other rows.

@@ -275,10 +275,13 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
     axes = dict(zip(axes_keys, combo))
     base = axes.get("base_config", bases[0])
     config = _load_config(base)
+    loaded_image_size = config.data.image_size
     where = f"table row {json.dumps(_jsonable(axes), default=str)}"
-    for key, value in itertools.chain(constant.items(), ((k, v) for k, v in axes.items() if k != "base_config")):
+    settings = dict(constant, **{k: v for k, v in axes.items() if k != "base_config"})
+    for key, value in settings.items():
       _check_key(config, key, where)
       _set(config, key, value, where)
+    config_lib.follow_image_size(config, loaded_image_size, list(settings))
     if table.get("subset_seed_from_seed", False):
       config.eval.subset_seed = config.seed
     try:
