@@ -21,26 +21,17 @@ from ml_collections import config_flags
 import medssl_jax  # noqa: F401  First: sets the XLA:CPU flags before jax starts (medssl_jax/xla_cpu.py).
 import jax  # noqa: E402  After medssl_jax, whose import sets the XLA:CPU flags.
 from medssl_jax import config as config_lib
+from medssl_jax import errors
 from medssl_jax import experiment
 from medssl_jax import paths
 from medssl_jax.train import distributed
 from medssl_jax.train import guard
-
-USER_ERROR = 2  # Exit status of a user error (as argparse and absl use for bad usage).
-# Exceptions whose message is meant for the user (the code raises them for bad input, naming what to change).
-USER_ERRORS = (ValueError, OSError)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: the path of a config file or the name of a shipped config, with an optional "
     "':variant' (e.g. demo_simclr:quick); `--help` lists them. config.mode chooses what runs.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def fatal(message: str):
-  """Exits with one line and USER_ERROR."""
-  print(f"FATAL: {message}", file=sys.stderr, flush=True)
-  sys.exit(USER_ERROR)
 
 
 def main(argv):
@@ -57,18 +48,16 @@ def main(argv):
   try:
     experiment.validate(config)
   except ValueError as e:  # A bad or renamed key in the config file: one line, as for a bad override.
-    fatal(str(e))
+    errors.fatal(str(e))
   started = time.time()
   try:
     experiment.run(config, _WORKDIR.value)
   except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.
-    fatal(str(e))
-  except USER_ERRORS as e:
+    errors.fatal(str(e))
+  except errors.USER_ERRORS as e:
     # Bad input met at run time (a workdir holding another run, missing dataset files, ...): the message names
-    # the file, key or value and what to do. --verbosity=1 (or MEDSSL_TRACEBACK=1) shows where it was raised.
-    if flags.FLAGS["verbosity"].present or os.environ.get("MEDSSL_TRACEBACK"):
-      raise
-    fatal(" ".join(str(e).split()) + "  (--verbosity=1 shows the traceback)")
+    # the file, key or value and what to do.
+    errors.report(e, verbose=flags.FLAGS["verbosity"].present)
   if jax.process_index() == 0:
     print(where_results_are(_WORKDIR.value, since=started), flush=True)
 
@@ -123,7 +112,7 @@ def parse_flags(argv):
       if a.startswith("--config="):  # Loaded here too, so a bad variant or value is one line, not absl's traceback.
         config_lib.load(a[len("--config="):])
   except (FileNotFoundError, ValueError) as e:
-    fatal(str(e))
+    errors.fatal(str(e))
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -132,9 +121,9 @@ def parse_flags(argv):
       message = message[1:-1]  # KeyError's repr quotes.
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     if isinstance(e, config_lib.UnknownVariant) or not overrides:
-      fatal(message)
+      errors.fatal(message)
     renamed = config_lib.renamed_in_args(argv[1:])  # absl's message names the old key's section, not the new key.
-    fatal(f"could not apply the config override(s) {overrides}: {'; '.join(renamed) or message}")
+    errors.fatal(f"could not apply the config override(s) {overrides}: {'; '.join(renamed) or message}")
 
 
 def run():

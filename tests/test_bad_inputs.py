@@ -27,6 +27,7 @@ from tfds_builders import common
 from tfds_builders.aptos2019 import dummy_data as aptos_dummy
 from tfds_builders.image_folder import dummy_data as folder_dummy
 from tfds_builders.image_folder import image_folder_dataset_builder as ifb
+from tfds_builders.synthetic_fundus import synthetic_fundus_dataset_builder as synthetic_fundus_builder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -383,3 +384,17 @@ def test_workdir_of_another_run(pretrained_workdir):
                                        r"train.num_steps: saved=2 now=4\).*new --workdir"):
     pretrain_lib.pretrain(other, str(workdir))
   assert _hashes(workdir) == before
+
+
+@pytest.mark.parametrize('code', [30, 13])  # EROFS (a read-only mount), EACCES (no write permission).
+def test_unwritable_data_dir_names_the_folder_and_the_key(tmp_path, monkeypatch, code):
+  """An unbuilt dataset in a folder that cannot be written: one message naming the folder and the config key
+  that chooses another (root ignores file modes, so the filesystem's refusal is simulated)."""
+  def refuse(self, **kwargs):
+    raise OSError(code, os.strerror(code), str(tmp_path / 'ro' / 'synthetic_fundus'))
+
+  monkeypatch.setattr(synthetic_fundus_builder.SyntheticFundus, 'download_and_prepare', refuse)
+  with pytest.raises(OSError) as e:
+    pipeline.get_builder('synthetic_fundus', data_dir=str(tmp_path / 'ro'), config='tiny')
+  message = str(e.value)
+  assert '\n' not in message and str(tmp_path / 'ro') in message and '--config.data.data_dir=' in message, message

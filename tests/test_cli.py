@@ -70,3 +70,21 @@ def test_run_time_error_is_one_line_with_traceback_on_request(tmp_path):
   assert len(lines) == 1 and "nowhere" in lines[0] and "--verbosity=1" in lines[0], out.stderr[-3000:]
   verbose = _medssl([*args, "--verbosity=1"], tmp_path)
   assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+TABLE_ERRORS = [
+    (["--table=table_fundus_quik"], "did you mean 'table_fundus_quick'"),
+    (["--table=table_fundus_quick", "--table.train.num_step=3"], "num_step"),
+    (["--table=table_fundus_quick", "--table.objective.name=simclar"], "config.objective.name='simclar' is not known"),
+]
+
+
+@pytest.mark.parametrize("args,hint", TABLE_ERRORS, ids=[" ".join(a) for a, _ in TABLE_ERRORS])
+def test_table_user_error_is_one_line(tmp_path, args, hint):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  out = subprocess.run([sys.executable, "-m", "medssl_jax.tables.runner", *args, f"--workdir={tmp_path / 'wd'}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith("FATAL: ") and hint in lines[0], out.stderr[-2000:]
+  assert not (tmp_path / "wd").exists()  # Every row is checked before anything is written.

@@ -9,6 +9,7 @@ exactly; the state is a small JSON-serialisable dict.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import io
@@ -111,6 +112,13 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
       builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=download_config)
+    except OSError as e:
+      if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        raise
+      raise OSError(f'{name}{"/" + config if config else ""} is not built in {data_dir} and that folder '
+                    f'cannot be written ({e.strerror}: {e.filename or data_dir}). Build it into a writable folder: '
+                    'name it in the config entry of this dataset, e.g. --config.data.data_dir=<folder> '
+                    '(or set TFDS_DATA_DIR)') from None
     except AssertionError as e:  # TFDS's check of the manual dir: a page of instructions, no word of the config key.
       if not str(e).startswith('Manual directory'):
         raise

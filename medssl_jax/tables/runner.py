@@ -37,13 +37,18 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from typing import Any, Mapping
 
+from absl import app
+from absl import flags
+from absl import logging
+import jax
 import ml_collections
+from ml_collections import config_flags
 
 from medssl_jax import config as config_lib
+from medssl_jax import errors
 from medssl_jax import experiment
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
@@ -657,25 +662,25 @@ def write_outputs(table, records, *, workdir: str) -> dict:
 # Command line.
 
 def main(argv):
-  from absl import app, flags, logging
-  from ml_collections import config_flags
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # As main.py: orbax / TFDS INFO lines drown the progress.
-  import jax
+    logging.set_verbosity(logging.WARNING)  # As the medssl command: orbax / TFDS INFO lines drown the progress.
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
   flag = flags.FLAGS["table"]
-  table = load_table(config_flags.get_config_filename(flag))
-  # --table loads get_config (the base experiment), so --table.<key>=v is checked against the
-  # experiment schema by config_flags; the runner applies those values to every row.
-  run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)))
+  try:
+    table = load_table(config_flags.get_config_filename(flag))
+    # --table loads get_config (the base experiment), so --table.<key>=v is checked against the
+    # experiment schema by config_flags; the runner applies those values to every row.
+    run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)))
+  except errors.USER_ERRORS as e:  # A bad table, row or dataset: the message names it and what to do.
+    errors.report(e, verbose=flags.FLAGS["verbosity"].present)
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
+  # Defined only when this module is the command, so importing the runner adds no --workdir flag beside the
+  # medssl command's.
   config_flags.DEFINE_config_file("table", None, "Table config file (configs/table_*.py[:variant]); "
                                   "--table.<experiment key>=value overrides every row.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for pretraining runs, per-row results and the tables.")
@@ -683,22 +688,23 @@ def _define_flags():
 
 
 def _parse_flags(argv):
-  """absl's flag parsing, with a renamed key in a `--table.a.b=v` override reported in one line naming its new key."""
-  from absl import app
+  """absl's flag parsing, with a bad table name or `--table.a.b=v` override reported in one line."""
   try:
     argv = config_lib.resolve_config_flag(argv, flag="table")
-  except FileNotFoundError as e:
-    sys.exit(f"FATAL: {e}")
+  except (FileNotFoundError, ValueError) as e:
+    errors.fatal(str(e))
   try:
     return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError, TypeError, ValueError):
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
     renamed = config_lib.renamed_in_args(argv[1:], flag="table")
-    if not renamed:
-      raise
-    sys.exit(f"FATAL: could not apply the table override(s): {'; '.join(renamed)}")
+    errors.fatal(f"could not apply the table override(s): {'; '.join(renamed)}" if renamed else str(e))
+
+
+def run():
+  """The `medssl-table` console script (the same as `python -m medssl_jax.tables.runner`)."""
+  _define_flags()
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-  from absl import app
-  _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  run()
