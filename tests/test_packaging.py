@@ -8,6 +8,8 @@ import tomllib
 import zipfile
 
 import jax
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -21,7 +23,8 @@ def test_wheel_contents(installed_package):
   shipped = {pathlib.Path(n).name for n in names if n.startswith("medssl_jax/configs/")}
   assert shipped == {p.name for p in (ROOT / "configs").glob("*.py")}  # Every config, no generic top-level name.
   entry = next(n for n in names if n.endswith("entry_points.txt"))
-  assert "medssl = medssl_jax.cli:run" in zipfile.ZipFile(wheel).read(entry).decode()
+  entries = zipfile.ZipFile(wheel).read(entry).decode()
+  assert "medssl = medssl_jax.cli:run" in entries and "medssl-table = medssl_jax.tables.runner:run" in entries
 
 
 def test_core_dependencies_leave_out_torch_tests_and_notebooks():
@@ -30,6 +33,23 @@ def test_core_dependencies_leave_out_torch_tests_and_notebooks():
   for heavy in ("torch", "pytest", "nbclient", "ipykernel", "jupyter", "tensorflow "):
     assert heavy not in core, heavy
   assert {"torch", "datasets", "notebooks", "test", "gcs", "cuda12", "tpu"} <= set(project["optional-dependencies"])
+
+
+def test_requirements_lock_pins_everything_pyproject_asks_for():
+  """requirements.txt (written by .ci/lock) pins every dependency of the core and of the extras CI installs, at a
+  version inside pyproject.toml's range, and nothing twice."""
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  lines = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l and not l.startswith("#")]
+  pins = [l.split("==") for l in lines]
+  assert all(len(p) == 2 for p in pins), [l for l in lines if "==" not in l]
+  locked = {canonicalize_name(name): version for name, version in pins}
+  assert len(locked) == len(pins)
+  wanted = project["dependencies"] + [d for extra in ("torch", "datasets", "test")
+                                      for d in project["optional-dependencies"][extra]]
+  for dep in map(Requirement, wanted):
+    name = canonicalize_name(dep.name)
+    assert name in locked, f"{dep.name} is not in requirements.txt: run .ci/lock"
+    assert dep.specifier.contains(locked[name], prereleases=True), f"{dep.name}=={locked[name]} is outside {dep}"
 
 
 def test_runs_outside_the_checkout(installed_package, fundus_small_dir, tmp_path):
