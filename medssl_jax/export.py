@@ -28,6 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
+from medssl_jax import paths
 from medssl_jax.models import convert_torch
 from medssl_jax.models.resnet import STAGE_SIZES, BasicBlock, Bottleneck
 from medssl_jax.train import checkpoint as ckpt_lib
@@ -51,7 +52,7 @@ def check_out(out: str) -> str:
   suffix = os.path.splitext(out)[1].lower()
   if suffix not in SUFFIXES:
     raise ValueError(f"--out={out!r}: unknown file type {suffix!r}; expected one of {list(SUFFIXES)}")
-  existing = [t for t in [out] + ([sidecar_path(out)] if suffix == ".npz" else []) if os.path.exists(t)]
+  existing = [t for t in [out] + ([sidecar_path(out)] if suffix == ".npz" else []) if paths.exists(t)]
   if existing:
     raise FileExistsError(f"{existing[0]!r} already exists; refusing to overwrite it: pass a new --out or "
                           "delete that file")
@@ -60,12 +61,12 @@ def check_out(out: str) -> str:
 
 def read_config(workdir: str) -> dict:
   """The run's config as saved in <workdir>/config.json (a plain dict)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "config.json")
+  config = paths.read_json(path)
+  if config is None:
     raise FileNotFoundError(f"{path!r} does not exist: --workdir must be a pretraining workdir "
                             "(one written by main.py, holding config.json and checkpoints/)")
-  with open(path) as f:
-    return json.load(f)
+  return config
 
 
 def read_provenance(workdir: str, *, step: int) -> dict:
@@ -84,13 +85,13 @@ def restore_variables(workdir: str, *, step: int | None = None) -> tuple[int, di
   import orbax.checkpoint as ocp
   steps = ckpt_lib.checkpoint_steps(workdir)
   if not steps:
-    raise FileNotFoundError(f"No checkpoint in {os.path.abspath(workdir)}/checkpoints; run mode=pretrain "
+    raise FileNotFoundError(f"No checkpoint in {paths.join(paths.absolute(workdir), 'checkpoints')}; run mode=pretrain "
                             "with this --workdir first")
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise ValueError(f"--step={step}: {workdir}/checkpoints has no checkpoint at that step; available: {steps}")
-  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state"))
+  path = paths.path(paths.join(paths.absolute(workdir), "checkpoints", str(step), "state"))
   checkpointer = ocp.PyTreeCheckpointer()
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
@@ -168,17 +169,14 @@ def make_metadata(config: Mapping, *, step: int, provenance: Mapping | None = No
 def write(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str], out: str) -> None:
   """Writes `tensors` + `metadata` to `out` (.safetensors, or .npz + <out>.json); never overwrites."""
   suffix = check_out(out)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = out + ".partial"  # Written whole, then renamed: an interrupted export leaves no truncated file at `out`.
+  # Each file is written whole and atomically (paths.write_bytes), the tensors last: an interrupted export
+  # leaves no truncated file at `out`.
   if suffix == ".safetensors":
-    from safetensors.numpy import save_file
-    save_file(dict(tensors), tmp, metadata=dict(metadata))
+    from safetensors.numpy import save
+    paths.write_bytes(out, save(dict(tensors), metadata=dict(metadata)))
   else:
-    with open(tmp, "wb") as f:
-      np.savez(f, **tensors)
-    with open(sidecar_path(out), "w") as f:
-      json.dump(dict(metadata), f, indent=2, sort_keys=True)
-  os.replace(tmp, out)
+    paths.write_text(sidecar_path(out), json.dumps(dict(metadata), indent=2, sort_keys=True))
+    paths.save_npz(out, **tensors)
 
 
 def export(workdir: str, out: str, *, step: int | None = None, include_head: bool = False) -> dict:

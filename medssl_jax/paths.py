@@ -30,6 +30,13 @@ def join(*parts) -> str:
   return str(epath.Path(str(parts[0])).joinpath(*map(str, parts[1:])))
 
 
+def relpath(p, start) -> str:
+  """os.path.relpath of `p` under `start`; for URLs the part of `p` below `start`."""
+  if is_url(p) or is_url(start):
+    return str(epath.Path(str(p)).relative_to(epath.Path(str(start))))
+  return os.path.relpath(p, start)
+
+
 def path(p) -> epath.Path:
   return epath.Path(absolute(p))
 
@@ -62,12 +69,30 @@ def rmtree(p) -> None:
 
 
 def rename(src, dst) -> None:
-  """Moves file or folder `src` to `dst`: one atomic rename locally; on object stores a copy then a delete, so a
-  reader may see both for a moment but never a partial `dst` file."""
-  if is_url(src) or is_url(dst):
-    path(src).rename(path(dst))
-  else:
+  """Moves file or folder `src` to `dst` (a file `dst` is replaced): one atomic rename locally; on object stores,
+  which have no renames, each file is copied whole and then `src` deleted, so a reader may see both for a moment
+  (and part of a folder's files) but never a partial file."""
+  if not (is_url(src) or is_url(dst)):
     os.replace(absolute(src), absolute(dst))
+    return
+  # Not epath's rename: it needs dst's folder to exist, and an object store's empty "folder" never does.
+  root = path(src)
+  if not root.is_dir():
+    write_bytes(dst, root.read_bytes())
+    root.unlink()
+    return
+  for f in _files(root):
+    write_bytes(join(dst, str(f.relative_to(root))), f.read_bytes())
+  rmtree(src)
+
+
+def _files(folder: epath.Path):
+  """Every file under `folder`, depth first in name order."""
+  for child in sorted(folder.iterdir(), key=str):
+    if child.is_dir():
+      yield from _files(child)
+    else:
+      yield child
 
 
 def read_text(p) -> str:

@@ -89,3 +89,90 @@ print("RESULT " + json.dumps(out))
   assert len(leaves) == len(resumed.files) - 1
   for i, x in enumerate(leaves):
     np.testing.assert_array_equal(resumed[str(i)], np.asarray(x))
+
+
+def test_every_mode_and_export_on_gcs(gcs, fundus_small_dir):
+  """A 2-step pretraining in gs://bucket/runs/modes, then, in the same process, modes features, analyze and
+  transfer there, an export to gs:// and a one-row table in gs://bucket/table: each output is an object on GCS
+  (nothing lands in a local 'gs:' folder), the features and the export read back through paths.load_npz, the
+  export holds the checkpoint's backbone, and paths.rename / relpath work on URLs."""
+  workdir, out = "gs://bucket/runs/modes", "gs://bucket/exports/backbone.npz"
+  script = f"""
+import json, sys
+sys.path.insert(0, "tests")
+import ml_collections, numpy as np, run_testing
+from etils import epath
+from medssl_jax import experiment, export, paths
+from medssl_jax.protocols import encoders
+from medssl_jax.tables import runner
+W, DATA = {workdir!r}, {str(fundus_small_dir)!r}
+base = run_testing.quick_config(DATA, num_steps=2, checkpoint_every=2)
+base.eval.compare_random_init = False
+experiment.run(base, W)
+
+def mode(name):
+  c = base.copy_and_resolve_references()
+  c.mode = name
+  return c
+
+c = mode("features")
+c.features.splits = ("validation",)
+feats = experiment.run(c, W)["validation"]
+c = mode("analyze")
+c.analysis.max_examples, c.analysis.embedding_method, c.analysis.num_attention_images = 16, "pca", 4
+c.analysis.layers = ("backbone",)
+experiment.run(c, W)
+c = mode("transfer")
+c.transfer.targets = (dict(name="fundus", builder="synthetic_fundus", builder_config="small", data_dir=DATA),)
+transfer = experiment.run(c, W)["fundus"]
+summary = export.export(W, {out!r})
+
+root = epath.Path(W)
+_, variables = encoders.load_pretrained(base, W)
+want = export.backbone_state_dict({{k: variables[k]["backbone"] for k in ("params", "batch_stats")}})
+got = paths.load_npz({out!r})
+seen = dict(
+    features=feats["path"], features_shape=list(paths.load_npz(feats["path"])["features"].shape),
+    analysis=sorted(p.name for p in (root / "analysis" / "test").iterdir()),
+    transfer=sorted(p.name for p in (root / "transfer" / "fundus").iterdir()), transfer_encoders=sorted(transfer),
+    export_keys=sorted(got) == sorted(want),
+    export_equal=all(np.array_equal(got[k], np.asarray(want[k])) for k in want),
+    metadata=json.loads(paths.read_text({out!r} + ".json"))["encoder"], summary_out=summary["out"])
+paths.write_text("gs://bucket/moves/a/x.txt", "x")
+paths.write_text("gs://bucket/moves/a/sub/y.txt", "y")
+paths.rename("gs://bucket/moves/a", "gs://bucket/moves/b")
+paths.write_text("gs://bucket/moves/c.txt", "new")
+paths.rename("gs://bucket/moves/c.txt", "gs://bucket/moves/b/x.txt")  # Replaces a file, as os.replace.
+seen["moved"] = [paths.exists("gs://bucket/moves/a"), paths.read_text("gs://bucket/moves/b/x.txt"),
+                 paths.read_text("gs://bucket/moves/b/sub/y.txt"), paths.exists("gs://bucket/moves/c.txt")]
+seen["relpath"] = paths.relpath(W + "/pretrain/p-1", W)
+
+# The table runner: one row (its pretraining, the probe's results moved into the row's folder, the tables).
+t = ml_collections.ConfigDict(dict(name="one", base_config="configs/demo_simclr.py:quick", grid=dict(seed=(0,))))
+t.overrides = ml_collections.ConfigDict(dict(data=dict(data_dir=DATA), train=dict(num_steps=2, checkpoint_every=2),
+                                             eval=dict(compare_random_init=False, max_iter=10, l2_grid=(1e-2,))))
+table = runner.run_table(t, workdir="gs://bucket/table")
+row = table["rows"][0]
+seen["table"] = dict(md=paths.exists(table["md"]), csv=paths.exists(table["csv"]), pretrain_dir=row["pretrain_dir"],
+                     row=sorted(p.name for p in (epath.Path("gs://bucket/table/rows") / row["row"]).iterdir()))
+print("RESULT " + json.dumps(seen))
+"""
+  env = dict(os.environ, **gcs, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  seen = json.loads(done.stdout.split("RESULT ", 1)[1])
+  assert seen["features"] == f"{workdir}/features/validation.npz" and seen["features_shape"][0] == 64, seen
+  for name in ("summary.json", "summary.md", "embedding_simclr_pretrained_backbone_pca.png",
+               "attention_simclr_pretrained_grad_cam.png", "attention_simclr_pretrained_grad_cam.npz"):
+    assert name in seen["analysis"], seen["analysis"]
+  assert seen["transfer_encoders"] == ["simclr (pretrained)"], seen
+  assert {os.path.splitext(n)[1] for n in seen["transfer"]} >= {".json", ".md"}, seen["transfer"]
+  assert seen["export_keys"] and seen["export_equal"] and seen["metadata"] == "resnet18", seen
+  assert seen["summary_out"] == out
+  assert seen["moved"] == [False, "new", "y", False], seen["moved"]
+  assert seen["relpath"] == "pretrain/p-1"
+  t = seen["table"]
+  assert t["md"] and t["csv"] and t["pretrain_dir"].startswith("pretrain/") and not t["pretrain_dir"].startswith("/"), t
+  assert {"result.json", "probe_results.json", "probe_results.md"} <= set(t["row"]), t
+  assert not os.path.exists(os.path.join(ROOT, "gs:")), "a gs:// path was made absolute as a local one"

@@ -33,12 +33,11 @@ it). `compute_maps` runs one of them over uint8 images in fixed-size batches (on
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medssl_jax import paths
 from medssl_jax.augment import views as views_lib
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.models.resnet import ResNet
@@ -354,6 +353,5 @@ def save_overlays(images, maps, path, *, masks=None, ncols=4, titles=None, alpha
     if titles is not None:
       ax.set_title(str(titles[i]), fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format="png", dpi=dpi)
+  paths.save_figure(fig, path, format="png", dpi=dpi)
   return path

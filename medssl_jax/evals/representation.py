@@ -14,13 +14,13 @@ All statistics are computed on the host in float64 numpy.
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medssl_jax import paths
 from medssl_jax.augment import views as views_lib
 from medssl_jax.models.heads import MLPHead
 from medssl_jax.models.resnet import STAGE_SIZES, ResNet
@@ -362,6 +362,4 @@ def _plot(coords, y, classes, names, *, path, title):
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", markerscale=max(1.0, 20.0 / size) ** 0.5,
             ncol=1 if len(classes) <= 25 else 2, frameon=False)
   fig.tight_layout()
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  fig.savefig(path, format="png")
+  paths.save_figure(fig, path, format="png")

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 
 import jax
@@ -56,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from medssl_jax import paths
 from medssl_jax.evals import segmentation_metrics
 from medssl_jax.models.resnet import ResNet
 from medssl_jax.models.unet import UNet
@@ -610,8 +610,7 @@ def save_overlays(images, masks, probs, path, *, fov=None, max_images: int = 4, 
       if r == 0:
         ax.set_title(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
-  fig.savefig(str(path), dpi=100)
+  paths.save_figure(fig, path, dpi=100)
   return str(path)
 
 

@@ -20,6 +20,7 @@ then set config.model.init_checkpoint = "resnet50_in1k.npz" (.safetensors and, w
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 from typing import Mapping
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medssl_jax import paths
 from medssl_jax.models.resnet import STAGE_SIZES, ResNet
 
 # Checkpoint keys that do not belong to the backbone: torchvision's / timm's classifier.
@@ -86,25 +88,25 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   or .pth / .pt / .bin (needs torch; loaded with weights_only=True). A checkpoint that wraps the state dict
   under 'state_dict' or 'model' is unwrapped, and 'module.' prefixes are stripped.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"checkpoint {path!r} does not exist")
   suffix = os.path.splitext(path)[1].lower()
   if suffix == ".safetensors":
     try:
-      from safetensors.numpy import load_file
+      from safetensors.numpy import load, load_file
     except ImportError:
       raise ImportError(f"reading {path!r} needs the safetensors package (pip install safetensors), or "
                         "save the state dict as .npz instead") from None
-    return _unwrap(load_file(path), path)
+    return _unwrap(load(paths.read_bytes(path)) if paths.is_url(path) else load_file(path), path)
   if suffix == ".npz":
-    with np.load(path, allow_pickle=False) as f:
-      return _unwrap({k: f[k] for k in f.files}, path)
+    return _unwrap(paths.load_npz(path), path)
   if suffix in _TORCH_SUFFIXES:
     try:
       import torch
     except ImportError:
       raise ImportError(_torch_hint(path)) from None
-    return _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+    source = io.BytesIO(paths.read_bytes(path)) if paths.is_url(path) else path  # torch opens local files itself.
+    return _unwrap(torch.load(source, map_location="cpu", weights_only=True), path)
   raise ValueError(f"checkpoint {path!r}: unknown file type {suffix!r}; expected one of {list(SUFFIXES)}")
 
 
@@ -287,6 +289,5 @@ def export_npz(backbone_variables: Mapping, path: str) -> dict[str, np.ndarray]:
   padding (medssl_jax/torch_resnet.py rebuilds the exact model).
   """
   out = torch_state_dict(backbone_variables)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, **out)
+  paths.save_npz(path, **out)
   return out

@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 
 from medssl_jax import config as config_lib
 from medssl_jax import objectives
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention as attention_lib
 from medssl_jax.evals import linear_probe as probe_lib
@@ -213,7 +214,7 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
   """
   t0 = time.perf_counter()
   a, d, e = config.analysis, config.data, config.eval
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   dataset = pipeline.dataset_name(builder)
   split = a.split or d.test_split
   size = config.augment.views[0].crop_size
@@ -264,10 +265,10 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
     if e.max_train_examples:
       train = {k: v[:e.max_train_examples] for k, v in train.items()}
 
-  out_dir = os.path.join(workdir, "analysis", slug(split))
+  out_dir = paths.join(workdir, "analysis", slug(split))
   write = jax.process_index() == 0
   if write:
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
   summary = {
       "dataset": dataset, "split": split, "num_records": int(n_split), "num_examples": int(len(images)),
       # Positions in the split (for load_split_arrays' indices) and the records' own 'id' feature.
@@ -297,7 +298,7 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
 
     if a.embedding_method != "none" and write:
       for layer in layers:
-        path = os.path.join(out_dir, f"embedding_{tag}_{slug(layer)}_{a.embedding_method}.png")
+        path = paths.join(out_dir, f"embedding_{tag}_{slug(layer)}_{a.embedding_method}.png")
         representation.embedding_map(
             features=feats[layer], labels=labels, path=path, method=a.embedding_method, class_names=class_name,
             seed=config.seed, title=f"{enc_name}: {layer} ({a.embedding_method}; {dataset} '{split}', "
@@ -310,7 +311,7 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
       result["attention"] = _attention(config, method, enc_name, enc_model, enc_vars, images=images, labels=labels,
                                        masks=masks, ids=data["id"], train=train, class_name=class_name,
                                        num_classes=num_classes, mesh=mesh, prep=prep,
-                                       stem=os.path.join(out_dir, f"attention_{tag}_{method}"), write=write)
+                                       stem=paths.join(out_dir, f"attention_{tag}_{method}"), write=write)
     summary["encoders"][enc_name] = result
   summary["wall_clock_s"] = round(time.perf_counter() - t0, 1)
   table = format_summary(summary)
@@ -365,7 +366,7 @@ def _attention(config, method, enc_name, model, variables, *, images, labels, ma
     short = a.mask_key or "lungs"  # Tile titles stay short.
     titles = [f"{t}, {fraction[i]:.2f} in {short}" for t, i in zip(titles, grid)]
   if write:
-    np.savez_compressed(stem + ".npz", **arrays)
+    paths.save_npz(stem + ".npz", compressed=True, **arrays)
     out["maps_file"] = stem + ".npz"
     if len(grid):
       out["overlay"] = attention_lib.save_overlays(images[grid], maps[grid], stem + ".png",

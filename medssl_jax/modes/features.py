@@ -8,13 +8,12 @@ never recomputed or overwritten.
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import ml_collections
 import numpy as np
 
 from medssl_jax import config as config_lib
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.evals import linear_probe
 from medssl_jax.protocols import encoders as encoders_lib
@@ -45,12 +44,12 @@ def features(config, workdir: str, *, mesh=None) -> dict:
   splits = tuple(config.features.splits) or (d.train_split, d.test_split)
   for split in splits:
     pipeline.num_examples(builder, split)  # An unknown split fails before the encoder is loaded.
-  out_dir = os.path.join(workdir, "features")
+  out_dir = paths.join(workdir, "features")
   model = variables = None
   out = {}
   for split in splits:
-    path = os.path.join(out_dir, f"{split.replace('/', '_')}.npz")
-    if not os.path.exists(path):
+    path = paths.join(out_dir, f"{split.replace('/', '_')}.npz")
+    if not paths.exists(path):
       if model is None:
         model, variables = encoders_lib.load_pretrained(config, workdir)
       data = pipeline.load_split_arrays(builder, split=split, image_size=d.image_size, fit=d.fit)
@@ -58,14 +57,12 @@ def features(config, workdir: str, *, mesh=None) -> dict:
                                             image_size=config.augment.views[0].crop_size, mean=tuple(d.mean),
                                             std=tuple(d.std), batch_size=config.eval.batch_size, mesh=mesh)
       if jax.process_index() == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        np.savez(path + ".tmp.npz", features=feats.astype(np.float32), label=data["label"], id=data["id"])
-        os.replace(path + ".tmp.npz", path)  # Never a half-written file where a finished one is expected.
+        # Atomic: never a half-written file where a finished one is expected.
+        paths.save_npz(path, features=feats.astype(np.float32), label=data["label"], id=data["id"])
       print(f"features [{split}]: {feats.shape[0]} records x {feats.shape[1]} dims -> {path}", flush=True)
     else:
       print(f"features [{split}]: already in {path}", flush=True)
-    with np.load(path) as f:
-      out[split] = {"path": path, "shape": tuple(f["features"].shape)}
+    out[split] = {"path": path, "shape": tuple(paths.load_npz(path)["features"].shape)}
   return out
 
 

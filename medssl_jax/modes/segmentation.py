@@ -7,8 +7,6 @@ already scored with the same settings and backbone weights is read back, not rec
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 
 import jax
@@ -16,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from medssl_jax import config as config_lib
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention
 from medssl_jax.evals import metrics as metrics_lib
@@ -209,8 +208,8 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   """
 
   cfg = config.segmentation
-  out_dir = os.path.join(str(workdir), "segmentation")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = paths.join(workdir, "segmentation")
+  paths.makedirs(out_dir)
   builder = pipeline.open_dataset(cfg)
   dataset = pipeline.dataset_name(builder)
   _check_maps(cfg, builder)
@@ -242,11 +241,8 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()
               if k not in ("encoders", "seeds") and segmentation_lib.SETTINGS_DEFAULTS.get(k, object()) != v}
   settings.update(fit=config.data.fit, mean=list(config.data.mean), std=list(config.data.std))
-  path = os.path.join(out_dir, "results.json")
-  previous = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f).get("encoders", {})
+  path = paths.join(out_dir, "results.json")
+  previous = paths.read_json(path, missing={}).get("encoders", {})
   seeds = [int(s) for s in cfg.seeds]
   results = {"dataset": dataset, "train_split": cfg.train_split, "test_split": cfg.test_split,
              "mask_key": cfg.mask_key, "fov": fov, "fov_convention": _fov_convention(fov),
@@ -281,7 +277,7 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
           num_classes=num_classes)
       if first:
         probs = res.pop("probabilities")
-        segmentation_lib.save_overlays(te_x, te_m, probs, os.path.join(out_dir, f"overlays_{_slug(name)}.png"),
+        segmentation_lib.save_overlays(te_x, te_m, probs, paths.join(out_dir, f"overlays_{_slug(name)}.png"),
                                        fov=te_f,
                       threshold=float(cfg.threshold))
       runs[str(seed)] = dict(res, settings=settings, backbone_sha256=sha)
@@ -294,7 +290,7 @@ def run(config, workdir, *, encoders, mesh=None) -> dict:
   # Encoders of earlier calls that this one did not ask for stay in the file (not in the table).
   results_lib.write_json(path, {**results, "encoders": {**previous, **results["encoders"]}}, indent=1, default=float)
   table = _markdown(results)
-  results_lib.write_text(os.path.join(out_dir, "results.md"), table)
+  results_lib.write_text(paths.join(out_dir, "results.md"), table)
   reporting.write_eval_scalars(str(workdir), "segmentation", {n: e["mean"] for n, e in results["encoders"].items()},
                                step=config.train.num_steps)  # Each encoder's mean over seeds.
   print(table, flush=True)

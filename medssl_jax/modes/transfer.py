@@ -3,12 +3,10 @@ each with config.eval's protocol. Results in <workdir>/transfer/<name>/; finishe
 """
 from __future__ import annotations
 
-import json
-import os
-
 import ml_collections
 
 from medssl_jax import config as config_lib
+from medssl_jax import paths
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.protocols import encoders as encoders_lib
@@ -77,19 +75,16 @@ def transfer(config, workdir: str, *, mesh=None) -> dict:
   out = {}
   for target in config.transfer.targets:
     cfg = _target_config(config, target)
-    tdir = os.path.join(workdir, "transfer", target["name"])
-    path = os.path.join(tdir, probe_lib.results_name(cfg) + ".json")
-    done = {}
-    if os.path.exists(path):
-      with open(path) as f:
-        done = json.load(f)
+    tdir = paths.join(workdir, "transfer", target["name"])
+    path = paths.join(tdir, probe_lib.results_name(cfg) + ".json")
+    done = paths.read_json(path, missing={})
     encoders = encoders or encoders_lib.transfer_encoders(config, workdir, names)
     todo = {k: v for k, v in encoders.items() if k not in done}
     if not todo:
       out[target["name"]] = done
       print(f"transfer [{target['name']}]: results already in {path}", flush=True)
       continue
-    os.makedirs(tdir, exist_ok=True)
+    paths.makedirs(tdir)
     builder = pipeline.open_dataset(cfg.data)
     print(f"transfer [{target['name']}]: {pipeline.dataset_name(builder)}, {cfg.eval.protocol}: {', '.join(todo)}",
           flush=True)

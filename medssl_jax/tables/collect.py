@@ -11,24 +11,15 @@ encoder's rows of all arms are pooled into one, once per seed as read from confi
 """
 from __future__ import annotations
 
-import json
-import os
-
 from absl import app
 from absl import flags
 
+from medssl_jax import paths
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import results as results_lib
 
 RANDOM = "random init"
 RETRIEVAL = {"i2t_R@1": "image->report R@1", "i2t_R@10": "image->report R@10", "label_match@1": "same-label report @1"}
-
-
-def _read(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split: str = "test") -> list[dict]:
@@ -40,13 +31,13 @@ def collect(arms: dict[str, list[str]], *, results: str = "probe_results", split
   random_seeds = set()
   for arm, workdirs in arms.items():
     for wd in workdirs:
-      seed = (_read(os.path.join(wd, "config.json")) or {}).get("seed", wd)
-      res = _read(os.path.join(wd, f"{results}.json"))
+      seed = (paths.read_json(paths.join(wd, "config.json")) or {}).get("seed", wd)
+      res = paths.read_json(paths.join(wd, f"{results}.json"))
       if res is None:
-        raise FileNotFoundError(f"{os.path.join(wd, results + '.json')} does not exist: arm {arm!r} lists a workdir "
+        raise FileNotFoundError(f"{paths.join(wd, results + '.json')} does not exist: arm {arm!r} lists a workdir "
                                 "whose evaluation has not finished")
-      summary = _read(os.path.join(wd, "analysis", split, "summary.json")) or {"encoders": {}}
-      retrieved = _read(os.path.join(wd, "retrieval.json")) or {}
+      summary = paths.read_json(paths.join(wd, "analysis", split, "summary.json")) or {"encoders": {}}
+      retrieved = paths.read_json(paths.join(wd, "retrieval.json")) or {}
       for enc, r in res.items():
         if enc == RANDOM:
           if seed in random_seeds:  # Same seed, same random encoder: count it once.
@@ -99,10 +90,10 @@ def format_rows(rows: list[dict]) -> str:
 def parse_arm(spec: str) -> tuple[str, list[str]]:
   """'label=dir1,dir2' -> (label, [dir1, dir2])."""
   label, sep, dirs = spec.partition("=")
-  paths = [d for d in dirs.split(",") if d]
-  if not sep or not label or not paths:
+  workdirs = [d for d in dirs.split(",") if d]
+  if not sep or not label or not workdirs:
     raise ValueError(f"--arm={spec!r}: expected 'label=workdir1,workdir2,...'")
-  return label, paths
+  return label, workdirs
 
 
 def main(argv):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 
+from medssl_jax import paths
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import ood as ood_lib
 from medssl_jax.evals import results as results_lib
@@ -185,7 +186,7 @@ def plot_heatmap(table, records, path: str) -> str:
   ax.set_title(f"{table.name}: AUROC (mean ± std over seeds)", fontsize=9)
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  paths.save_figure(fig, path, dpi=120)
   return path
 
 
@@ -194,7 +195,7 @@ def write_ood_outputs(table, records, *, workdir: str) -> dict | None:
   {"md", "csv", "png"}, or None (nothing written) otherwise."""
   if not has_ood(records):
     return None
-  base = os.path.join(workdir, f"{table.name}_ood")
+  base = paths.join(workdir, f"{table.name}_ood")
   png = plot_heatmap(table, records, base + ".png")
-  paths = results_lib.write_table(base, markdown=format_markdown(table, records, png=png), csv=format_csv(records))
-  return dict(paths, png=png)
+  files = results_lib.write_table(base, markdown=format_markdown(table, records, png=png), csv=format_csv(records))
+  return dict(files, png=png)

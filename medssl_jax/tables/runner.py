@@ -50,6 +50,7 @@ from ml_collections import config_flags
 from medssl_jax import config as config_lib
 from medssl_jax import errors
 from medssl_jax import experiment
+from medssl_jax import paths
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
@@ -333,12 +334,9 @@ def _pretrain(row, pdir: str) -> float:
 
   Returns the pretraining wall-clock so far, summed over every invocation that worked on it.
   """
-  timing_path = os.path.join(pdir, "table_pretrain.json")
-  timing = {"wall_clock_s": 0.0}
-  if os.path.exists(timing_path):
-    with open(timing_path) as f:
-      timing = json.load(f)
-  if not os.path.isdir(os.path.join(pdir, "checkpoints", str(row["config"].train.num_steps))):
+  timing_path = paths.join(pdir, "table_pretrain.json")
+  timing = paths.read_json(timing_path, missing={"wall_clock_s": 0.0})
+  if not paths.isdir(paths.join(pdir, "checkpoints", str(row["config"].train.num_steps))):
     config = row["config"].copy_and_resolve_references()
     config.mode = "pretrain"
     t0 = time.perf_counter()
@@ -346,7 +344,7 @@ def _pretrain(row, pdir: str) -> float:
       experiment.run(config, pdir)
     finally:  # Count the time of an interrupted run too: the resumed run starts from its checkpoint.
       timing["wall_clock_s"] += time.perf_counter() - t0
-      if os.path.isdir(pdir):
+      if paths.isdir(pdir):
         _write_json(timing_path, timing)
   return timing["wall_clock_s"]
 
@@ -365,21 +363,21 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
     # Trained from scratch with labels (e.g. configs/medmnist_supervised.py): no pretraining to share;
     # the row's own folder is its workdir.
     pretrain_s, pdir = 0.0, rdir
-    os.makedirs(rdir, exist_ok=True)
+    paths.makedirs(rdir)
   else:
     pretrain_s = _pretrain(row, pdir)
     config.mode = "linear_eval"  # Evaluates (probe / kNN / fine-tune per eval.protocol) the shared encoder.
   t0 = time.perf_counter()
   results = experiment.run(config, pdir)
   eval_s = time.perf_counter() - t0
-  os.makedirs(rdir, exist_ok=True)
+  paths.makedirs(rdir)
   # experiment.run names its results file by protocol and label subset only; rows sharing this
   # pretraining may differ in other eval keys (knn_k, l2_grid, finetune_steps), so each row keeps its own.
   name = probe.results_name(config)
   for ext in ("json", "md"):
-    src = os.path.join(pdir, f"{name}.{ext}")
-    if os.path.exists(src):
-      os.replace(src, os.path.join(rdir, f"{name}.{ext}"))
+    src = paths.join(pdir, f"{name}.{ext}")
+    if paths.exists(src):
+      paths.rename(src, paths.join(rdir, f"{name}.{ext}"))
   d = config.data
   record = dict(
       table=table_name, row=row["slug"], base_config=row["base_config"],
@@ -390,9 +388,9 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
       train_subset=config.eval.train_subset or ("file" if config.eval.subset_file else ""),
       subset_seed=config.eval.subset_seed, n_labelled=_num_labelled(config, results), seed=config.seed,
       results=results, eval_wall_clock_s=round(eval_s, 2), pretrain_wall_clock_s=round(pretrain_s, 2),
-      pretrain_dir=os.path.relpath(pdir, workdir), code_version=code_version(), versions=package_versions(),
+      pretrain_dir=paths.relpath(pdir, workdir), code_version=code_version(), versions=package_versions(),
       finished=datetime.datetime.now().isoformat(timespec="seconds"))
-  _write_json(os.path.join(rdir, RESULT_FILE), record)
+  _write_json(paths.join(rdir, RESULT_FILE), record)
   return record
 
 
@@ -409,18 +407,17 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
      "md": path, "csv": path, "png": path or None}.
   """
   rows = build_rows(table, overrides=overrides)  # Every row is validated before anything runs.
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
+  paths.makedirs(workdir)
   n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode != "supervised"})  # Supervised rows have none.
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
   records, t_table = [], time.perf_counter()
   for i, row in enumerate(rows, 1):
-    rdir = os.path.join(workdir, "rows", row["slug"])
-    pdir = os.path.join(workdir, "pretrain", row["pretrain_slug"])
-    path = os.path.join(rdir, RESULT_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        record = dict(json.load(f), status="cached")
+    rdir = paths.join(workdir, "rows", row["slug"])
+    pdir = paths.join(workdir, "pretrain", row["pretrain_slug"])
+    path = paths.join(rdir, RESULT_FILE)
+    if paths.exists(path):
+      record = dict(paths.read_json(path), status="cached")
       if record.get("config", {}).get("mode") == "supervised":  # Older records of supervised rows lack the name.
         record["objective"] = "none (supervised)"
       print(f"[{i}/{len(rows)}] cached   {row['slug']} (finished {record.get('finished', '?')})", flush=True)
@@ -645,17 +642,17 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  paths.save_figure(fig, path, dpi=120)
   return path
 
 
 def write_outputs(table, records, *, workdir: str) -> dict:
   """Writes <workdir>/<name>.md, .csv and (with label fractions) .png; returns their paths."""
-  base = os.path.join(workdir, table.name)
+  base = paths.join(workdir, table.name)
   png = plot_auroc_vs_labels(table, records, base + ".png")
-  paths = results_lib.write_table(base, markdown=format_markdown(table, records, png=png),
+  files = results_lib.write_table(base, markdown=format_markdown(table, records, png=png),
                                   csv=format_csv(table, records))
-  return dict(paths, png=png, ood=ood_matrix.write_ood_outputs(table, records, workdir=workdir))
+  return dict(files, png=png, ood=ood_matrix.write_ood_outputs(table, records, workdir=workdir))
 
 
 # ---------------------------------------------------------------------------------------------------

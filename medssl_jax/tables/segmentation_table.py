@@ -14,7 +14,6 @@ Rows report mean ± std over the run's config.segmentation.seeds.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -23,6 +22,7 @@ from absl import flags
 
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
+from medssl_jax import paths
 from medssl_jax.evals import results as results_lib
 
 METRICS = (("dice", "Dice (F1)"), ("auroc", "AUROC"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
@@ -49,17 +49,16 @@ def load_table(spec: str) -> dict:
 
 def run_table(table: dict, *, workdir: str) -> list[dict]:
   """Runs every run of the table (resuming) and returns the table's row records."""
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
   results, transfer = {}, {}
   for i, (name, spec) in enumerate(table["runs"].items()):
-    rdir = os.path.join(workdir, name)
-    path = os.path.join(rdir, "segmentation", "results.json")
+    rdir = paths.join(workdir, name)
+    path = paths.join(rdir, "segmentation", "results.json")
     config = config_lib.load(spec)
     print(f"\n#### run {i + 1}/{len(table['runs'])}: {name} ({spec}) in {rdir}", flush=True)
     t0 = time.perf_counter()
     out = experiment.run(config, rdir)
-    with open(path) as f:
-      results[name] = json.load(f)
+    results[name] = paths.read_json(path)
     transfer[name] = out.get("transfer", {}) if isinstance(out, dict) else {}
     print(f"#### run {name}: {time.perf_counter() - t0:.0f} s", flush=True)
   rows = []
@@ -143,8 +142,8 @@ def format_markdown(table: dict, rows: list[dict]) -> str:
 
 def write_outputs(table: dict, rows: list[dict], out_dir: str) -> list[str]:
   """<out_dir>/<name>.md, .csv and a bar chart .png; returns the paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  stem = os.path.join(out_dir, table["name"])
+  paths.makedirs(out_dir)
+  stem = paths.join(out_dir, table["name"])
   keys = ["label", "run", "config", "encoder", "seeds"] + [k for m, _ in METRICS for k in (m, m + "_std")]
   published = [{"label": p["method"] + " (published)", "config": p.get("source", ""), **{m: p.get(m) for m, _ in METRICS}}
                for p in table.get("published", ())]
@@ -175,7 +174,7 @@ def _plot(table, rows, path):
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
   fig.suptitle(table["name"], fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  paths.save_figure(fig, path, dpi=110)
 
 
 _TABLE = flags.DEFINE_string("table", None, "Table file: configs/<file>.py[:variant].")
@@ -193,11 +192,11 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
   table = load_table(_TABLE.value)
   rows = run_table(table, workdir=_WORKDIR.value)
-  paths = write_outputs(table, rows, os.path.abspath(_WORKDIR.value))
+  files = write_outputs(table, rows, paths.absolute(_WORKDIR.value))
   if _OUT.value:
-    paths += write_outputs(table, rows, _OUT.value)
+    files += write_outputs(table, rows, _OUT.value)
   print("\n" + format_markdown(table, rows), flush=True)
-  print("wrote " + ", ".join(paths), flush=True)
+  print("wrote " + ", ".join(files), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Stage k resumes its own checkpoint when it has one; a finished stage is skipped 
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Mapping
 
@@ -24,6 +23,7 @@ import jax
 import ml_collections
 
 from medssl_jax import config as config_lib
+from medssl_jax import paths
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.protocols import encoders as encoders_lib
@@ -131,7 +131,7 @@ def stage_config(config, index: int):
 
 
 def stage_dir(workdir: str, index: int, name: str) -> str:
-  return os.path.join(workdir, "stages", f"{index}_{name}")
+  return paths.join(workdir, "stages", f"{index}_{name}")
 
 
 def _shapes(config):
@@ -162,7 +162,7 @@ def check_architecture(config):
 
 
 def _latest_step(workdir: str, keep: int):
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not paths.isdir(paths.join(workdir, "checkpoints")):
     return None
   manager = ckpt_lib.make_manager(workdir, keep=keep)
   step = manager.latest_step()
@@ -190,7 +190,7 @@ def run_curriculum(config, workdir: str, *, builder=None, mesh=None):
   stages = config.curriculum.stages
   if not stages:
     raise ValueError("config.curriculum.stages is empty: nothing to run")
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
   check_architecture(config)
   cfgs = [stage_config(config, i) for i in range(len(stages))]
   dirs = [stage_dir(workdir, i, s["name"]) for i, s in enumerate(stages)]

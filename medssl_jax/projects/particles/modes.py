@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from medssl_jax import config as config_lib
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.evals import linear_probe as probe_lib
 from medssl_jax.evals import particles as particles_lib
@@ -127,7 +128,7 @@ def _highlight_plot(coords, y, names, holdout, *, path, title):
   ax.set_yticks([])
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
   fig.tight_layout()
-  fig.savefig(path, format="png")
+  paths.save_figure(fig, path, format="png")
 
 
 def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
@@ -145,7 +146,7 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
   """
   t0 = time.perf_counter()
   p, d, e = config.particles, config.data, config.eval
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   dataset = pipeline.dataset_name(builder)
   names = pipeline.class_names(builder)
   if not names:
@@ -176,10 +177,10 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
     raise ValueError(f"particles: the test split {d.test_split!r} (as capped) has no {p.holdout_class!r} records; "
                      "the novelty AUROC needs some (raise particles.max_examples)")
 
-  out_dir = os.path.join(workdir, "particles")
+  out_dir = paths.join(workdir, "particles")
   write = jax.process_index() == 0
   if write:
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
   counts = lambda y: {names[c]: int(np.sum(y == c)) for c in range(len(names))}
   summary = {
       "dataset": dataset, "classes": names, "holdout_class": p.holdout_class, "input_size": int(size),
@@ -212,7 +213,7 @@ def run(config, workdir: str, *, encoders, builder, mesh=None) -> dict:
       if "knn" in report:
         result["novelty"] = report["knn"]  # The key (and numbers) of summaries before novelty_methods.
     if p.embedding_method != "none" and write:
-      path = os.path.join(out_dir, f"embedding_{analyze.slug(enc_name)}_{p.embedding_method}.png")
+      path = paths.join(out_dir, f"embedding_{analyze.slug(enc_name)}_{p.embedding_method}.png")
       title = f"{enc_name}: {dataset} '{d.test_split}' ({p.embedding_method}, N={len(test_y)})"
       coords = representation.embedding_map(features=feats["test"], labels=test_y, path=path,
                                             method=p.embedding_method, class_names=names, seed=config.seed,

@@ -13,13 +13,12 @@ interruption continues where it stopped. The pseudo-labeller's backbone is regis
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 from matplotlib.figure import Figure
 import numpy as np
 
+from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.evals import results as results_lib
 from medssl_jax.modes import segmentation as segmentation_mode
@@ -51,27 +50,26 @@ def resolve_patch_data(config, workdir: str):
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.data.builder_config = d.builder_config or patch_builder_config(config)
-    cfg.data.manual_dir = d.manual_dir or os.path.join(workdir, "propagation")
-    cfg.data.data_dir = d.data_dir or os.path.join(workdir, "patches")
+    cfg.data.manual_dir = d.manual_dir or paths.join(workdir, "propagation")
+    cfg.data.data_dir = d.data_dir or paths.join(workdir, "patches")
   return cfg
 
 
 def build_patches(config, workdir: str):
   """Stage 3: the five-patch TFDS dataset from <workdir>/propagation (built once), plus
   <workdir>/patches/summary.json and a PNG grid of patches with their positions and abnormality scores."""
-  manifest = os.path.join(workdir, "propagation", "manifest.json")
-  if not os.path.exists(manifest):
+  manifest = paths.join(workdir, "propagation", "manifest.json")
+  if not paths.exists(manifest):
     raise FileNotFoundError(f"{manifest} does not exist: run stage 2 first (mode 'propagate', or mode 'swcl' "
                             "which runs every stage in order)")
   cfg = resolve_patch_data(_with_patch_data(config), workdir)
   builder = pipeline.open_dataset(cfg.data)
-  out_dir = os.path.join(workdir, "patches")
-  summary_path = os.path.join(out_dir, "summary.json")
-  if not os.path.exists(summary_path):
+  out_dir = paths.join(workdir, "patches")
+  summary_path = paths.join(out_dir, "summary.json")
+  if not paths.exists(summary_path):
     summary = _summarise_patches(builder, config, out_dir)
     results_lib.write_json(summary_path, summary)
-  with open(summary_path) as f:
-    summary = json.load(f)
+  summary = paths.read_json(summary_path)
   print(f"patch dataset: {summary['num_patches']} patches of {summary['num_images']} images "
         f"({summary['num_patients']} patients), {100 * summary['abnormal_fraction']:.1f}% above the abnormality "
         f"threshold {summary['abnormality_threshold']}; grid: {summary['grid']}", flush=True)
@@ -107,7 +105,7 @@ def _summarise_patches(builder, config, out_dir: str) -> dict:
       "flipped_fraction": float(np.mean(data["flipped"])),
       "builder": f"{builder.name}/{builder.builder_config.name}",
   }
-  summary["grid"] = _save_patch_grid(data, positions, thr, os.path.join(out_dir, "patches_grid.png"))
+  summary["grid"] = _save_patch_grid(data, positions, thr, paths.join(out_dir, "patches_grid.png"))
   return summary
 
 
@@ -130,7 +128,7 @@ def _save_patch_grid(data, positions, thr, path, *, num_images: int = 6) -> str:
       ax.axis("off")
   fig.suptitle(f"SWCL patches (most / least abnormal images; red: abnormality > {thr})", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  paths.save_figure(fig, path, dpi=100)
   return path
 
 
@@ -140,7 +138,7 @@ def _stage(i: int, name: str, detail: str = ""):
 
 def run(config, workdir: str, *, mesh=None):
   """Runs config.mode: one of stages 1-3, or "swcl" = every stage in order (each resuming)."""
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   mode = config.mode
   if mode == "pseudo_label":
     return pseudo_labeller.train(config, workdir, mesh=mesh)[2]
@@ -148,7 +146,7 @@ def run(config, workdir: str, *, mesh=None):
     return propagate_lib.propagate(config, workdir, mesh=mesh)
   if mode == "patches":
     build_patches(config, workdir)
-    return _read_json(os.path.join(workdir, "patches", "summary.json"))
+    return paths.read_json(paths.join(workdir, "patches", "summary.json"))
   if mode != "swcl":
     raise ValueError(f"medssl_jax.projects.swcl.modes.run: config.mode={mode!r} is not an SWCL stage {STAGE_MODES}")
   if config.data.builder != PATCH_BUILDER:
@@ -162,7 +160,7 @@ def run(config, workdir: str, *, mesh=None):
   out["propagate"] = propagate_lib.propagate(config, workdir, mesh=mesh)
   _stage(3, "patch dataset", "five patches per image")
   builder = build_patches(config, workdir)
-  out["patches"] = _read_json(os.path.join(workdir, "patches", "summary.json"))
+  out["patches"] = paths.read_json(paths.join(workdir, "patches", "summary.json"))
   _stage(4, "pretraining", f"{config.objective.name}, scheme {tuple(config.objective.swcl.scheme)}")
   cfg = resolve_patch_data(config, workdir)
   pretrain_lib.pretrain(cfg, workdir, builder=builder, mesh=mesh)
@@ -179,11 +177,6 @@ def run(config, workdir: str, *, mesh=None):
   return out
 
 
-def _read_json(path):
-  with open(path) as f:
-    return json.load(f)
-
-
 def _load_pseudo_labeller(config, workdir: str):
   """SWCL stage 1's backbone (supervised cross-entropy on the labelled set plus FixMatch on the pool) in the
   pretraining model; heads stay random (probes use the backbone only)."""
@@ -195,7 +188,7 @@ def _load_pseudo_labeller(config, workdir: str):
 
 encoders_lib.register(encoders_lib.Encoder(
     name="pseudo_labeller", load=_load_pseudo_labeller,
-    present=lambda workdir: os.path.exists(os.path.join(pseudo_labeller.stage_dir(workdir), "summary.json"))))
+    present=lambda workdir: paths.exists(paths.join(pseudo_labeller.stage_dir(workdir), "summary.json"))))
 
 
 def resolve(config, workdir: str):

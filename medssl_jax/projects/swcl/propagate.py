@@ -36,9 +36,9 @@ current settings is returned as is; one that differs raises (it is never overwri
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from medssl_jax import paths
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention
@@ -166,7 +167,7 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
   """Stage 2 (module docstring): writes <workdir>/propagation/ from the finished stage 1 and returns its manifest;
   returns the existing manifest when the folder was already written with the same settings."""
   s = config.swcl
-  out_dir = os.path.join(workdir, OUT_DIR)
+  out_dir = paths.join(workdir, OUT_DIR)
   summary = pseudo_labeller.read_summary(config, workdir)
   sources = []
   for entry in pseudo_labeller.pool_entries(config):
@@ -174,14 +175,13 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
     sources.append(dict(entry, source=pseudo_labeller.source_name(builder, entry["split"]),
                         num_images=pipeline.num_examples(builder, entry["split"])))
   expected = _expected(config, summary, sources)
-  manifest_path = os.path.join(out_dir, MANIFEST)
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      manifest = json.load(f)
+  manifest_path = paths.join(out_dir, MANIFEST)
+  manifest = paths.read_json(manifest_path)
+  if manifest is not None:
     _check_reusable(manifest_path, manifest, expected)
     print(f"propagation: {out_dir} reused ({manifest['num_images']} images)", flush=True)
     return manifest
-  if os.path.exists(out_dir):
+  if paths.exists(out_dir):
     raise FileExistsError(f"{out_dir} exists but has no {MANIFEST}: not a propagation folder written by this code; "
                           "move or delete it")
 
@@ -199,12 +199,12 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
   head = variables["params"]["head"]
   kernel, bias, abnormal = rep(head["kernel"]), rep(head["bias"]), rep((~normal).astype(np.float32))
 
-  tmp = os.path.join(workdir, OUT_DIR + ".partial")
-  if os.path.exists(tmp):
+  tmp = paths.join(workdir, OUT_DIR + ".partial")
+  if paths.exists(tmp):
     print(f"propagation: deleting {tmp}, left by an interrupted run", flush=True)
-    shutil.rmtree(tmp)
-  os.makedirs(os.path.join(tmp, "images"))
-  os.makedirs(os.path.join(tmp, "cams"))
+    paths.rmtree(tmp)
+  paths.makedirs(paths.join(tmp, "images"))
+  paths.makedirs(paths.join(tmp, "cams"))
   total = sum(src["num_images"] for src in sources)
   print(f"propagation: {total} pool images at {s.image_size} px (classifier at {s.classifier_image_size} px), "
         f"classes {classes}, normal {expected['normal_classes']}", flush=True)
@@ -224,9 +224,9 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
       for i in range(n):
         key = f"{k:06d}"
         rgb = images[i] if images.shape[-1] == 3 else np.repeat(images[i][..., :1], 3, axis=-1)
-        Image.fromarray(rgb, "RGB").save(os.path.join(tmp, "images", f"{key}.png"))
+        paths.save_image(Image.fromarray(rgb, "RGB"), paths.join(tmp, "images", f"{key}.png"))
         cam = np.round(255.0 * np.clip(maps[i], 0.0, 1.0)).astype(np.uint8)
-        Image.fromarray(cam, "L").save(os.path.join(tmp, "cams", f"{key}.png"))
+        paths.save_image(Image.fromarray(cam, "L"), paths.join(tmp, "cams", f"{key}.png"))
         rows.append([key, src["source"], index, pids[index], eyes[index], f"{ab[i]:.6f}",
                      *(f"{p:.6f}" for p in probs[i])])
         if len(overlay_images) < NUM_OVERLAYS:
@@ -241,10 +241,11 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
     if index != src["num_images"]:
       raise RuntimeError(f"{src['source']}: read {index} records, the split has {src['num_images']}")
 
-  with open(os.path.join(tmp, CSV_FILE), "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["key", "source", "index", "patient_id", "eye", "abnormal_prob"] + [f"prob_{c}" for c in classes])
-    writer.writerows(rows)
+  buf = io.StringIO(newline="")
+  writer = csv.writer(buf)
+  writer.writerow(["key", "source", "index", "patient_id", "eye", "abnormal_prob"] + [f"prob_{c}" for c in classes])
+  writer.writerows(rows)
+  paths.write_text(paths.join(tmp, CSV_FILE), buf.getvalue())
   probs = np.concatenate(all_probs)
   if multi_label:
     threshold = config.objective.swcl.pseudo_label_threshold
@@ -260,15 +261,19 @@ def propagate(config, workdir: str, *, mesh=None) -> dict:
   titles = [f"{classes[int(np.argmax(r_probs))]}, abnormal {float(r[5]):.2f}" for r, r_probs in
             zip(rows[:len(overlay_images)], probs[:len(overlay_images)])]
   if overlay_images:
-    attention.save_overlays(np.stack(overlay_images), np.stack(overlay_maps), os.path.join(tmp, OVERLAYS),
+    attention.save_overlays(np.stack(overlay_images), np.stack(overlay_maps), paths.join(tmp, OVERLAYS),
                             titles=titles)
   manifest = dict(expected, num_images=total, predicted_class_counts=counts, predicted_by=how, cam=CAM,
                   overlays=OVERLAYS, seconds=round(time.perf_counter() - t0, 1))
-  with open(os.path.join(tmp, MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.rename(tmp, out_dir)  # Last: the folder appears complete or not at all.
+  text = json.dumps(manifest, indent=2)  # The manifest marks a finished folder.
+  if paths.is_url(out_dir):  # Object stores move a folder file by file: the manifest goes in after the rest.
+    paths.rename(tmp, out_dir)
+    paths.write_text(paths.join(out_dir, MANIFEST), text)
+  else:
+    paths.write_text(paths.join(tmp, MANIFEST), text)
+    paths.rename(tmp, out_dir)  # Last: the folder appears complete or not at all.
   print(f"propagation done: {total} images, CAMs and pseudo-labels in {out_dir} ({manifest['seconds']:.0f}s); "
-        f"overlays: {os.path.join(out_dir, OVERLAYS)}", flush=True)
+        f"overlays: {paths.join(out_dir, OVERLAYS)}", flush=True)
   return manifest
 
 

@@ -53,6 +53,7 @@ import optax
 import tensorflow_datasets as tfds
 
 from medssl_jax import models
+from medssl_jax import paths
 from medssl_jax.augment import ops
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
@@ -377,25 +378,20 @@ def _finite(x):
   return x if math.isfinite(x) else None
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Public API.
 
 def stage_dir(workdir: str) -> str:
-  return os.path.join(workdir, STAGE_DIR)
+  return paths.join(workdir, STAGE_DIR)
 
 
 def read_summary(config, workdir: str) -> dict:
   """summary.json of a finished stage 1 in `workdir`, checked against config's settings (clear errors)."""
-  path = os.path.join(stage_dir(workdir), SUMMARY_FILE)
-  if not os.path.exists(path):
+  path = paths.join(stage_dir(workdir), SUMMARY_FILE)
+  summary = paths.read_json(path)
+  if summary is None:
     raise FileNotFoundError(f"{path} does not exist: stage 1 (the pseudo-labeller) has not finished in workdir "
                             f"{workdir!r}; run mode 'pseudo_label' (or 'swcl', which runs every stage) first")
-  summary = _read_json(path)
   _check_settings(summary["settings"], _settings(config), path)
   return summary
 
@@ -442,7 +438,7 @@ def _summary(config, *, lab, pool, pool_sources, progress, start, seconds, setti
       "final_mask_rate": progress["train_curve"][-1]["mask_rate"] if progress["train_curve"] else None,
       "resumed_from_step": start or None,
       "seconds": round(seconds, 1),
-      "checkpoints": os.path.abspath(os.path.join(out_dir, "checkpoints")),
+      "checkpoints": paths.absolute(paths.join(out_dir, "checkpoints")),
       "settings": settings,
   }
   return summary
@@ -479,15 +475,16 @@ def train(config, workdir: str, *, mesh=None):
   """
   out_dir = stage_dir(workdir)
   settings = _settings(config)
-  settings_path = os.path.join(out_dir, SETTINGS_FILE)
-  if os.path.exists(settings_path):
-    _check_settings(_read_json(settings_path), settings, settings_path)
-  if os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+  settings_path = paths.join(out_dir, SETTINGS_FILE)
+  saved_settings = paths.read_json(settings_path)
+  if saved_settings is not None:
+    _check_settings(saved_settings, settings, settings_path)
+  if paths.exists(paths.join(out_dir, SUMMARY_FILE)):
     backbone, variables, summary = load(config, workdir, mesh=mesh)
     print(f"pseudo-labeller: finished run in {out_dir} reused ({summary['steps']} steps, final val AUROC "
           f"{summary['final_val_auroc']})", flush=True)
     return backbone, variables, summary
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   _write_json(settings_path, settings)
 
   s = config.swcl
@@ -517,9 +514,8 @@ def train(config, workdir: str, *, mesh=None):
   start = 0
   if restored is not None:
     start, state = restored[0], restored[1]
-    progress_path = os.path.join(out_dir, PROGRESS_FILE)
-    if os.path.exists(progress_path):
-      saved = _read_json(progress_path)
+    saved = paths.read_json(paths.join(out_dir, PROGRESS_FILE))
+    if saved is not None:
       progress = {"val_curve": [v for v in saved["val_curve"] if v["step"] <= start],
                   "train_curve": [v for v in saved["train_curve"] if v["step"] <= start],
                   "seconds": saved.get("seconds", 0.0)}
@@ -549,7 +545,7 @@ def train(config, workdir: str, *, mesh=None):
   def save(step, state, train_curve, val_curve):
     ckpt_lib.save(manager, step, state)
     manager.wait_until_finished()
-    _write_json(os.path.join(out_dir, PROGRESS_FILE),
+    _write_json(paths.join(out_dir, PROGRESS_FILE),
                 {"val_curve": progress["val_curve"] + val_curve, "train_curve": progress["train_curve"] + train_curve,
                  "seconds": progress["seconds"] + time.perf_counter() - t_run})
 
@@ -566,7 +562,7 @@ def train(config, workdir: str, *, mesh=None):
                              [{"step": s.steps, **evaluate(state, s.steps)}])
   summary = _summary(config, lab=lab, pool=pool, pool_sources=pool_sources, progress=progress, start=start,
                      seconds=progress["seconds"] + time.perf_counter() - t_run, settings=settings, out_dir=out_dir)
-  _write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
+  _write_json(paths.join(out_dir, SUMMARY_FILE), summary)
   fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
   print(f"pseudo-labeller done: {s.steps} steps, final val AUROC {fmt(summary['final_val_auroc'])}, mask rate "
         f"{fmt(summary['final_mask_rate'])}; {summary['seconds']:.0f}s. Outputs in {out_dir}", flush=True)
