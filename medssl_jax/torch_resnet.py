@@ -16,7 +16,6 @@ there is no fc layer. `head.*` tensors (--include_head) are returned by `read_ex
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -24,11 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-try:  # Optional: exports at URLs (gs://...); this file otherwise needs only numpy and torch.
-  from etils import epath
-except ImportError:
-  epath = None
 
 FORMAT = "medssl_jax.resnet/1"
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -155,46 +149,24 @@ def build_resnet(metadata: dict) -> ResNet:
                 padding=m["padding"], in_channels=int(m.get("in_channels", 3)))
 
 
-def _is_url(path: str) -> bool:
-  return "://" in str(path)
-
-
-def _url_path(path: str):
-  if epath is None:
-    raise ImportError(f"reading {path!r} needs etils (pip install etils[epath], and gcsfs for gs://)")
-  return epath.Path(path)
-
-
-def _exists(path: str) -> bool:
-  return _url_path(path).exists() if _is_url(path) else os.path.exists(path)
-
-
-def _read_bytes(path: str) -> bytes:
-  if _is_url(path):
-    return _url_path(path).read_bytes()
-  with open(path, "rb") as f:
-    return f.read()
-
-
 def read_exported(path: str) -> tuple[dict, dict]:
   """({name: numpy array}, parsed metadata) of an export (.safetensors, or .npz with its <path>.json)."""
-  if not _exists(path):
+  if not os.path.exists(path):
     raise FileNotFoundError(f"{path!r} does not exist")
   suffix = os.path.splitext(path)[1].lower()
   if suffix == ".safetensors":
-    if _is_url(path):
-      raise ValueError(f"{path!r}: .safetensors exports are read from local files only; copy it here first")
     from safetensors import safe_open
     with safe_open(path, framework="np") as f:
       raw = f.metadata() or {}
       tensors = {k: f.get_tensor(k) for k in f.keys()}
   elif suffix == ".npz":
     sidecar = path + ".json"
-    if not _exists(sidecar):
+    if not os.path.exists(sidecar):
       raise FileNotFoundError(f"{sidecar!r} (the metadata of {path!r}) does not exist; it is written beside "
                               "every .npz export")
-    raw = json.loads(_read_bytes(sidecar))
-    with np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False) as f:
+    with open(sidecar) as f:
+      raw = json.load(f)
+    with np.load(path, allow_pickle=False) as f:
       tensors = {k: f[k] for k in f.files}
   else:
     raise ValueError(f"{path!r}: unknown file type {suffix!r}; expected .safetensors or .npz")
