@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import signal
 import sys
 import time
 
@@ -104,6 +105,7 @@ def usage() -> str:
 def parse_flags(argv):
   """absl's flag parsing, with a bad config name or `--config.a.b=v` override reported in one line."""
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `medssl --help | head` ends quietly, as other commands do.
     print(usage() + "\nFlags:\n" + flags.FLAGS.module_help(__name__) + "\n\n--helpfull lists every flag.")
     sys.exit(0)
   try:

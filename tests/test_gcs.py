@@ -91,9 +91,9 @@ print("RESULT " + json.dumps(out))
     np.testing.assert_array_equal(resumed[str(i)], np.asarray(x))
 
 
-def test_every_mode_and_export_on_gcs(gcs, fundus_small_dir):
+def test_every_mode_and_export_on_gcs(gcs, fundus_small_dir, tmp_path):
   """A 2-step pretraining in gs://bucket/runs/modes, then, in the same process, modes features, analyze and
-  transfer there, an export to gs:// and a one-row table in gs://bucket/table: each output is an object on GCS
+  transfer (to a dataset in a data dir on GCS) there, an export to gs:// and a one-row table in gs://bucket/table: each output is an object on GCS
   (nothing lands in a local 'gs:' folder), the features and the export read back through paths.load_npz, the
   export holds the checkpoint's backbone, and paths.rename / relpath work on URLs."""
   workdir, out = "gs://bucket/runs/modes", "gs://bucket/exports/backbone.npz"
@@ -123,7 +123,9 @@ c.analysis.max_examples, c.analysis.embedding_method, c.analysis.num_attention_i
 c.analysis.layers = ("backbone",)
 experiment.run(c, W)
 c = mode("transfer")
-c.transfer.targets = (dict(name="fundus", builder="synthetic_fundus", builder_config="small", data_dir=DATA),)
+# A target whose data dir is on GCS: built locally, uploaded, read from the local copy.
+c.transfer.targets = (dict(name="fundus", builder="synthetic_fundus", builder_config="small",
+                           data_dir="gs://bucket/tfds"),)
 transfer = experiment.run(c, W)["fundus"]
 summary = export.export(W, {out!r})
 
@@ -157,7 +159,8 @@ seen["table"] = dict(md=paths.exists(table["md"]), csv=paths.exists(table["csv"]
                      row=sorted(p.name for p in (epath.Path("gs://bucket/table/rows") / row["row"]).iterdir()))
 print("RESULT " + json.dumps(seen))
 """
-  env = dict(os.environ, **gcs, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  env = dict(os.environ, **gcs, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             MEDSSL_DATA_CACHE=str(tmp_path / "data_cache"))
   done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -167,6 +170,7 @@ print("RESULT " + json.dumps(seen))
                "attention_simclr_pretrained_grad_cam.png", "attention_simclr_pretrained_grad_cam.npz"):
     assert name in seen["analysis"], seen["analysis"]
   assert seen["transfer_encoders"] == ["simclr (pretrained)"], seen
+  assert "Uploading synthetic_fundus/small to gs://bucket/tfds/synthetic_fundus/small/" in done.stdout
   assert {os.path.splitext(n)[1] for n in seen["transfer"]} >= {".json", ".md"}, seen["transfer"]
   assert seen["export_keys"] and seen["export_equal"] and seen["metadata"] == "resnet18", seen
   assert seen["summary_out"] == out
@@ -176,3 +180,31 @@ print("RESULT " + json.dumps(seen))
   assert t["md"] and t["csv"] and t["pretrain_dir"].startswith("pretrain/") and not t["pretrain_dir"].startswith("/"), t
   assert {"result.json", "probe_results.json", "probe_results.md"} <= set(t["row"]), t
   assert not os.path.exists(os.path.join(ROOT, "gs:")), "a gs:// path was made absolute as a local one"
+
+
+def test_data_dir_on_gcs_is_built_once_and_copied_to_each_host(gcs, tmp_path):
+  """--config.data.data_dir=gs://...: the first host builds the dataset locally and uploads it (its info file last);
+  another host (another local cache) copies it down instead of building; both read the same records."""
+  script = f"""
+import json, os
+from medssl_jax import paths
+from medssl_jax.data import pipeline
+out = {{}}
+for host in ("a", "b"):
+  os.environ["MEDSSL_DATA_CACHE"] = os.path.join({str(tmp_path)!r}, host)
+  b = pipeline.get_builder("synthetic_fundus", data_dir="gs://bucket/tfds", config="tiny")
+  src = b.as_data_source()["train"]
+  out[host] = dict(dir=str(b.data_dir), n=len(src), first=int(src[0]["image"].sum()), last=str(src[len(src) - 1]["id"]))
+out["remote"] = paths.listdir("gs://bucket/tfds/synthetic_fundus/tiny/1.0.0")
+print("RESULT " + json.dumps(out, default=str))
+"""
+  env = dict(os.environ, **gcs)
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  seen = json.loads(done.stdout.split("RESULT ", 1)[1])
+  assert "Uploading synthetic_fundus/tiny to gs://bucket/tfds/synthetic_fundus/tiny/1.0.0" in done.stdout
+  assert "Copying synthetic_fundus/tiny from gs://bucket/tfds/synthetic_fundus/tiny/1.0.0" in done.stdout
+  assert done.stdout.count("Building synthetic_fundus/tiny") == 1
+  assert seen["a"]["dir"] == str(tmp_path / "a" / "gs" / "bucket" / "tfds" / "synthetic_fundus" / "tiny" / "1.0.0")
+  assert {k: v for k, v in seen["a"].items() if k != "dir"} == {k: v for k, v in seen["b"].items() if k != "dir"}
+  assert seen["a"]["n"] == 64 and "dataset_info.json" in seen["remote"], seen

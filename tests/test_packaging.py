@@ -10,7 +10,6 @@ import zipfile
 import jax
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

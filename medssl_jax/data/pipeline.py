@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from medssl_jax import paths
 from medssl_jax.text.tokenizer import split_sentences
 from tfds_builders.common import square
 
@@ -90,21 +91,61 @@ def get_builder(name: str, *, data_dir: str | None = None, config: str | None = 
 
   Args:
     name: a key of `BUILDERS`.
-    data_dir: TFDS data dir; defaults to $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    data_dir: TFDS data dir; defaults to $TFDS_DATA_DIR or ~/tensorflow_datasets. A URL (gs://bucket/tfds)
+      holds the prepared datasets, which are read from a local copy (`data_cache_dir`): array_record reads and
+      writes local files only. A dataset missing there is built locally and then uploaded.
     config: builder config name; None picks the builder's default.
     prepare: build the data set (once) if it is not in `data_dir` yet.
     manual_dir: where a manual-download builder finds the official files (default: TFDS's
       <data_dir>/downloads/manual).
   """
+  data_dir = data_dir or _default_data_dir()
+  if not paths.is_url(data_dir):
+    return _local_builder(name, data_dir=data_dir, config=config, prepare=prepare, manual_dir=manual_dir)
+  local = data_cache_dir(data_dir)
+  get = functools.partial(_local_builder, name, data_dir=local, config=config, manual_dir=manual_dir)
+  builder = get(prepare=False)
+  if builder.is_prepared():
+    return builder
+  remote = paths.join(data_dir, os.path.relpath(builder.data_dir, local))
+  if paths.exists(paths.join(remote, _INFO_FILE)):
+    print(f'Copying {dataset_name(builder)} from {remote} to {builder.data_dir} ...', flush=True)
+    # Into a folder of this process's own, then one rename: hosts sharing the cache never see half a copy.
+    partial = f'{builder.data_dir}.partial{os.getpid()}'
+    paths.copy_tree(remote, partial)
+    try:
+      os.replace(partial, builder.data_dir)
+    except OSError:  # Another process put its copy there first.
+      paths.rmtree(partial)
+    return get(prepare=False)
+  if not prepare:
+    return builder
+  builder = get(prepare=True)
+  print(f'Uploading {dataset_name(builder)} to {remote} ...', flush=True)
+  paths.copy_tree(builder.data_dir, remote, last=(_INFO_FILE,))  # Its info file last: a partial upload is no dataset.
+  return builder
+
+
+_INFO_FILE = 'dataset_info.json'  # TFDS writes it when a dataset is complete; it marks a prepared one.
+
+
+def data_cache_dir(url: str) -> str:
+  """The local folder that holds the copies of the datasets of a data dir at `url`:
+  $MEDSSL_DATA_CACHE (default ~/.cache/medssl_jax/data) / <scheme>/<bucket>/<path>."""
+  root = os.environ.get('MEDSSL_DATA_CACHE') or os.path.expanduser('~/.cache/medssl_jax/data')
+  return os.path.join(root, str(url).replace('://', '/', 1).strip('/'))
+
+
+def _local_builder(name: str, *, data_dir: str, config: str | None, prepare: bool,
+                   manual_dir: str | None) -> Builder:
   cls = _builder_class(name)
   if hasattr(cls, 'make_builder'):
     # User-data builders (image_folder): the config is made from the user's files, not a fixed list.
-    return cls.make_builder(config=config, data_dir=data_dir or _default_data_dir(), manual_dir=manual_dir,
-                            prepare=prepare, file_format=_FILE_FORMAT)
+    return cls.make_builder(config=config, data_dir=data_dir, manual_dir=manual_dir, prepare=prepare,
+                            file_format=_FILE_FORMAT)
   valid = [c.name for c in (cls.BUILDER_CONFIGS or [])]
   if config is not None and config not in valid:
     raise ValueError(f'Unknown config {config!r} for dataset {name!r}; valid configs: {valid}.')
-  data_dir = data_dir or _default_data_dir()
   builder = cls(config=config, data_dir=data_dir, file_format=_FILE_FORMAT)
   if prepare and not builder.is_prepared():
     print(f'Building {builder.name}/{builder.builder_config.name if builder.builder_config else ""}'
