@@ -9,6 +9,8 @@ discovered by glob, so a new one is picked up without touching this file.
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -47,6 +49,13 @@ def test_notebook_is_clean_and_documented(path):
   assert "what this shows" in markdown.lower() or "reproduces" in markdown.lower(), (
       f"{path.name}: the markdown must say what the notebook shows ('**What this shows:**') or reproduces")
   assert "runtime" in markdown.lower(), f"{path.name}: the markdown must state the runtime"
+
+
+def test_colab_links_follow_the_repository_url():
+  """Each notebook's Colab badge and default PACKAGE are the ones .ci/colab_links.py writes from pyproject.toml."""
+  out = subprocess.run([sys.executable, str(ROOT / ".ci" / "colab_links.py"), "--check"], capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _kernel_env(tmp_path, tfds_dir, site) -> dict:
