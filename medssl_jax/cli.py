@@ -25,6 +25,7 @@ from medssl_jax import config as config_lib
 from medssl_jax import errors
 from medssl_jax import experiment
 from medssl_jax import paths
+from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import distributed
 from medssl_jax.train import guard
 
@@ -52,7 +53,12 @@ def main(argv):
     errors.fatal(str(e))
   started = time.time()
   try:
-    experiment.run(config, _WORKDIR.value)
+    with guard.stop_anywhere():  # SIGTERM / Ctrl-C outside the training loop: stop at once, say what is kept.
+      experiment.run(config, _WORKDIR.value)
+  except guard.Stopped as e:
+    print(f"{e} before the run finished; {kept(_WORKDIR.value)}. Rerun the same command to continue from there",
+          flush=True)
+    raise
   except guard.Diverged as e:  # The message says the step, the metric and what was kept: no traceback needed.
     errors.fatal(str(e))
   except errors.USER_ERRORS as e:
@@ -61,6 +67,14 @@ def main(argv):
     errors.report(e, verbose=flags.FLAGS["verbosity"].present)
   if jax.process_index() == 0:
     print(where_results_are(_WORKDIR.value, since=started), flush=True)
+
+
+def kept(workdir: str) -> str:
+  """What an interrupted run leaves for the next one, in words."""
+  steps = ckpt_lib.checkpoint_steps(workdir) if paths.exists(workdir) else []
+  if not steps:
+    return f"no checkpoint in {workdir} yet (a rerun starts training from the beginning)"
+  return f"{paths.join(workdir, 'checkpoints', steps[-1])} and every result written before it are kept"
 
 
 def final_config():

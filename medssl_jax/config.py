@@ -288,6 +288,9 @@ def train_section() -> ml_collections.ConfigDict:
   # one is kept. collapse_threshold 0 = off.
   c.collapse_threshold = 0.01
   c.collapse_patience = 100
+  # Resuming a checkpoint written on another number of devices is refused (the run would go on, but not bit for
+  # bit as the uninterrupted one); True resumes it anyway.
+  c.allow_device_change = False
   return c
 
 

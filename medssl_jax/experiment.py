@@ -22,6 +22,7 @@ from medssl_jax.projects.particles import modes as particles
 from medssl_jax.projects.swcl import modes as swcl
 from medssl_jax.protocols import probe
 from medssl_jax.train import mesh as mesh_lib
+from medssl_jax.train import workdir_lock
 
 # The evaluation protocols (probe) first: their checks cover settings every evaluating mode reads.
 MODULES = (probe, pretrain, evaluate, analyze, transfer, segmentation, features, swcl, particles, curriculum)
@@ -52,7 +53,8 @@ def run(config, workdir: str):
                      "mode 'pretrain', then evaluate its workdir on one host (e.g. --config.mode=linear_eval), "
                      "which reads checkpoints written by any number of processes")
   mesh = mesh_lib.make_mesh()
-  for module in MODULES:
-    if hasattr(module, "resolve"):
-      config = module.resolve(config, workdir)
-  return MODES[config.mode](config, workdir, mesh=mesh)
+  with workdir_lock.hold(workdir):  # One run per workdir: a second one stops here, naming the first.
+    for module in MODULES:
+      if hasattr(module, "resolve"):
+        config = module.resolve(config, workdir)
+    return MODES[config.mode](config, workdir, mesh=mesh)

@@ -208,3 +208,33 @@ print("RESULT " + json.dumps(out, default=str))
   assert seen["a"]["dir"] == str(tmp_path / "a" / "gs" / "bucket" / "tfds" / "synthetic_fundus" / "tiny" / "1.0.0")
   assert {k: v for k, v in seen["a"].items() if k != "dir"} == {k: v for k, v in seen["b"].items() if k != "dir"}
   assert seen["a"]["n"] == 64 and "dataset_info.json" in seen["remote"], seen
+
+
+def test_workdir_lock_on_gcs(gcs):
+  """On an object store the lock is a record with a heartbeat: a live holder's stops a second claim; a stale one
+  (its holder died) is taken over; release deletes it."""
+  script = """
+import json, os, time
+from medssl_jax import locks, paths
+P = "gs://bucket/locked/.medssl.lock"
+first = locks.FileLock(P).acquire()
+out = {"me": os.getpid()}
+try:
+  locks.FileLock(P).acquire()
+except locks.Busy as e:
+  out["busy"] = str(e)
+first.release()
+out["released"] = not paths.exists(P)
+paths.write_text(P, json.dumps(dict(locks.record(), pid=999999, heartbeat=time.time() - 2 * locks.STALE_S)))
+taken = locks.FileLock(P).acquire()
+out["previous"] = taken.previous["pid"]
+out["holder"] = taken.holder()["pid"]
+taken.release()
+print("RESULT " + json.dumps(out))
+"""
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, **gcs), capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  seen = json.loads(done.stdout.split("RESULT ", 1)[1])
+  assert f"held by pid {seen['me']} on host" in seen["busy"], seen
+  assert seen["released"] and seen["previous"] == 999999 and seen["holder"] != 999999, seen

@@ -2,6 +2,7 @@
 non-finite and collapse guards stop with the step, the metric and the cause and keep the last good checkpoint."""
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +22,12 @@ STEPS = 24
 
 
 def _config(data_dir, **train):
-  return run_testing.quick_config(data_dir, num_steps=STEPS, **{"checkpoint_every": 8, **train})
+  return run_testing.quick_config(data_dir, num_steps=STEPS, **{"checkpoint_every": 8, "log_every": 5, **train})
 
 
 def _overrides(config):
   return [f"--config.{k}={v}" for k, v in (("mode", config.mode), ("data.data_dir", config.data.data_dir),
-                                           ("train.num_steps", STEPS), ("train.log_every", 1),
+                                           ("train.num_steps", STEPS), ("train.log_every", 5),
                                            ("train.checkpoint_every", 8))]
 
 
@@ -43,7 +44,8 @@ def _hashes(folder):
 
 def test_sigterm_at_a_random_step_then_resume_is_bit_identical(fundus_small_dir, tmp_path):
   config = _config(fundus_small_dir)
-  kill_at = random.SystemRandom().randint(2, STEPS - 8)  # Not a checkpoint_every multiple in general.
+  # Sent when step 5, 10 or 15 is logged: the run stops a step or more later, between log and checkpoint steps.
+  kill_at = random.SystemRandom().choice((5, 10, 15))
   workdir = tmp_path / "preempted"
   cmd = [sys.executable, "main.py", "--config=configs/demo_simclr.py:quick", f"--workdir={workdir}",
          *_overrides(config)]
@@ -67,6 +69,31 @@ def test_sigterm_at_a_random_step_then_resume_is_bit_identical(fundus_small_dir,
   assert int(resumed.step) == int(reference.step) == STEPS
   for name in ("params", "batch_stats", "opt_state"):
     jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name), getattr(reference, name))
+  # The logs too: the row after the stop averages the same steps (the running sums were checkpointed).
+  assert _rows(workdir) == _rows(tmp_path / "uninterrupted"), f"stopped after step {stopped}"
+
+
+def _rows(workdir):
+  """metrics.jsonl without its wall-clock times."""
+  return [{k: v for k, v in r.items() if k != "time"} for r in _metrics(workdir)]
+
+
+def test_logs_of_a_killed_run_resume_exactly(fundus_small_dir, tmp_path):
+  """SIGKILL leaves rows logged after the last checkpoint (and maybe half a line): the resumed run drops them and
+  logs them again, so metrics.jsonl equals the uninterrupted run's. The kill is reproduced on a copy of a finished
+  run: its later checkpoints removed, a line cut short."""
+  config = _config(fundus_small_dir, checkpoint_every=7, keep_checkpoints=10)
+  done, killed = tmp_path / "done", tmp_path / "killed"
+  _, reference = pretrain_lib.pretrain(config, str(done))
+  shutil.copytree(done, killed)
+  for step in (14, 21, STEPS):
+    shutil.rmtree(killed / "checkpoints" / str(step))
+  with open(killed / "metrics.jsonl", "a") as f:
+    f.write('{"step": 25, "train/lo')
+  _, resumed = pretrain_lib.pretrain(config, str(killed))
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
+  rows = _rows(killed)
+  assert [r["step"] for r in rows] == [5, 10, 15, 20, STEPS] and rows == _rows(done)
 
 
 def test_stop_signals_flag_then_second_ctrl_c_interrupts():

@@ -9,13 +9,16 @@ exactly; the state is a small JSON-serialisable dict.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import glob
 import importlib
 import io
 import json
 import os
 import re
+import shutil
 from typing import Any, Iterator, Mapping
 
 import grain
@@ -26,6 +29,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from medssl_jax import locks
 from medssl_jax import paths
 from medssl_jax.text.tokenizer import split_sentences
 from tfds_builders.common import square
@@ -141,28 +145,36 @@ def _local_builder(name: str, *, data_dir: str, config: str | None, prepare: boo
   cls = _builder_class(name)
   if hasattr(cls, 'make_builder'):
     # User-data builders (image_folder): the config is made from the user's files, not a fixed list.
-    return cls.make_builder(config=config, data_dir=data_dir, manual_dir=manual_dir, prepare=prepare,
-                            file_format=_FILE_FORMAT)
+    make = functools.partial(cls.make_builder, config=config, data_dir=data_dir, manual_dir=manual_dir,
+                             file_format=_FILE_FORMAT)
+    if not prepare:
+      return make(prepare=False)
+    with _writable(name, config, data_dir), _build_lock(name, config, data_dir):
+      return make(prepare=True)
   valid = [c.name for c in (cls.BUILDER_CONFIGS or [])]
   if config is not None and config not in valid:
     raise ValueError(f'Unknown config {config!r} for dataset {name!r}; valid configs: {valid}.')
   builder = cls(config=config, data_dir=data_dir, file_format=_FILE_FORMAT)
-  if prepare and not builder.is_prepared():
+  if not prepare or builder.is_prepared():
+    return builder
+  with _writable(name, config, data_dir), _build_lock(name, config, data_dir):
+    builder = cls(config=config, data_dir=data_dir, file_format=_FILE_FORMAT)  # Built meanwhile by another job?
+    if builder.is_prepared():
+      return builder
+    # Half-built folders of a build that was killed (no build runs now: we hold the lock).
+    for stale in glob.glob(os.path.join(os.path.dirname(builder.data_dir), 'incomplete.*')):
+      shutil.rmtree(stale, ignore_errors=True)
     print(f'Building {builder.name}/{builder.builder_config.name if builder.builder_config else ""}'
           f' ({_FILE_FORMAT}) into {builder.data_dir} ...', flush=True)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     try:
       builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=download_config)
-    except OSError as e:
-      if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+    except BaseException as e:
+      # TFDS removes its half-built folder; the empty <data_dir>/<name>/<config> folders it made go too.
+      _remove_empty_parents(builder.data_dir, stop=data_dir)
+      if not (isinstance(e, AssertionError) and str(e).startswith('Manual directory')):
         raise
-      raise OSError(f'{name}{"/" + config if config else ""} is not built in {data_dir} and that folder '
-                    f'cannot be written ({e.strerror}: {e.filename or data_dir}). Build it into a writable folder: '
-                    'name it in the config entry of this dataset, e.g. --config.data.data_dir=<folder> '
-                    '(or set TFDS_DATA_DIR)') from None
-    except AssertionError as e:  # TFDS's check of the manual dir: a page of instructions, no word of the config key.
-      if not str(e).startswith('Manual directory'):
-        raise
+      # TFDS's check of the manual dir: a page of instructions, no word of the config key.
       folder = str(e).split(' does not exist', 1)[0].removeprefix('Manual directory ')
       raise FileNotFoundError(
           f'{name}{"/" + config if config else ""}: the official files are not in {folder} (it does not exist or is '
@@ -170,6 +182,47 @@ def _local_builder(name: str, *, data_dir: str, config: str | None, prepare: boo
           f'print({cls.__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS)"` says, then name their folder in the config entry '
           'of this dataset, e.g. --config.data.manual_dir=<folder>') from None
   return builder
+
+
+@contextlib.contextmanager
+def _writable(name: str, config: str | None, data_dir: str):
+  """Turns a refusal to write `data_dir` (a read-only mount, no permission) into a message naming the folder and
+  the config key that chooses another."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise
+    raise OSError(f'{name}{"/" + config if config else ""} is not built in {data_dir} and that folder '
+                  f'cannot be written ({e.strerror}: {e.filename or data_dir}). Build it into a writable folder: '
+                  'name it in the config entry of this dataset, e.g. --config.data.data_dir=<folder> '
+                  '(or set TFDS_DATA_DIR)') from None
+
+
+@contextlib.contextmanager
+def _build_lock(name: str, config: str | None, data_dir: str):
+  """One build of a dataset at a time in `data_dir`: jobs that need it at once (hosts, a sweep) wait for the one
+  building it, then read what it built."""
+  what = f'{name}/{config or "default"}'
+  lock = locks.FileLock(os.path.join(data_dir, f'.{name}-{config or "default"}.build.lock'))
+  lock.acquire(wait=True, on_wait=lambda holder: print(
+      f'Waiting for {locks.describe(holder)}, which is building {what} into {data_dir} ...', flush=True))
+  try:
+    yield
+  finally:
+    lock.release()
+
+
+def _remove_empty_parents(folder: str, *, stop: str):
+  """Removes `folder` and then its parents up to (not including) `stop`, each only while empty."""
+  folder, stop = os.path.abspath(folder), os.path.abspath(stop)
+  while folder.startswith(stop + os.sep):
+    try:
+      os.rmdir(folder)
+    except OSError:  # Not empty (or absent: go on to the parent).
+      if os.path.isdir(folder):
+        return
+    folder = os.path.dirname(folder)
 
 
 # A dataset reference: the keys with which any config entry names a dataset (config.data, swcl.labelled and

@@ -60,14 +60,16 @@ from medssl_jax.protocols import probe
 from medssl_jax.tables import records as records_lib
 from medssl_jax.tables import ood_matrix
 from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import guard
 from medssl_jax.train import provenance
+from medssl_jax.train import workdir_lock
 
 TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description", "subset_seed_from_seed")
 PUBLISHED_KEYS = ("dataset", "method", "source", "accuracy", "auroc", "protocol", "labels", "note")
 # Keys the runner sets itself (mode), or that say where data lives or how often to log: they never
 # change a result, so they stay out of the row and pretraining hashes.
 RUNNER_KEYS = ("mode",)
-NON_RESULT_KEYS = ("mode", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+NON_RESULT_KEYS = ("mode", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.allow_device_change",
                    "data.worker_count", "data.data_dir", "data.manual_dir")
 SEED_AXES = records_lib.SEED_AXES
 PACKAGES = ("jax", "flax", "optax", "numpy")
@@ -408,6 +410,11 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
   """
   rows = build_rows(table, overrides=overrides)  # Every row is validated before anything runs.
   workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
+  with workdir_lock.hold(workdir, what="table workdir"):  # Two runners would train the same rows twice.
+    return _run_rows(table, rows, workdir)
+
+
+def _run_rows(table, rows, workdir: str) -> dict:
   paths.makedirs(workdir)
   n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode != "supervised"})  # Supervised rows have none.
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
@@ -670,7 +677,12 @@ def main(argv):
     table = load_table(config_flags.get_config_filename(flag))
     # --table loads get_config (the base experiment), so --table.<key>=v is checked against the
     # experiment schema by config_flags; the runner applies those values to every row.
-    run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)))
+    with guard.stop_anywhere():  # SIGTERM / Ctrl-C between rows or inside one: finished rows stay cached.
+      run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)))
+  except guard.Stopped as e:
+    print(f"{e}: every finished row is kept in {flags.FLAGS.workdir}/rows and an unfinished pretraining resumes "
+          "from its last checkpoint; rerun the same command to continue", flush=True)
+    raise
   except errors.USER_ERRORS as e:  # A bad table, row or dataset: the message names it and what to do.
     errors.report(e, verbose=flags.FLAGS["verbosity"].present)
 

@@ -26,7 +26,7 @@ CONFIG_FILE = "config.json"
 # Keys that may differ between the run that wrote a workdir and a run that resumes it: they change
 # what happens after pretraining or how it is reported, not the pretrained weights.
 RESUMABLE_KEYS = ("mode", "eval", "analysis", "ood", "transfer", "segmentation", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.collapse_threshold", "train.collapse_patience", "distributed",
+                  "train.collapse_threshold", "train.collapse_patience", "train.allow_device_change", "distributed",
                   "data.worker_count", "data.data_dir", "data.manual_dir", "data.val_split")
 
 
@@ -80,9 +80,11 @@ def save_or_check_config(config, workdir: str):
 def make_manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
   """A CheckpointManager under workdir/checkpoints (orbax needs an absolute path or a URL)."""
   directory = paths.path(paths.join(workdir, "checkpoints"))
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  # cleanup_tmp_directories: a save cut short (a kill during it) leaves a <step>.orbax-checkpoint-tmp folder,
+  # removed when the next run opens the checkpoints.
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory, options=options,
-                               item_names=("state", "data_iters", "data_iter", "provenance"))
+                               item_names=("state", "data_iters", "data_iter", "provenance", "metrics"))
 
 
 class _IteratorJson:
@@ -102,14 +104,17 @@ class _IteratorJson:
     pass
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state=None, provenance=None):
-  """Saves `state` (all processes), this process's `data_iter_state` (JSON, pipeline.iterator_state_to_json)
-  and the run's `provenance` record at `step`."""
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state=None, provenance=None, metrics=None):
+  """Saves `state` (all processes), this process's `data_iter_state` (JSON, pipeline.iterator_state_to_json),
+  the run's `provenance` record and `metrics`, the logged metrics' running sums since the last log
+  (reporting.MetricAccumulator.state_json), at `step`."""
   args = {"state": ocp.args.StandardSave(state)}
   if data_iter_state is not None:
     args["data_iters"] = grain.checkpoint.CheckpointSave(item=_IteratorJson(data_iter_state))
   if provenance is not None:
     args["provenance"] = ocp.args.JsonSave(provenance)
+  if metrics is not None:
+    args["metrics"] = ocp.args.JsonSave(metrics)
   manager.save(int(step), args=ocp.args.Composite(**args))
 
 
@@ -189,6 +194,15 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and (d / "state").is_dir())
 
 
+def read_json_item(workdir: str, step: int, name: str):
+  """A JSON item ("provenance", "metrics") of the checkpoint of `step` in `workdir`, or None when it has none."""
+  folder = paths.path(paths.join(workdir, "checkpoints", str(step), name))
+  for file in ("metadata", name):  # orbax's JSON handler names the file either way, depending on the item.
+    if (folder / file).exists():
+      return json.loads((folder / file).read_text())
+  return None
+
+
 def read_provenance(workdir: str, *, step: int | None = None) -> dict:
   """The provenance record of a checkpoint in `workdir` (default: the latest); checkpoints from before
   provenance records existed give {"config": config.json} only."""
@@ -199,7 +213,7 @@ def read_provenance(workdir: str, *, step: int | None = None) -> dict:
   step = steps[-1] if step is None else int(step)
   if step not in steps:
     raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; there are {steps}")
-  path = directory / str(step) / "provenance" / "metadata"
-  if path.exists():
-    return dict(json.loads(path.read_text()), step=step)
+  saved = read_json_item(workdir, step, "provenance")
+  if saved is not None:
+    return dict(saved, step=step)
   return {"config": json.loads(paths.read_text(paths.join(workdir, CONFIG_FILE))), "step": step}

@@ -40,12 +40,25 @@ class Interrupted(SystemExit):
             "and the data iterator position; rerun the same command to resume exactly where it stopped")
 
 
+class Stopped(SystemExit):
+  """SIGTERM / SIGINT outside the training loop (setup, a dataset build, an evaluation): raised at once in the main
+  thread by `stop_anywhere`, so `finally` blocks run (a half-built dataset is removed, locks are released); its
+  code is 128 + the signal number."""
+
+  def __init__(self, signum: int):
+    self.signum = signum
+    super().__init__(128 + signum)
+
+  def __str__(self):
+    return f"stopped by {signal.Signals(self.signum).name}"
+
+
 class Diverged(FloatingPointError):
   """Training stopped because a metric became non-finite or the representation collapsed."""
 
 
-class StopSignals:
-  """Context manager: SIGTERM / SIGINT set `requested` (the signal number) instead of killing the process.
+class _SignalHandlers:
+  """Context manager installing `self._handle` for SIGTERM and SIGINT, restoring the previous handlers on exit.
 
   Only the main thread can install handlers; elsewhere (e.g. a notebook worker thread) it does nothing, and a
   signal the process was started to ignore (SIGINT under nohup or `&`) stays ignored.
@@ -54,15 +67,10 @@ class StopSignals:
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = 0
     self._previous = {}
 
   def _handle(self, signum, frame):
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # Second Ctrl-C: the user does not want to wait for the step.
-    self.requested = signum
-    print(f"\n{signal.Signals(signum).name} received: finishing this step, then writing a checkpoint "
-          "(Ctrl-C again to stop at once)", flush=True)
+    raise NotImplementedError
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -76,6 +84,29 @@ class StopSignals:
       signal.signal(s, h)
     self._previous = {}
     return False
+
+
+class stop_anywhere(_SignalHandlers):  # pylint: disable=invalid-name
+  """Context manager: SIGTERM and SIGINT raise `Stopped` wherever the main thread is (the training loop's
+  StopSignals takes them over while it runs, to finish the step and checkpoint first)."""
+
+  def _handle(self, signum, frame):
+    raise Stopped(signum)
+
+
+class StopSignals(_SignalHandlers):
+  """Context manager: SIGTERM / SIGINT set `requested` (the signal number) instead of killing the process."""
+
+  def __init__(self):
+    super().__init__()
+    self.requested = 0
+
+  def _handle(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # Second Ctrl-C: the user does not want to wait for the step.
+    self.requested = signum
+    print(f"\n{signal.Signals(signum).name} received: finishing this step, then writing a checkpoint "
+          "(Ctrl-C again to stop at once)", flush=True)
 
   def interrupt(self, step: int, directory: str, *, saved: int | None):
     """Prints where the run stopped and what to resume from, then raises Interrupted (call after saving)."""

@@ -169,12 +169,17 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   # A finished run needs no data position (and may be read by any number of processes).
   finished = (manager.latest_step() or 0) >= t.num_steps
+  if not finished and manager.latest_step() is not None:
+    check_device_count(workdir, manager.latest_step(), n_dev, allow=t.allow_device_change)
   restored = ckpt_lib.restore_latest(manager, abstract, data_iter=not finished)
   start = 0
+  acc = reporting.MetricAccumulator()
   if restored is not None:
     start, state, iter_state = restored
     if iter_state is not None:
       it.set_state(pipeline.iterator_state_from_json(iter_state))
+    # The metric sums since the last log: the next row averages the same steps as without the interruption.
+    acc.load_state_json(ckpt_lib.read_json_item(workdir, start, "metrics"))
     print(f"resumed from {manager.directory}/{start}", flush=True)
   if start >= t.num_steps:
     manager.close()
@@ -182,8 +187,7 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
 
   provenance = provenance_lib.record(config, builder, indices=indices)
   train_step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
-  writer = reporting.ScalarWriter(workdir)
-  acc = reporting.MetricAccumulator()
+  writer = reporting.ScalarWriter(workdir, resume_step=start)  # Drops rows logged after the checkpoint.
   progress = reporting.Progress(t.num_steps, start_step=start, images_per_step=t.batch_size)
   guard = guard_lib.Guard(threshold=t.collapse_threshold, patience=t.collapse_patience, start_step=t.warmup_steps,
                           spread_dim=projection_dim(model, state, config))
@@ -211,7 +215,8 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
           progress.report(step, scalars, keys=("loss", "top1", "projection_std", "learning_rate"))
         if save_now:
           if guard.ok_to_save or step == t.num_steps:
-            ckpt_lib.save(manager, step, state, pipeline.iterator_state_to_json(it.get_state()), provenance)
+            ckpt_lib.save(manager, step, state, pipeline.iterator_state_to_json(it.get_state()), provenance,
+                          metrics=acc.state_json())
             last_saved = step
           else:
             print(f"step {step}: checkpoint skipped, the projection spread is below "
@@ -228,6 +233,22 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   print(f"pretraining done: {step - start} steps in {reporting.format_duration(time.perf_counter() - t_start)}",
         flush=True)
   return model, jax.device_get(state)
+
+
+def check_device_count(workdir: str, step: int, n_dev: int, *, allow: bool):
+  """Refuses to resume a checkpoint written on another number of devices unless `allow`
+  (config.train.allow_device_change): the run would go on, but not as the uninterrupted one would."""
+  saved = ((ckpt_lib.read_json_item(workdir, step, "provenance") or {}).get("devices") or {}).get("count")
+  if saved is None or saved == n_dev:
+    return
+  if not allow:
+    raise ValueError(
+        f"checkpoint {paths.join(workdir, 'checkpoints', str(step))} was written on {saved} devices and this run "
+        f"has {n_dev}: it would resume with the same global batches, but every sum over the batch (gradients, "
+        "BatchNorm statistics, the loss's normalisers) would be split and added in another order, so from here on "
+        f"it would not match the uninterrupted run bit for bit. Resume on {saved} devices, or set "
+        "--config.train.allow_device_change=true to continue anyway")
+  print(f"resuming a run checkpointed on {saved} devices on {n_dev} (config.train.allow_device_change)", flush=True)
 
 
 def projection_dim(model, state, config) -> int | None:

@@ -9,9 +9,11 @@ import re
 import sys
 import time
 
-import jax
-import numpy as np
 from clu import metrics as clu_metrics
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from medssl_jax import paths
 
@@ -41,6 +43,25 @@ class MetricAccumulator:
     self._value = None
     return out
 
+  def state_json(self) -> dict:
+    """The running sums since the last log as JSON ({} when empty): saved with each checkpoint, so a resumed run
+    averages its next log row over the same steps as an uninterrupted one, to the bit (float32 values survive
+    JSON exactly)."""
+    if self._value is None:
+      return {}
+    return jax.tree.map(lambda x: np.asarray(x).item(), flax.serialization.to_state_dict(self._value))
+
+  def load_state_json(self, state: dict | None):
+    """Restores `state_json()` (None or {}: nothing accumulated)."""
+    if not state:
+      self._collection_cls = self._value = None
+      return
+    self._collection_cls = average_collection([k for k in state if k != "_reduction_counter"])
+    template = self._collection_cls.empty()
+    arrays = jax.tree.map(lambda t, v: jnp.asarray(v, dtype=jnp.asarray(t).dtype),
+                          flax.serialization.to_state_dict(template), state)
+    self._value = flax.serialization.from_state_dict(template, arrays)
+
 
 class ScalarWriter:
   """Writes scalars to TensorBoard event files (workdir/tb) and to workdir/metrics.jsonl.
@@ -49,15 +70,22 @@ class ScalarWriter:
   cannot append, metrics.jsonl is rewritten whole at each write (it holds one short line per log step).
   """
 
-  def __init__(self, workdir: str, *, subdir: str = "tb"):
+  def __init__(self, workdir: str, *, subdir: str = "tb", resume_step: int | None = None):
+    """`resume_step`: the checkpoint step a resumed run continues from. Rows logged after it by the interrupted
+    run are dropped (the resumed run logs them again) and TensorBoard hides its events after it (purge_step), so
+    the logs read as those of an uninterrupted run."""
     self._enabled = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
     if self._enabled:
       from tensorboardX import SummaryWriter  # Imported lazily: only the writing process needs it.
       paths.makedirs(workdir)
-      self._tb = SummaryWriter(paths.join(workdir, subdir))
+      self._tb = SummaryWriter(paths.join(workdir, subdir),
+                               purge_step=None if resume_step is None else int(resume_step) + 1)
       jsonl = paths.join(workdir, "metrics.jsonl")
+      if resume_step is not None and paths.exists(jsonl):
+        kept = rows_up_to(paths.read_text(jsonl), resume_step)
+        paths.write_text(jsonl, "".join(kept))
       if paths.is_url(jsonl):
         self._jsonl = _RewrittenFile(jsonl)
       else:
@@ -76,6 +104,19 @@ class ScalarWriter:
     if self._enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def rows_up_to(text: str, step: int) -> list[str]:
+  """The lines of a metrics.jsonl text whose step is <= `step` (a line cut short by a kill is dropped too)."""
+  kept = []
+  for line in text.splitlines(keepends=True):
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith("\n") and int(row.get("step", 0)) <= step:
+      kept.append(line)
+  return kept
 
 
 def tag(name: str) -> str:
