@@ -4,7 +4,8 @@ Reproduces: MedMNIST v2's "ResNet-18 (28)" rows (Yang et al. 2023, TARGETS.md), 
             published numbers: supervised training from scratch (configs/medmnist_supervised.py: Adam 1e-3,
             batch 128, 100 epochs, x0.1 at epochs 50 and 75, no augmentation, best validation AUC).
 Command:    python -m medssl_jax.tables.runner --table=configs/table_medmnist_supervised.py --workdir=/tmp/medmnist_t1
-            (`:quick`: 2 epochs of a narrow network per row, to check the plumbing; `:retina_cpu` /
+            (`:quick`: 2 epochs of a narrow network per row, to check the plumbing; `:retina` / `:pneumonia`: one
+            dataset at the published width, e.g. --table=configs/table_medmnist_supervised.py:retina; `:retina_cpu` /
             `:pneumonia_cpu`: one dataset with ResNet-18 x0.25, what a 2-core CPU affords, clearly not the
             published architecture). The manual dirs default
             to $MEDSSL_SHARED_DATA/<dataset> (the builder takes <dataset>.npz, or else one renamed copy
@@ -18,7 +19,9 @@ import ml_collections
 from medssl_jax import config as config_lib
 
 
-VARIANTS = ("quick", "retina_cpu", "pneumonia_cpu")
+VARIANTS = ("quick", "retina", "pneumonia", "retina_cpu", "pneumonia_cpu")
+_DATASETS = {"retina": "retinamnist", "pneumonia": "pneumoniamnist", "retina_cpu": "retinamnist",
+             "pneumonia_cpu": "pneumoniamnist"}
 
 
 def get_table(arg=None):
@@ -45,10 +48,16 @@ def get_table(arg=None):
            labels="100%", accuracy=0.812, auroc=0.942, source="independent rerun quoted in TARGETS.md",
            note="std 0.054 / 0.014"),
   )
+  if arg in ("retina", "pneumonia"):
+    # One dataset at the published architecture (full width), so each can run, and resume, on its own.
+    dataset = _DATASETS[arg]
+    t.description = f"{dataset}: " + t.description
+    t.base_config = (f"configs/medmnist_supervised.py:{dataset}",)
+    t.published = tuple(p for p in t.published if p["dataset"] == f"medmnist/{dataset}")
   if arg in ("retina_cpu", "pneumonia_cpu"):
     # What a 2-core CPU affords: one dataset, the official schedule and data, but ResNet-18 at a
     # quarter of the width (about 1/16 of the compute). NOT the published architecture: a planning row.
-    dataset = {"retina_cpu": "retinamnist", "pneumonia_cpu": "pneumoniamnist"}[arg]
+    dataset = _DATASETS[arg]
     t.description = (f"CPU-budget variant: {dataset}, MedMNIST v2 recipe (Adam 1e-3, batch 128, 100 epochs, "
                      "x0.1 at 50/75, best val AUC, no augmentation) with ResNet-18 x0.25 (28): not the published "
                      "architecture.")
