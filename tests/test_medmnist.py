@@ -66,10 +66,33 @@ def test_bad_inputs_name_the_file_and_leave_nothing(tmp_path):
     build(tmp_path, "pneumoniamnist", manual)
   with pytest.raises(ValueError, match=r"'retinamnist_32'.*retinamnist_64"):
     build(tmp_path, "retinamnist_32", manual)
-  # No half-written dataset is left behind for a later run to trust.
+  # No half-written dataset is left behind for a later run to trust, nor the empty folders of failed builds
+  # (TFDS's own downloads/ and .config/ stay).
   tfds_dir = tmp_path / "tfds" / "medmnist"
-  assert tfds_dir.is_dir()
   assert not list(tfds_dir.rglob("dataset_info.json")) and not list(tfds_dir.rglob("*incomplete*"))
+  assert not [p.name for p in tfds_dir.iterdir() if p.name != ".config"]
+
+
+def test_missing_file_lists_what_is_there(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  write_npz(manual / "dermamnist.npz")
+  write_npz(manual / "organamnist.npz")
+  with pytest.raises(FileNotFoundError, match=r"breastmnist.npz \(config 'breastmnist'\); npz files found there: "
+                                              r"\['dermamnist.npz', 'organamnist.npz'\]\. Put breastmnist.npz there"):
+    build(tmp_path, "breastmnist", manual)
+
+
+def test_one_dimensional_labels_of_a_resaved_copy_build(tmp_path, capsys):
+  """A re-saved npz with labels [N] (not the official [N, 1]) builds the same dataset, and says so."""
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  arrays = write_npz(manual / "bloodmnist.npz", num_labels=8)
+  np.savez_compressed(manual / "bloodmnist.npz",
+                      **{k: v[:, 0] if k.endswith("_labels") else v for k, v in arrays.items()})
+  b = build(tmp_path, "bloodmnist", manual)
+  np.testing.assert_array_equal(pipeline.load_split_arrays(b, split="train")["label"], arrays["train_labels"][:, 0])
+  assert "holds train_labels as [N] (the official files: [N, 1]); read as one label per image" in capsys.readouterr().out
 
 
 REAL = {

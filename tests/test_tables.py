@@ -116,6 +116,18 @@ def test_table_runs_resumes_caches_and_reruns_one_row(tfds_dir, tmp_path, capsys
   assert log.count("] cached ") == 4 and "] running" not in log
   assert [r["status"] for r in again["rows"]] == ["cached"] * 4
 
+  # Narrowing the grid (one seed) or widening it again changes folder names' readable part, not the rows'
+  # identity: every row is found cached.
+  narrow = runner.set_axes(tiny_table(tfds_dir), ["seed=0"])
+  assert runner.build_rows(narrow)[0]["slug"].split("-")[0] == "train_subset=50pct"
+  runner.run_table(narrow, workdir=str(workdir))
+  log = capsys.readouterr().out
+  assert log.count("] cached ") == 2 and "] running" not in log
+  with pytest.raises(ValueError, match=r"--grid='seed': expected <key>=<value>"):
+    runner.set_axes(tiny_table(tfds_dir), ["seed"])
+  assert runner.set_axes(tiny_table(tfds_dir), ["eval.train_subset=10%,", "eval.knn_k=5"]).grid.eval.to_dict() == {
+      "train_subset": ("10%", ""), "knn_k": (5,)}
+
   # Deleting one row's result reruns that row only (its finished pretraining is reused, not repeated).
   (rows[1] / "result.json").unlink()
   runner.run_table(table, workdir=str(workdir))

@@ -92,6 +92,32 @@ def load_table(spec: str) -> ml_collections.ConfigDict:
   return module.get_table(arg or None)
 
 
+def set_axes(table, specs) -> ml_collections.ConfigDict:
+  """`table` with grid axes set from the command line: each spec 'key=v1,v2,...' (`--grid`, repeatable) replaces
+  the axis `key` (a dotted experiment key), or adds it. Values read as JSON where they parse (0, 1e-3, true), else
+  as text; an empty value is "" (e.g. `--grid=eval.train_subset=10%,` runs 10% and all labels)."""
+  for spec in specs:
+    key, sep, values = str(spec).partition("=")
+    if not sep or not key:
+      raise ValueError(f"--grid={spec!r}: expected <key>=<value>[,<value>...], e.g. --grid=seed=0,1,2")
+    parsed = tuple(_parse_value(v) for v in values.split(","))
+    section = table.grid
+    *parents, leaf = key.split(".")
+    for name in parents:
+      if name not in section:
+        section[name] = ml_collections.ConfigDict()
+      section = section[name]
+    section[leaf] = parsed
+  return table
+
+
+def _parse_value(text: str):
+  try:
+    return json.loads(text)
+  except ValueError:
+    return text
+
+
 def base_config(table) -> ml_collections.ConfigDict:
   """The (first) base experiment config of a table: what a table config's `get_config` returns."""
   bases = table.base_config
@@ -396,6 +422,19 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
   return record
 
 
+def _folder(workdir: str, kind: str, slug: str) -> str:
+  """<workdir>/<kind>/<slug>, or the folder there that already holds this hash under another readable name: the
+  hash is the identity (what the run computes); the readable part follows the grid's shape, which a widened or
+  narrowed grid changes (seed=(0,) to (0, 1, 2) adds "seed=0"), and finished work must be found anyway."""
+  root = paths.join(workdir, kind)
+  digest = slug.rsplit("-", 1)[-1]
+  if paths.isdir(root):
+    for name in paths.listdir(root):
+      if name.rsplit("-", 1)[-1] == digest:
+        return paths.join(root, name)
+  return paths.join(root, slug)
+
+
 def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None) -> dict:
   """Runs every row of `table` not yet in `workdir` and writes <workdir>/<name>.{md,csv,png}.
 
@@ -420,19 +459,22 @@ def _run_rows(table, rows, workdir: str) -> dict:
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
   records, t_table = [], time.perf_counter()
   for i, row in enumerate(rows, 1):
-    rdir = paths.join(workdir, "rows", row["slug"])
-    pdir = paths.join(workdir, "pretrain", row["pretrain_slug"])
+    rdir = _folder(workdir, "rows", row["slug"])
+    pdir = _folder(workdir, "pretrain", row["pretrain_slug"])
     path = paths.join(rdir, RESULT_FILE)
     if paths.exists(path):
       record = dict(paths.read_json(path), status="cached")
       if record.get("config", {}).get("mode") == "supervised":  # Older records of supervised rows lack the name.
         record["objective"] = "none (supervised)"
-      print(f"[{i}/{len(rows)}] cached   {row['slug']} (finished {record.get('finished', '?')})", flush=True)
+      print(f"[{i}/{len(rows)}] cached   {os.path.basename(rdir)} (finished {record.get('finished', '?')})",
+            flush=True)
     else:
-      print(f"[{i}/{len(rows)}] running  {row['slug']} (pretraining: pretrain/{row['pretrain_slug']})", flush=True)
+      where = ("trained from scratch with labels" if row["config"].mode == "supervised"
+               else f"pretraining: {paths.relpath(pdir, workdir)}")
+      print(f"[{i}/{len(rows)}] running  {os.path.basename(rdir)} ({where})", flush=True)
       t0 = time.perf_counter()
       record = dict(_run_row(row, table_name=table.name, rdir=rdir, pdir=pdir, workdir=workdir), status="ran")
-      print(f"[{i}/{len(rows)}] done     {row['slug']} in {time.perf_counter() - t0:.1f}s", flush=True)
+      print(f"[{i}/{len(rows)}] done     {os.path.basename(rdir)} in {time.perf_counter() - t0:.1f}s", flush=True)
     records.append(record)
   out = write_outputs(table, records, workdir=workdir)
   ran = sum(r["status"] == "ran" for r in records)
@@ -674,7 +716,7 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
   flag = flags.FLAGS["table"]
   try:
-    table = load_table(config_flags.get_config_filename(flag))
+    table = set_axes(load_table(config_flags.get_config_filename(flag)), flags.FLAGS.grid)
     # --table loads get_config (the base experiment), so --table.<key>=v is checked against the
     # experiment schema by config_flags; the runner applies those values to every row.
     with guard.stop_anywhere():  # SIGTERM / Ctrl-C between rows or inside one: finished rows stay cached.
@@ -693,6 +735,9 @@ def _define_flags():
   config_flags.DEFINE_config_file("table", None, "Table config file (configs/table_*.py[:variant]); "
                                   "--table.<experiment key>=value overrides every row.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory for pretraining runs, per-row results and the tables.")
+  flags.DEFINE_multi_string("grid", [], "An axis of the grid, replaced or added: <key>=<v1>,<v2>,... (e.g. "
+                            "--grid=seed=0 to run one seed, --grid=eval.train_subset=1%,10%,); repeatable. Rows keep "
+                            "their identity, so finished rows stay cached when the grid narrows or widens.")
   flags.mark_flags_as_required(["table", "workdir"])
 
 

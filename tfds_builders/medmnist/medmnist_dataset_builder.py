@@ -112,8 +112,14 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     task, channels, labels, _ = DATASETS[c.dataset]
     if not os.path.exists(path):
-      raise FileNotFoundError(f'Expected the official MedMNIST file {path} (config {c.name!r}); '
-                              f'see MANUAL_DOWNLOAD_INSTRUCTIONS of tfds_builders.medmnist.')
+      folder = os.path.dirname(path)
+      found = sorted(f for f in os.listdir(folder) if f.endswith('.npz')) if os.path.isdir(folder) else None
+      seen = (f'{folder} does not exist' if found is None else
+              f'npz files found there: {found or "none"}')
+      raise FileNotFoundError(f'Expected the official MedMNIST file {path} (config {c.name!r}); {seen}. Put '
+                              f'{c.file_name} there (a renamed copy such as {c.file_name[:-4]}_mine.npz is '
+                              'used when it is the only one), or name its folder with --config.data.manual_dir; '
+                              'MANUAL_DOWNLOAD_INSTRUCTIONS of tfds_builders.medmnist says where to get it')
     with np.load(path) as npz:
       data = {k: npz[k] for k in npz.files}
     for _, prefix in _SPLITS:
@@ -125,6 +131,11 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder):
       if images.dtype != np.uint8 or images.shape[1:] != want:
         raise ValueError(f'{path}: {prefix}_images is {images.dtype}{images.shape}, expected uint8 [N, {want}]')
       n_labels = len(labels) if task == 'multi-label' else 1
+      if n_labels == 1 and y.shape == (len(images),):
+        # Re-saved copies often hold a single-label dataset's labels as [N]: the same labels, one per image.
+        print(f'medmnist/{c.name}: {os.path.basename(path)} holds {prefix}_labels as [N] (the official files: '
+              '[N, 1]); read as one label per image', flush=True)
+        y = data[f'{prefix}_labels'] = y[:, None]
       if y.shape != (len(images), n_labels):
         raise ValueError(f'{path}: {prefix}_labels has shape {y.shape}, expected ({len(images)}, {n_labels})')
       if task != 'multi-label' and (y.min() < 0 or y.max() >= len(labels)):
