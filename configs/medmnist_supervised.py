@@ -14,10 +14,8 @@ Expected:   TARGETS.md: RetinaMNIST AUC 0.717 / ACC 0.524, PneumoniaMNIST 0.944 
             an independent 3-seed rerun: 0.738±0.001 / 0.511±0.025 and 0.942±0.014 / 0.812±0.054).
 Wall-clock: not yet measured here (900 / 3,700 steps for RetinaMNIST / PneumoniaMNIST: 100 epochs of ceil(N/128) steps; a GPU job).
 """
-import math
 
 from medssl_jax.augment import views
-from tfds_builders.medmnist import DATASETS
 
 from medssl_jax import config as config_lib
 
@@ -29,25 +27,24 @@ _EPOCHS, _BATCH = 100, 128
 
 def get_config(arg=None):
   name, quick = _medmnist.parse(arg, config_file="configs/medmnist_supervised.py")
-  n_train = DATASETS[name][3][0]
   c = _medmnist.base(name)
   c.mode = "supervised"
   # One full-size view: the fine-tuning protocol resizes to its crop size; no augmentation is applied.
   c.augment.views = [views.default_view(crop_size=28), views.default_view(crop_size=28)]
-  epoch = math.ceil(n_train / _BATCH)
   c.eval.protocol = "finetune"
   c.eval.compare_random_init = False
   c.eval.batch_size = 256
-  c.eval.finetune_steps = _EPOCHS * epoch
+  # In epochs of the dataset actually opened (steps at run time), so another dataset by override trains as long.
+  c.eval.finetune_epochs = _EPOCHS
   c.eval.finetune_batch_size = _BATCH
   c.eval.finetune_learning_rate = 1e-3
   c.eval.finetune_weight_decay = 0.0
   c.eval.finetune_schedule = "multistep"
   c.eval.finetune_milestones = (0.5, 0.75)
   c.eval.finetune_augment = False
-  c.eval.finetune_eval_every = epoch
+  c.eval.finetune_eval_every_epoch = True
   if quick:
     c.model.width_multiplier = 0.125
-    c.eval.finetune_steps = 2 * epoch
+    c.eval.finetune_epochs = 2
     c.eval.finetune_batch_size = 32
   return c

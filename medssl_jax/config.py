@@ -328,6 +328,11 @@ def eval_section() -> ml_collections.ConfigDict:
   c.finetune_eval_every = 0        # Validation every N steps (0 = the module's default).
   c.finetune_schedule = "cosine"   # Or "multistep": x0.1 at each of finetune_milestones (fractions).
   c.finetune_milestones = (0.5, 0.75)
+  # A schedule in epochs of the training split (all of it, also under a label subset): finetune_epochs > 0 sets
+  # finetune_steps = epochs x ceil(split size / finetune_batch_size) from the dataset opened at run time, and
+  # finetune_eval_every_epoch sets finetune_eval_every to one epoch; so a config follows whatever dataset it runs on.
+  c.finetune_epochs = 0
+  c.finetune_eval_every_epoch = False
   c.finetune_augment = True        # Random resized crop (0.5, 1) + flip; False: resize only.
   c.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
   c.max_train_examples = 0         # 0 = the whole training split.

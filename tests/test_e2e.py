@@ -234,15 +234,14 @@ def test_supervised_mode_medmnist_recipe(tmp_path):
   manual.mkdir()
   write_npz(manual / "retinamnist.npz", sizes=(40, 10, 12))
   config = load_config("medmnist_supervised", "retinamnist,quick")
-  assert config.eval.finetune_steps == 2 * 9 and config.eval.finetune_eval_every == 9  # 2 epochs of 1080.
+  assert config.eval.finetune_epochs == 2 and config.eval.finetune_eval_every_epoch  # Steps from the dataset opened.
   config.data.manual_dir = str(manual)
   config.data.data_dir = str(tmp_path / "tfds")
-  config.eval.finetune_steps = 4
-  config.eval.finetune_eval_every = 2
-  config.eval.finetune_batch_size = 8
+  config.eval.finetune_epochs = 2
+  config.eval.finetune_batch_size = 16  # 40 training images: 3 steps an epoch, 6 in all, validated every 3.
   results = experiment.run(config, str(tmp_path / "run"))
   r = results["supervised (random init)"]
-  assert set(results) == {"supervised (random init)"} and r["selected_step"] in (2, 4)
+  assert set(results) == {"supervised (random init)"} and r["selected_step"] in (3, 6)
   assert "lr x0.1 at 50%, 75%" in r["protocol"] and "no augmentation" in r["protocol"] and "Adam, lr" in r["protocol"]
   assert (tmp_path / "run" / "probe_results_finetune.json").exists()
   config.eval.protocol = "linear_probe"

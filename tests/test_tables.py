@@ -203,9 +203,11 @@ def test_supervised_rows_train_from_scratch_without_pretraining(tmp_path):
   table.base_config = table.base_config[:1]  # RetinaMNIST only (the dummy npz).
   table.grid.seed = (0,)
   out = runner.run_table(table, workdir=str(tmp_path / "t"), overrides={
-      "data.manual_dir": str(manual), "data.data_dir": str(tmp_path / "tfds"), "eval.finetune_steps": 4,
-      "eval.finetune_eval_every": 2, "eval.finetune_batch_size": 8})
+      "data.manual_dir": str(manual), "data.data_dir": str(tmp_path / "tfds"), "eval.finetune_epochs": 1,
+      "eval.finetune_batch_size": 8})
   assert [r["status"] for r in out["rows"]] == ["ran"]
+  # One epoch of the 40 images opened, in steps: the row's config says what ran.
+  assert out["rows"][0]["config"]["eval"]["finetune_steps"] == 5 and out["rows"][0]["config"]["eval"]["finetune_eval_every"] == 5
   assert not (tmp_path / "t" / "pretrain").exists() or not any((tmp_path / "t" / "pretrain").iterdir())
   md = pathlib.Path(out["md"]).read_text()
   assert "supervised (random init)" in md and "published" in md and "0.717" in md
@@ -280,3 +282,18 @@ def test_an_image_size_override_moves_the_crop_size_of_every_row():
   assert {v.crop_size for r in rows for v in r["config"].augment.views} == {28}
   assert {v.crop_size for r in bigger for v in r["config"].augment.views} == {32}
   assert not {r["slug"] for r in rows} & {r["slug"] for r in bigger}  # Other runs, other rows.
+
+
+def test_epoch_schedules_follow_the_dataset_a_row_opens(tmp_path):
+  """The MedMNIST recipe is 100 epochs: on another dataset, by override alone, its rows train for 100 epochs of
+  that dataset (steps from the split opened), and the official datasets keep their row identities."""
+  from test_medmnist import write_npz
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  write_npz(manual / "bloodmnist.npz", num_labels=8, sizes=(300, 20, 30))
+  module = _load_table_module("table_medmnist_supervised")
+  rows = runner.build_rows(module.get_table("retina"), overrides={
+      "data.builder_config": "bloodmnist", "data.manual_dir": str(manual), "data.data_dir": str(tmp_path / "tfds")})
+  e = rows[0]["config"].eval
+  assert (e.finetune_steps, e.finetune_eval_every) == (100 * 3, 3)  # ceil(300 / 128) = 3 steps an epoch.
+  assert (e.finetune_epochs, e.finetune_eval_every_epoch) == (0, False)  # Resolved: the row is what it runs.

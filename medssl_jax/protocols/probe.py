@@ -6,6 +6,7 @@ config.ood; `format_table`, `results_name` and `write_results` give its Markdown
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -206,11 +207,30 @@ def _report(config, labels, probs) -> dict:
                             bootstrap_samples=config.eval.bootstrap_samples, seed=config.seed)
 
 
+def resolve_epochs(config, num_train: int) -> bool:
+  """Turns an epoch schedule (config.eval.finetune_epochs, finetune_eval_every_epoch) into steps for a training
+  split of `num_train` records, in place, and clears the epoch keys: the resolved config is the one a schedule
+  given in steps would be (the same run, the same table-row identity). Returns whether anything changed."""
+  e = config.eval
+  if not (e.finetune_epochs or e.finetune_eval_every_epoch):
+    return False
+  epoch = math.ceil(num_train / e.finetune_batch_size)
+  if e.finetune_epochs:
+    e.finetune_steps = int(e.finetune_epochs) * epoch
+  if e.finetune_eval_every_epoch:
+    e.finetune_eval_every = epoch
+  e.finetune_epochs, e.finetune_eval_every_epoch = 0, False
+  return True
+
+
 def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes, mesh, t0, ood_targets=None,
                   source_classes=None):
   """eval.protocol=finetune: each encoder's backbone fine-tuned with a new head on the (subset of the)
   training split, checkpoint selected by validation AUROC on data.val_split, scored on the test split.
   A randomly initialised encoder trained this way is the supervised-from-scratch baseline."""
+  if config.eval.finetune_epochs or config.eval.finetune_eval_every_epoch:
+    config = config.copy_and_resolve_references()
+    resolve_epochs(config, pipeline.num_examples(builder, config.data.train_split))
   d, e = config.data, config.eval
   val = None
   if d.val_split:

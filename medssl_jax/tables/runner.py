@@ -316,6 +316,9 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
       _check_key(config, key, where)
       _set(config, key, value, where)
     config_lib.follow_image_size(config, loaded_image_size, list(settings))
+    if config.eval.finetune_epochs or config.eval.finetune_eval_every_epoch:
+      # Epochs of the dataset this row opens, as steps: the row's identity is what it will compute.
+      probe.resolve_epochs(config, pipeline.num_examples(pipeline.open_dataset(config.data), config.data.train_split))
     if table.get("subset_seed_from_seed", False):
       config.eval.subset_seed = config.seed
     try:
