@@ -150,6 +150,23 @@ def test_retrieval_recall():
   assert perfect == {"i2t_R@1": 1.0, "t2i_R@1": 1.0}
 
 
+def test_collapsed_embeddings_score_chance_recall():
+  """Every embedding the same: each query's true partner is tied with all N candidates, so recall@k is k / N
+  (random order among ties), not 1."""
+  same = np.ones((20, 4))
+  r = retrieval_recall(image_embeddings=same, text_embeddings=same, ks=(1, 5, 20))
+  assert r == pytest.approx({"i2t_R@1": 0.05, "t2i_R@1": 0.05, "i2t_R@5": 0.25, "t2i_R@5": 0.25, "i2t_R@20": 1.0,
+                             "t2i_R@20": 1.0})
+  # Two templated reports for 10 images each: a query's partner ties with 9 others of its template.
+  rng = np.random.default_rng(0)
+  img = rng.normal(size=(20, 4))
+  templates = rng.normal(size=(2, 4))
+  txt = templates[np.arange(20) % 2]
+  img = txt + 1e-3 * img  # Each image nearest its own template.
+  r = retrieval_recall(image_embeddings=img, text_embeddings=txt, ks=(1, 10))
+  assert r["i2t_R@1"] == pytest.approx(0.1) and r["i2t_R@10"] == pytest.approx(1.0)
+
+
 VOCAB = 20
 
 

@@ -3,8 +3,8 @@
 Every test image is embedded like the linear probe's inputs (eval_view resize, normalisation, inference
 mode; the "projection" output = the image embedding in the joint space), every test report by the text
 tower; `retrieval_recall` (objectives/image_text.py) gives image->text and text->image recall@k, beside
-chance (k / N). Templated or short reports repeat (identical reports embed identically), so recall counts
-ties in the query's favour, and a label-level measure is added where the dataset has class labels: the
+chance (k / N). Templated or short reports repeat (identical reports embed identically), so recall orders tied
+candidates at random (its expectation: collapsed embeddings score chance), and a label-level measure is added where the dataset has class labels: the
 fraction of images whose top-ranked report belongs to an image with exactly the same label (vector), beside
 the same fraction for a random report (chance).
 
@@ -66,7 +66,7 @@ def format_table(results: dict, *, split: str) -> str:
   n = next(iter(results.values()))["num_pairs"] if results else 0
   head = ("| encoder | " + " | ".join(f"image->text R@{k}" for k in KS) + " | "
           + " | ".join(f"text->image R@{k}" for k in KS) + " | same-label report @1 |")
-  lines = [f"Retrieval on '{split}' ({n} image-report pairs; chance R@k = k/N; ties count for the query).", "",
+  lines = [f"Retrieval on '{split}' ({n} image-report pairs; chance R@k = k/N; ties ordered at random).", "",
            head, "|" + "---|" * (2 * len(KS) + 2)]
   for name, r in results.items():
     lines.append(f"| {name} | " + " | ".join(f"{r[f'i2t_R@{k}']:.3f}" for k in KS) + " | "

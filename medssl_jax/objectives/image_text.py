@@ -117,8 +117,10 @@ def retrieval_recall(*, image_embeddings, text_embeddings, ks: Sequence[int] = (
   """Cross-modal retrieval recall@k of paired embeddings (numpy, for evaluation).
 
   Image i's query succeeds at k when its own text i ranks among the k texts most cosine-similar to
-  it (and symmetrically for texts). The rank counts candidates strictly more similar than the true
-  pair, so ties resolve in the query's favour. k larger than N gives recall 1.
+  it (and symmetrically for texts). Candidates exactly as similar as the true pair (identical templated
+  reports, collapsed embeddings) are ordered at random: the recall is its expectation, (k - g) / (t + 1)
+  clipped to [0, 1] for g candidates strictly more similar and t tied ones, so fully collapsed embeddings score
+  chance (k / N). k larger than N gives recall 1.
 
   Returns:
     {"i2t_R@k": float, "t2i_R@k": float} for each k in `ks`.
@@ -132,12 +134,13 @@ def retrieval_recall(*, image_embeddings, text_embeddings, ks: Sequence[int] = (
   txt = txt / np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
   sim = img @ txt.T
   pos = np.diagonal(sim)
-  rank_i2t = (sim > pos[:, None]).sum(axis=1)  # Texts beating image i's own text.
-  rank_t2i = (sim > pos[None, :]).sum(axis=0)  # Images beating text j's own image.
+  # Texts beating image i's own text, and those tied with it (itself excluded); then images for text j.
+  beat_i2t, tied_i2t = (sim > pos[:, None]).sum(axis=1), (sim == pos[:, None]).sum(axis=1) - 1
+  beat_t2i, tied_t2i = (sim > pos[None, :]).sum(axis=0), (sim == pos[None, :]).sum(axis=0) - 1
   out = {}
   for k in ks:
-    out[f"i2t_R@{k}"] = float(np.mean(rank_i2t < k))
-    out[f"t2i_R@{k}"] = float(np.mean(rank_t2i < k))
+    out[f"i2t_R@{k}"] = float(np.mean(np.clip((k - beat_i2t) / (tied_i2t + 1), 0.0, 1.0)))
+    out[f"t2i_R@{k}"] = float(np.mean(np.clip((k - beat_t2i) / (tied_t2i + 1), 0.0, 1.0)))
   return out
 
 
