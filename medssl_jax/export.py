@@ -28,6 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
+from medssl_jax import objectives
 from medssl_jax import paths
 from medssl_jax.models import convert_torch
 from medssl_jax.models.resnet import STAGE_SIZES, BasicBlock, Bottleneck
@@ -103,7 +104,11 @@ def restore_variables(workdir: str, *, step: int | None = None) -> tuple[int, di
   tree = getattr(meta, "item_metadata", meta)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  return step, {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  params = state["params"]
+  name = read_config(workdir).get("objective", {}).get("name")
+  if name in objectives.OBJECTIVES and objectives.get_objective(name).evaluate_teacher:
+    params = (state.get("objective_state") or {}).get("teacher", params)  # What the paper evaluates (DINO).
+  return step, {"params": params, "batch_stats": state.get("batch_stats") or {}}
 
 
 def split_backbone(variables: Mapping) -> tuple[dict, dict]:

@@ -1,11 +1,15 @@
 """DINO: the loss against loops over the paper's formula, teacher-temperature warm-up, the centre EMA."""
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from medssl_jax import objectives
 from medssl_jax.objectives import dino
+from medssl_jax.protocols import encoders
 
 # Jitted once per shape: far fewer compiles than op-by-op dispatch.
 dino_loss = jax.jit(dino.dino_loss, static_argnames=("student_temperature",))
@@ -145,3 +149,12 @@ def test_head(use_bn):
       lambda p, v: v * 3.0 if "last_layer" in jax.tree_util.keystr(p) else v, variables)
   out2, _ = head.apply(scaled, x, train=True, mutable=["batch_stats"])
   np.testing.assert_allclose(np.asarray(out2["logits"]), np.asarray(out["logits"]), rtol=1e-5, atol=1e-6)
+
+
+def test_dino_is_evaluated_on_its_teacher():
+  """DINO's paper evaluates the EMA teacher; BYOL's evaluates the online network (the student)."""
+  state = SimpleNamespace(params={"w": 1}, batch_stats={"b": 2}, objective_state={"teacher": {"w": 3}, "center": 0},
+                          variables={"params": {"w": 1}, "batch_stats": {"b": 2}})
+  assert encoders.evaluated_variables(objectives.get_objective("dino"), state) == {"params": {"w": 3},
+                                                                                   "batch_stats": {"b": 2}}
+  assert encoders.evaluated_variables(objectives.get_objective("byol"), state)["params"] == {"w": 1}

@@ -43,6 +43,7 @@ class Objective:
   build_model: Callable[[Any], Any] | None = None  # Replaces backbone + heads entirely (MAE).
   teacher: bool = False
   teacher_views: int = 2                        # Leading views the teacher encodes (0: num_global_views).
+  evaluate_teacher: bool = False                # Probes and exports use the EMA teacher's weights (DINO's paper).
   init_state: Callable[[Any, Any], dict] | None = None
   multi_crop: bool = False
   batch_keys: Callable[[Any], tuple] | None = None  # config -> extra dataset features the loss reads.

@@ -162,4 +162,5 @@ def _loss(*, student, teacher, batch, state, step, config):
 
 
 DINO = Objective("dino", "Caron et al. 2021, Emerging Properties in Self-Supervised Vision Transformers (ICCV)",
-                 _loss, heads=_heads, teacher=True, teacher_views=0, init_state=_init_state, multi_crop=True)
+                 _loss, heads=_heads, teacher=True, teacher_views=0, init_state=_init_state, multi_crop=True,
+                 evaluate_teacher=True)  # The paper's k-NN and linear evaluations use the teacher.

@@ -12,6 +12,7 @@ from typing import Callable
 
 import jax
 
+from medssl_jax import objectives
 from medssl_jax import paths
 from medssl_jax.models import convert_torch
 from medssl_jax.train import checkpoint as ckpt_lib
@@ -30,8 +31,19 @@ def load_pretrained(config, workdir):
     raise FileNotFoundError(f"No checkpoint in {paths.join(paths.absolute(workdir), 'checkpoints')}; run mode=pretrain "
                             "with this --workdir first")
   step, state, _ = restored
-  print(f"loaded checkpoint at step {step} from {workdir}", flush=True)
-  return model, state.variables
+  objective = objectives.get_objective(config.objective.name)
+  which = " (the EMA teacher, as the paper evaluates it)" if objective.evaluate_teacher else ""
+  print(f"loaded checkpoint at step {step} from {workdir}{which}", flush=True)
+  return model, evaluated_variables(objective, state)
+
+
+def evaluated_variables(objective, state) -> dict:
+  """The {"params", "batch_stats"} of a train state that evaluations use: the student's, or the EMA teacher's
+  params for objectives that evaluate it (`Objective.evaluate_teacher`; the teacher shares the BatchNorm
+  statistics)."""
+  if objective.evaluate_teacher and "teacher" in state.objective_state:
+    return {"params": state.objective_state["teacher"], "batch_stats": state.batch_stats}
+  return state.variables
 
 
 def random_init_variables(config):
