@@ -12,6 +12,12 @@ gradients; the average keeps the value on the scale of the original's single ter
 keys of view 2 of the GLOBAL batch (the original's key view: one key per image, as in the paper) are
 enqueued and the oldest B dequeued (`enqueue`).
 
+BatchNorm: the key encoder runs train-mode BatchNorm on the current batch, and there is no shuffle-BN. MoCo
+shuffles the keys across GPUs because each GPU's statistics come from its own few images, so a query and its key,
+normalised by the same small sub-batch, could find each other through those statistics. Here one jit computes
+every BatchNorm statistic over the whole global batch (train/step.py), for queries and keys alike, so that
+sub-batch signal does not exist; what remains is the global batch's own statistics, which every key shares.
+
 MoCo v3 (Chen, Xie & He 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
 ICCV): no queue; the student has a projector and a predictor, the EMA teacher a projector; the
 negatives are the other keys of the global batch:
