@@ -61,6 +61,8 @@ def base(objective: str):
   c.objective.name = objective
   c.objective.temperature = 0.1
   c.objective.image_text.temperature = 0.1
+  # CLIP learns its temperature; ConVIRT (and the joint arm's ConVIRT loss) keeps t = 0.1 fixed, as its paper.
+  c.objective.image_text.learn_temperature = objective == "clip"
   c.text.key = "report"
   c.text.sample_sentences = objective == "convirt"  # ConVIRT's text view: one random sentence per report.
   c.text.vocab_size = 8000

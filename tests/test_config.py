@@ -115,3 +115,10 @@ def test_command_line_image_size_moves_the_crop_size(tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("CROPS ")[1].strip() == str(crops)
+
+
+def test_only_clip_learns_its_temperature():
+  """ConVIRT's paper fixes t = 0.1; CLIP learns it (its logit scale)."""
+  learns = {arm: load(f"configs/cxr_{arm}.py", "cpu").objective.image_text.learn_temperature
+            for arm in ("clip", "convirt", "joint")}
+  assert learns == {"clip": True, "convirt": False, "joint": False}
