@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.model.encoder = "vit_tiny"
   c.model.width_multiplier = 1.0
   c.model.patch_size = 8
+  c.model.position_embedding = "sincos"  # MAE's fixed 2-D sin-cos embeddings, encoder and decoder.
   c.model.decoder_dim = 128
   c.model.decoder_depth = 4
   c.model.decoder_heads = 4

@@ -182,6 +182,7 @@ def model_section() -> ml_collections.ConfigDict:
   c.predictor_hidden_dims = (512,)  # BYOL / SimSiam / MoCo v3 predictor (output: projector_dim).
   c.compute_dtype = "float32"      # "bfloat16": encoder compute in bf16; losses and norms stay float32.
   c.patch_size = 4                 # ViT patch size (4 for 28-32 px, 8 for 64 px, 16 for 224 px).
+  c.position_embedding = "learned"  # ViT (and MAE decoder): "learned", or "sincos" (MAE's fixed 2-D sin-cos).
   c.decoder_dim = 128              # MAE decoder width, depth and heads.
   c.decoder_depth = 2
   c.decoder_heads = 4
@@ -410,6 +411,7 @@ def validate(config) -> ml_collections.ConfigDict:
     raise ValueError("multi-crop: the first views must be the full-size (global) ones; "
                      f"config.augment.views[0].crop_size={config.augment.views[0]['crop_size']} < {max(sizes)}")
   check_choice(config.model.compute_dtype, ("float32", "bfloat16"), "config.model.compute_dtype")
+  check_choice(config.model.position_embedding, ("learned", "sincos"), "config.model.position_embedding")
   if objective.text:
     _check_text(config, len(config.augment.views))
   if config.objective.name == "swcl":

@@ -54,11 +54,12 @@ def test_patchify_layout_and_round_trip():
     mae.unpatchify(jnp.asarray(patches), p, (2, 2))
 
 
-@pytest.mark.parametrize("num_patches,ratio", [(16, 0.75), (49, 0.75), (64, 0.6), (10, 0.0)])
-def test_random_masking_keeps_round_l_times_one_minus_ratio(num_patches, ratio):
+@pytest.mark.parametrize("num_patches,ratio", [(16, 0.75), (49, 0.75), (64, 0.6), (10, 0.0), (10, 0.45)])
+def test_random_masking_keeps_int_l_times_one_minus_ratio(num_patches, ratio):
+  """MAE's reference keeps int(L * (1 - r)) patches (truncated: 10 patches at r = 0.45 keep 5, not round's 6)."""
   batch = 8
   keep, restore, mask = jax.device_get(mae.random_masking(jax.random.key(3), batch, num_patches, ratio))
-  n = round(num_patches * (1 - ratio))
+  n = int(num_patches * (1 - ratio))
   assert keep.shape == (batch, n) and restore.shape == (batch, num_patches)
   np.testing.assert_array_equal(mask.sum(axis=1), num_patches - n)  # Exactly n visible in every example.
   for b in range(batch):
@@ -177,6 +178,33 @@ def test_decoder_unshuffles_to_grid_order(tiny):
   assert not np.allclose(a[:, :1], a[:, 1:2])  # Positions differ, so the test can tell a permutation.
 
 
+def reference_sincos(grid, width):
+  """MAE's 2-D sin-cos table, element by element: row 0 (class token) zeros; for patch (h, w), channels
+  [0, width/2) encode w and [width/2, width) encode h, each half sin then cos of pos / 10000^(2i / (width/2))."""
+  quarter = width // 4
+  out = np.zeros((1 + grid * grid, width))
+  for h in range(grid):
+    for w in range(grid):
+      row = 1 + h * grid + w
+      for half, pos in ((0, w), (1, h)):
+        for i in range(quarter):
+          angle = pos / 10000 ** (i / quarter)
+          out[row, half * 2 * quarter + i] = np.sin(angle)
+          out[row, half * 2 * quarter + quarter + i] = np.cos(angle)
+  return out
+
+
+def test_sincos_position_embeddings_match_mae():
+  np.testing.assert_allclose(vit_lib.sincos_2d(3, 8), reference_sincos(3, 8), atol=1e-6)
+  x = jnp.zeros((2, 16, 16, 3))
+  fixed = vit_lib.ViT(width=16, depth=1, num_heads=2, patch_size=4, fixed_positions=True)
+  variables = fixed.init(jax.random.key(0), x, train=False)
+  assert "pos_embed" not in variables["params"]  # Fixed: no parameters.
+  tokens = fixed.apply(variables, x, method="patch_tokens")
+  bias = variables["params"]["patch_embed"]["bias"]  # A zero image embeds to the bias; what remains is position.
+  np.testing.assert_allclose(tokens[0] - bias, vit_lib.sincos_2d(4, 16)[1:], atol=1e-5)
+
+
 def test_objective_registered_and_built_from_config():
   assert objectives.get_objective("mae") is mae.MAE
   c = config_lib.load("fundus_mae", None)
@@ -184,6 +212,7 @@ def test_objective_registered_and_built_from_config():
   model = objectives.build_model(c)
   assert isinstance(model, mae.MAEModel) and isinstance(model.backbone, vit_lib.ViT)
   assert (model.backbone.width, model.backbone.patch_size, model.decoder.out_dim) == (192, 8, 8 * 8 * 3)
+  assert model.backbone.fixed_positions and model.decoder.fixed_positions  # MAE's sin-cos, both halves.
   assert len(c.augment.views) == 1 and c.augment.views[0].jitter_p == 0.0
   c.model.encoder = "resnet18"
   c.model.width_multiplier = 1.0

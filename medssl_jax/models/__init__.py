@@ -32,7 +32,8 @@ def build_backbone(config):
       raise ValueError(f"config.model.width_multiplier={m.width_multiplier!r} applies to ResNets only; "
                        f"{m.encoder} has a fixed width: set it to 1.0 or pick a smaller ViT "
                        f"({sorted(VIT_SIZES)})")
-    return vision_transformer(m.encoder, patch_size=m.patch_size, dtype=compute_dtype(config))
+    return vision_transformer(m.encoder, patch_size=m.patch_size, dtype=compute_dtype(config),
+                              fixed_positions=m.position_embedding == "sincos")
   # Converted torchvision / timm weights (model.init_checkpoint) need torchvision's symmetric padding.
   padding = "torch" if m.get("init_checkpoint") else "same"
   return resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config),

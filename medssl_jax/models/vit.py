@@ -16,10 +16,12 @@ another grid is a clear error rather than a silent interpolation.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 # name -> (width, depth, heads), DeiT sizes (Touvron et al. 2021).
 VIT_SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
@@ -95,14 +97,40 @@ class _AttentionRecorder:
     self.weights.append(value)
 
 
-class PositionEmbedding(nn.Module):
-  """Learned position embeddings [1, num_tokens, width] (class token first), sized at init.
+def sincos_2d(grid: int, width: int) -> np.ndarray:
+  """MAE's fixed 2-D sin-cos position embeddings [1 + grid*grid, width] of a square patch grid, the class token's
+  row zeros (He et al. 2022, `get_2d_sincos_pos_embed`): half the channels encode one grid coordinate, half the
+  other, each as sin / cos of position x 10000^(-2i / (width / 2))."""
+  if width % 4:
+    raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {width}")
+  ww, hh = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))  # As MAE: w first.
 
-  Called with num_tokens=None it returns the existing embeddings."""
+  def one_d(dim, pos):
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  emb = np.concatenate([one_d(width // 2, ww), one_d(width // 2, hh)], axis=1)
+  return np.concatenate([np.zeros((1, width)), emb], axis=0).astype(np.float32)
+
+
+class PositionEmbedding(nn.Module):
+  """Position embeddings [1, num_tokens, width] (class token first): learned and sized at init, or with
+  `fixed`, MAE's 2-D sin-cos ones (`sincos_2d`, no parameters; a square patch grid).
+
+  Called with num_tokens=None it returns the existing embeddings (fixed: the class token's zero row)."""
   width: int
+  fixed: bool = False
 
   @nn.compact
   def __call__(self, num_tokens: int | None):
+    if self.fixed:
+      if num_tokens is None:
+        return jnp.zeros((1, 1, self.width), jnp.float32)
+      grid = math.isqrt(num_tokens - 1)
+      if grid * grid != num_tokens - 1:
+        raise ValueError(f"sin-cos position embeddings need a square patch grid, got {num_tokens - 1} patches")
+      return jnp.asarray(sincos_2d(grid, self.width))[None]
     if num_tokens is None:
       if not self.has_variable("params", "embedding"):
         raise ValueError("ViT position embeddings do not exist yet: call patch_tokens first")
@@ -133,6 +161,7 @@ class ViT(nn.Module):
   patch_size: int = 16
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  fixed_positions: bool = False  # MAE's 2-D sin-cos position embeddings instead of learned ones.
 
   @property
   def num_features(self) -> int:
@@ -143,7 +172,7 @@ class ViT(nn.Module):
     self.patch_embed = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                                name="patch_embed")
     self.cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width), jnp.float32)
-    self.pos_embed = PositionEmbedding(self.width, name="pos_embed")
+    self.pos_embed = PositionEmbedding(self.width, fixed=self.fixed_positions, name="pos_embed")
     self.blocks = [EncoderBlock(self.num_heads, self.mlp_ratio, dtype=self.dtype, name=f"block{i + 1}")
                    for i in range(self.depth)]
     self.norm = _layer_norm("norm")

@@ -1,6 +1,6 @@
 """MAE (He et al. 2022): mask most patches, encode the visible ones, reconstruct the pixels of the rest.
 
-Each image is cut into L patches of p x p x C pixels; a random subset of round(L (1 - r)) patches
+Each image is cut into L patches of p x p x C pixels; a random subset of int(L (1 - r)) patches
 (r = config.objective.mae.mask_ratio) is kept per example and encoded by the ViT (class token included);
 a light transformer decoder receives the encoded visible tokens plus a shared learned mask token at
 every masked position (each with the decoder's own position embedding) and predicts every patch's
@@ -61,10 +61,10 @@ def normalize_patches(patches, eps: float = 1e-6):
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
-  """Patches kept visible per example: round(L (1 - r)), at least 1."""
+  """Patches kept visible per example: int(L (1 - r)), truncated as MAE's reference code does, at least 1."""
   if not 0.0 <= mask_ratio < 1.0:
     raise ValueError(f"config.objective.mae.mask_ratio={mask_ratio!r} must be in [0, 1)")
-  return max(1, min(num_patches, int(round(num_patches * (1.0 - mask_ratio)))))
+  return max(1, min(num_patches, int(num_patches * (1.0 - mask_ratio))))
 
 
 def random_masking(key, batch: int, num_patches: int, mask_ratio: float):
@@ -116,6 +116,7 @@ class MAEDecoder(nn.Module):
   num_heads: int
   out_dim: int
   dtype: Any = jnp.float32
+  fixed_positions: bool = False  # MAE's fixed 2-D sin-cos position embeddings.
 
   @nn.compact
   def __call__(self, encoded, restore):
@@ -128,7 +129,8 @@ class MAEDecoder(nn.Module):
                                                          (b, num_patches - n, self.width))], axis=1)
     tokens = jnp.take_along_axis(tokens, restore[:, :, None], axis=1)  # Back to grid order.
     x = jnp.concatenate([x[:, :1], tokens], axis=1)
-    x = x + vit_lib.PositionEmbedding(self.width, name="pos_embed")(num_patches + 1).astype(x.dtype)
+    x = x + vit_lib.PositionEmbedding(self.width, fixed=self.fixed_positions,
+                                      name="pos_embed")(num_patches + 1).astype(x.dtype)
     for i in range(self.depth):
       x = vit_lib.EncoderBlock(self.num_heads, dtype=self.dtype, name=f"block{i + 1}")(x)
     x = vit_lib._layer_norm("norm")(x)
@@ -187,7 +189,7 @@ def build_mae(config) -> MAEModel:
   num_kept(4, o.mask_ratio)  # Validates the ratio before any tracing.
   out_dim = m.patch_size * m.patch_size * config.data.channels
   decoder = MAEDecoder(width=m.decoder_dim, depth=m.decoder_depth, num_heads=m.decoder_heads, out_dim=out_dim,
-                       dtype=models.compute_dtype(config))
+                       dtype=models.compute_dtype(config), fixed_positions=m.position_embedding == "sincos")
   return MAEModel(backbone=backbone, decoder=decoder, mask_ratio=o.mask_ratio, norm_pix_loss=o.norm_pix_loss)
 
 
