@@ -297,3 +297,22 @@ def test_epoch_schedules_follow_the_dataset_a_row_opens(tmp_path):
   e = rows[0]["config"].eval
   assert (e.finetune_steps, e.finetune_eval_every) == (100 * 3, 3)  # ceil(300 / 128) = 3 steps an epoch.
   assert (e.finetune_epochs, e.finetune_eval_every_epoch) == (0, False)  # Resolved: the row is what it runs.
+
+
+def test_a_table_follows_the_dataset_its_rows_open(tmp_path, capsys):
+  """table_medmnist_supervised:retina pointed at DermaMNIST by override alone: named after it, with DermaMNIST's
+  published row and without RetinaMNIST's; a dataset with no published row on file is said to have none."""
+  module = _load_table_module("table_medmnist_supervised")
+  table = module.get_table("retina")
+  derma = runner.follow_datasets(table, [dict(config=_with(runner.base_config(table), "dermamnist"))])
+  assert derma.name == "medmnist_resnet18_28_derma" and derma.description.startswith("medmnist/dermamnist: ")
+  assert [(p["dataset"], p["auroc"], p["accuracy"]) for p in derma.published] == [("medmnist/dermamnist", 0.917, 0.735)]
+  assert table.name == "medmnist_resnet18_28_{dataset}"  # The table config itself is left as it was.
+  organ = runner.follow_datasets(table, [dict(config=_with(runner.base_config(table), "organamnist"))])
+  assert organ.name == "medmnist_resnet18_28_organa" and not organ.published
+  assert "no published row on file for ['medmnist/organamnist']" in capsys.readouterr().out
+
+
+def _with(config, builder_config):
+  config.data.builder_config = builder_config
+  return config

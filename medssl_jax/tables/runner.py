@@ -11,6 +11,8 @@ A table config file defines `get_table(arg=None)` returning a ConfigDict with (c
                grid.objective.name = ('simclr', 'byol'); grid.eval.train_subset = ('10%', ''); grid.seed = (0, 1).
                Every combination is a row: base config + those overrides, validated by medssl_jax.config.
   overrides    (optional) values set in every row, nested the same way (e.g. overrides.train.num_steps = 4).
+  published_from (optional) a registry of medssl_jax/tables/published.py whose rows for the datasets the rows
+               open are added to `published` (and "{dataset}" in name / description becomes those datasets).
   published    (optional) tuple of dicts shown beside ours, marked published: dataset, method, source,
                accuracy and/or auroc (fractions), optional protocol, labels, note.
   description  (optional) one line under the title.
@@ -59,12 +61,14 @@ from medssl_jax.evals import results as results_lib
 from medssl_jax.protocols import probe
 from medssl_jax.tables import records as records_lib
 from medssl_jax.tables import ood_matrix
+from medssl_jax.tables import published as published_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import guard
 from medssl_jax.train import provenance
 from medssl_jax.train import workdir_lock
 
-TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description", "subset_seed_from_seed")
+TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description", "subset_seed_from_seed",
+              "published_from")
 PUBLISHED_KEYS = ("dataset", "method", "source", "accuracy", "auroc", "protocol", "labels", "note")
 # Keys the runner sets itself (mode), or that say where data lives or how often to log: they never
 # change a result, so they stay out of the row and pretraining hashes.
@@ -171,8 +175,9 @@ def validate_table(table) -> ml_collections.ConfigDict:
   for key in ("name", "base_config", "grid"):
     if key not in table:
       raise ValueError(f"table.{key} is required (table keys: {list(TABLE_KEYS)})")
-  if not isinstance(table.name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", table.name):
-    raise ValueError(f"table.name={table.name!r} must be a non-empty file name of letters, digits, '.', '_', '-'")
+  if not isinstance(table.name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", table.name.replace("{dataset}", "d")):
+    raise ValueError(f"table.name={table.name!r} must be a non-empty file name of letters, digits, '.', '_', '-' "
+                     "(and {dataset}, the datasets its rows open)")
   bases = table.base_config
   bases = (bases,) if isinstance(bases, str) else bases
   if not isinstance(bases, (tuple, list)) or not bases or not all(isinstance(b, str) for b in bases):
@@ -196,6 +201,8 @@ def validate_table(table) -> ml_collections.ConfigDict:
     if "eval.subset_seed" in _leaves(table.grid):
       raise ValueError("table.subset_seed_from_seed=True sets eval.subset_seed from each row's seed; remove the "
                        "grid axis eval.subset_seed (or set subset_seed_from_seed=False)")
+  if table.get("published_from", None):
+    published_lib.rows(table.published_from, ())  # A ValueError naming the valid registries.
   for i, row in enumerate(table.get("published", None) or ()):
     if not _is_section(row):
       raise ValueError(f"table.published[{i}] must be a dict, got {row!r}")
@@ -425,6 +432,31 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
   return record
 
 
+def follow_datasets(table, rows) -> ml_collections.ConfigDict:
+  """The table as the datasets its rows open, so an override that points it at another dataset is named and
+  compared as that dataset: "{dataset}" in its name becomes their short names (medmnist/dermamnist -> derma) and in
+  its description their full names; published rows of another config of a builder the rows use are left out
+  (they would sit beside another dataset's numbers); `published_from` adds that registry's rows for the datasets
+  run (medssl_jax/tables/published.py)."""
+  datasets = sorted({pipeline.ref_name(r["config"].data) for r in rows})
+  table = table.copy_and_resolve_references()
+  short = "+".join(d.rsplit("/", 1)[-1].removesuffix("mnist") for d in datasets)
+  table.name = table.name.replace("{dataset}", short)
+  if table.get("description", None):
+    table.description = table.description.replace("{dataset}", ", ".join(datasets))
+  builders = {d.split("/")[0] for d in datasets}
+  published = [dict(p) for p in table.get("published", None) or ()]
+  kept = [p for p in published if p["dataset"] in datasets or p["dataset"].split("/")[0] not in builders]
+  if table.get("published_from", None):
+    found, missing = published_lib.rows(table.published_from, datasets)
+    kept = [p for p in found if not any(q["dataset"] == p["dataset"] and q["method"] == p["method"] for q in kept)] + kept
+    if missing:
+      print(f"table {table.name}: no published row on file for {missing} (medssl_jax/tables/published.py)", flush=True)
+  with table.unlocked():
+    table.published = tuple(kept)
+  return table
+
+
 def _folder(workdir: str, kind: str, slug: str) -> str:
   """<workdir>/<kind>/<slug>, or the folder there that already holds this hash under another readable name: the
   hash is the identity (what the run computes); the readable part follows the grid's shape, which a widened or
@@ -451,6 +483,7 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
      "md": path, "csv": path, "png": path or None}.
   """
   rows = build_rows(table, overrides=overrides)  # Every row is validated before anything runs.
+  table = follow_datasets(table, rows)
   workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
   with workdir_lock.hold(workdir, what="table workdir"):  # Two runners would train the same rows twice.
     return _run_rows(table, rows, workdir)
