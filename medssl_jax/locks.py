@@ -91,13 +91,6 @@ class FileLock:
       self._fd = None
     self._record = None
 
-  def __enter__(self):
-    return self.acquire()
-
-  def __exit__(self, *exc):
-    self.release()
-    return False
-
   def holder(self) -> dict | None:
     """The record in the lock file (None when there is none or it cannot be read)."""
     try:

@@ -88,9 +88,10 @@ def rename(src, dst) -> None:
 def copy_tree(src, dst, *, last: tuple[str, ...] = ()) -> int:
   """Copies every file under folder `src` to the same place under `dst`, across filesystems (local, gs://, ...);
   files named in `last` are copied after all others (a marker of a complete folder). Returns the number of files."""
-  files = sorted(_files(path(src)), key=lambda f: (f.name in last, str(f)))
+  root = path(src)
+  files = sorted(_files(root), key=lambda f: (f.name in last, str(f)))
   for f in files:
-    write_bytes(join(dst, str(f.relative_to(path(src)))), f.read_bytes())
+    write_bytes(join(dst, str(f.relative_to(root))), f.read_bytes())
   return len(files)
 
 

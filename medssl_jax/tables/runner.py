@@ -312,6 +312,7 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
   axes_keys = (["base_config"] if len(bases) > 1 else []) + keys
   axes_values = ([bases] if len(bases) > 1 else []) + [tuple(grid[k]) for k in keys]
   rows = []
+  num_train = {}  # Training-split size per data section: each dataset opened once, not once per row.
   for combo in itertools.product(*axes_values):
     axes = dict(zip(axes_keys, combo))
     base = axes.get("base_config", bases[0])
@@ -325,7 +326,10 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
     config_lib.follow_image_size(config, loaded_image_size, list(settings))
     if config.eval.finetune_epochs or config.eval.finetune_eval_every_epoch:
       # Epochs of the dataset this row opens, as steps: the row's identity is what it will compute.
-      probe.resolve_epochs(config, pipeline.num_examples(pipeline.open_dataset(config.data), config.data.train_split))
+      ref = config.data.to_json_best_effort()
+      if ref not in num_train:
+        num_train[ref] = pipeline.num_examples(pipeline.open_dataset(config.data), config.data.train_split)
+      probe.resolve_epochs(config, num_train[ref])
     if table.get("subset_seed_from_seed", False):
       config.eval.subset_seed = config.seed
     try:
@@ -457,17 +461,14 @@ def follow_datasets(table, rows) -> ml_collections.ConfigDict:
   return table
 
 
-def _folder(workdir: str, kind: str, slug: str) -> str:
-  """<workdir>/<kind>/<slug>, or the folder there that already holds this hash under another readable name: the
-  hash is the identity (what the run computes); the readable part follows the grid's shape, which a widened or
-  narrowed grid changes (seed=(0,) to (0, 1, 2) adds "seed=0"), and finished work must be found anyway."""
+def _folders(workdir: str, kind: str):
+  """slug -> <workdir>/<kind>/<slug>, or the folder there that already holds the slug's hash under another readable
+  name: the hash is the identity (what the run computes); the readable part follows the grid's shape, which a
+  widened or narrowed grid changes (seed=(0,) to (0, 1, 2) adds "seed=0"), and finished work must be found anyway.
+  The folder is listed once."""
   root = paths.join(workdir, kind)
-  digest = slug.rsplit("-", 1)[-1]
-  if paths.isdir(root):
-    for name in paths.listdir(root):
-      if name.rsplit("-", 1)[-1] == digest:
-        return paths.join(root, name)
-  return paths.join(root, slug)
+  existing = {name.rsplit("-", 1)[-1]: name for name in (paths.listdir(root) if paths.isdir(root) else [])}
+  return lambda slug: paths.join(root, existing.get(slug.rsplit("-", 1)[-1], slug))
 
 
 def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -494,9 +495,10 @@ def _run_rows(table, rows, workdir: str) -> dict:
   n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode != "supervised"})  # Supervised rows have none.
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
   records, t_table = [], time.perf_counter()
+  row_dir, pretrain_dir = _folders(workdir, "rows"), _folders(workdir, "pretrain")
   for i, row in enumerate(rows, 1):
-    rdir = _folder(workdir, "rows", row["slug"])
-    pdir = _folder(workdir, "pretrain", row["pretrain_slug"])
+    rdir = row_dir(row["slug"])
+    pdir = pretrain_dir(row["pretrain_slug"])
     path = paths.join(rdir, RESULT_FILE)
     if paths.exists(path):
       record = dict(paths.read_json(path), status="cached")
@@ -758,8 +760,8 @@ def main(argv):
     with guard.stop_anywhere():  # SIGTERM / Ctrl-C between rows or inside one: finished rows stay cached.
       run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)))
   except guard.Stopped as e:
-    print(f"{e}: every finished row is kept in {flags.FLAGS.workdir}/rows and an unfinished pretraining resumes "
-          "from its last checkpoint; rerun the same command to continue", flush=True)
+    print(f"{e}: every finished row is kept in {flags.FLAGS.workdir}/rows (a stopped pretraining resumes from its "
+          "last checkpoint, a stopped evaluation runs again); rerun the same command to continue", flush=True)
     raise
   except errors.USER_ERRORS as e:  # A bad table, row or dataset: the message names it and what to do.
     errors.report(e, verbose=flags.FLAGS["verbosity"].present)

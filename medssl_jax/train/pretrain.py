@@ -168,9 +168,10 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
                                     worker_count=config.data.worker_count, indices=indices, extra_keys=extra_keys, text=text)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   # A finished run needs no data position (and may be read by any number of processes).
-  finished = (manager.latest_step() or 0) >= t.num_steps
-  if not finished and manager.latest_step() is not None:
-    check_device_count(workdir, manager.latest_step(), n_dev, allow=t.allow_device_change)
+  latest = manager.latest_step()
+  finished = (latest or 0) >= t.num_steps
+  if not finished and latest is not None:
+    check_device_count(workdir, latest, n_dev, allow=t.allow_device_change)
   restored = ckpt_lib.restore_latest(manager, abstract, data_iter=not finished)
   start = 0
   acc = reporting.MetricAccumulator()
