@@ -58,6 +58,13 @@ def test_main_quick_demo(tfds_dir, tmp_path):
   probe_scalars = _tensorboard_scalars(tmp_path / "tb" / "probe_results")
   assert probe_scalars["simclr_pretrained/auroc"] == pytest.approx(results["simclr (pretrained)"]["auroc"])
   assert probe_scalars["random_init/accuracy"] == pytest.approx(results["random init"]["accuracy"])
+  # The pretrained - random difference carries its paired bootstrap interval (the same test images resampled).
+  a, b = results["simclr (pretrained)"], results["random init"]
+  paired = a["paired_difference"]
+  assert paired["other"] == "random init"
+  for metric in ("accuracy", "auroc"):
+    assert paired[metric][0] <= a[metric] - b[metric] <= paired[metric][1]
+  assert "simclr (pretrained) - random init: accuracy" in out.stdout and "paired bootstrap 95% CI" in out.stdout
   logs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in logs] == [10, 20, 30, 40]
   # The contrastive loss goes down and positives are found more often than by chance (1/31).

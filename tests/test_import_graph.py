@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Rooms from the top floor down. A module may import its own room and the rooms below it, never one above.
 # tfds_builders/ share the data floor (data/pipeline.py opens them; two builders draw with data/'s generators).
 FLOORS = (
-    ("main", "medssl_jax.cli", "medssl_jax.__main__"),
+    ("main", "medssl_jax.cli", "medssl_jax.__main__", "medssl_jax.dry_run"),
     ("medssl_jax.tables",),
     ("medssl_jax.experiment",),
     ("medssl_jax.projects",),

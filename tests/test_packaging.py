@@ -24,6 +24,7 @@ def test_wheel_contents(installed_package):
   entry = next(n for n in names if n.endswith("entry_points.txt"))
   entries = zipfile.ZipFile(wheel).read(entry).decode()
   assert "medssl = medssl_jax.cli:run" in entries and "medssl-table = medssl_jax.tables.runner:run" in entries
+  assert "medssl-dry-run = medssl_jax.dry_run:run" in entries
 
 
 def test_core_dependencies_leave_out_torch_tests_and_notebooks():

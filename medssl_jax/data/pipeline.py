@@ -82,7 +82,7 @@ def _default_data_dir() -> str:
   return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
 
 
-def _builder_class(name: str):
+def builder_class(name: str):
   if name not in BUILDERS:
     raise ValueError(f'Unknown dataset {name!r}; valid choices: {sorted(BUILDERS)}.')
   module_name, class_name = BUILDERS[name].split(':')
@@ -142,7 +142,7 @@ def data_cache_dir(url: str) -> str:
 
 def _local_builder(name: str, *, data_dir: str, config: str | None, prepare: bool,
                    manual_dir: str | None) -> Builder:
-  cls = _builder_class(name)
+  cls = builder_class(name)
   if hasattr(cls, 'make_builder'):
     # User-data builders (image_folder): the config is made from the user's files, not a fixed list.
     make = functools.partial(cls.make_builder, config=config, data_dir=data_dir, manual_dir=manual_dir,

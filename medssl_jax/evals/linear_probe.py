@@ -22,6 +22,17 @@ from medssl_jax.train.step import normalize
 PROTOCOL = "linear probe: backbone features (ResNet: global average pool; ViT: class token), standardised, softmax regression (L-BFGS; multi-label: one logistic regression per class), L2 chosen on 20% of train"
 
 
+def embed_fn(model, *, image_size, mean, std):
+  """The jitted feature map embed(variables, uint8 images [B, H, W, C]) -> [B, C] of `extract_features`."""
+
+  @jax.jit
+  def embed(variables, x):
+    x = normalize(views_lib.eval_view(x, size=image_size), mean, std)
+    return model.apply(variables, x, method=model.embed)
+
+  return embed
+
+
 def extract_features(model, variables, images, *, image_size, mean, std, batch_size=256, mesh=None,
                      train_mode_bn=False):
   """Backbone features [N, C] for uint8 images [N, H, W, C], in batches, sharded over the mesh.
@@ -31,12 +42,7 @@ def extract_features(model, variables, images, *, image_size, mean, std, batch_s
   mesh = mesh or mesh_lib.make_mesh()
   n_dev = mesh.devices.size
   batch_size = max(n_dev, batch_size // n_dev * n_dev)
-
-  @jax.jit
-  def embed(variables, x):
-    x = normalize(views_lib.eval_view(x, size=image_size), mean, std)
-    return model.apply(variables, x, method=model.embed)
-
+  embed = embed_fn(model, image_size=image_size, mean=mean, std=std)
   variables = mesh_lib.replicate(variables, mesh)
   out = mesh_lib.apply_batched(lambda b: embed(variables, b["image"]), {"image": images}, batch_size=batch_size,
                                mesh=mesh)

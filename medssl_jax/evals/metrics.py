@@ -179,6 +179,17 @@ def bootstrap_ci(metric_fn, y_true, y_score, *, num_samples: int = 1000, alpha: 
           "num_valid": int(len(values))}
 
 
+def paired_difference_ci(metric_fn, y_true, score_a, score_b, **kw) -> dict:
+  """`bootstrap_ci` of metric_fn(y, score_a) - metric_fn(y, score_b), both evaluated on each resample's same rows:
+  the paired comparison of two models' predictions on one test set (narrower than comparing their separate
+  intervals, since the examples both find hard or easy cancel). Keyword arguments go to `bootstrap_ci`."""
+  a, b = np.asarray(score_a), np.asarray(score_b)
+  if a.shape != b.shape:
+    raise ValueError(f"score_a and score_b must have one shape; got {a.shape} and {b.shape}")
+  return bootstrap_ci(lambda y, s: metric_fn(y, s[:, 0]) - metric_fn(y, s[:, 1]), y_true, np.stack([a, b], axis=1),
+                      **kw)
+
+
 def mean_std(values) -> tuple[float, float, int]:
   """(mean, sample standard deviation (ddof=1), n) of repeated results, e.g. one metric over seeds.
 

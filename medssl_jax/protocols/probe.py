@@ -160,6 +160,7 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
     raise ValueError(f"config.eval.neural_collapse needs one class label per image; {config.data.builder} "
                      f"labels have shape {np.shape(train['label'])[1:]} per image (multi-label)")
   layers, layered = tuple(e.feature_layers), _layered(config)
+  test_scores = {}  # {layer: {encoder name: (result key, test class scores)}}, for the paired comparison.
   for name, (model, variables, recalibrate) in encoders.items():
     if recalibrate:
       variables = probe_lib.recalibrate_batch_stats(model, variables, train["image"], image_size=size,
@@ -182,7 +183,8 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
                                           return_predictor=True)
         detail = f"l2={r['l2']:g}"
       r["layer"] = layer
-      r.update(_report(config, test["label"], score(te)))
+      probs = score(te)
+      r.update(_report(config, test["label"], probs))
       if ood_targets:
         predict = lambda images, score=score, layer=layer, model=model, variables=variables: score(
             _frozen_features(model, variables, images, layers=(layer,), mesh=mesh, **kw)[layer])
@@ -195,10 +197,33 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
         r["label_subset"] = _subset_summary(subset)
       key = result_key(name, layer, layered=layered)
       results[key] = r
+      test_scores.setdefault(layer, {})[name] = (key, probs)
       print(f"{e.protocol} [{key}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  ({detail})", flush=True)
+  if e.bootstrap_samples:
+    for named in test_scores.values():
+      if len(named) == 2:  # E.g. pretrained vs random init: the interval of their difference on the same images.
+        (key_a, probs_a), (key_b, probs_b) = named.values()
+        results[key_a]["paired_difference"] = dict(
+            other=key_b, **_paired_difference(config, test["label"], probs_a, probs_b))
   print(f"{e.protocol} evaluations done in {time.perf_counter() - t0:.0f}s "
         f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
   return results
+
+
+def _paired_difference(config, labels, probs_a, probs_b) -> dict:
+  """{"accuracy": [low, high], "auroc": [low, high], "ci_level"}: paired percentile bootstrap intervals of encoder a's
+  test metric minus encoder b's (eval.bootstrap_samples resamples, within each class for single-label data)."""
+  multi = np.ndim(labels) == 2
+  fns = ({"accuracy": lambda y, s: metrics_lib.accuracy(y.ravel().astype(np.int32), s.ravel()),
+          "auroc": lambda y, s: metrics_lib.multilabel_auroc(y, s)[0]} if multi else
+         {"accuracy": metrics_lib.accuracy, "auroc": lambda y, s: metrics_lib.auroc(y, s)[0]})
+  out = {}
+  for name, fn in fns.items():
+    ci = metrics_lib.paired_difference_ci(fn, labels, probs_a, probs_b, num_samples=config.eval.bootstrap_samples,
+                                          seed=config.seed, stratified=not multi)
+    out[name] = [ci["low"], ci["high"]]
+  out["ci_level"] = 0.95
+  return out
 
 
 def _report(config, labels, probs) -> dict:
@@ -320,8 +345,13 @@ def format_table(results: dict, *, config) -> str:
     names = list(named)
     if len(names) == 2:
       a, b = named[names[0]], named[names[1]]
-      diffs.append(f"{names[0]} - {names[1]}{f' @ {layer}' if layered else ''}: accuracy "
-                   f"{a['accuracy'] - b['accuracy']:+.4f}, AUROC {a['auroc'] - b['auroc']:+.4f}")
+      line = (f"{names[0]} - {names[1]}{f' @ {layer}' if layered else ''}: accuracy "
+              f"{a['accuracy'] - b['accuracy']:+.4f}, AUROC {a['auroc'] - b['auroc']:+.4f}")
+      paired = a.get("paired_difference")
+      if paired:
+        line += (f" (paired bootstrap {100 * paired['ci_level']:g}% CI: accuracy {paired['accuracy'][0]:+.4f} to "
+                 f"{paired['accuracy'][1]:+.4f}, AUROC {paired['auroc'][0]:+.4f} to {paired['auroc'][1]:+.4f})")
+      diffs.append(line)
   if diffs:
     lines += ["", *diffs]
   if ci:

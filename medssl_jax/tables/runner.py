@@ -296,8 +296,10 @@ def _pretrain_relevant(key: str) -> bool:
   return key == "base_config" or not any(key == e or key.startswith(e + ".") for e in exclude)
 
 
-def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dict]:
+def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: bool = True) -> list[dict]:
   """Every row of a validated table: its axis values, resolved (validated) config and workdirs.
+
+  `open_data` False leaves epoch schedules unresolved (no dataset is opened; the dry run needs shapes only).
 
   Each row is a dict: axes ({dotted key: value}, 'base_config' first when it is an axis), config,
   slug (rows/<slug>), pretrain_slug (pretrain/<pretrain_slug>), base_config.
@@ -324,7 +326,7 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None) -> list[dic
       _check_key(config, key, where)
       _set(config, key, value, where)
     config_lib.follow_image_size(config, loaded_image_size, list(settings))
-    if config.eval.finetune_epochs or config.eval.finetune_eval_every_epoch:
+    if open_data and (config.eval.finetune_epochs or config.eval.finetune_eval_every_epoch):
       # Epochs of the dataset this row opens, as steps: the row's identity is what it will compute.
       ref = config.data.to_json_best_effort()
       if ref not in num_train:

@@ -271,6 +271,16 @@ class SwclPatches(tfds.core.GeneratorBasedBuilder):
                                    download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
     return builder
 
+  @classmethod
+  def stand_in(cls, *, config: str, data_dir, num_classes: int = 8):
+    """An unprepared builder of `config` whose feature spec has the shapes a real one would, with `num_classes`
+    placeholder classes (the pseudo-labeller's; ODIR-5K has 8): for dry runs, which need shapes, not data."""
+    name, patch_size, flip = parse_config(config)
+    names = tuple(f'class_{i}' for i in range(num_classes))
+    return cls(config=SwclPatchesConfig(name=name, patch_size=patch_size, flip=flip, class_names=names,
+                                        normal_classes=names[:1]),
+               data_dir=os.fspath(data_dir))
+
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     p = c.patch_size

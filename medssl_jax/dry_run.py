@@ -1,0 +1,432 @@
+"""Dry run: a config's training and evaluation steps at full size on stand-in data, with no dataset.
+
+  python -m medssl_jax.dry_run --config=cxr_clip                       # one experiment config
+  python -m medssl_jax.dry_run --table=table_medmnist_ssl              # every distinct step of a table's rows
+  python -m medssl_jax.dry_run --config=fundus_swcl --devices=8 --steps=0   # 8 accelerators: memory per device
+
+For each step the config's run compiles (the pretraining step of its objective, the frozen-encoder feature pass
+of the linear / kNN probes, the fine-tuning step), this builds the real model, objective, optimizer and augmentation
+at the config's encoder, image size, views and batch, feeds random images (and labels, reports, SWCL weak labels)
+of the shapes its dataset would give, and prints the parameter count, compile time, the time of a few steps and
+XLA's estimate of the memory one device needs. The dataset's shapes come from its builder's feature spec: nothing
+is downloaded or built.
+
+Batches: each step runs at its config's global batch divided by --devices (the per-device batch of a real run on
+that many accelerators, where parameters are replicated and the batch is split); --per_device_batch sets it
+directly (e.g. 2, to run a paper-scale config on a CPU). --steps=0 compiles without running: the memory estimate
+of a batch too large for this machine, at no cost but compile time. The estimate is XLA's for this machine's
+backend (arguments + outputs - donated + temporaries); an accelerator's compiler lays memory out differently, so
+run it there for that device's own figure.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from typing import Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+
+import medssl_jax  # noqa: F401  pylint: disable=unused-import  First: sets the XLA:CPU flags before jax starts (medssl_jax/xla_cpu.py).
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medssl_jax import config as config_lib  # noqa: E402
+from medssl_jax import errors  # noqa: E402
+from medssl_jax import experiment  # noqa: E402
+from medssl_jax import objectives  # noqa: E402
+from medssl_jax import paths  # noqa: E402
+from medssl_jax.data import pipeline  # noqa: E402
+from medssl_jax.evals import finetune as finetune_lib  # noqa: E402
+from medssl_jax.evals import linear_probe  # noqa: E402
+from medssl_jax.tables import runner  # noqa: E402
+from medssl_jax.train import mesh as mesh_lib  # noqa: E402
+from medssl_jax.train import pretrain as pretrain_lib  # noqa: E402
+from medssl_jax.train import state as state_lib  # noqa: E402
+from medssl_jax.train import step as step_lib  # noqa: E402
+
+# Modes whose run trains config.objective with train/pretrain.py (the others evaluate or fine-tune only).
+PRETRAINING_MODES = ("pretrain", "pretrain_and_probe", "swcl", "particles", "curriculum", "analyze")
+FEATURE_PROTOCOLS = ("linear_probe", "knn")
+GIB = 2.0 ** 30
+
+
+@dataclasses.dataclass
+class Part:
+  """One compiled step of a run: `make(batch)` returns (jitted function, abstract args, concrete-args maker)."""
+  name: str            # "pretrain", "features", "finetune".
+  describe: str        # What it is, in words (objective, encoder, image size, views).
+  global_batch: int    # The config's global batch for this step.
+  key: str             # Identity: parts with one key compile the same program.
+  make: Callable[[int], tuple]
+
+
+def _stand_in_batch(config, info, batch: int, *, extra_keys=(), text: bool = False, seed: int = 0) -> dict:
+  """Random numpy arrays of the shapes a training batch of `config`'s dataset has (pipeline.make_train_iterator)."""
+  rng = np.random.default_rng(seed)
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  out = {"image": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
+         "id": np.arange(batch, dtype=np.int32)}
+  k = info["num_classes"]
+  out["label"] = (rng.integers(0, 2, (batch, k)).astype(np.int32) if info["multi_label"]
+                  else rng.integers(0, k, batch).astype(np.int32))
+  for key in extra_keys:
+    shape, dtype = info["features"][key]
+    dtype = np.dtype(dtype)
+    values = rng.random((batch, *shape)) if dtype.kind == "f" else rng.integers(0, 4, (batch, *shape))
+    out[key] = values.astype(dtype)
+  if text:
+    t = config.text
+    out["text_ids"] = rng.integers(1, t.vocab_size, (batch, t.max_length)).astype(np.int32)
+    out["text_mask"] = np.ones((batch, t.max_length), bool)
+  return out
+
+
+def dataset_info(config) -> dict:
+  """Shapes of config.data's dataset from its builder's feature spec (nothing downloaded or built):
+  {"name", "num_classes", "multi_label", "features": {key: (shape, dtype)}}."""
+  d = config.data
+  with tempfile.TemporaryDirectory() as tmp:  # An empty data dir: the builder is only described, never prepared.
+    try:
+      builder = pipeline.get_builder(d.builder, data_dir=tmp, config=d.builder_config or None, prepare=False)
+    except (OSError, ValueError):
+      cls = pipeline.builder_class(d.builder)
+      if not hasattr(cls, "stand_in"):
+        raise
+      # A dataset made from a run's own files (SWCL's patches): its builder's stand-in spec.
+      builder = cls.stand_in(config=d.builder_config, data_dir=tmp)
+    features = {k: (tuple(getattr(v, "shape", ()) or ()), np.dtype(getattr(v, "np_dtype", np.float32)))
+                for k, v in builder.info.features.items() if getattr(v, "np_dtype", None) is not None}
+    try:
+      num_classes = pipeline.num_classes(builder)
+    except (ValueError, KeyError):  # No image labels (e.g. SWCL's patches): the probes' heads get two.
+      num_classes = 2
+    multi = "label" in builder.info.features and pipeline.is_multi_label(builder)
+    return dict(name=pipeline.dataset_name(builder), num_classes=max(2, num_classes), multi_label=multi,
+                features=features)
+
+
+def _pretraining_config(config):
+  """The config the run's pretraining stage sees: each module's `resolve` applied as for mode "pretrain"
+  (SWCL's stage-3 patch dataset named from its settings)."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.mode = "pretrain"
+  for module in experiment.MODULES:
+    if hasattr(module, "resolve"):
+      cfg = module.resolve(cfg, tempfile.gettempdir())
+  return cfg
+
+
+def _sections_key(name: str, config, *keys: str) -> str:
+  """`name` + the values of the dotted `keys` (sections or leaves) that decide a step's program."""
+  values = {}
+  for dotted in keys:
+    value = config
+    for part in dotted.split("."):
+      value = value[part]
+    values[dotted] = value.to_dict() if hasattr(value, "to_dict") else value
+  return name + json.dumps(values, sort_keys=True, default=str)
+
+
+def _views(config) -> str:
+  sizes = [int(v.crop_size) for v in config.augment.views]
+  groups = {s: sizes.count(s) for s in dict.fromkeys(sizes)}
+  return " + ".join(f"{n}x{s}px" for s, n in groups.items())
+
+
+def _encoder(config) -> str:
+  m = config.model
+  return m.encoder if m.encoder.startswith("vit") else f"{m.encoder} x{m.width_multiplier:g}"
+
+
+def parts_of(config) -> list[Part]:
+  """The steps `config`'s run compiles, each as a Part."""
+  parts = []
+  info_cache = {}
+
+  def info_of(cfg):
+    ref = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str)
+    if ref not in info_cache:
+      info_cache[ref] = dataset_info(cfg)
+    return info_cache[ref]
+
+  if config.mode in PRETRAINING_MODES:
+    pcfg = _pretraining_config(config)
+    describe = (f"{pcfg.objective.name} on {_encoder(pcfg)}, views {_views(pcfg)}, "
+                f"data {pcfg.data.builder}:{pcfg.data.builder_config or 'default'} at {pcfg.data.image_size}px")
+    parts.append(Part("pretrain", describe, int(pcfg.train.batch_size),
+                      _sections_key("pretrain", pcfg, "model", "objective", "augment", "text", "data.image_size",
+                                    "data.channels", "train.optimizer", "train.batch_size"),
+                      lambda b, cfg=pcfg: _pretrain_part(cfg, info_of(cfg), b)))
+  evaluating = config.mode not in ("pretrain", "features", "patches", "pseudo_label", "propagate")
+  if evaluating and config.mode != "supervised" and config.eval.protocol in FEATURE_PROTOCOLS:
+    parts.append(Part("features", f"frozen {_encoder(config)} at {config.data.image_size}px (linear / kNN probe)",
+                      int(config.eval.batch_size),
+                      _sections_key("features", config, "model", "objective.name", "data.image_size", "data.channels",
+                                    "eval.batch_size"),
+                      lambda b, cfg=config: _features_part(cfg, None, b)))
+  if config.mode == "supervised" or (evaluating and config.eval.protocol == "finetune"):
+    e = config.eval
+    parts.append(Part("finetune", f"fine-tune {_encoder(config)} + head at {config.data.image_size}px"
+                      + ("" if e.finetune_augment else ", no augmentation"), int(e.finetune_batch_size),
+                      _sections_key("finetune", config, "model", "objective.name", "data.builder", "data.builder_config",
+                                    "data.image_size", "data.channels", "eval.finetune_augment",
+                                    "eval.finetune_backbone_lr_scale", "eval.finetune_batch_size"),
+                      lambda b, cfg=config: _finetune_part(cfg, info_of(cfg), b)))
+  return parts
+
+
+def _one_device_mesh():
+  # The per-device program: parameters replicated, the batch this device's share (see the module docstring).
+  return mesh_lib.make_mesh(jax.devices()[:1])
+
+
+def _timed(steps: int, call) -> list[float]:
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def _pretrain_part(config, info, batch: int):
+  """(parameter count, lowered train step, run(compiled, steps) -> step seconds) of the pretraining step."""
+  mesh = _one_device_mesh()
+  model, objective, tx, schedule = pretrain_lib.build(config)
+  extra = tuple(objective.batch_keys(config)) if objective.batch_keys else ()
+  missing = [k for k in extra if k not in info["features"]]
+  if missing:
+    raise ValueError(f"objective {objective.name!r} reads dataset features {missing}, which dataset {info['name']!r} "
+                     f"(config.data.builder) does not have; its features are {sorted(info['features'])}")
+  # Jitted: the eager init of a ResNet-50 dispatches op by op and takes longer than compiling it.
+  init = jax.jit(lambda: pretrain_lib.init_train_state(config, model, tx, jax.random.key(config.seed)))
+  state_shape = jax.eval_shape(init)
+  stand_in = _stand_in_batch(config, info, batch, extra_keys=extra, text=objective.text)
+  rep, shard = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
+  abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state_shape)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard) for k, v in stand_in.items()}
+  key = jax.random.key(1)
+  lowered = step_lib.make_train_step(model, objective, tx, schedule, config, mesh).lower(abstract_state,
+                                                                                         abstract_batch, key)
+
+  def run(compiled, steps: int) -> list[float]:
+    holder = {"state": mesh_lib.replicate(init(), mesh)}
+    data = mesh_lib.shard_batch(stand_in, mesh)
+
+    def call():
+      holder["state"], metrics = compiled(holder["state"], data, key)  # The step donates its state.
+      return holder["state"], metrics
+
+    return _timed(steps, call)
+
+  return state_lib.num_params(state_shape.params), lowered, run
+
+
+def _features_part(config, info, batch: int):
+  """The same for the probes' frozen-encoder feature pass (evals/linear_probe.embed_fn)."""
+  del info
+  model = objectives.build_model(config)
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  embed = linear_probe.embed_fn(model, image_size=size, mean=tuple(config.data.mean), std=tuple(config.data.std))
+  init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, size, size, channels)), train=False))
+  variables_shape = jax.eval_shape(init)
+  images = np.random.default_rng(0).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
+  lowered = embed.lower(variables_shape, jax.ShapeDtypeStruct(images.shape, jnp.uint8))
+
+  def run(compiled, steps: int) -> list[float]:
+    variables, x = init(), jnp.asarray(images)
+    return _timed(steps, lambda: compiled(variables, x))
+
+  return state_lib.num_params(variables_shape["params"]), lowered, run
+
+
+def _finetune_part(config, info, batch: int):
+  """The same for the fine-tuning step (evals/finetune.jitted_steps) of config.eval's settings."""
+  e = config.eval
+  model = objectives.build_model(config)
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  init_vars = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, size, size, channels)), train=False))
+  variables_shape = jax.eval_shape(init_vars)
+  bb_shape = variables_shape["params"]["backbone"]
+  bs_shape = variables_shape.get("batch_stats", {}).get("backbone", {})
+  frozen = float(e.finetune_backbone_lr_scale) == 0
+  head_init, train_step, _ = finetune_lib.jitted_steps(
+      model.backbone, info["num_classes"], info["multi_label"], size, tuple(config.data.mean), tuple(config.data.std),
+      bool(e.finetune_augment), frozen, bool(jax.tree.leaves(bs_shape)))
+  stand_in = _stand_in_batch(config, info, batch)
+  images, labels = stand_in["image"], stand_in["label"]
+  head_args = lambda key, bb, bs: (key, bb, bs, jnp.asarray(images[:1]))
+  params_shape, opt_shape = jax.eval_shape(head_init, *head_args(jax.random.key(0), bb_shape, bs_shape))
+  scalars = (np.float32(e.finetune_learning_rate), np.float32(e.finetune_weight_decay),
+             np.float32(e.finetune_backbone_lr_scale))
+  abstract = lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+  lowered = train_step.lower(params_shape, bb_shape, bs_shape, opt_shape, abstract(images), abstract(labels),
+                             jax.random.key(1), *scalars)
+
+  def run(compiled, steps: int) -> list[float]:
+    variables = init_vars()
+    bb, bs = variables["params"]["backbone"], variables.get("batch_stats", {}).get("backbone", {})
+    params, opt_state = head_init(*head_args(jax.random.key(0), bb, bs))
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+    holder = {"s": (params, bs, opt_state)}
+
+    def call():
+      p, s, o = holder["s"]
+      p, s, o, loss = compiled(p, bb, s, o, x, y, jax.random.key(1), *scalars)
+      holder["s"] = (p, s, o)
+      return loss
+
+    return _timed(steps, call)
+
+  return state_lib.num_params(params_shape), lowered, run
+
+
+def memory_bytes(compiled) -> dict:
+  """XLA's memory estimate of a compiled program on one device: {"arguments", "outputs", "aliased", "temporaries",
+  "total"} in bytes (total = arguments + outputs - aliased + temporaries); {} where the backend gives none."""
+  try:
+    m = compiled.memory_analysis()
+  except (NotImplementedError, RuntimeError):  # pragma: no cover - backend without an estimate
+    m = None
+  if m is None:
+    return {}
+  out = dict(arguments=int(m.argument_size_in_bytes), outputs=int(m.output_size_in_bytes),
+             aliased=int(m.alias_size_in_bytes), temporaries=int(m.temp_size_in_bytes))
+  out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+  return out
+
+
+def measure(part: Part, *, devices: int, per_device_batch: int = 0, steps: int = 3) -> dict:
+  """Compiles `part` at its per-device batch (the global batch / `devices`, or `per_device_batch`), runs `steps`
+  steps on stand-in data, and returns what it measured."""
+  if per_device_batch:
+    batch = int(per_device_batch)
+  else:
+    if part.global_batch % devices:
+      raise ValueError(f"{part.name}: global batch {part.global_batch} is not divisible by --devices={devices}")
+    batch = part.global_batch // devices
+  t0 = time.perf_counter()
+  params, lowered, run = part.make(batch)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  times = run(compiled, steps) if steps else []
+  for t in times:
+    if not np.isfinite(t):  # pragma: no cover
+      raise RuntimeError(f"{part.name}: a step took {t} s")
+  return dict(part=part.name, what=part.describe, global_batch=part.global_batch, devices=devices,
+              per_device_batch=batch, params=int(params), compile_s=round(compile_s, 2), steps=len(times),
+              # The first step may allocate and warm caches: the steady step time is the median of the rest.
+              step_s=round(statistics.median(times[1:] or times), 4) if times else None,
+              memory=memory_bytes(compiled), backend=jax.default_backend())
+
+
+def _size(n: int) -> str:
+  return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def _line(r: dict) -> str:
+  mem = r["memory"]
+  mem_s = (f"{_size(mem['total'])} per device (arguments {_size(mem['arguments'])}, temporaries "
+           f"{_size(mem['temporaries'])})" if mem else "no memory estimate on this backend")
+  step = f"{r['step_s']:.3f} s/step ({r['steps']} steps)" if r["step_s"] is not None else "not run (--steps=0)"
+  batch = (f"global {r['global_batch']} over {r['devices']} device(s)" if r["per_device_batch"] * r["devices"] ==
+           r["global_batch"] else f"set by --per_device_batch; the config's global batch is {r['global_batch']}")
+  return (f"{r['part']:9s} {r['what']}: per-device batch {r['per_device_batch']} ({batch}) | "
+          f"{r['params'] / 1e6:.2f}M parameters | compile {r['compile_s']:.1f} s | "
+          f"{step} | {mem_s}")
+
+
+def dry_run(configs: dict, *, devices: int = 1, per_device_batch: int = 0, steps: int = 3) -> list[dict]:
+  """Measures every distinct step of `configs` ({label: config}); prints one line per step as it goes."""
+  seen, results, repeats = set(), [], 0
+  for label, config in configs.items():
+    experiment.validate(config)
+    for part in parts_of(config):
+      if part.key in seen:  # Rows differing in seeds or label fractions compile the same program.
+        repeats += 1
+        continue
+      seen.add(part.key)
+      r = dict(measure(part, devices=devices, per_device_batch=per_device_batch, steps=steps), config=label)
+      results.append(r)
+      print(f"{label}: {_line(r)}", flush=True)
+  if repeats:
+    print(f"{len(configs)} configs, {len(results)} distinct steps ({repeats} more are the same programs)", flush=True)
+  return results
+
+
+def table_configs(spec: str, grid=()) -> dict:
+  """{row label: config} of a table config's rows, epoch schedules unresolved (no dataset is opened); for a
+  segmentation table (tables/segmentation_table.py: a dict of "runs"), {run name: its config}."""
+  module, arg = config_lib.load_module(spec)
+  table = module.get_table(arg or None) if hasattr(module, "get_table") else None
+  if isinstance(table, dict) and "runs" in table:
+    return {f"{table['name']}[{name}]": config_lib.load(run) for name, run in table["runs"].items()}
+  table = runner.set_axes(runner.load_table(spec), list(grid))
+  return {f"{table.name}[{r['slug'].rsplit('-', 1)[0] or 'row'}]": r["config"]
+          for r in runner.build_rows(table, open_data=False)}
+
+
+def format_markdown(results: list[dict]) -> str:
+  """A Markdown table of `dry_run` results, one row per distinct step."""
+  lines = ["| config | step | what | per-device batch (global / devices) | parameters | XLA memory estimate per device "
+           "| compile s | step s |", "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    mem = _size(r["memory"]["total"]) if r["memory"] else "—"
+    step = f"{r['step_s']:.3f}" if r["step_s"] is not None else "not run"
+    lines.append(f"| `{r['config']}` | {r['part']} | {r['what']} | {r['per_device_batch']} ({r['global_batch']} / "
+                 f"{r['devices']}) | {r['params'] / 1e6:.1f}M | {mem} | {r['compile_s']:.1f} | {step} |")
+  return "\n".join(lines) + "\n"
+
+
+_CONFIG = flags.DEFINE_string("config", None, "An experiment config: a path or a shipped config's name[:variant].")
+_TABLE = flags.DEFINE_string("table", None, "A table config (configs/table_*.py[:variant]): every distinct step of "
+                             "its rows.")
+_DEVICES = flags.DEFINE_integer("devices", 1, "The accelerators a real run spreads each global batch over: steps "
+                                "compile at global batch / devices, the per-device batch.")
+_PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 0, "Per-device batch of every step (0: global / "
+                                         "--devices), e.g. 2 to try a paper-scale config on a CPU.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Steps run per compiled step; 0 compiles only (memory estimate and "
+                              "compile time).")
+_OUT = flags.DEFINE_string("out", None, "Also write the measurements here: a Markdown table (*.md) or JSON.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if bool(_CONFIG.value) == bool(_TABLE.value):
+    errors.fatal("give one of --config=<experiment config> or --table=<table config>")
+  if _DEVICES.value < 1 or _PER_DEVICE_BATCH.value < 0 or _STEPS.value < 0:
+    errors.fatal(f"--devices={_DEVICES.value} must be >= 1, --per_device_batch={_PER_DEVICE_BATCH.value} and "
+                 f"--steps={_STEPS.value} >= 0")
+  try:
+    if _CONFIG.value:
+      configs = {_CONFIG.value: config_lib.load(_CONFIG.value)}
+    else:
+      configs = table_configs(_TABLE.value)
+    print(f"dry run on {jax.default_backend()} ({jax.devices()[0].device_kind}): stand-in data, nothing downloaded",
+          flush=True)
+    results = dry_run(configs, devices=_DEVICES.value, per_device_batch=_PER_DEVICE_BATCH.value, steps=_STEPS.value)
+  except errors.USER_ERRORS as e:
+    errors.report(e, verbose=flags.FLAGS["verbosity"].present)
+  if _OUT.value:
+    paths.write_text(_OUT.value, format_markdown(results) if _OUT.value.endswith(".md") else
+                     json.dumps(results, indent=1) + "\n")
+    print(f"wrote {_OUT.value}", flush=True)
+
+
+def run():
+  """The `medssl-dry-run` console script (the same as `python -m medssl_jax.dry_run`)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
