@@ -11,7 +11,9 @@ import pytest
 
 from medssl_jax.augment import views
 from medssl_jax.data import pipeline
+from medssl_jax.tables import published
 from medssl_jax.tables import runner
+from tfds_builders.medmnist import medmnist_dataset_builder as medmnist_builder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -309,8 +311,17 @@ def test_a_table_follows_the_dataset_its_rows_open(tmp_path, capsys):
   assert [(p["dataset"], p["auroc"], p["accuracy"]) for p in derma.published] == [("medmnist/dermamnist", 0.917, 0.735)]
   assert table.name == "medmnist_resnet18_28_{dataset}"  # The table config itself is left as it was.
   organ = runner.follow_datasets(table, [dict(config=_with(runner.base_config(table), "organamnist"))])
-  assert organ.name == "medmnist_resnet18_28_organa" and not organ.published
-  assert "no published row on file for ['medmnist/organamnist']" in capsys.readouterr().out
+  assert organ.name == "medmnist_resnet18_28_organa"
+  assert [(p["auroc"], p["accuracy"]) for p in organ.published] == [(0.997, 0.935)]
+  # The published rows are of 28 px images: a 64 px run gets none, and is told so.
+  big = runner.follow_datasets(table, [dict(config=_with(runner.base_config(table), "retinamnist_64"))])
+  assert not big.published
+  assert "no published row on file for ['medmnist/retinamnist_64']" in capsys.readouterr().out
+
+
+def test_published_medmnist_rows_cover_every_2d_dataset():
+  assert set(published.MEDMNIST_V2_RESNET18_28) == set(medmnist_builder.DATASETS)
+  assert all(0.5 < auc <= 1 and 0 < acc <= 1 for auc, acc in published.MEDMNIST_V2_RESNET18_28.values())
 
 
 def _with(config, builder_config):
