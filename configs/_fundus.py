@@ -1,6 +1,6 @@
 """Shared base of the configs/fundus_<objective>.py family (not itself a config).
 
-Every fundus_<objective> config starts from `base(name)`: the demo's data (synthetic_fundus/64px),
+Every fundus_<objective> config starts from `base(name)`: the demo's data (synthetic_fundus/64px_lesions2x),
 encoder (ResNet-18 x0.25 at 64 px), views and probe, so objectives are compared on equal terms; each
 file then sets what its paper prescribes. `with_quick` adds the `:quick` variant that CI runs.
 """
@@ -14,7 +14,9 @@ def base(objective: str):
   c.mode = "pretrain_and_probe"
   c.seed = 0
   c.data.builder = "synthetic_fundus"
-  c.data.builder_config = "64px"
+  # Lesions drawn twice as large as in "64px": the grade is then in structure a 64 px ResNet can see, so
+  # what an objective learns shows in the probe (on "64px" SimCLR beat a random encoder by only ~5 points).
+  c.data.builder_config = "64px_lesions2x"
   c.data.image_size = 64
   c.model.encoder = "resnet18"
   c.model.stem = "imagenet"

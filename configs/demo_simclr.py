@@ -3,8 +3,8 @@
 Reproduces: the README's demo table (SimCLR probe vs randomly initialised encoder probe).
 Command:    python main.py --config=configs/demo_simclr.py --workdir=/tmp/medssl_demo
 Variants:   `:quick` (40 steps of a tiny model on synthetic_fundus/small, for tests and smoke runs).
-Data:       synthetic_fundus/64px (built on first use into $TFDS_DATA_DIR or ~/tensorflow_datasets;
-            2048 train / 256 validation / 512 test images, 4 lesion classes).
+Data:       synthetic_fundus/64px_lesions2x (built on first use into $TFDS_DATA_DIR or ~/tensorflow_datasets;
+            2048 train / 256 validation / 512 test images, 4 lesion classes, lesions twice the "64px" size).
 Expected / wall-clock: see README "Demo" (numbers from this command on 2 CPU cores).
 """
 from medssl_jax import config as config_lib

@@ -58,7 +58,8 @@ GIB = 2.0 ** 30
 
 @dataclasses.dataclass
 class Part:
-  """One compiled step of a run: `make(batch)` returns (jitted function, abstract args, concrete-args maker)."""
+  """One compiled step of a run: `make(per-device batch)` returns (parameter count, the lowered step,
+  run(compiled, steps) -> seconds per step on stand-in data)."""
   name: str            # "pretrain", "features", "finetune".
   describe: str        # What it is, in words (objective, encoder, image size, views).
   global_batch: int    # The config's global batch for this step.

@@ -204,7 +204,7 @@ def _lesion_masks(rng, label: int, geo: dict, s: int, unit: float):
 
 
 def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: bool = True,
-                   return_masks: bool = False) -> tuple[np.ndarray, int, dict]:
+                   return_masks: bool = False, lesion_scale: float = 1.0) -> tuple[np.ndarray, int, dict]:
   """Renders example `index` deterministically from (seed, index).
 
   Args:
@@ -212,6 +212,8 @@ def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: b
     size: output side length in pixels.
     seed: dataset seed.
     draw_lesions: if False, render the identical image without lesions (for tests and figures).
+    lesion_scale: lesion sizes (and exudate cluster spread) x this; the same draws, so 1.0 and 2.0 differ only in
+      how large each lesion is drawn.
     return_masks: also put the vessel map and the field of view in `meta` (computed from the drawing
       masks after the fact: the image, label and other meta are identical either way).
 
@@ -231,7 +233,7 @@ def render_example(index: int, *, size: int = 64, seed: int = 0, draw_lesions: b
   img, geo = _background(rng_img, s)
   img, vmask = _vessels(rng_img, img, geo, s, unit)
   img = _artefacts(rng_img, img, geo)
-  (n_ma, n_hm, n_ex), red_mask, yel_mask = _lesion_masks(rng_les, label, geo, s, unit)
+  (n_ma, n_hm, n_ex), red_mask, yel_mask = _lesion_masks(rng_les, label, geo, s, unit * lesion_scale)
   num_lesions = n_ma + n_hm + n_ex
   lesion_pixels = 0
   if num_lesions and draw_lesions:
@@ -279,12 +281,12 @@ def generate(num: int, *, size: int = 64, seed: int = 0, start: int = 0) -> tupl
 
 
 def save_grid(path: str | pathlib.Path, *, size: int = 64, per_class: int = 8, seed: int = 0,
-              scale: int = 2) -> np.ndarray:
+              scale: int = 2, lesion_scale: float = 1.0) -> np.ndarray:
   """Saves a PNG grid (one row per class, `per_class` columns), upscaled by `scale`; returns it."""
   rows = [[] for _ in CLASS_NAMES]
   index = 0
   while min(len(r) for r in rows) < per_class:
-    image, label, _ = render_example(index, size=size, seed=seed)
+    image, label, _ = render_example(index, size=size, seed=seed, lesion_scale=lesion_scale)
     if len(rows[label]) < per_class:
       rows[label].append(image)
     index += 1
@@ -302,8 +304,9 @@ def save_grid(path: str | pathlib.Path, *, size: int = 64, per_class: int = 8, s
 
 
 if __name__ == '__main__':
-  # python -m medssl_jax.data.synthetic_fundus docs/synthetic_fundus.png  (rows: healthy..severe)
+  # python -m medssl_jax.data.synthetic_fundus docs/synthetic_fundus.png [lesion_scale]  (rows: healthy..severe)
   import sys
   out = sys.argv[1] if len(sys.argv) > 1 else 'synthetic_fundus.png'
-  save_grid(out, size=64, per_class=8, seed=0, scale=2)
-  print(f'wrote {out}: {", ".join(CLASS_NAMES)} (one row each), 8 examples at 64 px, seed 0')
+  lesions = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+  save_grid(out, size=64, per_class=8, seed=0, scale=2, lesion_scale=lesions)
+  print(f'wrote {out}: {", ".join(CLASS_NAMES)} (one row each), 8 examples at 64 px, seed 0, lesions x{lesions:g}')

@@ -29,6 +29,7 @@ class SyntheticFundusConfig(tfds.core.BuilderConfig):
   num_test: int = 512
   seed: int = 0
   vessel_masks: bool = False  # Add 'mask' (vessels) and 'fov_mask' image features.
+  lesion_scale: float = 1.0  # Lesions drawn this many times larger (synthetic_fundus.render_example).
 
 
 class SyntheticFundus(tfds.core.GeneratorBasedBuilder):
@@ -46,6 +47,12 @@ class SyntheticFundus(tfds.core.GeneratorBasedBuilder):
       SyntheticFundusConfig(name='vessels', description='64 px, 48/16/16 examples with vessel and FOV masks, '
                             'for segmentation tests.', image_size=64, num_train=48, num_validation=16,
                             num_test=16, vessel_masks=True),
+      SyntheticFundusConfig(name='64px_lesions2x', description='64 px, 2048/256/512 examples, lesions drawn twice '
+                            'as large.', image_size=64, num_train=2048, num_validation=256, num_test=512,
+                            lesion_scale=2.0),
+      SyntheticFundusConfig(name='small_lesions2x', description='64 px, 512/64/256 examples, lesions drawn twice as '
+                            'large, for quick runs.', image_size=64, num_train=512, num_validation=64, num_test=256,
+                            lesion_scale=2.0),
   ]
   DEFAULT_CONFIG_NAME = '64px'
 
@@ -84,7 +91,7 @@ class SyntheticFundus(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     for index in range(start, stop):
       image, label, meta = synthetic_fundus.render_example(index, size=c.image_size, seed=c.seed,
-                                                           return_masks=c.vessel_masks)
+                                                           return_masks=c.vessel_masks, lesion_scale=c.lesion_scale)
       record = {'image': _png(image), 'label': label, 'id': index, 'eye': meta['eye']}
       if c.vessel_masks:
         record['mask'] = _png(meta['vessel_mask'])
