@@ -41,7 +41,7 @@ def get_table(arg=None):
   t.name = "medmnist_simclr" + (f"_{arg}" if arg else "")
   t.description = ("SimCLR pretrained on each training split vs a random encoder vs supervised from scratch; "
                    "linear probe and fine-tuning (best validation AUROC) at 1% / 10% / 100% labels; test split; "
-                   "mean ± std over seeds 0-2 (seed varies pretraining, label subset and evaluation).")
+                   "mean ± std over the seeds of the grid (seed varies pretraining, label subset and evaluation).")
   bases = tuple(f"configs/medmnist_simclr.py:{d}{quick}" for d in datasets)
   t.base_config = bases if len(bases) > 1 else bases[0]
   t.grid = ml_collections.ConfigDict()

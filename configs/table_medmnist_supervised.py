@@ -31,7 +31,7 @@ def get_table(arg=None):
   t = ml_collections.ConfigDict()
   t.name = "medmnist_resnet18_28" + (f"_{arg}" if arg else "")
   t.description = ("MedMNIST v2 official recipe, ResNet-18 (28), trained from scratch; test split; "
-                   "mean ± std over seeds 0-2.")
+                   "mean ± std over the seeds of the grid (the rows below).")
   t.base_config = (f"configs/medmnist_supervised.py:retinamnist{quick}",
                    f"configs/medmnist_supervised.py:pneumoniamnist{quick}")
   t.grid = ml_collections.ConfigDict()

@@ -76,7 +76,7 @@ def get_table(arg=None):
   t = ml_collections.ConfigDict()
   t.name = "ood_cxr" + (f"_{arg}" if arg else "")
   t.description = ("Train on one CXR dataset, test on both (label maps: PneumoniaMNIST pneumonia ~ NIH1000 abnormal); "
-                   "MedMNIST v2 ResNet-18 (28) recipe from scratch, 28 px; mean ± std over seeds 0-2.")
+                   "MedMNIST v2 ResNet-18 (28) recipe from scratch, 28 px; mean ± std over the seeds of the grid.")
   t.base_config = tuple(f"configs/table_ood_cxr.py:{s}{quick}" for s in SOURCES)
   t.grid = ml_collections.ConfigDict()
   t.grid.seed = (0, 1, 2)
