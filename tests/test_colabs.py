@@ -102,6 +102,9 @@ def test_notebook_runs(path, tmp_path, fundus_small_dir, installed_package, monk
     pytest.fail(f"{path.name}: a cell failed:\n{e}")
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
   assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
+  if path.name == "quickstart.ipynb":  # The pretraining command's progress shows in the notebook, not only a log.
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "step 20/20" in text and "pretraining done" in text, text[-2000:]
   new = sorted(_repo_files() - before)
   assert not new, f"{path.name} wrote into the repository: {new} (write under a temp dir / MEDSSL_COLAB_DIR)"
 
