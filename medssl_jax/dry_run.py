@@ -386,16 +386,17 @@ def format_markdown(results: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-_CONFIG = flags.DEFINE_string("config", None, "An experiment config: a path or a shipped config's name[:variant].")
-_TABLE = flags.DEFINE_string("table", None, "A table config (configs/table_*.py[:variant]): every distinct step of "
-                             "its rows.")
-_DEVICES = flags.DEFINE_integer("devices", 1, "The accelerators a real run spreads each global batch over: steps "
-                                "compile at global batch / devices, the per-device batch.")
-_PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 0, "Per-device batch of every step (0: global / "
-                                         "--devices), e.g. 2 to try a paper-scale config on a CPU.")
-_STEPS = flags.DEFINE_integer("steps", 3, "Steps run per compiled step; 0 compiles only (memory estimate and "
-                              "compile time).")
-_OUT = flags.DEFINE_string("out", None, "Also write the measurements here: a Markdown table (*.md) or JSON.")
+def _define_flags():
+  # Defined only when this module is the command: importing it (tests, other tools) adds no --config flag beside
+  # the medssl command's.
+  flags.DEFINE_string("config", None, "An experiment config: a path or a shipped config's name[:variant].")
+  flags.DEFINE_string("table", None, "A table config (configs/table_*.py[:variant]): every distinct step of its rows.")
+  flags.DEFINE_integer("devices", 1, "The accelerators a real run spreads each global batch over: steps compile at "
+                       "global batch / devices, the per-device batch.")
+  flags.DEFINE_integer("per_device_batch", 0, "Per-device batch of every step (0: global / --devices), e.g. 2 to try "
+                       "a paper-scale config on a CPU.")
+  flags.DEFINE_integer("steps", 3, "Steps run per compiled step; 0 compiles only (memory estimate and compile time).")
+  flags.DEFINE_string("out", None, "Also write the measurements here: a Markdown table (*.md) or JSON.")
 
 
 def main(argv):
@@ -403,29 +404,30 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  if bool(_CONFIG.value) == bool(_TABLE.value):
+  f = flags.FLAGS
+  if bool(f.config) == bool(f.table):
     errors.fatal("give one of --config=<experiment config> or --table=<table config>")
-  if _DEVICES.value < 1 or _PER_DEVICE_BATCH.value < 0 or _STEPS.value < 0:
-    errors.fatal(f"--devices={_DEVICES.value} must be >= 1, --per_device_batch={_PER_DEVICE_BATCH.value} and "
-                 f"--steps={_STEPS.value} >= 0")
+  if f.devices < 1 or f.per_device_batch < 0 or f.steps < 0:
+    errors.fatal(f"--devices={f.devices} must be >= 1, --per_device_batch={f.per_device_batch} and "
+                 f"--steps={f.steps} >= 0")
   try:
-    if _CONFIG.value:
-      configs = {_CONFIG.value: config_lib.load(_CONFIG.value)}
+    if f.config:
+      configs = {f.config: config_lib.load(f.config)}
     else:
-      configs = table_configs(_TABLE.value)
+      configs = table_configs(f.table)
     print(f"dry run on {jax.default_backend()} ({jax.devices()[0].device_kind}): stand-in data, nothing downloaded",
           flush=True)
-    results = dry_run(configs, devices=_DEVICES.value, per_device_batch=_PER_DEVICE_BATCH.value, steps=_STEPS.value)
+    results = dry_run(configs, devices=f.devices, per_device_batch=f.per_device_batch, steps=f.steps)
   except errors.USER_ERRORS as e:
     errors.report(e, verbose=flags.FLAGS["verbosity"].present)
-  if _OUT.value:
-    paths.write_text(_OUT.value, format_markdown(results) if _OUT.value.endswith(".md") else
-                     json.dumps(results, indent=1) + "\n")
-    print(f"wrote {_OUT.value}", flush=True)
+  if f.out:
+    paths.write_text(f.out, format_markdown(results) if f.out.endswith(".md") else json.dumps(results, indent=1) + "\n")
+    print(f"wrote {f.out}", flush=True)
 
 
 def run():
   """The `medssl-dry-run` console script (the same as `python -m medssl_jax.dry_run`)."""
+  _define_flags()
   app.run(main)
 
 
