@@ -103,8 +103,8 @@ learning_rate_at = supervised.learning_rate_at
 
 
 @functools.lru_cache(maxsize=32)
-def jitted_steps(backbone, num_classes: int, multi_label: bool, image_size: int, mean: tuple, std: tuple, augment: bool,
-           frozen: bool, has_bn: bool):
+def jitted_steps(backbone, num_classes: int, multi_label: bool, image_size: int, mean: tuple, std: tuple,
+                 augment: bool, frozen: bool, has_bn: bool):
   """Jitted (init_head, train_step, eval_step), cached so repeated runs with one setup compile once.
 
   The optimiser's hyperparameters are traced arguments of the step (the learning rate is computed on the
@@ -343,8 +343,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
   bb_params = variables["params"]["backbone"]
   batch_stats = variables.get("batch_stats", {}).get("backbone", {})
   has_bn = bool(jax.tree.leaves(batch_stats))
-  init, train_step, eval_step = jitted_steps(model.backbone, num_classes, bool(multi_label), int(image_size), mean, std,
-                                       bool(augment), frozen, has_bn)
+  init, train_step, eval_step = jitted_steps(model.backbone, num_classes, bool(multi_label), int(image_size), mean,
+                                             std, bool(augment), frozen, has_bn)
 
   rep = lambda t: mesh_lib.replicate(t, mesh)
   # Own copies: the caller's variables are never aliased by the training state.

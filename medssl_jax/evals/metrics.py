@@ -212,6 +212,15 @@ def format_mean_std(values, *, digits: int = 3) -> str:
   return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
 
 
+def scalar_metrics(*, multi_label: bool) -> dict:
+  """{"auroc", "accuracy"}: fn(labels, probs) -> float of single-label data or multi-label [N, K] targets, the form
+  the bootstrap resamples."""
+  if multi_label:
+    return {"auroc": lambda y, s: multilabel_auroc(y, s)[0],
+            "accuracy": lambda y, s: accuracy(y.ravel().astype(np.int32), s.ravel())}
+  return {"auroc": lambda y, s: auroc(y, s)[0], "accuracy": accuracy}
+
+
 def report(labels, probs, *, ordinal: bool = False, bootstrap_samples: int = 0, seed: int = 0,
            alpha: float = 0.05) -> dict:
   """What every evaluation records beside accuracy / AUROC, from the test labels and class scores.
@@ -233,13 +242,9 @@ def report(labels, probs, *, ordinal: bool = False, bootstrap_samples: int = 0, 
   if ordinal:
     out["kappa"] = kappa(labels, probs)
   if bootstrap_samples:
-    if multi_label:
-      fns = {"auroc": lambda y, s: multilabel_auroc(y, s)[0],
-             "accuracy": lambda y, s: accuracy(y.ravel().astype(np.int32), s.ravel())}
-    else:
-      fns = {"auroc": lambda y, s: auroc(y, s)[0], "accuracy": accuracy}
-      if ordinal:
-        fns["kappa"] = kappa
+    fns = scalar_metrics(multi_label=multi_label)
+    if ordinal:
+      fns["kappa"] = kappa
     for name, fn in fns.items():
       ci = bootstrap_ci(fn, labels, probs, num_samples=bootstrap_samples, alpha=alpha, seed=seed,
                         stratified=not multi_label)

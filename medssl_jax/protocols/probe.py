@@ -214,15 +214,12 @@ def _paired_difference(config, labels, probs_a, probs_b) -> dict:
   """{"accuracy": [low, high], "auroc": [low, high], "ci_level"}: paired percentile bootstrap intervals of encoder a's
   test metric minus encoder b's (eval.bootstrap_samples resamples, within each class for single-label data)."""
   multi = np.ndim(labels) == 2
-  fns = ({"accuracy": lambda y, s: metrics_lib.accuracy(y.ravel().astype(np.int32), s.ravel()),
-          "auroc": lambda y, s: metrics_lib.multilabel_auroc(y, s)[0]} if multi else
-         {"accuracy": metrics_lib.accuracy, "auroc": lambda y, s: metrics_lib.auroc(y, s)[0]})
   out = {}
-  for name, fn in fns.items():
+  for name, fn in metrics_lib.scalar_metrics(multi_label=multi).items():
     ci = metrics_lib.paired_difference_ci(fn, labels, probs_a, probs_b, num_samples=config.eval.bootstrap_samples,
                                           seed=config.seed, stratified=not multi)
     out[name] = [ci["low"], ci["high"]]
-  out["ci_level"] = 0.95
+    out["ci_level"] = 1 - ci["alpha"]
   return out
 
 
