@@ -79,6 +79,38 @@ def test_full_finetune_learns_selects_on_val_and_is_deterministic():
   jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
 
 
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+  """SIGTERM at step 15 checkpoints and stops; the same call then continues from step 15 and returns what an
+  uninterrupted run returns (curves, selection, test metrics, weights)."""
+  import os
+  import signal
+  from medssl_jax.train import guard
+  xv, yv = squares(40, 2)
+  kw = dict(val_images=xv, val_labels=yv, eval_every=10, return_variables=True, checkpoint_every_s=1e9)
+  whole = run(**kw)
+  schedule = ft.learning_rate_at
+
+  def stop_at_15(step, **kwargs):
+    if step == 15:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return schedule(step, **kwargs)
+  monkeypatch.setattr(ft, "learning_rate_at", stop_at_15)
+  with pytest.raises(guard.Interrupted) as stopped:
+    run(checkpoint_dir=str(tmp_path), **kw)
+  assert stopped.value.saved == 15
+  called = []
+  monkeypatch.setattr(ft, "learning_rate_at", lambda step, **kwargs: called.append(step) or schedule(step, **kwargs))
+  resumed = run(checkpoint_dir=str(tmp_path), **kw)
+  assert called[0] == 16  # The first step trained (the schedule is then listed for the result).
+  for k in ("curve", "val_curve", "selected_step", "accuracy", "auroc", "loss"):
+    assert resumed[k] == whole[k], k
+  jax.tree.map(np.testing.assert_array_equal, resumed["variables"], whole["variables"])
+  # Finished: the call is answered from the last checkpoint; other settings get their own folder.
+  assert run(checkpoint_dir=str(tmp_path), **kw)["val_curve"] == whole["val_curve"]
+  run(checkpoint_dir=str(tmp_path), steps=2, **kw)
+  assert len(os.listdir(tmp_path)) == 2
+
+
 def numpy_adamw_head(feats, labels, order, *, w, b, steps, batch_size, lr, wd, num_classes):
   """Softmax regression on fixed features, AdamW by hand (decay on the kernel only), cosine lr."""
   params = {"w": w.astype(np.float64), "b": b.astype(np.float64)}
@@ -141,16 +173,19 @@ def test_one_vs_eight_devices_same_first_step():
   assert one["accuracy"] == pytest.approx(eight["accuracy"], abs=1 / 48)
 
 
-def test_multi_label_vit():
+def test_multi_label_vit(tmp_path):
   model = SSLModel(backbone=ViT(width=32, depth=1, num_heads=2, patch_size=8),
                    projector=MLPHead(hidden_dims=(), out_dim=8))
   variables = jax.jit(lambda k: model.init(k, np.zeros((2, 32, 32, 3), np.float32), train=False))(jax.random.key(0))
   assert "batch_stats" not in variables
   (xtr, ytr), (xte, yte) = squares(96, 3, multi_label=True), squares(37, 4, multi_label=True)  # 37: padded eval.
-  r = ft.finetune(model=model, variables=variables, train_images=xtr, train_labels=ytr, test_images=xte,
-                  test_labels=yte, val_images=xte[:20], val_labels=yte[:20], num_classes=3, multi_label=True,
-                  image_size=32, mean=MEAN, std=STD, steps=30, batch_size=32, learning_rate=3e-3, weight_decay=0.05,
-                  warmup_steps=3, seed=1, eval_batch_size=16)
+  tune = functools.partial(
+      ft.finetune, model=model, variables=variables, train_images=xtr, train_labels=ytr, test_images=xte,
+      test_labels=yte, val_images=xte[:20], val_labels=yte[:20], num_classes=3, multi_label=True, image_size=32,
+      mean=MEAN, std=STD, steps=30, batch_size=32, learning_rate=3e-3, weight_decay=0.05, warmup_steps=3, seed=1,
+      eval_batch_size=16, checkpoint_dir=str(tmp_path))
+  r = tune()
+  assert tune()["auroc"] == r["auroc"]  # Restored from the finished checkpoint (a ViT has no BatchNorm state).
   assert np.isfinite(r["auroc"]) and len(r["auroc_per_class"]) == 3 and 0.0 <= r["accuracy"] <= 1.0
   assert r["auroc"] > 0.6  # Three labels, chance 0.5.
   assert np.isfinite(r["loss"]) and r["val_curve"][-1]["step"] == 30

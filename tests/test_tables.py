@@ -211,6 +211,8 @@ def test_supervised_rows_train_from_scratch_without_pretraining(tmp_path):
   # One epoch of the 40 images opened, in steps: the row's config says what ran.
   assert out["rows"][0]["config"]["eval"]["finetune_steps"] == 5 and out["rows"][0]["config"]["eval"]["finetune_eval_every"] == 5
   assert not (tmp_path / "t" / "pretrain").exists() or not any((tmp_path / "t" / "pretrain").iterdir())
+  # The fine-tuning checkpoints (kept to resume an interrupted row) are removed once its results are written.
+  assert not list((tmp_path / "t").rglob("finetune_checkpoints"))
   md = pathlib.Path(out["md"]).read_text()
   assert "supervised (random init)" in md and "published" in md and "0.717" in md
 

@@ -42,7 +42,10 @@ Single process: the arrays are in this host's memory and the metrics are gathere
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import time
 
 import flax.linen as nn
 import jax
@@ -51,7 +54,10 @@ import numpy as np
 import optax
 
 from medssl_jax.augment import views as views_lib
+from medssl_jax import paths
 from medssl_jax.evals import metrics as metrics_lib
+from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import guard as guard_lib
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import supervised
 from medssl_jax.train.step import normalize
@@ -282,13 +288,64 @@ def _predictor(eval_step, *, channels: int, num_classes: int, multi_label: bool,
   return predictor
 
 
+def _fingerprint(variables) -> str:
+  """A short hash of the starting weights: each leaf's path, shape and float64 sum."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
+  text = repr([(jax.tree_util.keystr(p), np.shape(x), float(np.sum(np.asarray(x, np.float64)))) for p, x in leaves])
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(tree):
+  """JSON-able copy of metrics (numpy / jax scalars become Python numbers)."""
+  return jax.tree.map(lambda v: v.tolist() if hasattr(v, "tolist") else v, tree)
+
+
+def _resumable_fit(fit, state, *, settings: dict, directory: str, every_s: float, progress: str | None):
+  """`supervised.fit` from the checkpoint in <directory>/<hash of settings> when there is one, writing one there
+  at validations (at most every `every_s` seconds, and at the last step) and on SIGTERM / Ctrl-C."""
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+  folder = paths.join(directory, key)
+  manager = ckpt_lib.make_manager(folder, keep=1)
+  steps = settings["steps"]
+  tree = {"state": state, "best": state[:2]}
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+  restored = ckpt_lib.restore_latest(manager, abstract, data_iter=False)
+  start, best, done = 0, None, {"train_curve": [], "val_curve": [], "seconds": 0.0}
+  if restored is not None:
+    start, tree = restored[0], restored[1]
+    done = ckpt_lib.read_json_item(folder, start, "metrics")
+    state = tree["state"]
+    if done["best_step"] is not None:  # Its optimizer state is not kept: only its weights are scored.
+      best = (done["best_step"], (*tree["best"], None), done["best_metrics"])
+    if progress:
+      print(f"finetune [{progress}]: resuming from the checkpoint of step {start}/{steps} in {folder}", flush=True)
+  t0, last = time.perf_counter(), [time.perf_counter()]
+
+  def save(step, state, train_curve, val_curve, best):
+    if not (step == steps or signals.requested or time.perf_counter() - last[0] >= every_s):
+      return
+    b_step, b_state, b_metrics = best if best is not None else (None, state, None)
+    ckpt_lib.save(manager, step, {"state": state, "best": tuple(b_state[:2])}, metrics=_plain(dict(
+        settings=settings, best_step=b_step, best_metrics=b_metrics, train_curve=done["train_curve"] + train_curve,
+        val_curve=done["val_curve"] + val_curve, seconds=done["seconds"] + time.perf_counter() - t0)))
+    manager.wait_until_finished()
+    last[0] = time.perf_counter()
+
+  with guard_lib.StopSignals() as signals:
+    run = fit(state=state, start=start, best=best, save=save, signals=signals, checkpoint_dir=str(manager.directory))
+  run.train_curve = done["train_curve"] + run.train_curve
+  run.val_curve = done["val_curve"] + run.val_curve
+  run.seconds += done["seconds"]
+  return run
+
+
 def finetune(*, model, variables, train_images, train_labels, val_images=None, val_labels=None, test_images,
              test_labels, num_classes: int, multi_label: bool = False, image_size: int, mean, std, steps: int,
              batch_size: int, learning_rate: float, weight_decay: float, backbone_lr_scale: float = 1.0,
              augment: bool = True, seed: int = 0, mesh=None, eval_every: int | None = None,
              warmup_steps: int = 0, eval_batch_size: int | None = None, return_variables: bool = False,
              schedule: str = "cosine", milestones=(0.5, 0.75), return_predictor: bool = False,
-             progress: str | None = None):
+             progress: str | None = None, checkpoint_dir: str | None = None, checkpoint_every_s: float = 300.0):
   """Fine-tunes `model.backbone` with a new Dense head and scores it (protocol: see the module docstring).
 
   Args:
@@ -315,6 +372,12 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     return_predictor: return (result, predictor) instead of result, where predictor(uint8 images
       [M, H, W, C]) -> probabilities [M, num_classes] (softmax; sigmoid for multi-label) of the selected
       checkpoint, evaluated exactly as the test split is (e.g. on another dataset: evals/ood.py).
+    checkpoint_dir: resume and checkpoint here (None: neither). The checkpoint (training state, the state
+      selected so far, curves) goes to <checkpoint_dir>/<fingerprint>/, the fingerprint being a hash of the
+      settings, data sizes and starting weights, so a call that would compute something else never resumes it.
+      It is written at a validation when `checkpoint_every_s` seconds have passed since the last one, at the last
+      step, and on SIGTERM / Ctrl-C (which then stops the run); without validation data only on those signals.
+      A resumed run draws the same batches and keys as an uninterrupted one (they are functions of the step).
 
   Returns:
     dict: test "accuracy", "auroc", "auroc_per_class", "loss"; "selected_step", "selection" (how it was
@@ -363,7 +426,6 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
   rng = np.random.default_rng(seed)
   n = len(train_images)
   order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps * batch_size / n))])
-  lrs = []
 
   def step_fn(state, step):
     params, batch_stats, opt_state = state
@@ -371,7 +433,6 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     b = mesh_lib.shard_batch({"x": train_images[idx], "y": train_labels[idx]}, mesh)
     lr = learning_rate_at(step, learning_rate=learning_rate, steps=steps, warmup_steps=warmup_steps,
                           schedule=schedule, milestones=tuple(milestones))
-    lrs.append(lr)
     params, batch_stats, opt_state, loss = train_step(
         params, bb_params, batch_stats, opt_state, b["x"], b["y"], jax.random.fold_in(key, step),
         np.float32(lr), np.float32(weight_decay), np.float32(backbone_lr_scale))
@@ -382,9 +443,24 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
     return evaluate(bb_params if frozen else params["backbone"], params["head"], batch_stats, val_images, val_labels)
   # Selection: the highest validation AUROC (nan lowest), then accuracy, then the lower loss, then the earlier step.
   rank = lambda m: (m["auroc"] if np.isfinite(m["auroc"]) else -np.inf, m["accuracy"], -m["loss"])
-  run = supervised.fit(name=f"finetune [{progress}]", steps=steps, state=(params, batch_stats, opt_state),
-                       step_fn=step_fn, evaluate=validate if has_val else None, eval_every=eval_every or 0, rank=rank,
-                       record_every=1, quiet=not progress)
+  state = (params, batch_stats, opt_state)
+  fit = functools.partial(supervised.fit, name=f"finetune [{progress}]", steps=steps, step_fn=step_fn,
+                          evaluate=validate if has_val else None, eval_every=eval_every or 0, rank=rank,
+                          record_every=1, quiet=not progress)
+  if checkpoint_dir is None:
+    run = fit(state=state)
+  else:
+    settings = dict(steps=steps, batch_size=batch_size, learning_rate=float(learning_rate),
+                    weight_decay=float(weight_decay), backbone_lr_scale=float(backbone_lr_scale), augment=bool(augment),
+                    seed=seed, image_size=int(image_size), schedule=schedule, milestones=list(milestones),
+                    warmup_steps=warmup_steps, eval_every=eval_every, num_classes=num_classes,
+                    multi_label=bool(multi_label), mean=mean, std=std,
+                    sizes=[None if x is None else len(x) for x in (train_images, val_images, test_images)],
+                    start=_fingerprint(variables))
+    run = _resumable_fit(fit, state, settings=settings, directory=checkpoint_dir, every_s=checkpoint_every_s,
+                         progress=progress)
+  lrs = [learning_rate_at(s, learning_rate=learning_rate, steps=steps, warmup_steps=warmup_steps,
+                          schedule=schedule, milestones=tuple(milestones)) for s in range(1, steps + 1)]
   sel_step, (sel_params, sel_bs, _), val_m = ((steps, run.state, None) if run.best_state is None else
                                               (run.best_step, run.best_state, run.best_metrics))
   sel_bb = bb_params if frozen else sel_params["backbone"]

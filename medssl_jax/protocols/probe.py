@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 
 import jax
@@ -155,7 +156,7 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   if e.protocol == "finetune":
     return _finetune_all(config, encoders, builder=builder, train=train, test=test, subset=subset,
                          num_classes=num_classes, mesh=mesh, t0=t0, ood_targets=ood_targets,
-                         source_classes=source_classes)
+                         source_classes=source_classes, workdir=workdir)
   if e.neural_collapse and (np.ndim(train["label"]) != 1 or np.ndim(test["label"]) != 1):
     raise ValueError(f"config.eval.neural_collapse needs one class label per image; {config.data.builder} "
                      f"labels have shape {np.shape(train['label'])[1:]} per image (multi-label)")
@@ -245,11 +246,16 @@ def resolve_epochs(config, num_train: int) -> bool:
   return True
 
 
+FINETUNE_CHECKPOINTS = "finetune_checkpoints"
+
+
 def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes, mesh, t0, ood_targets=None,
-                  source_classes=None):
+                  source_classes=None, workdir=None):
   """eval.protocol=finetune: each encoder's backbone fine-tuned with a new head on the (subset of the)
   training split, checkpoint selected by validation AUROC on data.val_split, scored on the test split.
-  A randomly initialised encoder trained this way is the supervised-from-scratch baseline."""
+  A randomly initialised encoder trained this way is the supervised-from-scratch baseline. With a workdir,
+  each fine-tuning checkpoints to <workdir>/finetune_checkpoints/<encoder>/ and an interrupted one resumes
+  (`probe_and_write` removes them once the results are written)."""
   if config.eval.finetune_epochs or config.eval.finetune_eval_every_epoch:
     config = config.copy_and_resolve_references()
     resolve_epochs(config, pipeline.num_examples(builder, config.data.train_split))
@@ -273,7 +279,8 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         warmup_steps=e.finetune_warmup_steps, eval_every=e.finetune_eval_every or None,
         eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh, schedule=e.finetune_schedule,
         milestones=tuple(e.finetune_milestones), augment=e.finetune_augment, return_predictor=True,
-        progress=name)
+        progress=name, checkpoint_dir=None if workdir is None else paths.join(
+            workdir, FINETUNE_CHECKPOINTS, re.sub(r"[^A-Za-z0-9._-]+", "_", name)))
     r.update(_report(config, test["label"], predict(test["image"])))
     if ood_targets:
       r["ood"] = ood_protocol.evaluate_targets(config, predict=predict, source_classes=source_classes,
@@ -402,6 +409,9 @@ def probe_and_write(config, encoders: dict, *, builder, workdir: str, mesh=None)
   table = format_table(results, config=config)
   print("\n" + table + "\n", flush=True)
   write_results(workdir, results, table, results_name(config), step=config.train.num_steps)
+  checkpoints = paths.join(workdir, FINETUNE_CHECKPOINTS)
+  if jax.process_index() == 0 and paths.exists(checkpoints):  # Written to resume an interrupted run; done now.
+    paths.rmtree(checkpoints)
   return results
 
 

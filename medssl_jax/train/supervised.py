@@ -71,7 +71,7 @@ def _means(pending: list[dict]) -> dict:
 def fit(*, name: str, steps: int, state, step_fn: Callable, start: int = 0, evaluate: Callable | None = None,
         eval_every: int = 0, rank: Callable[[dict], Any] | None = None, record_every: int | None = None,
         print_every: int | None = None, quiet: bool = False, save: Callable | None = None, signals=None,
-        checkpoint_dir: str = "") -> Fit:
+        checkpoint_dir: str = "", best: tuple | None = None) -> Fit:
   """Runs steps start+1 .. `steps` of a supervised training.
 
   Args:
@@ -83,12 +83,16 @@ def fit(*, name: str, steps: int, state, step_fn: Callable, start: int = 0, eval
     record_every: a train_curve entry every this many steps (1: every step); None: at each progress point.
     print_every: a progress line every this many steps (default a tenth of the run), at each validation and at
       the last step; `quiet` prints none.
-    save: `save(step, state, train_curve, val_curve)` after each validation, and when a stop signal arrives
+    save: `save(step, state, train_curve, val_curve, best)` after each validation, and when a stop signal arrives
       (`signals`: a train.guard.StopSignals), after which `signals.interrupt` ends the run naming the saved step
-      and `checkpoint_dir`.
+      and `checkpoint_dir`; `best` is the selected (step, state, metrics) so far, or None.
+    best: (step, state, metrics) selected by an earlier part of this run (a resumed run), kept unless a later
+      validation ranks higher.
   """
   print_every = print_every or max(1, steps // 10)
-  best, train_curve, val_curve, pending, printed = None, [], [], [], []
+  best = None if best is None or rank is None else (rank(best[2]), *best)
+  train_curve, val_curve, pending, printed = [], [], [], []
+  snapshot = lambda: None if best is None else best[1:]
   t0 = time.perf_counter()
   for step in range(start + 1, steps + 1):
     state, metrics = step_fn(state, step)
@@ -106,7 +110,7 @@ def fit(*, name: str, steps: int, state, step_fn: Callable, start: int = 0, eval
       if rank is not None and (best is None or rank(entry) > best[0]):
         best = (rank(entry), step, state, entry)
       if save is not None:
-        save(step, state, train_curve, val_curve)
+        save(step, state, train_curve, val_curve, snapshot())
     if is_print and not quiet:
       means = _means(printed)
       printed = []
@@ -121,7 +125,7 @@ def fit(*, name: str, steps: int, state, step_fn: Callable, start: int = 0, eval
       print(f"{line} | {rate:.2f} steps/s | ETA {(steps - step) / rate:.0f}s", flush=True)
     if signals is not None and signals.should_stop() and step < steps:  # (The last step finishes normally.)
       if save is not None:
-        save(step, state, train_curve, val_curve)
+        save(step, state, train_curve, val_curve, snapshot())
       signals.interrupt(step, checkpoint_dir, saved=step)
   jax.block_until_ready(state)
   _, best_step, best_state, best_metrics = best if best is not None else (None, None, None, None)

@@ -542,7 +542,8 @@ def train(config, workdir: str, *, mesh=None):
                           batch_size=eval_bs)
     return _val_metrics(lab["val_labels"], probs, multi_label)
 
-  def save(step, state, train_curve, val_curve):
+  def save(step, state, train_curve, val_curve, best):  # Stage 1 keeps its last state, not a selected one.
+    del best
     ckpt_lib.save(manager, step, state)
     manager.wait_until_finished()
     _write_json(paths.join(out_dir, PROGRESS_FILE),
