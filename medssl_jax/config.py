@@ -335,6 +335,9 @@ def eval_section() -> ml_collections.ConfigDict:
   c.finetune_epochs = 0
   c.finetune_eval_every_epoch = False
   c.finetune_augment = True        # Random resized crop (0.5, 1) + flip; False: resize only.
+  # A diagnostic: also score the test split at every validation ("test_curve" in the results), e.g. to see what
+  # the checkpoint selection costs. Never used for selection; the reported test metrics are unchanged.
+  c.finetune_test_curve = False
   c.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
   c.max_train_examples = 0         # 0 = the whole training split.
   # Low-label protocol: the labelled training records the probe may use ("" = all, "1%", "10%", "k=5"),

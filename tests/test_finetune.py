@@ -73,10 +73,12 @@ def test_full_finetune_learns_selects_on_val_and_is_deterministic():
   assert max(jax.tree.leaves(jax.tree.map(lambda p, q: np.abs(p - q).max(), before, after))) > 1e-3
   assert not np.allclose(variables["batch_stats"]["backbone"]["stem_bn"]["mean"],
                          a["variables"]["batch_stats"]["backbone"]["stem_bn"]["mean"])
-  # Same seed -> the same run, bit for bit.
-  b = run(val_images=xv, val_labels=yv, eval_every=10, return_variables=True)
+  # Same seed -> the same run, bit for bit; the test-curve diagnostic changes nothing reported.
+  b = run(val_images=xv, val_labels=yv, eval_every=10, return_variables=True, test_curve=True)
   assert a["curve"] == b["curve"] and a["val_curve"] == b["val_curve"] and a["accuracy"] == b["accuracy"]
   jax.tree.map(np.testing.assert_array_equal, a["variables"], b["variables"])
+  assert [t["step"] for t in b["test_curve"]] == [10, 20, 30] and "test_curve" not in a
+  assert b["test_curve"][-1]["auroc"] == pytest.approx(run(steps=30)["auroc"])  # The last step's test AUROC.
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):

@@ -345,7 +345,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
              augment: bool = True, seed: int = 0, mesh=None, eval_every: int | None = None,
              warmup_steps: int = 0, eval_batch_size: int | None = None, return_variables: bool = False,
              schedule: str = "cosine", milestones=(0.5, 0.75), return_predictor: bool = False,
-             progress: str | None = None, checkpoint_dir: str | None = None, checkpoint_every_s: float = 300.0):
+             progress: str | None = None, checkpoint_dir: str | None = None, checkpoint_every_s: float = 300.0,
+             test_curve: bool = False):
   """Fine-tunes `model.backbone` with a new Dense head and scores it (protocol: see the module docstring).
 
   Args:
@@ -378,6 +379,8 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
       It is written at a validation when `checkpoint_every_s` seconds have passed since the last one, at the last
       step, and on SIGTERM / Ctrl-C (which then stops the run); without validation data only on those signals.
       A resumed run draws the same batches and keys as an uninterrupted one (they are functions of the step).
+    test_curve: a diagnostic: also score the test split at every validation, returned as "test_curve"
+      [{"step", "accuracy", "auroc"}]; never used for selection (the test metrics returned are the same).
 
   Returns:
     dict: test "accuracy", "auroc", "auroc_per_class", "loss"; "selected_step", "selection" (how it was
@@ -440,7 +443,12 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
 
   def validate(state, step):
     params, batch_stats, _ = state
-    return evaluate(bb_params if frozen else params["backbone"], params["head"], batch_stats, val_images, val_labels)
+    bb = bb_params if frozen else params["backbone"]
+    m = evaluate(bb, params["head"], batch_stats, val_images, val_labels)
+    if test_curve:  # Extra keys: the selection ranks validation auroc / accuracy / loss only.
+      t = evaluate(bb, params["head"], batch_stats, test_images, test_labels)
+      m.update(test_accuracy=t["accuracy"], test_auroc=t["auroc"])
+    return m
   # Selection: the highest validation AUROC (nan lowest), then accuracy, then the lower loss, then the earlier step.
   rank = lambda m: (m["auroc"] if np.isfinite(m["auroc"]) else -np.inf, m["accuracy"], -m["loss"])
   state = (params, batch_stats, opt_state)
@@ -456,6 +464,7 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
                     warmup_steps=warmup_steps, eval_every=eval_every, num_classes=num_classes,
                     multi_label=bool(multi_label), mean=mean, std=std,
                     sizes=[None if x is None else len(x) for x in (train_images, val_images, test_images)],
+                    test_curve=bool(test_curve),
                     start=_fingerprint(variables))
     run = _resumable_fit(fit, state, settings=settings, directory=checkpoint_dir, every_s=checkpoint_every_s,
                          progress=progress)
@@ -469,6 +478,9 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
                    multi_label=multi_label, num_train=n, steps=steps, batch_size=batch_size,
                    learning_rate=learning_rate, weight_decay=weight_decay, backbone_lr_scale=backbone_lr_scale,
                    augment=augment, seed=seed, image_size=image_size, schedule=schedule, milestones=milestones)
+  if test_curve:
+    result["test_curve"] = [{"step": v["step"], "accuracy": v["test_accuracy"], "auroc": v["test_auroc"]}
+                            for v in run.val_curve]
   if return_variables:
     out = {"params": {"backbone": sel_bb, "head": sel_params["head"]}}
     if has_bn:

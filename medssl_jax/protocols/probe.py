@@ -279,7 +279,7 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
         warmup_steps=e.finetune_warmup_steps, eval_every=e.finetune_eval_every or None,
         eval_batch_size=e.batch_size, seed=config.seed, mesh=mesh, schedule=e.finetune_schedule,
         milestones=tuple(e.finetune_milestones), augment=e.finetune_augment, return_predictor=True,
-        progress=name, checkpoint_dir=None if workdir is None else paths.join(
+        progress=name, test_curve=e.finetune_test_curve, checkpoint_dir=None if workdir is None else paths.join(
             workdir, FINETUNE_CHECKPOINTS, re.sub(r"[^A-Za-z0-9._-]+", "_", name)))
     r.update(_report(config, test["label"], predict(test["image"])))
     if ood_targets:
