@@ -139,7 +139,8 @@ def parse_flags(argv):
     if isinstance(e, config_lib.UnknownVariant) or not overrides:
       errors.fatal(message)
     renamed = config_lib.renamed_in_args(argv[1:])  # absl's message names the old key's section, not the new key.
-    errors.fatal(f"could not apply the config override(s) {overrides}: {'; '.join(renamed) or message}")
+    errors.fatal(f"could not apply the config override(s) {overrides}: "
+                 f"{'; '.join(renamed) or config_lib.override_problem(argv[1:]) or message}")
 
 
 def run():

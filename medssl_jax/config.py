@@ -88,6 +88,29 @@ def renamed_in_args(argv, flag: str = "config") -> list[str]:
   return out
 
 
+def override_problem(argv, flag: str = "config") -> str | None:
+  """What is wrong with the first `--<flag>.a.b=v` override of argv whose key the experiment schema lacks (with the
+  closest valid key), or None when every overridden key exists."""
+  schema = default_config()
+  for arg in argv:
+    name = arg.lstrip("-").split("=", 1)[0]
+    if not arg.startswith("-") or not name.startswith((f"{flag}.", f"no{flag}.")):
+      continue
+    dotted = name.split(".", 1)[1]
+    node, path = schema, ""
+    for part in dotted.split("."):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f"--{name}: config.{path.rstrip('.')} is a value, not a section"
+      if part not in node:
+        close = difflib.get_close_matches(part, list(node.keys()), n=1)
+        hint = f" (did you mean --{flag}.{path}{close[0]}?)" if close else ""
+        section = f"config.{path.rstrip('.')}" if path else "the config"
+        return (f"--{name}: {section} has no key {part!r}{hint}; valid keys: {sorted(node.keys())} "
+                "(medssl_jax/config.py lists them with what they do)")
+      node, path = node[part], f"{path}{part}."
+  return None
+
+
 def migrate(saved: Mapping) -> dict:
   """A copy of a config saved as nested dicts (a workdir's config.json) with every RENAMED key under its new
   name. An old key with two new ones goes to the one under the saved objective's own sub-section (it only

@@ -149,6 +149,18 @@ def test_table_runner_names_the_new_key_of_an_old_override(tmp_path):
                   "config.objective.moco_v2.queue_size")
 
 
+def test_an_unknown_override_key_is_named_with_its_section_and_the_closest_key(tmp_path):
+  problem = config_lib.override_problem
+  assert problem(["--config.eval.finetune_test_curve=1", "--config.seed=1"]) is None
+  assert problem(["--config.eval.knn_kk=5"]).startswith(
+      "--config.eval.knn_kk: config.eval has no key 'knn_kk' (did you mean --config.eval.knn_k?); valid keys: [")
+  assert problem(["--config.seed.x=1"]) == "--config.seed.x: config.seed is a value, not a section"
+  line = _run(["-m", "medssl_jax.tables.runner", "--table=configs/table_fundus_quick.py",
+               f"--workdir={tmp_path / 'wd'}", "--table.overrides.eval.knn_k=5"], tmp_path)
+  assert line.startswith("FATAL: could not apply the table override(s): --table.overrides.eval.knn_k: the config "
+                         "has no key 'overrides'") and "--table.<key> sets that experiment key in every row" in line
+
+
 @pytest.mark.parametrize("section", ["grid", "overrides"])
 def test_an_old_key_in_a_table_names_the_new_key(section):
   table = runner.load_table("configs/table_fundus_quick.py")

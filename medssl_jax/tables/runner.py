@@ -791,7 +791,11 @@ def _parse_flags(argv):
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     renamed = config_lib.renamed_in_args(argv[1:], flag="table")
-    errors.fatal(f"could not apply the table override(s): {'; '.join(renamed)}" if renamed else str(e))
+    problem = config_lib.override_problem(argv[1:], flag="table")
+    if problem:  # --table.<key> sets an experiment key in every row; the table's own keys live in its file.
+      problem += ("; --table.<key> sets that experiment key in every row (a table's own keys are set in its file, "
+                  "its grid by --grid)")
+    errors.fatal(f"could not apply the table override(s): {'; '.join(renamed) or problem or e}")
 
 
 def run():
