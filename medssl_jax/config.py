@@ -200,6 +200,10 @@ def model_section() -> ml_collections.ConfigDict:
   c.encoder = "resnet18"
   c.stem = "imagenet"              # "cifar" for 28-32 px inputs.
   c.width_multiplier = 1.0
+  # ResNet 3x3 conv padding: "same" (flax SAME: a stride-2 conv on an even input pads (0, 1)), "torch" (symmetric,
+  # as PyTorch ResNets), "auto": "torch" when init_checkpoint names converted weights, else "same".
+  c.padding = "auto"
+  c.conv_init = "he_fan_out"       # ResNet conv kernel init: "he_fan_out" or "torch_default" (models/resnet.py).
   c.projector_hidden_dims = (2048,)
   c.projector_dim = 128
   c.predictor_hidden_dims = (512,)  # BYOL / SimSiam / MoCo v3 predictor (output: projector_dim).

@@ -221,6 +221,19 @@ def test_init_backbone_rejects_other_encoders(key, value, match):
     convert_torch.init_backbone(c, {"params": {}})
 
 
+def test_conv_init_and_padding_from_the_config():
+  """model.conv_init="torch_default" draws PyTorch's nn.Conv2d default (uniform, variance 1 / (3 fan-in))."""
+  backbone = models.build_backbone(small_config("", conv_init="torch_default", stem="cifar", padding="same"))
+  assert (backbone.conv_init, backbone.padding) == ("torch_default", "same")
+  params = jax.jit(lambda k: backbone.init(k, np.zeros((1, 28, 28, 3), np.float32), train=False))(jax.random.key(0))
+  kernel = np.asarray(params["params"]["stage3_block1"]["conv2"]["kernel"])  # 3x3x256x256: fan-in 2304.
+  bound = 1 / np.sqrt(3 * 3 * kernel.shape[2])
+  assert np.abs(kernel).max() <= bound and np.std(kernel) == pytest.approx(bound / np.sqrt(3), rel=0.01)
+  for key, value in (("conv_init", "xavier"), ("padding", "valid")):
+    with pytest.raises(ValueError, match=f"config.model.{key}={value!r} is not known"):
+      models.build_backbone(small_config("", **{key: value}))
+
+
 def test_init_backbone_replaces_backbone_only(sd18, tmp_path):
   path = str(tmp_path / "in1k.npz")
   np.savez(path, **sd18)
@@ -228,6 +241,7 @@ def test_init_backbone_replaces_backbone_only(sd18, tmp_path):
   model = objectives.build_model(c)
   assert model.backbone.padding == "torch"
   assert models.build_backbone(small_config("")).padding == "same"
+  assert models.build_backbone(small_config("", padding="torch")).padding == "torch"
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False))
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)

@@ -1,5 +1,6 @@
 """Table runner: a tiny grid runs into md/csv/png, reruns from cache, resumes, shares pretraining."""
 import csv
+import json
 import os
 import pathlib
 import subprocess
@@ -329,3 +330,21 @@ def test_published_medmnist_rows_cover_every_2d_dataset():
 def _with(config, builder_config):
   config.data.builder_config = builder_config
   return config
+
+
+def test_selection_diagnostic_reads_the_test_curves_of_a_table_run(tmp_path):
+  from medssl_jax.tables import selection
+  for seed, (sel, curve) in enumerate([(0.70, [0.60, 0.72, 0.69]), (0.68, [0.71, 0.66, 0.65])]):
+    row = tmp_path / "rows" / f"seed={seed}-x"
+    row.mkdir(parents=True)
+    result = {"auroc": sel, "selected_step": 10,
+              "test_curve": [{"step": 10 * (i + 1), "accuracy": 0.5, "auroc": a} for i, a in enumerate(curve)]}
+    (row / "result.json").write_text(json.dumps({"seed": seed, "results": {"supervised (random init)": result}}))
+  found = selection.rows(str(tmp_path))
+  assert [(r["oracle_step"], r["last step"], r["best test checkpoint (oracle)"]) for r in found] == [
+      (20, 0.69, 0.72), (10, 0.65, 0.71)]
+  assert found[0]["mean over the second half"] == pytest.approx((0.72 + 0.69) / 2)
+  assert "| mean ± std | supervised (random init) |  | 0.690 ± 0.014 (n=2) | 0.670 ± 0.028 (n=2) |" in (
+      selection.markdown(found))
+  with pytest.raises(FileNotFoundError, match="table runner's workdir"):
+    selection.rows(str(tmp_path / "nowhere"))

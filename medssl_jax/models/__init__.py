@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 
 from medssl_jax.models.heads import MLPHead, SSLModel
-from medssl_jax.models.resnet import ResNet, resnet
+from medssl_jax.models.resnet import CONV_INITS, PADDINGS, ResNet, resnet
 from medssl_jax.models.vit import VIT_SIZES, ViT, vision_transformer
 
 ENCODERS = ("resnet18", "resnet50", *VIT_SIZES)
@@ -20,8 +20,8 @@ def compute_dtype(config):
 def build_backbone(config):
   """The encoder named by config.model.encoder.
 
-  ResNets take config.model.stem and width_multiplier, and pad like torchvision (ResNet padding="torch")
-  when config.model.init_checkpoint names weights to start from; ViTs take config.model.patch_size, ignore
+  ResNets take config.model.stem, width_multiplier and conv_init, and config.model.padding ("auto": pad like
+  torchvision, ResNet padding="torch", when config.model.init_checkpoint names weights to start from); ViTs take config.model.patch_size, ignore
   the stem, and reject a width_multiplier other than 1.0 (their widths are the fixed DeiT sizes).
   """
   m = config.model
@@ -34,10 +34,16 @@ def build_backbone(config):
                        f"({sorted(VIT_SIZES)})")
     return vision_transformer(m.encoder, patch_size=m.patch_size, dtype=compute_dtype(config),
                               fixed_positions=m.position_embedding == "sincos")
-  # Converted torchvision / timm weights (model.init_checkpoint) need torchvision's symmetric padding.
-  padding = "torch" if m.get("init_checkpoint") else "same"
+  padding = m.get("padding", "auto")
+  if padding not in ("auto", *PADDINGS):
+    raise ValueError(f"config.model.padding={padding!r} is not known; valid choices: {['auto', *PADDINGS]}")
+  if padding == "auto":  # Converted torchvision / timm weights (model.init_checkpoint) need symmetric padding.
+    padding = "torch" if m.get("init_checkpoint") else "same"
+  conv_init = m.get("conv_init", "he_fan_out")
+  if conv_init not in CONV_INITS:
+    raise ValueError(f"config.model.conv_init={conv_init!r} is not known; valid choices: {list(CONV_INITS)}")
   return resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config),
-                padding=padding)
+                padding=padding, conv_init=conv_init)
 
 
 def default_heads(config) -> dict:

@@ -20,6 +20,11 @@ STEMS = ("imagenet", "cifar")
 # default: existing checkpoints and results use it). "torch": symmetric (1, 1) like torchvision, so
 # converted torchvision / timm weights compute the same features (models/convert_torch.py).
 PADDINGS = ("same", "torch")
+# Convolution kernel inits: "he_fan_out" (torchvision's ResNet: He normal over fan-out, the default) or
+# "torch_default" (PyTorch's nn.Conv2d default, uniform with variance 1 / (3 fan-in): what ResNets that do not
+# re-initialise, such as MedMNIST's 28 px baselines, train from).
+CONV_INITS = {"he_fan_out": nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+              "torch_default": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")}
 
 
 def _last_bn_init(zero: bool):
@@ -89,6 +94,7 @@ class ResNet(nn.Module):
     padding: "same" (flax SAME for the 3x3 convs) or "torch" (symmetric, as torchvision: needed to reproduce
       converted torchvision / timm weights; same parameters either way). The ImageNet stem's 7x7 conv and
       max-pool pad symmetrically in both.
+    conv_init: a key of CONV_INITS.
   """
   depth: int = 18
   stem: str = "imagenet"
@@ -97,6 +103,7 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
   padding: str = "same"
+  conv_init: str = "he_fan_out"
 
   @property
   def num_features(self) -> int:
@@ -111,10 +118,12 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet stem {self.stem!r} is not supported; valid: {list(STEMS)}")
     if self.padding not in PADDINGS:
       raise ValueError(f"ResNet padding {self.padding!r} is not supported; valid: {list(PADDINGS)}")
+    if self.conv_init not in CONV_INITS:
+      raise ValueError(f"ResNet conv_init {self.conv_init!r} is not supported; valid: {list(CONV_INITS)}")
     pad3 = "SAME" if self.padding == "same" else ((1, 1), (1, 1))
     block_cls = Bottleneck if self.depth >= 50 else BasicBlock
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+                             kernel_init=CONV_INITS[self.conv_init])
     # BatchNorm statistics are taken over the batch axis of the *global* array: under jit with a
     # data-sharded batch XLA inserts the cross-device reduction, so this is synchronised BN.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
