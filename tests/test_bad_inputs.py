@@ -295,7 +295,7 @@ def test_config_flag_typo_in_main(tmp_path):
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert out.returncode != 0
-  assert 'num_step' in out.stderr and 'Did you mean "num_steps"' in out.stderr, out.stderr[-2000:]
+  assert 'config.train has no key \'num_step\' (did you mean --config.train.num_steps?)' in out.stderr, out.stderr[-2000:]
   assert 'Traceback' not in out.stderr  # One line naming the override, not a stack of chained errors.
   assert not workdir.exists()  # Refused before anything was written.
 

@@ -39,7 +39,7 @@ USER_ERRORS = [
     (["--config=/nonexistent/x.py"], "name of a shipped config: cxr_clip"),
     (["--config=demo_simclr:quik"], "valid variants: ['quick']"),
     (["--config=medmnist_supervised:blah"], "with <dataset> in ["),
-    (["--config=demo_simclr:quick", "--config.train.num_step=3"], 'Did you mean "num_steps"'),
+    (["--config=demo_simclr:quick", "--config.train.num_step=3"], "did you mean --config.train.num_steps?"),
     (["--config=demo_simclr:quick", "--config.mode=pretrian"], "valid choices: ['pretrain'"),
     (["--config=demo_simclr:quick", "--config.objective.name=simclar"], "valid choices: ['barlow_twins'"),
     (["--config=demo_simclr:quick", "--config.train.batch_size=0"], "config.train.batch_size must be a positive"),
