@@ -44,7 +44,77 @@ DATASETS = {
     'organsmnist': ('multi-class', 1, _ORGANS, (13940, 2452, 8829)),
 }
 SIZES = (28, 64, 128, 224)
-_SPLITS = (('train', 'train'), ('validation', 'val'), ('test', 'test'))  # (TFDS split, npz key prefix)
+SPLITS = (('train', 'train'), ('validation', 'val'), ('test', 'test'))  # (TFDS split, npz key prefix)
+
+
+def npz_name(dataset: str, image_size: int) -> str:
+  """The official file name: `<dataset>.npz` at 28 px, `<dataset>_<size>.npz` at the MedMNIST+ sizes."""
+  return f'{dataset}.npz' if image_size == 28 else f'{dataset}_{image_size}.npz'
+
+
+def find_npz(manual_dir, *, what: str, dataset: str, image_size: int, sizes) -> str:
+  """The official file in `manual_dir`, or else the one unambiguous renamed copy of it (e.g. a re-assembled
+  `pneumoniamnist_reconstructed.npz`), said out loud; never another size's file (`sizes`: the release's sizes).
+  Without either, the official path (`load_npz` names it as missing). `what` ('<builder>/<config>') starts
+  the notice."""
+  file_name = npz_name(dataset, image_size)
+  official = os.path.join(manual_dir, file_name)
+  if os.path.exists(official):
+    return official
+  stem = file_name[:-len('.npz')]
+  others = {f'{dataset}_{size}' for size in sizes if size != image_size} | {dataset}
+  candidates = sorted(f for f in os.listdir(manual_dir) if f.endswith('.npz') and f.startswith(stem + '_')
+                      and not any(f[:-4] == o or f.startswith(o + '_') and o != stem for o in others))
+  if len(candidates) == 1:
+    print(f'{what}: {file_name} not found in {manual_dir}; using {candidates[0]} (not the official file name)',
+          flush=True)
+    return os.path.join(manual_dir, candidates[0])
+  return official
+
+
+def load_npz(path, *, what: str, config: str, module: str, image_shape: tuple[int, ...], num_classes: int,
+             multi_label: bool = False) -> dict[str, np.ndarray]:
+  """The arrays of a MedMNIST npz, checked: every split's images uint8 [N, *image_shape] and labels [N, 1]
+  in [0, num_classes) ([N, num_classes] 0/1 when `multi_label`). Labels saved as [N] (re-saved copies) are
+  read as [N, 1], said out loud.
+
+  Args:
+    path: the npz file (from `find_npz`).
+    what: '<builder>/<config>', starts the notices.
+    config: the builder config, named when the file is missing.
+    module: the builder's package, whose MANUAL_DOWNLOAD_INSTRUCTIONS the missing-file error points to.
+  """
+  if not os.path.exists(path):
+    folder, file_name = os.path.split(path)
+    found = sorted(f for f in os.listdir(folder) if f.endswith('.npz')) if os.path.isdir(folder) else None
+    seen = (f'{folder} does not exist' if found is None else
+            f'npz files found there: {found or "none"}')
+    raise FileNotFoundError(f'Expected the official MedMNIST file {path} (config {config!r}); {seen}. Put '
+                            f'{file_name} there (a renamed copy such as {file_name[:-4]}_mine.npz is '
+                            'used when it is the only one), or name its folder with --config.data.manual_dir; '
+                            f'MANUAL_DOWNLOAD_INSTRUCTIONS of {module} says where to get it')
+  with np.load(path) as npz:
+    data = {k: npz[k] for k in npz.files}
+  n_labels = num_classes if multi_label else 1
+  for _, prefix in SPLITS:
+    for key in (f'{prefix}_images', f'{prefix}_labels'):
+      if key not in data:
+        raise ValueError(f'{path}: missing key {key!r}; found {sorted(data)}')
+    images, y = data[f'{prefix}_images'], data[f'{prefix}_labels']
+    if images.dtype != np.uint8 or images.shape[1:] != tuple(image_shape):
+      raise ValueError(f'{path}: {prefix}_images is {images.dtype}{images.shape}, expected uint8 '
+                       f'[N, {tuple(image_shape)}]')
+    if n_labels == 1 and y.shape == (len(images),):
+      # Re-saved copies often hold a single-label dataset's labels as [N]: the same labels, one per image.
+      print(f'{what}: {os.path.basename(path)} holds {prefix}_labels as [N] (the official files: '
+            '[N, 1]); read as one label per image', flush=True)
+      y = data[f'{prefix}_labels'] = y[:, None]
+    if y.shape != (len(images), n_labels):
+      raise ValueError(f'{path}: {prefix}_labels has shape {y.shape}, expected ({len(images)}, {n_labels})')
+    if not multi_label and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f'{path}: {prefix}_labels has values outside [0, {num_classes - 1}]: '
+                       f'{sorted(set(np.unique(y).tolist()))}')
+  return data
 
 
 @dataclasses.dataclass
@@ -54,7 +124,7 @@ class MedMNISTConfig(tfds.core.BuilderConfig):
 
   @property
   def file_name(self) -> str:
-    return f'{self.dataset}.npz' if self.image_size == 28 else f'{self.dataset}_{self.image_size}.npz'
+    return npz_name(self.dataset, self.image_size)
 
 
 def _configs():
@@ -108,62 +178,16 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder):
         citation='Yang et al., MedMNIST v2, Scientific Data 10:41 (2023).',
     )
 
-  def _load(self, path):
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     c = self.builder_config
     task, channels, labels, _ = DATASETS[c.dataset]
-    if not os.path.exists(path):
-      folder = os.path.dirname(path)
-      found = sorted(f for f in os.listdir(folder) if f.endswith('.npz')) if os.path.isdir(folder) else None
-      seen = (f'{folder} does not exist' if found is None else
-              f'npz files found there: {found or "none"}')
-      raise FileNotFoundError(f'Expected the official MedMNIST file {path} (config {c.name!r}); {seen}. Put '
-                              f'{c.file_name} there (a renamed copy such as {c.file_name[:-4]}_mine.npz is '
-                              'used when it is the only one), or name its folder with --config.data.manual_dir; '
-                              'MANUAL_DOWNLOAD_INSTRUCTIONS of tfds_builders.medmnist says where to get it')
-    with np.load(path) as npz:
-      data = {k: npz[k] for k in npz.files}
-    for _, prefix in _SPLITS:
-      for key in (f'{prefix}_images', f'{prefix}_labels'):
-        if key not in data:
-          raise ValueError(f'{path}: missing key {key!r}; found {sorted(data)}')
-      images, y = data[f'{prefix}_images'], data[f'{prefix}_labels']
-      want = (c.image_size, c.image_size) + ((3,) if channels == 3 else ())
-      if images.dtype != np.uint8 or images.shape[1:] != want:
-        raise ValueError(f'{path}: {prefix}_images is {images.dtype}{images.shape}, expected uint8 [N, {want}]')
-      n_labels = len(labels) if task == 'multi-label' else 1
-      if n_labels == 1 and y.shape == (len(images),):
-        # Re-saved copies often hold a single-label dataset's labels as [N]: the same labels, one per image.
-        print(f'medmnist/{c.name}: {os.path.basename(path)} holds {prefix}_labels as [N] (the official files: '
-              '[N, 1]); read as one label per image', flush=True)
-        y = data[f'{prefix}_labels'] = y[:, None]
-      if y.shape != (len(images), n_labels):
-        raise ValueError(f'{path}: {prefix}_labels has shape {y.shape}, expected ({len(images)}, {n_labels})')
-      if task != 'multi-label' and (y.min() < 0 or y.max() >= len(labels)):
-        raise ValueError(f'{path}: {prefix}_labels has values outside [0, {len(labels) - 1}]: '
-                         f'{sorted(set(np.unique(y).tolist()))}')
-    return data
-
-  def _find_file(self, manual_dir) -> str:
-    """The official file, or else the one unambiguous renamed copy of it (e.g. a re-assembled
-    `pneumoniamnist_reconstructed.npz`), said out loud; never another size's file."""
-    c = self.builder_config
-    official = os.path.join(manual_dir, c.file_name)
-    if os.path.exists(official):
-      return official
-    stem = c.file_name[:-len('.npz')]
-    others = {f'{c.dataset}_{size}' for size in SIZES if size != c.image_size} | {c.dataset}
-    candidates = sorted(f for f in os.listdir(manual_dir) if f.endswith('.npz') and f.startswith(stem + '_')
-                        and not any(f[:-4] == o or f.startswith(o + '_') and o != stem for o in others))
-    if len(candidates) == 1:
-      print(f'medmnist/{c.name}: {c.file_name} not found in {manual_dir}; using {candidates[0]} '
-            '(not the official file name)', flush=True)
-      return os.path.join(manual_dir, candidates[0])
-    return official  # _load names the missing official file.
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    data = self._load(self._find_file(dl_manager.manual_dir))
+    path = find_npz(dl_manager.manual_dir, what=f'{self.name}/{c.name}', dataset=c.dataset,
+                    image_size=c.image_size, sizes=SIZES)
+    data = load_npz(path, what=f'{self.name}/{c.name}', config=c.name, module='tfds_builders.medmnist',
+                    image_shape=(c.image_size, c.image_size) + ((3,) if channels == 3 else ()),
+                    num_classes=len(labels), multi_label=task == 'multi-label')
     return {split: self._generate_examples(data[f'{prefix}_images'], data[f'{prefix}_labels'])
-            for split, prefix in _SPLITS}
+            for split, prefix in SPLITS}
 
   def _generate_examples(self, images, labels):
     multi = DATASETS[self.builder_config.dataset][0] == 'multi-label'
