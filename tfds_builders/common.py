@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 # Decompression-bomb guard off: HRF and full-size fundus photographs are large but genuine.
 Image.MAX_IMAGE_PIXELS = None
@@ -226,6 +227,42 @@ def mask_array(path: PathLike, *, threshold: int | None = 127) -> np.ndarray:
       return np.zeros_like(a)
     threshold = int(a.max()) // 2
   return (a > threshold).astype(np.uint8)
+
+
+def resize_volume(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+  """A volume [D, H, W] or [D, H, W, C] resized to `shape` (d, h, w), as float32.
+
+  Where every axis shrinks by a whole factor (64³ -> 32³) each output voxel is the mean of its block
+  (area resize: exact, no aliasing). Otherwise trilinear on voxel edges (as PIL aligns pixels), after
+  a Gaussian blur (sigma (factor - 1) / 2) along the axes that shrink, so thin structures do not alias.
+  """
+  v = np.asarray(volume, np.float32)
+  src, shape = v.shape[:3], tuple(int(s) for s in shape)
+  if len(shape) != 3 or v.ndim not in (3, 4) or min(shape) < 1:
+    raise ValueError(f'resize_volume: volume {v.shape} to {shape}; expected [D, H, W(, C)] to 3 positive sizes')
+  if src == shape:
+    return v
+  rest = v.shape[3:]
+  if all(s >= t and s % t == 0 for s, t in zip(src, shape)):
+    blocks = v.reshape(shape[0], src[0] // shape[0], shape[1], src[1] // shape[1], shape[2], src[2] // shape[2],
+                       *rest)
+    return blocks.mean(axis=(1, 3, 5))
+  sigma = [max(0.0, (s / t - 1) / 2) for s, t in zip(src, shape)] + [0.0] * len(rest)
+  if any(sigma):
+    v = ndimage.gaussian_filter(v, sigma, mode='nearest')
+  zoom = [t / s for s, t in zip(src, shape)] + [1.0] * len(rest)
+  out = ndimage.zoom(v, zoom, order=1, mode='nearest', grid_mode=True)
+  assert out.shape[:3] == shape, (out.shape, shape)
+  return out
+
+
+def file_md5(path: PathLike) -> str:
+  """The hex MD5 of a file (what dataset releases publish to check downloads against)."""
+  h = hashlib.md5()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
 
 
 def read_text(path: PathLike) -> str:

@@ -4,6 +4,10 @@ Records are read with `builder.as_data_source` with image decoding skipped (PNG 
 (and optionally resized) on the host with PIL inside the grain pipeline, so decode errors can name the
 split and record, and decoding runs in grain's worker processes when `worker_count > 0`.
 
+Volume datasets (medmnist3d, nifti_volumes) store `image` as a uint8 Tensor [D, H, W, C], which the data
+source decodes itself; every function here then carries volumes where it carries images: batches are
+[B, D, H, W, C], and `image_size` resizes a volume to image_size³ (`common.resize_volume`).
+
 Training iterators are grain `DatasetIterator`s whose `get_state()` / `set_state()` resume a run
 exactly; the state is a small JSON-serialisable dict.
 """
@@ -32,6 +36,7 @@ import tensorflow_datasets as tfds
 from medssl_jax import locks
 from medssl_jax import paths
 from medssl_jax.text.tokenizer import split_sentences
+from tfds_builders.common import resize_volume
 from tfds_builders.common import square
 
 # name -> 'module:ClassName'; imported lazily so listing choices stays cheap. Each is a package
@@ -40,6 +45,7 @@ BUILDERS = {
     'synthetic_fundus': 'tfds_builders.synthetic_fundus:SyntheticFundus',
     'synthetic_cxr': 'tfds_builders.synthetic_cxr:SyntheticCxr',  # Paired image + report demo data.
     'medmnist': 'tfds_builders.medmnist:MedMNIST',
+    'medmnist3d': 'tfds_builders.medmnist3d:MedMNIST3D',  # Volumes [D, H, W, 1].
     # Fundus.
     'eyepacs': 'tfds_builders.eyepacs:Eyepacs',
     'aptos2019': 'tfds_builders.aptos2019:Aptos2019',
@@ -403,6 +409,11 @@ def read_column(builder: Builder | str, *, split: str, key: str) -> list:
   return out
 
 
+def is_volume(builder: Builder) -> bool:
+  """True when the builder's images are volumes [D, H, W, C] (a Tensor feature), not 2D images."""
+  return len(builder.info.features['image'].shape) == 4
+
+
 def image_channels(builder: Builder) -> int:
   """Channels of the builder's images (1 for X-ray/ultrasound/grayscale, 3 for colour)."""
   return int(builder.info.features['image'].shape[-1])
@@ -418,7 +429,7 @@ def check_channels(builder: Builder, channels: int) -> None:
 
 
 class _Decode:
-  """Picklable record decoder for grain workers: PNG bytes -> dict(image uint8, label, id) int32,
+  """Picklable record decoder for grain workers: PNG bytes (or a volume) -> dict(image uint8, label, id) int32,
   plus the non-image features named in `extra_keys`, numeric ones cast to `extra_dtypes` (their
   dataset dtype: a data source hands float32 scalars back as Python floats)."""
 
@@ -461,6 +472,44 @@ def as_text(value) -> str:
 
 def _decode_record(record, index, split, image_size, channels=3, fit='squash', extra_keys=(), image_keys=()):
   data = record['image']
+  if isinstance(data, np.ndarray) and data.ndim == 4:
+    image, size = _fit_volume(data, index=index, split=split, image_size=image_size, fit=fit), None
+  else:
+    image, size = _decode_image(record, index, split, image_size, channels, fit)
+  out = {
+      'image': image,
+      # A scalar, a vector for multi-label data, or -1 for data without image labels (segmentation).
+      'label': np.asarray(record.get('label', -1), np.int32),
+      'id': np.int32(record['id']),
+  }
+  for key in extra_keys:
+    if key in image_keys:
+      out[key] = _decode_mask(record[key], key=key, index=index, split=split, size=size, image_size=image_size,
+                              fit=fit)
+    else:
+      out[key] = np.asarray(record[key])
+  return out
+
+
+def _fit_volume(volume: np.ndarray, *, index, split, image_size, fit) -> np.ndarray:
+  """A volume [D, H, W, C] as uint8, resized to image_size³ when its shape differs (area resize for whole
+  factors such as 64³ -> 32³, else trilinear). The volume builders store cubes, so `fit` has nothing to do; a
+  non-cube volume is resized per axis, and only with fit='squash'."""
+  if volume.dtype != np.uint8:
+    raise ValueError(f'The volume of record {index} in split {split!r} is {volume.dtype}; volume datasets store '
+                     'uint8 (rebuild the dataset with a volume builder)')
+  target = None if image_size is None else (image_size,) * 3
+  if target is None or volume.shape[:3] == target:
+    return volume
+  if fit != 'squash' and len(set(volume.shape[:3])) > 1:
+    raise ValueError(f'fit={fit!r} for the {"x".join(map(str, volume.shape[:3]))} volume of record {index} in split '
+                     f"{split!r}: volumes are resized per axis; use fit='squash'")
+  return np.clip(np.rint(resize_volume(volume, target)), 0, 255).astype(np.uint8)
+
+
+def _decode_image(record, index, split, image_size, channels, fit) -> tuple[np.ndarray, tuple[int, int]]:
+  """(image uint8 [H, W, C], its size (W, H) before the fit) of a record's PNG/JPEG bytes."""
+  data = record['image']
   try:
     if isinstance(data, np.ndarray):  # Already decoded (a source built with default decoders).
       pil = Image.fromarray(data)
@@ -482,19 +531,7 @@ def _decode_record(record, index, split, image_size, channels=3, fit='squash', e
       pil = square(pil, fit=fit)
     pil = pil.resize((image_size, image_size), Image.BICUBIC)
   image = np.asarray(pil, np.uint8)
-  out = {
-      'image': image[..., None] if image.ndim == 2 else image,
-      # A scalar, a vector for multi-label data, or -1 for data without image labels (segmentation).
-      'label': np.asarray(record.get('label', -1), np.int32),
-      'id': np.int32(record['id']),
-  }
-  for key in extra_keys:
-    if key in image_keys:
-      out[key] = _decode_mask(record[key], key=key, index=index, split=split, size=size, image_size=image_size,
-                              fit=fit)
-    else:
-      out[key] = np.asarray(record[key])
-  return out
+  return (image[..., None] if image.ndim == 2 else image), size
 
 
 def _decode_mask(data, *, key, index, split, size, image_size, fit):
@@ -553,7 +590,8 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
 
   Every process shuffles all records alike and yields its rows of each global batch
   (`global_batch_size // process_count` of them, the process's slice), so the global batches are the
-  same for any number of processes. Each batch is a dict: image uint8 [B, H, W, C] (C = the builder's channels),
+  same for any number of processes. Each batch is a dict: image uint8 [B, H, W, C] (C = the builder's channels;
+  volumes: [B, D, H, W, C]),
   label int32 [B] ([B, K] for multi-label data), id int32 [B].
   Each epoch is reshuffled (deterministically from `seed`); batches may span epoch boundaries.
 
@@ -562,7 +600,7 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
     split: TFDS split, slicing syntax allowed.
     global_batch_size: batch size summed over all processes.
     seed: shuffle seed (0 <= seed < 2**32).
-    image_size: if set, resize images on the host to image_size x image_size.
+    image_size: if set, resize images on the host to image_size x image_size (volumes to image_size³).
     num_epochs: None repeats forever.
     worker_count: > 0 decodes in that many grain worker processes (`mp_prefetch`).
     process_index, process_count: shard of this process; default to jax's.
@@ -686,8 +724,8 @@ def iterate_eval(builder: Builder | str, *, split: str, batch_size: int, image_s
                  fit: str = 'squash', indices=None) -> Iterator[dict[str, np.ndarray]]:
   """Yields the whole split (or its records `indices`) once, in order, in fixed-size batches.
 
-  Each batch is dict(image uint8 [batch_size, H, W, C], label int32, id int32, mask bool); the last
-  batch is zero-padded to `batch_size` and `mask` is False on padded rows.
+  Each batch is dict(image uint8 [batch_size, H, W, C] (volumes [batch_size, D, H, W, C]), label int32, id int32,
+  mask bool); the last batch is zero-padded to `batch_size` and `mask` is False on padded rows.
   """
   builder = _as_builder(builder)
   if batch_size <= 0:
@@ -706,7 +744,7 @@ def load_split_arrays(builder: Builder | str, *, split: str, image_size: int | N
                       fit: str = 'squash', indices=None, extra_keys=()) -> dict[str, np.ndarray]:
   """Returns the split (or its records `indices`, in that order) as numpy arrays
   dict(image uint8 [N,H,W,C], label int32 [N] (or [N, K]), id int32 [N]), plus one array per feature
-  named in `extra_keys`.
+  named in `extra_keys`. Volumes come as uint8 [N, D, H, W, C], resized to image_size³ when `image_size` is set.
 
   Extra image features (masks and label maps such as HRF's 'mask' / 'fov_mask' or CHASE_DB1's 'mask')
   come as uint8 [N, H, W, C] with the image's geometry: squared by the same `fit` and resized to the same
