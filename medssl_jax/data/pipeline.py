@@ -72,6 +72,7 @@ BUILDERS = {
     'bccd': 'tfds_builders.bccd:Bccd',
     # A user's own data.
     'image_folder': 'tfds_builders.image_folder:ImageFolder',
+    'nifti_volumes': 'tfds_builders.nifti_volumes:NiftiVolumes',  # Labelled NIfTI volumes listed in a CSV.
     'swcl_patches': 'tfds_builders.swcl_patches:SwclPatches',  # SWCL stage 3 (a stage-2 propagation folder).
 }
 _FILE_FORMAT = 'array_record'
