@@ -20,12 +20,10 @@ run it there for that device's own figure.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import tempfile
 import time
-from typing import Callable
 
 from absl import app
 from absl import flags
@@ -41,30 +39,18 @@ from medssl_jax import errors  # noqa: E402
 from medssl_jax import experiment  # noqa: E402
 from medssl_jax import objectives  # noqa: E402
 from medssl_jax import paths  # noqa: E402
-from medssl_jax.data import pipeline  # noqa: E402
 from medssl_jax.evals import finetune as finetune_lib  # noqa: E402
 from medssl_jax.evals import linear_probe  # noqa: E402
 from medssl_jax.tables import runner  # noqa: E402
+from medssl_jax.train import dry_parts  # noqa: E402
 from medssl_jax.train import mesh as mesh_lib  # noqa: E402
 from medssl_jax.train import pretrain as pretrain_lib  # noqa: E402
 from medssl_jax.train import state as state_lib  # noqa: E402
 from medssl_jax.train import step as step_lib  # noqa: E402
 
 # Modes whose run trains config.objective with train/pretrain.py (the others evaluate or fine-tune only).
-PRETRAINING_MODES = ("pretrain", "pretrain_and_probe", "swcl", "particles", "curriculum", "analyze")
 FEATURE_PROTOCOLS = ("linear_probe", "knn")
 GIB = 2.0 ** 30
-
-
-@dataclasses.dataclass
-class Part:
-  """One compiled step of a run: `make(per-device batch)` returns (parameter count, the lowered step,
-  run(compiled, steps) -> seconds per step on stand-in data)."""
-  name: str            # "pretrain", "features", "finetune".
-  describe: str        # What it is, in words (objective, encoder, image size, views).
-  global_batch: int    # The config's global batch for this step.
-  key: str             # Identity: parts with one key compile the same program.
-  make: Callable[[int], tuple]
 
 
 def _stand_in_batch(config, info, batch: int, *, extra_keys=(), text: bool = False, seed: int = 0) -> dict:
@@ -73,9 +59,7 @@ def _stand_in_batch(config, info, batch: int, *, extra_keys=(), text: bool = Fal
   size, channels = int(config.data.image_size), int(config.data.channels)
   out = {"image": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
          "id": np.arange(batch, dtype=np.int32)}
-  k = info["num_classes"]
-  out["label"] = (rng.integers(0, 2, (batch, k)).astype(np.int32) if info["multi_label"]
-                  else rng.integers(0, k, batch).astype(np.int32))
+  out["label"] = dry_parts.stand_in_labels(info, batch, rng)
   for key in extra_keys:
     shape, dtype = info["features"][key]
     dtype = np.dtype(dtype)
@@ -89,27 +73,8 @@ def _stand_in_batch(config, info, batch: int, *, extra_keys=(), text: bool = Fal
 
 
 def dataset_info(config) -> dict:
-  """Shapes of config.data's dataset from its builder's feature spec (nothing downloaded or built):
-  {"name", "num_classes", "multi_label", "features": {key: (shape, dtype)}}."""
-  d = config.data
-  with tempfile.TemporaryDirectory() as tmp:  # An empty data dir: the builder is only described, never prepared.
-    try:
-      builder = pipeline.get_builder(d.builder, data_dir=tmp, config=d.builder_config or None, prepare=False)
-    except (OSError, ValueError):
-      cls = pipeline.builder_class(d.builder)
-      if not hasattr(cls, "stand_in"):
-        raise
-      # A dataset made from a run's own files (SWCL's patches): its builder's stand-in spec.
-      builder = cls.stand_in(config=d.builder_config, data_dir=tmp)
-    features = {k: (tuple(getattr(v, "shape", ()) or ()), np.dtype(getattr(v, "np_dtype", np.float32)))
-                for k, v in builder.info.features.items() if getattr(v, "np_dtype", None) is not None}
-    try:
-      num_classes = pipeline.num_classes(builder)
-    except (ValueError, KeyError):  # No image labels (e.g. SWCL's patches): the probes' heads get two.
-      num_classes = 2
-    multi = "label" in builder.info.features and pipeline.is_multi_label(builder)
-    return dict(name=pipeline.dataset_name(builder), num_classes=max(2, num_classes), multi_label=multi,
-                features=features)
+  """Shapes of config.data's dataset (dry_parts.dataset_info)."""
+  return dry_parts.dataset_info(config.data)
 
 
 def _pretraining_config(config):
@@ -124,17 +89,6 @@ def _pretraining_config(config):
   return cfg
 
 
-def _sections_key(name: str, config, *keys: str) -> str:
-  """`name` + the values of the dotted `keys` (sections or leaves) that decide a step's program."""
-  values = {}
-  for dotted in keys:
-    value = config
-    for part in dotted.split("."):
-      value = value[part]
-    values[dotted] = value.to_dict() if hasattr(value, "to_dict") else value
-  return name + json.dumps(values, sort_keys=True, default=str)
-
-
 def _views(config) -> str:
   sizes = [int(v.crop_size) for v in config.augment.views]
   groups = {s: sizes.count(s) for s in dict.fromkeys(sizes)}
@@ -146,7 +100,7 @@ def _encoder(config) -> str:
   return m.encoder if m.encoder.startswith("vit") else f"{m.encoder} x{m.width_multiplier:g}"
 
 
-def parts_of(config) -> list[Part]:
+def parts_of(config) -> list[dry_parts.Part]:
   """The steps `config`'s run compiles, each as a Part."""
   parts = []
   info_cache = {}
@@ -157,49 +111,35 @@ def parts_of(config) -> list[Part]:
       info_cache[ref] = dataset_info(cfg)
     return info_cache[ref]
 
-  if config.mode in PRETRAINING_MODES:
+  if config.mode in experiment.PRETRAINING_MODES:
     pcfg = _pretraining_config(config)
     describe = (f"{pcfg.objective.name} on {_encoder(pcfg)}, views {_views(pcfg)}, "
                 f"data {pcfg.data.builder}:{pcfg.data.builder_config or 'default'} at {pcfg.data.image_size}px")
-    parts.append(Part("pretrain", describe, int(pcfg.train.batch_size),
-                      _sections_key("pretrain", pcfg, "model", "objective", "augment", "text", "data.image_size",
+    parts.append(dry_parts.Part("pretrain", describe, int(pcfg.train.batch_size),
+                      dry_parts.sections_key("pretrain", pcfg, "model", "objective", "augment", "text", "data.image_size",
                                     "data.channels", "train.optimizer", "train.batch_size"),
                       lambda b, cfg=pcfg: _pretrain_part(cfg, info_of(cfg), b)))
   evaluating = config.mode not in ("pretrain", "features", "patches", "pseudo_label", "propagate")
   if evaluating and config.mode != "supervised" and config.eval.protocol in FEATURE_PROTOCOLS:
-    parts.append(Part("features", f"frozen {_encoder(config)} at {config.data.image_size}px (linear / kNN probe)",
+    parts.append(dry_parts.Part("features", f"frozen {_encoder(config)} at {config.data.image_size}px (linear / kNN probe)",
                       int(config.eval.batch_size),
-                      _sections_key("features", config, "model", "objective.name", "data.image_size", "data.channels",
+                      dry_parts.sections_key("features", config, "model", "objective.name", "data.image_size", "data.channels",
                                     "eval.batch_size"),
                       lambda b, cfg=config: _features_part(cfg, None, b)))
   if config.mode == "supervised" or (evaluating and config.eval.protocol == "finetune"):
     e = config.eval
-    parts.append(Part("finetune", f"fine-tune {_encoder(config)} + head at {config.data.image_size}px"
+    parts.append(dry_parts.Part("finetune", f"fine-tune {_encoder(config)} + head at {config.data.image_size}px"
                       + ("" if e.finetune_augment else ", no augmentation"), int(e.finetune_batch_size),
-                      _sections_key("finetune", config, "model", "objective.name", "data.builder", "data.builder_config",
+                      dry_parts.sections_key("finetune", config, "model", "objective.name", "data.builder", "data.builder_config",
                                     "data.image_size", "data.channels", "eval.finetune_augment",
                                     "eval.finetune_backbone_lr_scale", "eval.finetune_batch_size"),
                       lambda b, cfg=config: _finetune_part(cfg, info_of(cfg), b)))
-  return parts
-
-
-def _one_device_mesh():
-  # The per-device program: parameters replicated, the batch this device's share (see the module docstring).
-  return mesh_lib.make_mesh(jax.devices()[:1])
-
-
-def _timed(steps: int, call) -> list[float]:
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(call())
-    times.append(time.perf_counter() - t0)
-  return times
+  return parts + experiment.dry_run_parts(config)  # The steps only a mode or project knows (U-Net, SWCL stage 1).
 
 
 def _pretrain_part(config, info, batch: int):
   """(parameter count, lowered train step, run(compiled, steps) -> step seconds) of the pretraining step."""
-  mesh = _one_device_mesh()
+  mesh = dry_parts.one_device_mesh()
   model, objective, tx, schedule = pretrain_lib.build(config)
   extra = tuple(objective.batch_keys(config)) if objective.batch_keys else ()
   missing = [k for k in extra if k not in info["features"]]
@@ -225,7 +165,7 @@ def _pretrain_part(config, info, batch: int):
       holder["state"], metrics = compiled(holder["state"], data, key)  # The step donates its state.
       return holder["state"], metrics
 
-    return _timed(steps, call)
+    return dry_parts.timed(steps, call)
 
   return state_lib.num_params(state_shape.params), lowered, run
 
@@ -243,7 +183,7 @@ def _features_part(config, info, batch: int):
 
   def run(compiled, steps: int) -> list[float]:
     variables, x = init(), jnp.asarray(images)
-    return _timed(steps, lambda: compiled(variables, x))
+    return dry_parts.timed(steps, lambda: compiled(variables, x))
 
   return state_lib.num_params(variables_shape["params"]), lowered, run
 
@@ -284,7 +224,7 @@ def _finetune_part(config, info, batch: int):
       holder["s"] = (p, s, o)
       return loss
 
-    return _timed(steps, call)
+    return dry_parts.timed(steps, call)
 
   return state_lib.num_params(params_shape), lowered, run
 
@@ -304,7 +244,7 @@ def memory_bytes(compiled) -> dict:
   return out
 
 
-def measure(part: Part, *, devices: int, per_device_batch: int = 0, steps: int = 3) -> dict:
+def measure(part: dry_parts.Part, *, devices: int, per_device_batch: int = 0, steps: int = 3) -> dict:
   """Compiles `part` at its per-device batch (the global batch / `devices`, or `per_device_batch`), runs `steps`
   steps on stand-in data, and returns what it measured."""
   if per_device_batch:

@@ -2,7 +2,9 @@
 
 Each module below lists its modes (`MODES`: {mode name: function(config, workdir, *, mesh) -> results}),
 checks its own settings (`check(config)`) and registers the config sections it owns; a project's module may
-also adjust every run's config before its mode (`resolve(config, workdir)`). A new mode is one module added
+also adjust every run's config before its mode (`resolve(config, workdir)`). For the dry run, a module names its
+modes that pretrain (`PRETRAINING_MODES`) and lists the steps only it knows (`dry_run_parts(config)`:
+medssl_jax/train/dry_parts.py). A new mode is one module added
 to MODULES. Importing this module registers every section, so `default_config()` is the whole schema.
 """
 from __future__ import annotations
@@ -27,6 +29,12 @@ from medssl_jax.train import workdir_lock
 # The evaluation protocols (probe) first: their checks cover settings every evaluating mode reads.
 MODULES = (probe, pretrain, evaluate, analyze, transfer, segmentation, features, swcl, particles, curriculum)
 MODES = {name: fn for module in MODULES for name, fn in getattr(module, "MODES", {}).items()}
+PRETRAINING_MODES = tuple(m for module in MODULES for m in getattr(module, "PRETRAINING_MODES", ()))
+
+
+def dry_run_parts(config) -> list:
+  """The dry-run steps (train.dry_parts.Part) the modules add for `config`'s run beyond pretraining and the probes."""
+  return [part for module in MODULES if hasattr(module, "dry_run_parts") for part in module.dry_run_parts(config)]
 
 
 def default_config():

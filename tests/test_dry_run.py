@@ -61,7 +61,11 @@ def test_every_paper_scale_config_compiles_and_steps(paper_scale_results):
   clip = by[("cxr_clip", "pretrain")]
   assert 23.5e6 < clip["params"] < 40e6 and "224px" in clip["what"]
   assert 11.1e6 < by[("fundus_swcl", "pretrain")]["params"] < 12e6
-  assert {("cxr_joint", "pretrain"), ("fundus_swcl", "features"), ("medmnist_supervised", "finetune")} <= set(by)
+  assert {("cxr_joint", "pretrain"), ("fundus_swcl", "features"), ("medmnist_supervised", "finetune"),
+          ("fundus_swcl", "pseudo-labeller"), ("fundus_swcl", "segmentation")} <= set(by)
+  # The steps a project adds: SWCL's stage-1 classifier (backbone + head) and the U-Net on the backbone.
+  assert by[("fundus_swcl", "pseudo-labeller")]["params"] > 11.1e6
+  assert by[("fundus_swcl", "segmentation")]["params"] > by[("fundus_swcl", "pseudo-labeller")]["params"]
   assert "3x224px" in by[("cxr_joint", "pretrain")]["what"]
   # Pretraining carries the optimizer state: its arguments exceed the frozen feature pass's parameters alone.
   assert clip["memory"]["arguments"] > 2 * by[("cxr_clip", "features")]["memory"]["arguments"]

@@ -190,9 +190,12 @@ def multiclass_soft_dice_loss(probs, onehot, *, smooth: float = 1.0):
 
 
 @functools.lru_cache(maxsize=16)
-def _functions(model: UNet, patch: int, mean: tuple, std: tuple, augment: bool, frozen: bool, batch_size: int,
+def train_functions(model: UNet, patch: int, mean: tuple, std: tuple, augment: bool, frozen: bool, batch_size: int,
                stride: int, batch_sharding):
-  """Jitted train_step and init_opt, cached so repeated seeds / encoders with one setup compile once.
+  """Jitted train_step(params, batch_stats, opt_state, images, masks, origins, key, lr, weight_decay, bb_lr_scale)
+  -> (params, batch_stats, opt_state, loss) and init_opt(params), cached so repeated seeds / encoders with one
+  setup compile once. Each step crops `batch_size` patches of uint8 `images` [N, H, W, C] / `masks` [N, H, W] at
+  random rows of `origins` [M, 3] (image index, top, left) jittered by up to `stride` pixels.
 
   The learning rate, weight decay and backbone lr scale are traced arguments (computed on the host).
   model.num_classes 1: binary (sigmoid, BCE + soft Dice); K >= 2: class ids (softmax CE + multi-class soft Dice).
@@ -500,7 +503,7 @@ def finetune_segmentation(*, backbone, backbone_variables, train_images, train_m
   frozen = backbone_lr_scale == 0
   stride = max(1, patch_size // 16)
   sharding = None if mesh is None else mesh_lib.data_sharding(mesh)
-  train_step, init_opt = _functions(model, patch_size, mean, std, bool(augment), frozen, batch_size, stride,
+  train_step, init_opt = train_functions(model, patch_size, mean, std, bool(augment), frozen, batch_size, stride,
                                     sharding)
   predict = predict_fn(model, mean, std)
 

@@ -439,3 +439,4 @@ def analyze(config, workdir: str, *, mesh=None) -> dict:
 
 
 MODES = {"analyze": analyze}
+PRETRAINING_MODES = ("analyze",)

@@ -60,3 +60,4 @@ def check(config):
 
 
 MODES = {"linear_eval": linear_eval, "pretrain_and_probe": pretrain_and_probe, "supervised": supervised}
+PRETRAINING_MODES = ("pretrain_and_probe",)

@@ -15,3 +15,4 @@ def check(config):
 
 
 MODES = {"pretrain": pretrain}
+PRETRAINING_MODES = ("pretrain",)  # Modes whose run includes the objective's pretraining step (the dry run).

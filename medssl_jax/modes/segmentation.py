@@ -10,10 +10,12 @@ import hashlib
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from medssl_jax import config as config_lib
+from medssl_jax import models
 from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention
@@ -21,7 +23,10 @@ from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import results as results_lib
 from medssl_jax.evals import segmentation_metrics
 from medssl_jax.evals import segmentation as segmentation_lib
+from medssl_jax.models.unet import UNet
 from medssl_jax.protocols import encoders as encoders_lib
+from medssl_jax.train import dry_parts
+from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import reporting
 
 
@@ -306,6 +311,72 @@ def segmentation(config, workdir: str, *, mesh=None) -> dict:
     # The U-Net takes the bare backbone module (its padding as the encoder was built) and its variables.
     encoders[name] = (model.backbone, attention.backbone_variables(variables))
   return run(config, workdir, encoders=encoders, mesh=mesh)
+
+
+# Stand-in side of the training images of a dataset at native resolution (segmentation.image_size 0), for the dry
+# run: about that of the fundus photographs segmented here (CHASE_DB1 999x960, DRIVE 565x584, HRF 3504x2336).
+DRY_RUN_NATIVE_SIDE = 1024
+
+
+def dry_run_part(config) -> dry_parts.Part:
+  """The U-Net training step of config.segmentation on config.model's encoder, for the dry run: random crops of
+  `patch_size` from four stand-in training images (at segmentation.image_size, or DRY_RUN_NATIVE_SIDE px when
+  native), the backbone trained at backbone_lr_scale."""
+  g = config.segmentation
+  side = int(g.image_size) or DRY_RUN_NATIVE_SIDE
+  classes = g.mask_mode == "classes"
+  # "classes" learns K from the masks; three (background + two) stands in, as REFUGE's disc rim and cup.
+  num_classes = 3 if classes else 1
+  m = config.model
+
+  def make(batch: int):
+    info = dry_parts.dataset_info(g)
+    channels, patch = info["channels"], int(g.patch_size)
+    backbone = models.build_backbone(config)
+    model = UNet(backbone=backbone, num_classes=num_classes,
+                 decoder_widths=tuple(int(w) for w in g.decoder_widths) or None)
+    mesh = dry_parts.one_device_mesh()
+    frozen = float(g.backbone_lr_scale) == 0
+    train_step, init_opt = segmentation_lib.train_functions(
+        model, patch, tuple(config.data.mean), tuple(config.data.std), bool(g.augment), frozen, batch,
+        max(1, patch // 16), mesh_lib.data_sharding(mesh))
+    init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, patch, patch, channels)), train=False))
+    variables_shape = jax.eval_shape(init)
+    opt_shape = jax.eval_shape(init_opt, variables_shape["params"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, side, side, channels), dtype=np.uint8)
+    masks = rng.integers(0, num_classes + 1 if classes else 2, (4, side, side), dtype=np.uint8)
+    origins = np.stack(np.meshgrid(np.arange(4), np.arange(0, side - patch, patch),
+                                   np.arange(0, side - patch, patch), indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+    scalars = (np.float32(g.learning_rate), np.float32(g.weight_decay), np.float32(g.backbone_lr_scale))
+    abstract = lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+    lowered = train_step.lower(variables_shape["params"], variables_shape["batch_stats"], opt_shape,
+                               abstract(images), abstract(masks), abstract(origins), jax.random.key(1), *scalars)
+
+    def run(compiled, steps: int) -> list[float]:
+      variables = init()
+      holder = {"s": (variables["params"], variables["batch_stats"], init_opt(variables["params"]))}
+      data = jax.device_put((images, masks, origins))
+
+      def call():
+        p, s, o, loss = compiled(*holder["s"], *data, jax.random.key(1), *scalars)
+        holder["s"] = (p, s, o)
+        return loss
+
+      return dry_parts.timed(steps, call)
+
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables_shape["params"])), lowered, run
+
+  encoder = m.encoder if m.encoder.startswith("vit") else f"{m.encoder} x{m.width_multiplier:g}"
+  describe = (f"U-Net on {encoder}, {g.patch_size}px crops of {g.builder}:{g.builder_config or 'default'} "
+              f"({'native, stand-in ' if not int(g.image_size) else ''}{side}px images)")
+  return dry_parts.Part("segmentation", describe, int(g.batch_size),
+                        dry_parts.sections_key("segmentation", config, "model", "segmentation", "data.mean", "data.std"),
+                        make)
+
+
+def dry_run_parts(config) -> list:
+  return [dry_run_part(config)] if config.mode == "segmentation" else []
 
 
 MODES = {"segmentation": segmentation}

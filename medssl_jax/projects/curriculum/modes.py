@@ -246,3 +246,4 @@ def curriculum(config, workdir: str, *, mesh=None) -> dict:
 
 check = check_stages
 MODES = {"curriculum": curriculum}
+PRETRAINING_MODES = ("curriculum",)

@@ -314,3 +314,4 @@ def particles(config, workdir: str, *, mesh=None) -> dict:
 
 
 MODES = {"particles": particles}
+PRETRAINING_MODES = ("particles",)

@@ -199,3 +199,14 @@ def resolve(config, workdir: str):
 
 check = swcl_config.check
 MODES = {mode: run for mode in STAGE_MODES}
+PRETRAINING_MODES = ("swcl",)
+
+
+def dry_run_parts(config) -> list:
+  """Mode "swcl"'s steps beyond pretraining and the probes: stage 1's classifier and, when asked, the U-Net."""
+  if config.mode not in ("swcl", "pseudo_label"):
+    return []
+  parts = [pseudo_labeller.dry_run_part(config)]
+  if config.mode == "swcl" and config.segmentation.encoders:
+    parts.append(segmentation_mode.dry_run_part(config))
+  return parts

@@ -62,6 +62,7 @@ from medssl_jax.evals.results import write_json as _write_json
 from medssl_jax.models import convert_torch
 from medssl_jax.projects.swcl import config as swcl_config
 from medssl_jax.train import checkpoint as ckpt_lib
+from medssl_jax.train import dry_parts
 from medssl_jax.train import guard as guard_lib
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import supervised
@@ -468,6 +469,49 @@ def _load_data(config):
   return lab, pool, pool_sources, mean, std
 
 
+def dry_run_part(config) -> dry_parts.Part:
+  """Stage 1's training step for the dry run: `batch` labelled images of config.swcl.labelled (its classes and
+  channels from the builder's feature spec) and `batch` x unlabelled_ratio pool images, at classifier_image_size."""
+  s = config.swcl
+  size = int(s.classifier_image_size)
+
+  def make(batch: int):
+    info = dry_parts.dataset_info(s.labelled)
+    classes = [f"class_{i}" for i in range(info["num_classes"])]
+    _, model = _build(config, len(classes))
+    tx = _optimizer(config)
+    init = jax.jit(lambda: _init_state(config, model, tx, info["channels"], imported=False))
+    state_shape = jax.eval_shape(init)
+    has_bn = "batch_stats" in state_shape
+    train_step, _ = _steps(model, tx, multi_label=info["multi_label"], threshold=float(s.confidence_threshold),
+                           unlabelled_weight=float(s.unlabelled_weight), mean=tuple(config.data.mean),
+                           std=tuple(config.data.std), has_bn=has_bn)
+    rng = np.random.default_rng(0)
+    x_lab = rng.integers(0, 256, (batch, size, size, info["channels"]), dtype=np.uint8)
+    y_lab = dry_parts.stand_in_labels(info, batch, rng)
+    x_pool = rng.integers(0, 256, (batch * s.unlabelled_ratio, size, size, info["channels"]), dtype=np.uint8)
+    abstract = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    lowered = train_step.lower(state_shape, abstract(x_lab), abstract(y_lab), abstract(x_pool), jax.random.key(1))
+
+    def run(compiled, steps: int) -> list[float]:
+      holder = {"state": init()}
+
+      def call():
+        holder["state"], metrics = compiled(holder["state"], x_lab, y_lab, x_pool, jax.random.key(1))
+        return metrics
+
+      return dry_parts.timed(steps, call)
+
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state_shape["params"])), lowered, run
+
+  lab = s.labelled
+  describe = (f"SWCL stage 1: {config.model.encoder} x{config.model.width_multiplier:g} classifier at {size}px on "
+              f"{lab.builder}:{lab.builder_config or 'default'} + {s.unlabelled_ratio}x unlabelled (FixMatch)")
+  return dry_parts.Part("pseudo-labeller", describe, int(s.batch_size),
+                        dry_parts.sections_key("pseudo-labeller", config, "model", "swcl", "data.mean", "data.std"),
+                        make)
+
+
 def train(config, workdir: str, *, mesh=None):
   """Stage 1: trains the pseudo-labeller (module docstring), or loads it when <workdir>/pseudo_labeller holds a
   finished run; an interrupted run resumes from its last checkpoint. Returns (backbone, variables, summary) as
@@ -574,5 +618,5 @@ def train(config, workdir: str, *, mesh=None):
   return backbone, variables, summary
 
 
-__all__ = ["Classifier", "label_info", "load", "pool_entries", "read_summary", "source_name",
+__all__ = ["Classifier", "dry_run_part", "label_info", "load", "pool_entries", "read_summary", "source_name",
            "strong_view", "supervised_loss", "train", "unlabelled_loss", "weak_view"]
