@@ -15,6 +15,7 @@ from medssl_jax.data import pipeline
 from medssl_jax.tables import published
 from medssl_jax.tables import runner
 from tfds_builders.medmnist import medmnist_dataset_builder as medmnist_builder
+from tfds_builders.medmnist3d import medmnist3d_dataset_builder as medmnist3d_builder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -325,6 +326,31 @@ def test_a_table_follows_the_dataset_its_rows_open(tmp_path, capsys):
 def test_published_medmnist_rows_cover_every_2d_dataset():
   assert set(published.MEDMNIST_V2_RESNET18_28) == set(medmnist_builder.DATASETS)
   assert all(0.5 < auc <= 1 and 0 < acc <= 1 for auc, acc in published.MEDMNIST_V2_RESNET18_28.values())
+
+
+def test_published_medmnist_3d_rows():
+  """Every 3D dataset has rows (ResNet-50 + 3D at least); ResNet-18 + 3D where a copy of the table was found."""
+  table = published.MEDMNIST_V2_3D
+  assert set(table) == set(medmnist3d_builder.DATASETS)
+  assert all("ResNet-50 + 3D" in methods for methods in table.values())
+  assert {d for d, methods in table.items() if "ResNet-18 + 3D" in methods} == set(table) - {"nodulemnist3d",
+                                                                                          "adrenalmnist3d"}
+  assert all(0.5 <= auc <= 1 and (acc is None or 0 < acc <= 1) and note.startswith("28³")
+             for methods in table.values() for auc, acc, note in methods.values())
+
+  found, missing = published.rows("medmnist_v2_3d", ["medmnist3d/organmnist3d", "medmnist3d/organmnist3d_64",
+                                                     "medmnist/organamnist", "medmnist3d/vesselmnist3d"])
+  assert missing == ["medmnist3d/organmnist3d_64", "medmnist/organamnist"]  # 28³ only; 2D is the other registry.
+  by_method = {(r["dataset"].split("/")[1], r["method"]): r for r in found}
+  assert [(r["auroc"], r["accuracy"]) for r in (by_method["organmnist3d", "ResNet-18 + 3D"],
+                                                by_method["organmnist3d", "ResNet-18 + ACS"],
+                                                by_method["vesselmnist3d", "ResNet-50 + 3D"])] == [
+      (0.996, 0.907), (0.994, 0.900), (0.907, 0.918)]
+  assert by_method["vesselmnist3d", "ResNet-18 + 3D"]["auroc"] == 0.874
+  assert "accuracy" not in by_method["vesselmnist3d", "ResNet-18 + 3D"]  # Not found: shown as "—".
+  assert all(r["protocol"] == "supervised" and r["labels"] == "100%" and "10.1038/s41597-022-01721-8" in r["source"]
+             and r["note"] and set(r) <= set(runner.PUBLISHED_KEYS) for r in found)
+  assert published.rows("medmnist_v2_resnet18_28", ["medmnist3d/organmnist3d"]) == ([], ["medmnist3d/organmnist3d"])
 
 
 def _with(config, builder_config):
