@@ -19,6 +19,7 @@ each step is materialised once instead of being fused and recomputed (which is a
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -121,12 +122,48 @@ def _resample_axis(x, axis: int, *, out_size: int, start, length):
   return jax.lax.fori_loop(0, num_taps, add_tap, jnp.zeros(out_shape, x.dtype))
 
 
+def _resample_window(x, *, out_size: int, starts, lengths):
+  """Resamples the window [starts[i], starts[i] + lengths[i]) of each leading axis i to out_size.
+
+  One `_resample_axis` pass per axis (linear, antialiased: bilinear for images, trilinear for volumes);
+  the trailing axes (channels) are untouched. Returns float values clipped to [0, 1], in x's dtype.
+  """
+  y = x.astype(jnp.float32)
+  for axis, (start, length) in enumerate(zip(starts, lengths)):
+    y = _resample_axis(y, axis, out_size=out_size, start=start, length=length)
+  return _clip(y, x.dtype)
+
+
 def _resample(image, *, out_size: int, top, left, height, width):
   """Bilinear (antialiased) resample of the window [top, top+h) x [left, left+w) to out_size^2."""
-  x = image.astype(jnp.float32)
-  x = _resample_axis(x, 0, out_size=out_size, start=top, length=height)
-  x = _resample_axis(x, 1, out_size=out_size, start=left, length=width)
-  return _clip(x, image.dtype)
+  return _resample_window(image, out_size=out_size, starts=(top, left), lengths=(height, width))
+
+
+def _place_box(sizes, fallback, shape, position_keys):
+  """Picks the first proposed box that fits in `shape` and places it uniformly at random.
+
+  Args:
+    sizes: [n, ndim] proposed box extents (continuous), one row per proposal.
+    fallback: static extents used, centred, when no proposal fits.
+    shape: the static extents of the array the box lies in.
+    position_keys: one PRNG key per axis for the box's position.
+
+  Returns:
+    (starts, lengths): per-axis lists of traced scalars, with the box inside [0, shape[i]].
+  """
+  # A relative tolerance so that a full-size proposal (equal to the extent up to float rounding in
+  # sqrt / cbrt) counts as fitting instead of falling back.
+  fits = functools.reduce(
+      jnp.logical_and, [sizes[:, i] <= n * (1 + 1e-5) for i, n in enumerate(shape)])
+  first = jnp.argmax(fits)
+  any_fit = jnp.any(fits)
+  starts, lengths = [], []
+  for i, n in enumerate(shape):
+    length = jnp.minimum(jnp.where(any_fit, sizes[first, i], fallback[i]), n)
+    u = jnp.where(any_fit, jax.random.uniform(position_keys[i]), 0.5)
+    starts.append(u * (n - length))
+    lengths.append(length)
+  return starts, lengths
 
 
 def random_resized_crop(key, image, *, out_size: int, scale: Sequence[float] = (0.08, 1.0),
@@ -161,11 +198,6 @@ def random_resized_crop(key, image, *, out_size: int, scale: Sequence[float] = (
   aspect = jnp.exp(log_ratio)
   w = jnp.sqrt(target_area * aspect)
   h = jnp.sqrt(target_area / aspect)
-  # A relative tolerance so that scale=(1, 1), ratio=(1, 1) on a square image (w == W up to float
-  # rounding in sqrt) counts as fitting instead of falling back.
-  fits = (w <= w_img * (1 + 1e-5)) & (h <= h_img * (1 + 1e-5))
-  first = jnp.argmax(fits)
-  any_fit = jnp.any(fits)
 
   # Fallback box, computed statically from the image shape (as torchvision).
   in_ratio = w_img / h_img
@@ -176,12 +208,8 @@ def random_resized_crop(key, image, *, out_size: int, scale: Sequence[float] = (
   else:
     fb_w, fb_h = float(w_img), float(h_img)
 
-  crop_w = jnp.minimum(jnp.where(any_fit, w[first], fb_w), w_img)
-  crop_h = jnp.minimum(jnp.where(any_fit, h[first], fb_h), h_img)
-  u_top = jnp.where(any_fit, jax.random.uniform(k_top), 0.5)
-  u_left = jnp.where(any_fit, jax.random.uniform(k_left), 0.5)
-  top = u_top * (h_img - crop_h)
-  left = u_left * (w_img - crop_w)
+  (top, left), (crop_h, crop_w) = _place_box(jnp.stack([h, w], axis=1), (fb_h, fb_w), (h_img, w_img),
+                                             (k_top, k_left))
   return _resample(image, out_size=out_size, top=top, left=left, height=crop_h, width=crop_w)
 
 
@@ -421,10 +449,16 @@ def gaussian_blur(key, image, *, p: float = 0.5, sigma: Sequence[float] = (0.1, 
   _check_image(image, "gaussian_blur")
   if kernel_size is None:
     kernel_size = default_blur_kernel_size(min(image.shape[:2]))
-  if kernel_size < 1 or kernel_size % 2 != 1:
-    raise ValueError(f"gaussian_blur: kernel_size must be a positive odd int, got {kernel_size}")
+  return _separable_gaussian_blur(key, image, p=p, sigma=sigma, kernel_size=kernel_size, axes=(0, 1),
+                                  name="gaussian_blur")
+
+
+def _separable_gaussian_blur(key, x, *, p, sigma, kernel_size: int, axes: Sequence[int], name: str):
+  """`gaussian_blur` of any rank: one 1-D pass per axis in `axes`, all with the same drawn sigma."""
+  if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 != 1:
+    raise ValueError(f"{name}: kernel_size must be a positive odd int, got {kernel_size}")
   if _static_zero(p):
-    return image
+    return x
   k_apply, k_sigma = jax.random.split(key)
   s = jax.random.uniform(k_sigma, minval=sigma[0], maxval=sigma[1])
   radius = kernel_size // 2
@@ -433,24 +467,26 @@ def gaussian_blur(key, image, *, p: float = 0.5, sigma: Sequence[float] = (0.1, 
   # Fixed-order normalisation, see `_fixed_order_mean`.
   weights = weights / sum(weights[i] for i in range(kernel_size))
 
-  def blur_axis(x, axis):
-    n = x.shape[axis]
-    pad = [(0, 0)] * x.ndim
+  def blur_axis(y, axis):
+    n = y.shape[axis]
+    pad = [(0, 0)] * y.ndim
     pad[axis] = (radius, radius)
-    xp = jnp.pad(x, pad, mode="reflect")
+    yp = jnp.pad(y, pad, mode="reflect")
 
     def add_tap(t, acc):
-      return acc + weights[t] * jax.lax.dynamic_slice_in_dim(xp, t, n, axis=axis)
+      return acc + weights[t] * jax.lax.dynamic_slice_in_dim(yp, t, n, axis=axis)
 
     # Rolled loop over the taps: fixed sum order, and the pass is materialised rather than fused
     # (and recomputed) into the next pass and later ops.
-    return jax.lax.fori_loop(0, kernel_size, add_tap, jnp.zeros_like(x))
+    return jax.lax.fori_loop(0, kernel_size, add_tap, jnp.zeros_like(y))
 
-  def blur(x):
-    y = blur_axis(blur_axis(x.astype(jnp.float32), 0), 1)
-    return _clip(y, x.dtype)
+  def blur(y):
+    out = y.astype(jnp.float32)
+    for axis in axes:
+      out = blur_axis(out, axis)
+    return _clip(out, y.dtype)
 
-  return _apply_with_prob(k_apply, p, blur, image)
+  return _apply_with_prob(k_apply, p, blur, x)
 
 
 def solarize(key, image, *, p: float = 0.2, threshold: float = 0.5):

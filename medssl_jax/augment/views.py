@@ -11,6 +11,14 @@ no work at probability 0, so policies without them give the same views bit for b
 Everything is jit-able and works on global arrays sharded over the batch axis; the result does not
 depend on the sharding (the random draws use partitionable threefry, and `ops` keeps the arithmetic
 sharding-invariant too; see its module docstring).
+
+Volumes: a batch [B, D, H, W, C] takes a 3D view policy (`default_view3d`, `validate_view3d`) and the
+per-volume pipeline of `medssl_jax.augment.ops3d`
+
+    crop -> flip -> rot90 -> intensity -> gamma -> blur -> noise -> erase
+
+with the same per-example keying. `augment_batch`, `make_views` and `eval_view` take either rank: a
+rank-5 batch is a batch of volumes, and its policy is validated as a 3D one.
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from medssl_jax.augment import ops
+from medssl_jax.augment import ops, ops3d
 
 # SimCLR-style defaults (crop scale lower bound 0.2 as in MoCo v2, kinder to small images).
 _DEFAULTS = dict(
@@ -75,13 +83,13 @@ def _is_number(x) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _check_prob(cfg, name):
+def _check_prob(cfg, name, what="view config"):
   v = cfg[name]
   if not _is_number(v) or not 0.0 <= v <= 1.0:
-    raise ValueError(f"view config: {name}={v!r} must be a probability in [0, 1]")
+    raise ValueError(f"{what}: {name}={v!r} must be a probability in [0, 1]")
 
 
-def _check_range(cfg, name, *, lo_min, hi_max=None, lo_inclusive=False):
+def _check_range(cfg, name, *, lo_min, hi_max=None, lo_inclusive=False, what="view config"):
   v = cfg[name]
   ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(x) for x in v)
   if ok:
@@ -90,7 +98,7 @@ def _check_range(cfg, name, *, lo_min, hi_max=None, lo_inclusive=False):
     ok = ok and (hi_max is None or hi <= hi_max)
   if not ok:
     bound = f"{'[' if lo_inclusive else '('}{lo_min}, {hi_max if hi_max is not None else 'inf'}]"
-    raise ValueError(f"view config: {name}={v!r} must be an ordered pair (lo, hi) with lo <= hi, "
+    raise ValueError(f"{what}: {name}={v!r} must be an ordered pair (lo, hi) with lo <= hi, "
                      f"both in {bound}")
 
 
@@ -136,12 +144,24 @@ def validate_view(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
 def to_float_images(images):
   """uint8 -> float32 / 255; float -> float32 (assumed already in [0, 1])."""
   if images.ndim != 4:
-    raise ValueError(f"expected a batch of images [B, H, W, C], got shape {images.shape}")
-  if jnp.issubdtype(images.dtype, jnp.integer):
-    if images.dtype != jnp.uint8:
-      raise ValueError(f"integer images must be uint8, got {images.dtype}")
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
+    raise ValueError(f"expected a batch of images [B, H, W, C] (or volumes [B, D, H, W, C] where "
+                     f"volumes are accepted), got shape {images.shape}")
+  return _to_float(images)
+
+
+def to_float_volumes(volumes):
+  """`to_float_images` for a batch of volumes [B, D, H, W, C]."""
+  if volumes.ndim != 5:
+    raise ValueError(f"expected a batch of volumes [B, D, H, W, C], got shape {volumes.shape}")
+  return _to_float(volumes)
+
+
+def _to_float(x):
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    if x.dtype != jnp.uint8:
+      raise ValueError(f"integer images must be uint8, got {x.dtype}")
+    return x.astype(jnp.float32) / 255.0
+  return x.astype(jnp.float32)
 
 
 def augment_image(key, image, view_cfg):
@@ -170,7 +190,7 @@ def augment_image(key, image, view_cfg):
 
 
 def augment_batch(key, images, view_cfg):
-  """One augmented view of a batch.
+  """One augmented view of a batch of images or of volumes.
 
   The work is a jitted function with the validated policy as a static argument, so calling this
   outside `jax.jit` compiles once per (policy, shape) instead of dispatching op by op; inside an
@@ -178,13 +198,17 @@ def augment_batch(key, images, view_cfg):
 
   Args:
     key: PRNG key (typed or raw uint32); split into one key per example.
-    images: [B, H, W, C] uint8 (scaled by 1/255) or float in [0, 1]; C in (1, 3). May be a global
-      array sharded over the batch axis.
-    view_cfg: view policy (ConfigDict or dict; missing keys take defaults).
+    images: [B, H, W, C] images (C in (1, 3)) or [B, D, H, W, C] volumes, uint8 (scaled by 1/255)
+      or float in [0, 1]. May be a global array sharded over the batch axis.
+    view_cfg: view policy (ConfigDict or dict; missing keys take defaults): a 2D one
+      (`validate_view`) for images, a 3D one (`validate_view3d`) for volumes.
 
   Returns:
-    float32 [B, crop_size, crop_size, C] in [0, 1].
+    float32 [B, crop_size, crop_size, C] (images) or [B, crop_size, crop_size, crop_size, C]
+    (volumes), in [0, 1].
   """
+  if images.ndim == 5:
+    return _augment_volume_batch(key, images, ml_collections.FrozenConfigDict(validate_view3d(view_cfg)))
   cfg = ml_collections.FrozenConfigDict(validate_view(view_cfg))  # Hashable: a static arg.
   return _augment_batch(key, images, cfg)
 
@@ -197,12 +221,143 @@ def _augment_batch(key, images, cfg):
 
 
 def make_views(key, images, view_cfgs: Sequence[Mapping[str, Any]]) -> list:
-  """One augmented batch per view policy, view i keyed by fold_in(key, i) (multi-crop friendly)."""
+  """One augmented batch per view policy, view i keyed by fold_in(key, i) (multi-crop friendly).
+
+  Images [B, H, W, C] take 2D policies, volumes [B, D, H, W, C] 3D ones (see `augment_batch`).
+  """
   return [augment_batch(jax.random.fold_in(key, i), images, cfg) for i, cfg in enumerate(view_cfgs)]
 
 
 @functools.partial(jax.jit, static_argnames="size")
 def eval_view(images, *, size: int):
-  """Deterministic evaluation view: float conversion and whole-image resize to (size, size)."""
+  """Deterministic evaluation view: float conversion and resize of the whole image to (size, size),
+  or of the whole volume [B, D, H, W, C] to (size, size, size)."""
+  if images.ndim == 5:
+    return jax.vmap(lambda v: ops3d.center_resize(v, out_size=size))(to_float_volumes(images))
   x = to_float_images(images)
   return jax.vmap(lambda im: ops.center_resize(im, out_size=size))(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Volume view policies.
+# --------------------------------------------------------------------------------------------------
+
+# Defaults for 28^3 volumes (MedMNIST 3D): geometric and intensity changes, no colour; erasing off.
+_DEFAULTS3D = dict(
+    crop_size=28,
+    crop_scale=(0.25, 1.0),
+    crop_ratio=(3 / 4, 4 / 3),      # Range of each aspect ratio h/d and w/d.
+    flip_p=0.5,                     # Per axis in flip_axes.
+    flip_axes=(0, 1, 2),
+    rot90_p=0.0,                    # Per plane in rot90_planes: k * 90 degrees, k uniform in {1, 2, 3}.
+    rot90_planes=((1, 2), (0, 2), (0, 1)),
+    intensity_p=0.8,
+    intensity_scale=0.2,            # x * U[1 - s, 1 + s] + U[-shift, shift].
+    intensity_shift=0.1,
+    gamma_p=0.3,
+    gamma=(0.7, 1.5),
+    blur_p=0.3,
+    blur_sigma=(0.1, 1.0),
+    blur_kernel_size=None,          # None: ~10% of crop_size, odd, >= 3 (ops.default_blur_kernel_size).
+    noise_p=0.2,
+    noise_std=(0.0, 0.05),
+    erase_p=0.0,
+    erase_scale=(0.02, 0.2),
+    erase_ratio=(0.5, 2.0),
+    erase_value=0.0,
+    erase_noise=False,              # Fill the erased cuboid with U[0, 1] noise instead of erase_value.
+)
+VALID_KEYS3D = tuple(_DEFAULTS3D)
+# Fixed per-op indices for fold_in, as for images.
+(_OP3_CROP, _OP3_FLIP, _OP3_ROT90, _OP3_INTENSITY, _OP3_GAMMA, _OP3_BLUR, _OP3_NOISE,
+ _OP3_ERASE) = range(8)
+
+
+def default_view3d(**overrides) -> ml_collections.ConfigDict:
+  """The default volume view policy, with `overrides` applied and validated."""
+  return validate_view3d(dict(_DEFAULTS3D, **overrides))
+
+
+def validate_view3d(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Checks a volume view policy and returns it completed with defaults, as a new ConfigDict.
+
+  Raises:
+    ValueError: naming the offending key, for an unknown key (listing the valid keys) or an
+      out-of-range value.
+  """
+  what = "view3d config"
+  given = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+  unknown = sorted(set(given) - set(VALID_KEYS3D))
+  if unknown:
+    raise ValueError(f"{what}: unknown key(s) {unknown}; valid keys are {list(VALID_KEYS3D)}")
+  c = dict(_DEFAULTS3D, **given)
+
+  size = c["crop_size"]
+  if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+    raise ValueError(f"{what}: crop_size={size!r} must be a positive int")
+  _check_range(c, "crop_scale", lo_min=0.0, hi_max=1.0, what=what)
+  _check_range(c, "crop_ratio", lo_min=0.0, what=what)
+  _check_range(c, "erase_scale", lo_min=0.0, hi_max=1.0, what=what)
+  _check_range(c, "erase_ratio", lo_min=0.0, what=what)
+  _check_range(c, "gamma", lo_min=0.0, what=what)
+  _check_range(c, "blur_sigma", lo_min=0.0, what=what)
+  _check_range(c, "noise_std", lo_min=0.0, lo_inclusive=True, what=what)
+  for name in ("flip_p", "rot90_p", "intensity_p", "gamma_p", "blur_p", "noise_p", "erase_p"):
+    _check_prob(c, name, what)
+  for name in ("intensity_scale", "intensity_shift", "erase_value"):
+    if not _is_number(c[name]) or not 0.0 <= c[name] <= 1.0:
+      raise ValueError(f"{what}: {name}={c[name]!r} must be a number in [0, 1]")
+  axes = c["flip_axes"]
+  if (not isinstance(axes, (tuple, list)) or not all(a in (0, 1, 2) and not isinstance(a, bool) for a in axes)
+      or len(set(axes)) != len(axes)):
+    raise ValueError(f"{what}: flip_axes={axes!r} must be distinct spatial axes from (0, 1, 2)")
+  planes = c["rot90_planes"]
+  ok = isinstance(planes, (tuple, list)) and all(
+      isinstance(pl, (tuple, list)) and len(pl) == 2 and all(a in (0, 1, 2) and not isinstance(a, bool)
+                                                             for a in pl) and pl[0] != pl[1]
+      for pl in planes)
+  if not ok:
+    raise ValueError(f"{what}: rot90_planes={planes!r} must be pairs of distinct spatial axes from "
+                     f"(0, 1, 2), e.g. ((1, 2),) for in-slice turns")
+  ks = c["blur_kernel_size"]
+  if ks is not None and (not isinstance(ks, int) or isinstance(ks, bool) or ks < 1 or ks % 2 == 0):
+    raise ValueError(f"{what}: blur_kernel_size={ks!r} must be None or a positive odd int")
+  if not isinstance(c["erase_noise"], bool):
+    raise ValueError(f"{what}: erase_noise={c['erase_noise']!r} must be a bool")
+  for name in ("crop_scale", "crop_ratio", "erase_scale", "erase_ratio", "gamma", "blur_sigma",
+               "noise_std"):
+    c[name] = tuple(float(x) for x in c[name])
+  c["flip_axes"] = tuple(int(a) for a in axes)
+  c["rot90_planes"] = tuple((int(a), int(b)) for a, b in planes)
+  return ml_collections.ConfigDict(c)
+
+
+def augment_volume(key, volume, view_cfg):
+  """The per-volume pipeline crop -> flip -> rot90 -> intensity -> gamma -> blur -> noise -> erase.
+
+  Args:
+    key: PRNG key for this volume; op i uses fold_in(key, i) with a fixed index per op.
+    volume: float32 [D, H, W, C] in [0, 1].
+    view_cfg: a *validated* volume view policy (see `validate_view3d`).
+  """
+  c = view_cfg
+  sub = lambda i: jax.random.fold_in(key, i)
+  x = ops3d.random_resized_crop(sub(_OP3_CROP), volume, out_size=c.crop_size, scale=c.crop_scale,
+                                ratio=c.crop_ratio)
+  x = ops3d.random_flip(sub(_OP3_FLIP), x, p=c.flip_p, axes=c.flip_axes)
+  x = ops3d.random_rot90(sub(_OP3_ROT90), x, p=c.rot90_p, planes=c.rot90_planes)  # The crop is a cube.
+  x = ops3d.random_intensity(sub(_OP3_INTENSITY), x, p=c.intensity_p, scale=c.intensity_scale,
+                             shift=c.intensity_shift)
+  x = ops3d.random_gamma(sub(_OP3_GAMMA), x, p=c.gamma_p, gamma=c.gamma)
+  x = ops3d.gaussian_blur(sub(_OP3_BLUR), x, p=c.blur_p, sigma=c.blur_sigma, kernel_size=c.blur_kernel_size)
+  x = ops3d.gaussian_noise(sub(_OP3_NOISE), x, p=c.noise_p, std=c.noise_std)
+  x = ops3d.random_erasing(sub(_OP3_ERASE), x, p=c.erase_p, scale=c.erase_scale, ratio=c.erase_ratio,
+                           value=c.erase_value, noise=c.erase_noise)
+  return x
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _augment_volume_batch(key, volumes, cfg):
+  x = to_float_volumes(volumes)
+  keys = jax.random.split(key, x.shape[0])
+  return jax.vmap(lambda k, v: augment_volume(k, v, cfg))(keys, x)
