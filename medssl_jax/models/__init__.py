@@ -3,9 +3,12 @@ import jax.numpy as jnp
 
 from medssl_jax.models.heads import MLPHead, SSLModel
 from medssl_jax.models.resnet import CONV_INITS, PADDINGS, ResNet, resnet
+from medssl_jax.models.resnet3d import ResNet3D, resnet3d
 from medssl_jax.models.vit import VIT_SIZES, ViT, vision_transformer
 
-ENCODERS = ("resnet18", "resnet50", *VIT_SIZES)
+# The 3D ResNets take volumes [B, D, H, W, C]; the others take images [B, H, W, C].
+ENCODERS_3D = ("resnet18_3d", "resnet50_3d")
+ENCODERS = ("resnet18", "resnet50", *ENCODERS_3D, *VIT_SIZES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -20,9 +23,11 @@ def compute_dtype(config):
 def build_backbone(config):
   """The encoder named by config.model.encoder.
 
-  ResNets take config.model.stem, width_multiplier and conv_init, and config.model.padding ("auto": pad like
-  torchvision, ResNet padding="torch", when config.model.init_checkpoint names weights to start from); ViTs take config.model.patch_size, ignore
-  the stem, and reject a width_multiplier other than 1.0 (their widths are the fixed DeiT sizes).
+  ResNets (2D and 3D) take config.model.stem, width_multiplier and conv_init, and config.model.padding ("auto":
+  pad like torchvision, padding="torch", when config.model.init_checkpoint names weights to start from); the 3D
+  ResNets (ENCODERS_3D) take volumes, and MedMNIST's 28^3 layout is stem "cifar". ViTs take
+  config.model.patch_size, ignore the stem, and reject a width_multiplier other than 1.0 (their widths are the
+  fixed DeiT sizes).
   """
   m = config.model
   if m.encoder not in ENCODERS:
@@ -42,8 +47,9 @@ def build_backbone(config):
   conv_init = m.get("conv_init", "he_fan_out")
   if conv_init not in CONV_INITS:
     raise ValueError(f"config.model.conv_init={conv_init!r} is not known; valid choices: {list(CONV_INITS)}")
-  return resnet(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config),
-                padding=padding, conv_init=conv_init)
+  build = resnet3d if m.encoder in ENCODERS_3D else resnet
+  return build(m.encoder, stem=m.stem, width_multiplier=m.width_multiplier, dtype=compute_dtype(config),
+               padding=padding, conv_init=conv_init)
 
 
 def default_heads(config) -> dict:
@@ -52,5 +58,5 @@ def default_heads(config) -> dict:
   return {"projector": MLPHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim)}
 
 
-__all__ = ["DTYPES", "ENCODERS", "MLPHead", "ResNet", "SSLModel", "build_backbone",
-           "compute_dtype", "default_heads", "resnet", "VIT_SIZES", "ViT", "vision_transformer"]
+__all__ = ["DTYPES", "ENCODERS", "ENCODERS_3D", "MLPHead", "ResNet", "ResNet3D", "SSLModel", "build_backbone",
+           "compute_dtype", "default_heads", "resnet", "resnet3d", "VIT_SIZES", "ViT", "vision_transformer"]

@@ -33,6 +33,12 @@ def _last_bn_init(zero: bool):
   return nn.initializers.zeros if zero else nn.initializers.ones
 
 
+def _kernel_shapes(x, strides: int):
+  """(3x3 kernel, 1x1 kernel, strides) for the spatial rank of x [B, *spatial, C] (images or volumes)."""
+  n = x.ndim - 2
+  return (3,) * n, (1,) * n, (strides,) * n
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs with an identity (or 1x1 projection) shortcut."""
   filters: int
@@ -45,13 +51,14 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    k3, k1, strides = _kernel_shapes(x, self.strides)
     residual = x
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=self.padding, name="conv1")(x)
+    y = self.conv(self.filters, k3, strides, padding=self.padding, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), padding=self.padding, name="conv2")(y)
+    y = self.conv(self.filters, k3, padding=self.padding, name="conv2")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn2")(y)
     if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
+      residual = self.conv(self.filters, k1, strides, name="proj_conv")(residual)
       residual = self.norm(name="proj_bn")(residual)
     return nn.relu(residual + y)
 
@@ -68,21 +75,89 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    k3, k1, strides = _kernel_shapes(x, self.strides)
     residual = x
-    y = self.conv(self.filters, (1, 1), name="conv1")(x)
+    y = self.conv(self.filters, k1, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=self.padding, name="conv2")(y)
+    y = self.conv(self.filters, k3, strides, padding=self.padding, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
-    y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
+    y = self.conv(self.filters * 4, k1, name="conv3")(y)
     y = self.norm(scale_init=_last_bn_init(self.zero_init_residual), name="bn3")(y)
     if residual.shape != y.shape:
-      residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
+      residual = self.conv(self.filters * 4, k1, strides, name="proj_conv")(residual)
       residual = self.norm(name="proj_bn")(residual)
     return nn.relu(residual + y)
 
 
-class ResNet(nn.Module):
-  """ResNet backbone returning globally average-pooled features [B, C].
+class ResNetBase(nn.Module):
+  """The ResNet of `spatial_dims` spatial axes (a class constant: 2 in `ResNet`, 3 in `ResNet3D`).
+
+  Attributes: see `ResNet`; every kernel, stride, padding and pooling window has `spatial_dims` axes.
+  """
+  depth: int = 18
+  stem: str = "imagenet"
+  width_multiplier: float = 1.0
+  bn_momentum: float = 0.9
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+  padding: str = "same"
+  conv_init: str = "he_fan_out"
+  spatial_dims = 2
+  input_layout = "[B, H, W, C]"
+
+  @property
+  def num_features(self) -> int:
+    block = Bottleneck if self.depth >= 50 else BasicBlock
+    return int(512 * self.width_multiplier) * block.expansion
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, return_stages: bool = False):
+    name = type(self).__name__
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f"{name} depth {self.depth!r} is not supported; valid: {sorted(STAGE_SIZES)}")
+    if self.stem not in STEMS:
+      raise ValueError(f"{name} stem {self.stem!r} is not supported; valid: {list(STEMS)}")
+    if self.padding not in PADDINGS:
+      raise ValueError(f"{name} padding {self.padding!r} is not supported; valid: {list(PADDINGS)}")
+    if self.conv_init not in CONV_INITS:
+      raise ValueError(f"{name} conv_init {self.conv_init!r} is not supported; valid: {list(CONV_INITS)}")
+    n = self.spatial_dims
+    if x.ndim != n + 2:
+      raise ValueError(f"{name}: expected a batch {self.input_layout}, got shape {x.shape}")
+    pad3 = "SAME" if self.padding == "same" else ((1, 1),) * n
+    block_cls = Bottleneck if self.depth >= 50 else BasicBlock
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=CONV_INITS[self.conv_init])
+    # BatchNorm statistics are taken over the batch axis of the *global* array: under jit with a
+    # data-sharded batch XLA inserts the cross-device reduction, so this is synchronised BN.
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32)
+    width = lambda c: max(1, int(c * self.width_multiplier))
+
+    x = x.astype(self.dtype)
+    if self.stem == "imagenet":
+      x = conv(width(64), (7,) * n, (2,) * n, padding=[(3, 3)] * n, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3,) * n, strides=(2,) * n, padding=((1, 1),) * n)
+    else:
+      x = conv(width(64), (3,) * n, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    stages = []
+    for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = block_cls(width(64 * 2**i), conv=conv, norm=norm, strides=strides,
+                      zero_init_residual=self.zero_init_residual, padding=pad3,
+                      name=f"stage{i + 1}_block{j + 1}")(x)
+      stages.append(x)
+    features = jnp.mean(x, axis=tuple(range(1, n + 1))).astype(jnp.float32)
+    if return_stages:
+      return features, stages
+    return features
+
+
+class ResNet(ResNetBase):
+  """ResNet backbone returning globally average-pooled features [B, C] of images [B, H, W, C].
 
   Attributes:
     depth: 18, 34, 50 or 101.
@@ -96,60 +171,6 @@ class ResNet(nn.Module):
       max-pool pad symmetrically in both.
     conv_init: a key of CONV_INITS.
   """
-  depth: int = 18
-  stem: str = "imagenet"
-  width_multiplier: float = 1.0
-  bn_momentum: float = 0.9
-  zero_init_residual: bool = False
-  dtype: Any = jnp.float32
-  padding: str = "same"
-  conv_init: str = "he_fan_out"
-
-  @property
-  def num_features(self) -> int:
-    block = Bottleneck if self.depth >= 50 else BasicBlock
-    return int(512 * self.width_multiplier) * block.expansion
-
-  @nn.compact
-  def __call__(self, x, *, train: bool, return_stages: bool = False):
-    if self.depth not in STAGE_SIZES:
-      raise ValueError(f"ResNet depth {self.depth!r} is not supported; valid: {sorted(STAGE_SIZES)}")
-    if self.stem not in STEMS:
-      raise ValueError(f"ResNet stem {self.stem!r} is not supported; valid: {list(STEMS)}")
-    if self.padding not in PADDINGS:
-      raise ValueError(f"ResNet padding {self.padding!r} is not supported; valid: {list(PADDINGS)}")
-    if self.conv_init not in CONV_INITS:
-      raise ValueError(f"ResNet conv_init {self.conv_init!r} is not supported; valid: {list(CONV_INITS)}")
-    pad3 = "SAME" if self.padding == "same" else ((1, 1), (1, 1))
-    block_cls = Bottleneck if self.depth >= 50 else BasicBlock
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=CONV_INITS[self.conv_init])
-    # BatchNorm statistics are taken over the batch axis of the *global* array: under jit with a
-    # data-sharded batch XLA inserts the cross-device reduction, so this is synchronised BN.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32)
-    width = lambda c: max(1, int(c * self.width_multiplier))
-
-    x = x.astype(self.dtype)
-    if self.stem == "imagenet":
-      x = conv(width(64), (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
-      x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    else:
-      x = conv(width(64), (3, 3), name="stem_conv")(x)
-      x = nn.relu(norm(name="stem_bn")(x))
-    stages = []
-    for i, num_blocks in enumerate(STAGE_SIZES[self.depth]):
-      for j in range(num_blocks):
-        strides = 2 if i > 0 and j == 0 else 1
-        x = block_cls(width(64 * 2**i), conv=conv, norm=norm, strides=strides,
-                      zero_init_residual=self.zero_init_residual, padding=pad3,
-                      name=f"stage{i + 1}_block{j + 1}")(x)
-      stages.append(x)
-    features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    if return_stages:
-      return features, stages
-    return features
 
 
 def resnet(name: str, **kwargs) -> ResNet:

@@ -1,0 +1,167 @@
+"""3D ResNets (MedMNIST's ResNet-18+3D / ResNet-50+3D).
+
+Models run at width 1/16 on volumes of 8-28 voxels a side; full-width models are only traced
+(`jax.eval_shape`) for their parameter counts.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from medssl_jax import models
+from medssl_jax.models.resnet import resnet
+from medssl_jax.models.resnet3d import ResNet3D, resnet3d
+
+TINY = 1 / 16  # Stage widths 4, 8, 16, 32.
+
+
+def _shapes(module, x_shape, **kw):
+  return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(x_shape), train=False, **kw))
+
+
+def _num_params(variables):
+  return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+def _random_like(shapes, seed=0):
+  """Random float32 values (numpy) for a variables tree (BatchNorm variances positive)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  rs = np.random.RandomState(seed)
+  out = []
+  for path, s in leaves:
+    x = rs.randn(*s.shape).astype(np.float32)
+    name = path[-1].key
+    if name == "var":
+      x = 0.5 + rs.rand(*s.shape).astype(np.float32)
+    elif name == "scale":
+      x = 1.0 + 0.2 * x
+    elif name in ("mean", "bias"):
+      x = 0.1 * x
+    elif name == "kernel":
+      x = x * np.sqrt(2.0 / np.prod(s.shape[:-1]))
+    out.append(np.asarray(x, np.float32))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def expected_params(depth, in_channels, stem, spatial_dims=3):
+  """The PyTorch layer list of MedMNIST's ResNet (torchvision v1.5 blocks, projection shortcut when the
+  shape changes), with k x k convs as k^spatial_dims ones: conv weights plus BatchNorm weight and bias."""
+  conv = lambda cin, cout, k: k**spatial_dims * cin * cout
+  bn = lambda c: 2 * c
+  total = conv(in_channels, 64, 3 if stem == "cifar" else 7) + bn(64)
+  expansion = 1 if depth < 50 else 4
+  blocks = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
+  in_planes = 64
+  for i, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+    for j in range(n):
+      stride = 2 if i > 0 and j == 0 else 1
+      if expansion == 1:
+        total += conv(in_planes, planes, 3) + bn(planes) + conv(planes, planes, 3) + bn(planes)
+      else:
+        total += (conv(in_planes, planes, 1) + bn(planes) + conv(planes, planes, 3) + bn(planes)
+                  + conv(planes, 4 * planes, 1) + bn(4 * planes))
+      if stride != 1 or in_planes != expansion * planes:
+        total += conv(in_planes, expansion * planes, 1) + bn(expansion * planes)
+      in_planes = expansion * planes
+  return total
+
+
+def test_expected_params_formula_matches_torchvision_2d():
+  # The formula, in 2D, gives torchvision's backbone sizes (fc excluded): it counts the right layers.
+  assert expected_params(18, 3, "imagenet", spatial_dims=2) == 11_176_512
+  assert expected_params(50, 3, "imagenet", spatial_dims=2) == 23_508_032
+
+
+# --------------------------------------------------------------------------------------------------
+# ResNet3D.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,depth,in_channels,stem,literal", [
+    ("resnet18_3d", 18, 1, "cifar", 33_139_776),
+    ("resnet18_3d", 18, 3, "cifar", None),
+    ("resnet50_3d", 50, 1, "cifar", None),
+    ("resnet18_3d", 18, 3, "imagenet", None),
+])
+def test_parameter_counts(name, depth, in_channels, stem, literal):
+  model = resnet3d(name, stem=stem)
+  n = _num_params(_shapes(model, (2, 16, 16, 16, in_channels)))
+  assert n == expected_params(depth, in_channels, stem)
+  if literal is not None:
+    assert n == literal
+  assert model.num_features == (512 if depth == 18 else 2048)
+
+
+def test_output_shapes_28_and_16():
+  model = resnet3d("resnet18_3d", width_multiplier=TINY)
+  assert model.stem == "cifar"  # The MedMNIST 3D layout by default.
+  v = _shapes(model, (2, 28, 28, 28, 1))
+  feats, stages = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((2, 28, 28, 28, 1)), train=False, return_stages=True), v)
+  assert feats.shape == (2, 32) and feats.dtype == jnp.float32
+  assert [s.shape for s in stages] == [(2, 28, 28, 28, 4), (2, 14, 14, 14, 8), (2, 7, 7, 7, 16),
+                                       (2, 4, 4, 4, 32)]
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 16, 1))
+  v = _random_like(_shapes(model, x.shape))  # A jitted init compiles for ~40 s on CPU; apply for ~2 s.
+  feats, stages = jax.jit(functools.partial(model.apply, train=False, return_stages=True))(v, x)
+  assert [s.shape[1:4] for s in stages] == [(16,) * 3, (8,) * 3, (4,) * 3, (2,) * 3]
+  np.testing.assert_allclose(feats, stages[-1].mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+  bottleneck = resnet3d("resnet50_3d", width_multiplier=TINY, stem="imagenet")
+  out = jax.eval_shape(lambda: bottleneck.init_with_output(jax.random.key(0), jnp.zeros((2, 32, 32, 32, 3)),
+                                                          train=False)[0])
+  assert out.shape == (2, 128) and bottleneck.num_features == 128
+
+
+def _initial_stats(variables):
+  """`variables` with BatchNorm's initial running statistics (mean 0, var 1)."""
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, x: np.full_like(x, 1.0 if path[-1].key == "var" else 0.0), variables["batch_stats"])
+  return dict(variables, batch_stats=stats)
+
+
+def test_batchnorm_train_and_eval():
+  x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 8, 1))
+  others = x.at[1:].set(jax.random.uniform(jax.random.key(2), (2, 8, 8, 8, 1)))  # Example 0 unchanged.
+  model = resnet3d("resnet18_3d", width_multiplier=TINY, bn_momentum=0.75)
+  v = _initial_stats(_random_like(_shapes(model, x.shape)))
+  train = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+  evaluate = jax.jit(functools.partial(model.apply, train=False))
+  out, updated = train(v, x)
+  # Train mode normalises with the batch's statistics: an example's output depends on the others.
+  assert not np.allclose(train(v, others)[0][0], out[0], atol=1e-5)
+  # Eval mode uses the running statistics: each example's output is its own.
+  np.testing.assert_allclose(evaluate(v, others)[0], evaluate(v, x)[0], rtol=1e-5, atol=1e-6)
+  # Running statistics new = momentum * old + (1 - momentum) * batch: from two different starting
+  # statistics, the updates differ by momentum times the difference.
+  shifted = jax.tree.map(lambda s: s + 0.5, v["batch_stats"])
+  _, updated2 = train(dict(v, batch_stats=shifted), x)
+  leaves = jax.tree.leaves(updated["batch_stats"])
+  assert len(leaves) == 2 * 20  # mean and var of 20 BatchNorms (stem, 16 in blocks, 3 projections).
+  for a, b in zip(leaves, jax.tree.leaves(updated2["batch_stats"])):
+    np.testing.assert_allclose(b - a, 0.75 * 0.5, rtol=1e-4)
+
+
+def test_rank_errors_and_names():
+  model = resnet3d("resnet18_3d", width_multiplier=TINY)
+  with pytest.raises(ValueError, match=r"ResNet3D: expected a batch \[B, D, H, W, C\], got shape \(2, 8, 8, 1\)"):
+    model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=False)
+  with pytest.raises(ValueError, match=r"ResNet: expected a batch \[B, H, W, C\]"):
+    resnet("resnet18", width_multiplier=TINY).init(jax.random.key(0), jnp.zeros((2, 8, 8, 8, 1)), train=False)
+  with pytest.raises(ValueError, match="'resnet18'.*resnet18_3d"):
+    resnet3d("resnet18")
+
+
+def test_build_backbone_from_config():
+  assert set(models.ENCODERS_3D) <= set(models.ENCODERS)
+  config = ml_collections.ConfigDict(dict(model=dict(
+      encoder="resnet50_3d", stem="cifar", width_multiplier=0.5, compute_dtype="float32", init_checkpoint="")))
+  backbone = models.build_backbone(config)
+  assert isinstance(backbone, ResNet3D) and not isinstance(backbone, models.ResNet)
+  assert (backbone.depth, backbone.stem, backbone.width_multiplier, backbone.padding) == (50, "cifar", 0.5, "same")
+  head = models.SSLModel(backbone=backbone, projector=models.MLPHead(hidden_dims=(16,), out_dim=8))
+  out = jax.eval_shape(lambda: head.init_with_output(jax.random.key(0), jnp.zeros((2, 8, 8, 8, 1)),
+                                                     train=False)[0])
+  assert out["features"].shape == (2, 1024) and out["projection"].shape == (2, 8)
