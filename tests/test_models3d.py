@@ -1,10 +1,11 @@
-"""3D ResNets (MedMNIST's ResNet-18+3D / ResNet-50+3D).
+"""3D ResNets (MedMNIST's ResNet-18+3D / ResNet-50+3D) and 2D -> 3D weight inflation (I3D, ACS).
 
 Models run at width 1/16 on volumes of 8-28 voxels a side; full-width models are only traced
 (`jax.eval_shape`) for their parameter counts.
 """
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from medssl_jax import models
+from medssl_jax.models import inflate
 from medssl_jax.models.resnet import resnet
 from medssl_jax.models.resnet3d import ResNet3D, resnet3d
 
@@ -165,3 +167,127 @@ def test_build_backbone_from_config():
   out = jax.eval_shape(lambda: head.init_with_output(jax.random.key(0), jnp.zeros((2, 8, 8, 8, 1)),
                                                      train=False)[0])
   assert out["features"].shape == (2, 1024) and out["projection"].shape == (2, 8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inflation.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", inflate.METHODS)
+@pytest.mark.parametrize("depth,stem,in_channels", [(18, "cifar", None), (50, "imagenet", 1)])
+def test_inflated_variables_match_the_3d_model(method, depth, stem, in_channels):
+  v2 = _random_like(_shapes(resnet(f"resnet{depth}", stem=stem, width_multiplier=TINY), (2, 16, 16, 3)))
+  target = _shapes(resnet3d(f"resnet{depth}_3d", stem=stem, width_multiplier=TINY),
+                   (2, 16, 16, 16, in_channels or 3))
+  v3 = inflate.inflate_variables(v2, method=method, in_channels=in_channels, target=target)
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), v3) == jax.tree.map(lambda x: (x.shape, x.dtype), target)
+  # BatchNorm parameters and statistics are copied.
+  np.testing.assert_array_equal(v3["params"]["stem_bn"]["scale"], v2["params"]["stem_bn"]["scale"])
+  proj_bn = lambda v: v["batch_stats"]["stage2_block1"]["proj_bn"]["var"]
+  np.testing.assert_array_equal(proj_bn(v3), proj_bn(v2))
+
+
+def test_inflation_copies_heads_and_reports_mismatches():
+  v2 = _random_like(_shapes(resnet("resnet18", stem="cifar", width_multiplier=TINY), (2, 8, 8, 3)))
+  tree = {"params": {"backbone": v2["params"], "projector": {"dense1": {"kernel": jnp.ones((32, 16))}}},
+          "batch_stats": {"backbone": v2["batch_stats"]}}
+  v3 = inflate.inflate_variables(tree, method="acs")
+  np.testing.assert_array_equal(v3["params"]["projector"]["dense1"]["kernel"], jnp.ones((32, 16)))
+  assert v3["params"]["backbone"]["stem_conv"]["kernel"].shape == (3, 3, 3, 3, 4)
+  with pytest.raises(ValueError, match="method='bogus'"):
+    inflate.inflate_variables(v2, method="bogus")
+  with pytest.raises(ValueError, match="in_channels=2 .*stem_conv/kernel with 3 input channels"):
+    inflate.inflate_variables(v2, in_channels=2)
+  wrong = _shapes(resnet3d("resnet18_3d", stem="imagenet", width_multiplier=TINY), (2, 16, 16, 16, 3))
+  with pytest.raises(ValueError, match=r"params/stem_conv/kernel inflates to shape \(3, 3, 3, 3, 4\) but the "
+                                       r"3D model has \(7, 7, 7, 3, 4\)"):
+    inflate.inflate_variables(v2, target=wrong)
+  with pytest.raises(ValueError, match="even kernel size 2"):
+    inflate.inflate_kernel_acs(jnp.ones((2, 2, 1, 1)))
+
+
+def _conv(x, kernel, strides, padding):
+  """nn.Conv (as the ResNets use it) with the given kernel: 2D or 3D from the kernel's rank."""
+  n = kernel.ndim - 2
+  conv = nn.Conv(kernel.shape[-1], kernel.shape[:n], (strides,) * n, padding=padding, use_bias=False)
+  return conv.apply({"params": {"kernel": kernel}}, x)
+
+
+@functools.lru_cache(maxsize=None)
+def _i3d_pair(padding):
+  """(2D ResNet-18, 3D ResNet-18, 2D variables with random BatchNorm statistics, inflated 3D ones)."""
+  m2 = resnet("resnet18", stem="cifar", width_multiplier=TINY, padding=padding)
+  m3 = resnet3d("resnet18_3d", stem="cifar", width_multiplier=TINY, padding=padding)
+  v2 = _random_like(_shapes(m2, (1, 8, 8, 3)), seed=3)
+  return m2, m3, v2, inflate.inflate_variables(v2, method="i3d")
+
+
+@pytest.mark.parametrize("padding", ["same", "torch"])
+def test_i3d_reproduces_the_2d_network_on_repeated_slices(padding):
+  m2, m3, v2, v3 = _i3d_pair(padding)
+  image = jax.random.uniform(jax.random.key(0), (1, 8, 8, 3))
+  depth = 144  # Deeper than the receptive field in depth (109 voxels): the centre never sees the ends.
+  volume = jnp.broadcast_to(image[:, None], (1, depth, 8, 8, 3))
+  _, stages2 = jax.jit(functools.partial(m2.apply, train=False, return_stages=True))(v2, image)
+  _, stages3 = jax.jit(functools.partial(m3.apply, train=False, return_stages=True))(v3, volume)
+  for s2, s3 in zip(stages2, stages3):
+    assert s3.shape[2:] == s2.shape[1:]
+    np.testing.assert_allclose(s3[:, s3.shape[1] // 2], s2, rtol=1e-4, atol=1e-5)
+  # The ends do see the zero padding (so the centre comparison is not vacuous).
+  assert not np.allclose(stages3[-1][:, 0], stages2[-1], rtol=1e-3, atol=1e-4)
+
+
+def test_i3d_kernel_on_a_strided_7x7_stem():
+  kernel = jax.random.normal(jax.random.key(0), (7, 7, 3, 5))
+  image = jax.random.uniform(jax.random.key(1), (1, 12, 12, 3))
+  volume = jnp.broadcast_to(image[:, None], (1, 12, 12, 12, 3))
+  pad = [(3, 3)]
+  out2 = _conv(image, kernel, 2, pad * 2)
+  out3 = _conv(volume, inflate.inflate_kernel_i3d(kernel), 2, pad * 3)
+  # Output depth j sees input slices 2j - 3 .. 2j + 3: all inside for j = 2, 3, 4.
+  for j in (2, 3, 4):
+    np.testing.assert_allclose(out3[:, j], out2, rtol=1e-5, atol=1e-5)
+
+
+def _plane_conv(volume, kernel, plane_axes, strides, padding, centres):
+  """The 2D conv of every slice of `volume` in the plane `plane_axes` (the kernel's axes in that order),
+  at the slice positions `centres` along the remaining axis; returned as [B, D', H', W', Cout]."""
+  other = ({0, 1, 2} - set(plane_axes)).pop()
+  x = jnp.moveaxis(volume, (1 + other, 1 + plane_axes[0], 1 + plane_axes[1]), (1, 2, 3))
+  b, n, p, q, c = x.shape
+  y = _conv(x.reshape(b * n, p, q, c), kernel, strides, padding)
+  y = y.reshape(b, n, *y.shape[1:])[:, np.asarray(centres)]
+  return jnp.moveaxis(y, (1, 2, 3), (1 + other, 1 + plane_axes[0], 1 + plane_axes[1]))
+
+
+def _centres(size, k, strides, padding):
+  """Input positions at the centre of each output's window, for flax SAME or explicit (lo, hi) padding."""
+  out = -(-size // strides) if padding == "SAME" else (size + sum(padding[0]) - k) // strides + 1
+  lo = max((out - 1) * strides + k - size, 0) // 2 if padding == "SAME" else padding[0][0]
+  return [j * strides - lo + k // 2 for j in range(out)]
+
+
+@pytest.mark.parametrize("strides,padding", [(1, "SAME"), (2, "SAME"), (2, ((1, 1),) * 3)])
+def test_acs_groups_are_2d_convs_in_their_planes(strides, padding):
+  kernel = jax.random.normal(jax.random.key(0), (3, 3, 2, 7))  # Output groups of 3, 2, 2 channels.
+  volume = jax.random.uniform(jax.random.key(1), (2, 6, 6, 6, 2))
+  assert inflate.acs_split(7) == (3, 2, 2) and inflate.acs_split(64) == (22, 21, 21)
+  out3 = _conv(volume, inflate.inflate_kernel_acs(kernel), strides, padding)
+  pad2 = padding if padding == "SAME" else padding[:2]
+  centres = _centres(6, 3, strides, padding)
+  groups = {(1, 2): slice(0, 3), (0, 2): slice(3, 5), (0, 1): slice(5, 7)}  # Axial, coronal, sagittal.
+  for plane, channels in groups.items():
+    want = _plane_conv(volume, kernel[..., channels], plane, strides, pad2, centres)
+    np.testing.assert_allclose(out3[..., channels], want, rtol=1e-5, atol=1e-5)
+
+
+def test_acs_mask_keeps_the_slabs():
+  v2 = _random_like(_shapes(resnet("resnet18", stem="cifar", width_multiplier=TINY), (2, 8, 8, 3)))
+  v3 = inflate.inflate_variables(v2, method="acs")
+  mask = inflate.acs_mask(v3["params"])
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(jnp.multiply, v3["params"], mask), v3["params"])
+  conv1 = mask["stage1_block1"]["conv1"]["kernel"]  # 3x3x3: 9 of 27 taps per (in, out) pair.
+  np.testing.assert_array_equal(conv1.sum(axis=(0, 1, 2)), np.full(conv1.shape[3:], 9.0))
+  np.testing.assert_array_equal(mask["stage2_block1"]["proj_conv"]["kernel"], 1.0)  # 1x1x1.
+  np.testing.assert_array_equal(mask["stem_bn"]["scale"], 1.0)
