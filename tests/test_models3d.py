@@ -1,4 +1,4 @@
-"""3D ResNets (MedMNIST's ResNet-18+3D / ResNet-50+3D) and 2D -> 3D weight inflation (I3D, ACS).
+"""3D ResNets (MedMNIST's ResNet-18+3D / ResNet-50+3D), 2D -> 3D weight inflation (I3D, ACS), 3D U-Net.
 
 Models run at width 1/16 on volumes of 8-28 voxels a side; full-width models are only traced
 (`jax.eval_shape`) for their parameter counts.
@@ -16,6 +16,7 @@ from medssl_jax import models
 from medssl_jax.models import inflate
 from medssl_jax.models.resnet import resnet
 from medssl_jax.models.resnet3d import ResNet3D, resnet3d
+from medssl_jax.models.unet import UNet
 
 TINY = 1 / 16  # Stage widths 4, 8, 16, 32.
 
@@ -291,3 +292,37 @@ def test_acs_mask_keeps_the_slabs():
   np.testing.assert_array_equal(conv1.sum(axis=(0, 1, 2)), np.full(conv1.shape[3:], 9.0))
   np.testing.assert_array_equal(mask["stage2_block1"]["proj_conv"]["kernel"], 1.0)  # 1x1x1.
   np.testing.assert_array_equal(mask["stem_bn"]["scale"], 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3D U-Net.
+# --------------------------------------------------------------------------------------------------
+
+
+def _ball(size, channels=1):
+  """A generated volume: a bright ball on a dark background, [1, size, size, size, channels]."""
+  grid = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), -1) - (size - 1) / 2
+  ball = (np.linalg.norm(grid, axis=-1) < size / 3).astype(np.float32)
+  return np.repeat(ball[None, ..., None], channels, axis=-1)
+
+
+def test_unet3d_shapes_and_backbone_tree():
+  backbone = resnet3d("resnet18_3d", width_multiplier=TINY)
+  model = UNet(backbone=backbone, num_classes=2)
+  volume = _ball(16)
+  v = _random_like(_shapes(model, volume.shape))
+  # The backbone subtree is a plain ResNet3D's, so pretrained or inflated weights drop in.
+  plain = _shapes(backbone, volume.shape)
+  for coll in ("params", "batch_stats"):
+    assert jax.tree.map(lambda x: x.shape, v[coll]["backbone"]) == jax.tree.map(lambda x: x.shape, plain[coll])
+  assert v["params"]["up1_conv1"]["kernel"].shape == (3, 3, 3, 32 + 16, 16)
+  logits = jax.jit(functools.partial(model.apply, train=False))(v, volume)
+  assert logits.shape == (1, 16, 16, 16, 2) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+  # ImageNet stem (input / 2 after the stem): a last full-resolution block; a non-cubic volume.
+  deep = UNet(backbone=resnet3d("resnet50_3d", width_multiplier=TINY, stem="imagenet"))
+  out = jax.eval_shape(lambda: deep.init_with_output(jax.random.key(0), jnp.zeros((2, 16, 32, 32, 1)),
+                                                     train=False))
+  assert out[0].shape == (2, 16, 32, 32, 1) and "up_full_conv1" in out[1]["params"]
+  with pytest.raises(ValueError, match=r"UNet: input must be \[B, D, H, W, C\] for a ResNet3D backbone"):
+    model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
