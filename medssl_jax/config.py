@@ -11,6 +11,7 @@ valid choices listed.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import json
 import os
@@ -427,9 +428,10 @@ def validate(config) -> ml_collections.ConfigDict:
   if not config.augment.views:
     raise ValueError("config.augment.views is empty; a contrastive objective needs at least 2 views")
   sizes = set()
+  volumes = models.takes_volumes(config)
   for i, view in enumerate(config.augment.views):
     try:
-      views_lib.validate_view(view)
+      views_lib.validate_view_for(view, volumes=volumes)
     except ValueError as e:
       raise ValueError(f"config.augment.views[{i}]: {e}") from None
     sizes.add(view["crop_size"])
@@ -477,10 +479,11 @@ def follow_image_size(config, loaded_image_size: int, overrides: Sequence[str] =
   new = config.data.image_size
   if new == loaded_image_size or any(k.startswith("augment.views") for k in overrides):
     return []
-  views = [views_lib.validate_view(v) for v in config.augment.views]
+  validate = functools.partial(views_lib.validate_view_for, volumes=models.takes_volumes(config))
+  views = [validate(v) for v in config.augment.views]
   changed = [i for i, v in enumerate(views) if v.crop_size == loaded_image_size]
   if changed:
-    config.augment.views = [views_lib.validate_view(dict(v.to_dict(), crop_size=new)) if i in changed else v
+    config.augment.views = [validate(dict(v.to_dict(), crop_size=new)) if i in changed else v
                             for i, v in enumerate(views)]
   return changed
 

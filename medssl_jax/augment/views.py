@@ -278,6 +278,11 @@ def default_view3d(**overrides) -> ml_collections.ConfigDict:
   return validate_view3d(dict(_DEFAULTS3D, **overrides))
 
 
+def validate_view_for(cfg: Mapping[str, Any], *, volumes: bool) -> ml_collections.ConfigDict:
+  """`validate_view3d` for a run on volumes, else `validate_view`."""
+  return validate_view3d(cfg) if volumes else validate_view(cfg)
+
+
 def validate_view3d(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """Checks a volume view policy and returns it completed with defaults, as a new ConfigDict.
 

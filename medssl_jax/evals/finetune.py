@@ -84,8 +84,12 @@ HEAD_INIT_STD = 0.01
 CROP_SCALE = (0.5, 1.0)
 
 
-def _train_view(image_size: int):
-  """Random resized crop (scale CROP_SCALE) + horizontal flip; every other op off (static zeros skip)."""
+def _train_view(image_size: int, *, volumes: bool = False):
+  """Random resized crop (scale CROP_SCALE: of the area, of the volume for volumes) + flips (horizontal; each axis
+  for volumes); every other op off (static zeros skip)."""
+  if volumes:
+    return views_lib.default_view3d(crop_size=image_size, crop_scale=CROP_SCALE, flip_p=0.5, rot90_p=0.0,
+                                    intensity_p=0.0, gamma_p=0.0, blur_p=0.0, noise_p=0.0, erase_p=0.0)
   return views_lib.validate_view(dict(crop_size=image_size, crop_scale=CROP_SCALE, flip_p=0.5, jitter_p=0.0,
                                       grayscale_p=0.0, blur_p=0.0, solarize_p=0.0))
 
@@ -120,7 +124,6 @@ def jitted_steps(backbone, num_classes: int, multi_label: bool, image_size: int,
   """
   head = nn.Dense(num_classes, kernel_init=nn.initializers.normal(HEAD_INIT_STD), name="head")
   adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
-  view = _train_view(image_size) if augment else None
 
   def features(bb_params, batch_stats, x, train):
     return supervised.apply_with_batch_stats(backbone, bb_params, batch_stats, x, train=train, has_bn=has_bn)
@@ -137,7 +140,7 @@ def jitted_steps(backbone, num_classes: int, multi_label: bool, image_size: int,
   @jax.jit
   def train_step(params, frozen_bb, batch_stats, opt_state, images, labels, key, lr, weight_decay, bb_lr_scale):
     if augment:
-      x = views_lib.augment_batch(key, images, view)
+      x = views_lib.augment_batch(key, images, _train_view(image_size, volumes=images.ndim == 5))
     else:
       x = views_lib.eval_view(images, size=image_size)
     x = normalize(x, mean, std)

@@ -20,6 +20,11 @@ def compute_dtype(config):
   return DTYPES[name]
 
 
+def takes_volumes(config) -> bool:
+  """Whether config.model.encoder takes volumes [B, D, H, W, C] (a 3D encoder) rather than images."""
+  return config.model.encoder in ENCODERS_3D
+
+
 def build_backbone(config):
   """The encoder named by config.model.encoder.
 
@@ -58,5 +63,5 @@ def default_heads(config) -> dict:
   return {"projector": MLPHead(hidden_dims=tuple(m.projector_hidden_dims), out_dim=m.projector_dim)}
 
 
-__all__ = ["DTYPES", "ENCODERS", "ENCODERS_3D", "MLPHead", "ResNet", "ResNet3D", "SSLModel", "build_backbone",
+__all__ = ["DTYPES", "ENCODERS", "ENCODERS_3D", "takes_volumes", "MLPHead", "ResNet", "ResNet3D", "SSLModel", "build_backbone",
            "compute_dtype", "default_heads", "resnet", "resnet3d", "VIT_SIZES", "ViT", "vision_transformer"]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
 
+from medssl_jax import models
 from medssl_jax import objectives
 from medssl_jax import paths
 from medssl_jax.data import pipeline
@@ -31,8 +32,9 @@ def build(config):
 
 
 def input_shape(config):
+  """The encoder's input shape: the first view's crop, [S, S, C] (images) or [S, S, S, C] (volumes)."""
   crop = config.augment.views[0].crop_size
-  return (crop, crop, config.data.channels)
+  return (crop,) * (3 if models.takes_volumes(config) else 2) + (config.data.channels,)
 
 
 def objective_batch_keys(config, objective, builder) -> tuple:
