@@ -14,6 +14,7 @@ from medssl_jax.augment import views
 from medssl_jax.data import pipeline
 from medssl_jax.tables import published
 from medssl_jax.tables import runner
+from medssl_jax.tables import selection
 from tfds_builders.medmnist import medmnist_dataset_builder as medmnist_builder
 from tfds_builders.medmnist3d import medmnist3d_dataset_builder as medmnist3d_builder
 
@@ -359,7 +360,6 @@ def _with(config, builder_config):
 
 
 def test_selection_diagnostic_reads_the_test_curves_of_a_table_run(tmp_path):
-  from medssl_jax.tables import selection
   for seed, (sel, curve) in enumerate([(0.70, [0.60, 0.72, 0.69]), (0.68, [0.71, 0.66, 0.65])]):
     row = tmp_path / "rows" / f"seed={seed}-x"
     row.mkdir(parents=True)

@@ -19,6 +19,8 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
+import jax
 
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
@@ -177,28 +179,25 @@ def _plot(table, rows, path):
   paths.save_figure(fig, path, dpi=110)
 
 
-_TABLE = flags.DEFINE_string("table", None, "Table file: configs/<file>.py[:variant].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs live (one folder per run).")
-_OUT = flags.DEFINE_string("out", "", "Also write the table here (e.g. docs/tables); default: the workdir only.")
-
-
 def main(argv):
   del argv
-  import jax
-  from absl import logging
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # As main.py: orbax / TFDS INFO lines drown the progress.
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
-  table = load_table(_TABLE.value)
-  rows = run_table(table, workdir=_WORKDIR.value)
-  files = write_outputs(table, rows, paths.absolute(_WORKDIR.value))
-  if _OUT.value:
-    files += write_outputs(table, rows, _OUT.value)
+  table = load_table(flags.FLAGS.table)
+  rows = run_table(table, workdir=flags.FLAGS.workdir)
+  files = write_outputs(table, rows, paths.absolute(flags.FLAGS.workdir))
+  if flags.FLAGS.out:
+    files += write_outputs(table, rows, flags.FLAGS.out)
   print("\n" + format_markdown(table, rows), flush=True)
   print("wrote " + ", ".join(files), flush=True)
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so other table commands can be imported beside this one.
+  flags.DEFINE_string("table", None, "Table file: configs/<file>.py[:variant].")
+  flags.DEFINE_string("workdir", None, "Where the runs live (one folder per run).")
+  flags.DEFINE_string("out", "", "Also write the table here (e.g. docs/tables); default: the workdir only.")
   flags.mark_flags_as_required(["table", "workdir"])
   app.run(main)

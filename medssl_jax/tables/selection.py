@@ -12,6 +12,7 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from medssl_jax import errors
 from medssl_jax import paths
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import results as results_lib
@@ -55,18 +56,22 @@ def markdown(found: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The table runner's workdir.")
-_OUT = flags.DEFINE_string("out", "", "Also write the Markdown table here.")
-
-
 def main(argv):
   del argv
-  text = markdown(rows(_WORKDIR.value))
+  try:
+    found = rows(flags.FLAGS.workdir)
+  except FileNotFoundError as e:
+    errors.report(e, verbose=flags.FLAGS["verbosity"].present)
+    return
+  text = markdown(found)
   print(text)
-  if _OUT.value:
-    results_lib.write_text(_OUT.value, text)
+  if flags.FLAGS.out:
+    results_lib.write_text(flags.FLAGS.out, text)
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so other table commands can be imported beside this one.
+  flags.DEFINE_string("workdir", None, "The table runner's workdir.")
+  flags.DEFINE_string("out", "", "Also write the Markdown table here.")
   flags.mark_flag_as_required("workdir")
   app.run(main)
