@@ -44,13 +44,16 @@ def bench_config(*, objective="simclr", encoder="resnet18", size=28, batch=128, 
 
 
 def synthetic_batch(config, mesh):
-  """A uint8 image batch (+ label, id) of config's size, sharded over the mesh (on the device)."""
+  """A uint8 image batch (+ label, id) of config's size, sharded over the mesh (on the device); volumes
+  [B, D, H, W, C] for a 3D encoder."""
   import numpy as np
 
+  from medssl_jax import models
   from medssl_jax.train import mesh as mesh_lib
   b, s, ch = config.train.batch_size, config.data.image_size, config.data.channels
+  spatial = (s, s, s) if models.takes_volumes(config) else (s, s)
   rng = np.random.default_rng(0)
-  return mesh_lib.shard_batch({"image": rng.integers(0, 256, (b, s, s, ch), dtype=np.uint8),
+  return mesh_lib.shard_batch({"image": rng.integers(0, 256, (b, *spatial, ch), dtype=np.uint8),
                                "label": rng.integers(0, 2, b).astype(np.int32),
                                "id": np.arange(b, dtype=np.int32)}, mesh)
 

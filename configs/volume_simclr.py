@@ -4,7 +4,8 @@ Reproduces: 3D contrastive pretraining (SimCLR, Chen et al. 2020, with volume vi
             about each axis, intensity scale / shift / gamma, noise, 3D blur) on MedMNIST v2's "ResNet-18 + 3D"
             layout (every 2D op made 3D, CIFAR stem at 28³), evaluated by eval.protocol beside a random encoder.
 Command:    python main.py --config=configs/volume_simclr.py:adrenalmnist3d --workdir=/tmp/adrenal_simclr
-            (`:<dataset>` is a MedMNIST 3D name; `:quick` = AdrenalMNIST3D, 20 steps of a narrow network.)
+            (`:<dataset>` is a MedMNIST 3D name; `:quick` = AdrenalMNIST3D, 20 steps of a narrow network, probe of
+            the pretrained encoder only.)
 Data:       medmnist3d/<dataset> from --config.data.manual_dir (default $MEDSSL_SHARED_DATA/<dataset>; the shared
             data holds adrenalmnist3d and vesselmnist3d: binary shape volumes, 0/255 voxels).
 Budget:     ResNet-18 + 3D at a quarter of the width (what a 2-core CPU affords), not MedMNIST's full width;
@@ -67,4 +68,5 @@ def get_config(arg=None):
     c.train.log_every = 10
     c.train.checkpoint_every = 20
     c.eval.max_iter = 50
+    c.eval.compare_random_init = False  # Halves the probe's feature extraction; the full variants keep it.
   return c

@@ -15,7 +15,7 @@ import pytest
 from medssl_jax import models
 from medssl_jax.models import inflate
 from medssl_jax.models.resnet import resnet
-from medssl_jax.models.resnet3d import ResNet3D, resnet3d
+from medssl_jax.models.resnet3d import DepthUnfoldConv, ResNet3D, resnet3d
 from medssl_jax.models.unet import UNet
 
 TINY = 1 / 16  # Stage widths 4, 8, 16, 32.
@@ -326,3 +326,35 @@ def test_unet3d_shapes_and_backbone_tree():
   assert out[0].shape == (2, 16, 32, 32, 1) and "up_full_conv1" in out[1]["params"]
   with pytest.raises(ValueError, match=r"UNet: input must be \[B, D, H, W, C\] for a ResNet3D backbone"):
     model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+
+
+@pytest.mark.parametrize("kernel,strides,padding,bias", [
+    ((3, 3, 3), (1, 1, 1), "SAME", False), ((3, 3, 3), (2, 2, 2), "SAME", True),
+    ((3, 3, 3), (2, 2, 2), ((1, 1),) * 3, False), ((1, 1, 1), (2, 2, 2), "SAME", False),
+    ((7, 5, 3), (2, 1, 2), ((3, 3), (2, 2), (1, 0)), True)])
+def test_depth_unfold_conv_is_the_native_3d_conv(kernel, strides, padding, bias):
+  # Odd and even sizes, anisotropic kernels and strides, explicit and SAME padding: the same parameters (names,
+  # shapes, init values) and the same outputs and input / kernel gradients as nn.Conv.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 8, 7, 3)), jnp.float32)
+  kw = dict(features=4, kernel_size=kernel, strides=strides, padding=padding, use_bias=bias)
+  native, unfold = nn.Conv(**kw), DepthUnfoldConv(**kw)
+  variables = native.init(jax.random.key(1), x)
+  mine = unfold.init(jax.random.key(1), x)
+  assert jax.tree.structure(mine) == jax.tree.structure(variables)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(variables)))
+  if bias:
+    variables = jax.tree.map(lambda v: v + 0.3, variables)
+  np.testing.assert_allclose(unfold.apply(variables, x), native.apply(variables, x), atol=1e-5)
+  grads = [jax.grad(lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1))(variables, x)
+           for m in (native, unfold)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_resnet3d_conv_paths_give_the_same_features():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 13, 11, 1)), jnp.float32)
+  a, b = (ResNet3D(depth=18, width_multiplier=0.125, conv3d=impl) for impl in ("native", "depth_unfold"))
+  variables = a.init(jax.random.key(0), x, train=False)
+  np.testing.assert_allclose(b.apply(variables, x, train=False), a.apply(variables, x, train=False), atol=1e-5)
+  with pytest.raises(ValueError, match="conv3d 'fast' is not supported; valid: \\['auto', 'native', 'depth_unfold'\\]"):
+    ResNet3D(conv3d="fast").init(jax.random.key(0), x, train=False)

@@ -105,6 +105,10 @@ class ResNetBase(nn.Module):
   spatial_dims = 2
   input_layout = "[B, H, W, C]"
 
+  def conv_module(self):
+    """The convolution module class (nn.Conv's signature and parameters); `ResNet3D` may swap it."""
+    return nn.Conv
+
   @property
   def num_features(self) -> int:
     block = Bottleneck if self.depth >= 50 else BasicBlock
@@ -126,7 +130,7 @@ class ResNetBase(nn.Module):
       raise ValueError(f"{name}: expected a batch {self.input_layout}, got shape {x.shape}")
     pad3 = "SAME" if self.padding == "same" else ((1, 1),) * n
     block_cls = Bottleneck if self.depth >= 50 else BasicBlock
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(self.conv_module(), use_bias=False, dtype=self.dtype,
                              kernel_init=CONV_INITS[self.conv_init])
     # BatchNorm statistics are taken over the batch axis of the *global* array: under jit with a
     # data-sharded batch XLA inserts the cross-device reduction, so this is synchronised BN.
