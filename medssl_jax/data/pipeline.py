@@ -46,6 +46,7 @@ BUILDERS = {
     'synthetic_cxr': 'tfds_builders.synthetic_cxr:SyntheticCxr',  # Paired image + report demo data.
     'medmnist': 'tfds_builders.medmnist:MedMNIST',
     'medmnist3d': 'tfds_builders.medmnist3d:MedMNIST3D',  # Volumes [D, H, W, 1].
+    'synthetic_volumes': 'tfds_builders.synthetic_volumes:SyntheticVolumes',  # Generated volumes [D, H, W, 1].
     # Fundus.
     'eyepacs': 'tfds_builders.eyepacs:Eyepacs',
     'aptos2019': 'tfds_builders.aptos2019:Aptos2019',

@@ -178,8 +178,9 @@ def _check_split(images, labels, *, name: str, num_classes: int, multi_label: bo
   """Validates one split; returns (images, labels) as numpy arrays (labels int32 / float32)."""
   images = np.asarray(images)
   labels = np.asarray(labels)
-  if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"{name}_images must be [N, H, W, C] with C in (1, 3), got shape {images.shape}")
+  if images.ndim not in (4, 5) or images.shape[-1] not in (1, 3):
+    raise ValueError(f"{name}_images must be images [N, H, W, C] or volumes [N, D, H, W, C] with C in (1, 3), "
+                     f"got shape {images.shape}")
   if images.dtype != np.uint8:
     raise ValueError(f"{name}_images must be uint8, got {images.dtype}")
   if len(images) == 0:
@@ -272,14 +273,17 @@ def _result(test: dict, *, run, lrs, selected, has_val, eval_every, multi_label,
   return result
 
 
-def _predictor(eval_step, *, channels: int, num_classes: int, multi_label: bool, batch_size: int, mesh):
-  """uint8 images [M, H, W, C] -> class probabilities of a trained head, as the test split is scored."""
+def _predictor(eval_step, *, channels: int, num_classes: int, multi_label: bool, batch_size: int, mesh,
+               ndim: int = 4):
+  """uint8 images [M, H, W, C] (volumes [M, D, H, W, C] when `ndim` is 5) -> class probabilities of a trained
+  head, as the test split is scored."""
+  layout = "[M, D, H, W, " if ndim == 5 else "[M, H, W, "
 
   def predictor(images):
     images = np.asarray(images)
-    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] != channels:
-      raise ValueError(f"fine-tuned predictor: images must be uint8 [M, H, W, {channels}] (the training "
-                       f"images' channels), got {images.dtype} {images.shape}")
+    if images.ndim != ndim or images.dtype != np.uint8 or images.shape[-1] != channels:
+      raise ValueError(f"fine-tuned predictor: images must be uint8 {layout}{channels}] (the training "
+                       f"images' rank and channels), got {images.dtype} {images.shape}")
     if not len(images):
       return np.zeros((0, num_classes), np.float32)
     label_shape = (num_classes,) if multi_label else ()
@@ -492,4 +496,5 @@ def finetune(*, model, variables, train_images, train_labels, val_images=None, v
   if not return_predictor:
     return result
   return result, _predictor(functools.partial(eval_step, sel_bb, sel_params["head"], sel_bs), channels=channels,
-                            num_classes=num_classes, multi_label=multi_label, batch_size=eval_bs, mesh=mesh)
+                            num_classes=num_classes, multi_label=multi_label, batch_size=eval_bs, mesh=mesh,
+                            ndim=train_images.ndim)
