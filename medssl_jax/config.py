@@ -25,6 +25,7 @@ from medssl_jax import objectives
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
+from medssl_jax.models import inflate
 from medssl_jax.objectives import swcl as swcl_objective
 
 EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
@@ -218,6 +219,10 @@ def model_section() -> ml_collections.ConfigDict:
   # a torchvision / timm ResNet state dict (.pth/.pt/.bin, .safetensors) converted by
   # medssl_jax/models/convert_torch.py, or an .npz written by its export.
   c.init_checkpoint = ""
+  # 3D encoders: a 2D pretraining workdir whose ResNet backbone (same depth, stem and width) is inflated into
+  # this 3D one (models/inflate.py) for mode "inflate_and_probe"; "" = none. Method: "i3d" or "acs".
+  c.inflate_from = ""
+  c.inflate_method = "i3d"
   return c
 
 
@@ -443,6 +448,11 @@ def validate(config) -> ml_collections.ConfigDict:
     raise ValueError("multi-crop: the first views must be the full-size (global) ones; "
                      f"config.augment.views[0].crop_size={config.augment.views[0]['crop_size']} < {max(sizes)}")
   check_choice(config.model.compute_dtype, ("float32", "bfloat16"), "config.model.compute_dtype")
+  check_choice(config.model.inflate_method, inflate.METHODS, "config.model.inflate_method")
+  if config.model.inflate_from and not volumes:
+    raise ValueError(f"config.model.inflate_from={config.model.inflate_from!r} inflates a 2D encoder into a 3D one, "
+                     f"but config.model.encoder={config.model.encoder!r} is 2D; use its 3D version (e.g. "
+                     "'resnet18_3d') on volume data")
   check_choice(config.model.position_embedding, ("learned", "sincos"), "config.model.position_embedding")
   if objective.text:
     _check_text(config, len(config.augment.views))

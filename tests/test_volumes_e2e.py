@@ -86,3 +86,66 @@ def test_knn_and_finetune_protocols_on_volumes(tfds_dir, tmp_path, protocol):
     assert r["selected_step"] in (2, 4)
   else:
     assert r["k"] == 5
+
+
+@pytest.fixture(scope="module")
+def fundus_workdir(tmp_path_factory):
+  """A 2D SimCLR workdir (2 steps of the quick demo's ResNet-18 at the 3D test's width, CIFAR stem, 32 px)."""
+  d = tmp_path_factory.mktemp("tfds2d")
+  pipeline.get_builder("synthetic_fundus", data_dir=str(d), config="tiny")
+  config = load_config("demo_simclr", "quick")
+  config.data.builder_config = "tiny"
+  config.data.data_dir = str(d)
+  config.data.image_size = 32
+  for view in config.augment.views:
+    view.crop_size = 32
+  config.model.stem = "cifar"
+  config.model.width_multiplier = 0.0625
+  config.mode = "pretrain"
+  config.train.batch_size = 8
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  workdir = tmp_path_factory.mktemp("fundus2d")
+  experiment.run(config, str(workdir))
+  return workdir
+
+
+def test_inflate_and_probe_starts_3d_from_the_2d_encoder(tfds_dir, fundus_workdir, tmp_path):
+  config = _tiny(tfds_dir)
+  config.mode = "inflate_and_probe"
+  config.model.inflate_from = str(fundus_workdir)
+  name, (model, variables, recalibrate) = protocol_encoders.inflated(config)
+  assert name == f"inflated i3d (simclr, 2D {fundus_workdir.name})" and recalibrate
+  _, v2d = protocol_encoders.load_pretrained(protocol_encoders.saved_config(str(fundus_workdir)), str(fundus_workdir))
+  k2d = np.asarray(v2d["params"]["backbone"]["stage1_block1"]["conv1"]["kernel"])
+  k3d = np.asarray(variables["params"]["backbone"]["stage1_block1"]["conv1"]["kernel"])
+  np.testing.assert_allclose(k3d, np.repeat(k2d[None] / 3, 3, axis=0), rtol=1e-6)  # I3D: repeated, divided by k.
+  # The RGB stem is summed over its input channels for the 1-channel volumes.
+  stem2d = np.asarray(v2d["params"]["backbone"]["stem_conv"]["kernel"])
+  stem3d = np.asarray(variables["params"]["backbone"]["stem_conv"]["kernel"])
+  np.testing.assert_allclose(stem3d, np.repeat(stem2d.sum(2, keepdims=True)[None] / 3, 3, axis=0), rtol=1e-5)
+  results = experiment.run(config, str(tmp_path))
+  assert set(results) == {name} and 0.0 <= results[name]["auroc"] <= 1.0
+
+
+def test_inflation_refusals_name_the_setting(tfds_dir, fundus_workdir, tmp_path):
+  config = _tiny(tfds_dir)
+  config.model.inflate_from = str(fundus_workdir)
+  config.model.width_multiplier = 0.125
+  with pytest.raises(ValueError, match=r"config.model.inflate_from=.*\(resnet18, stem 'cifar', width 0.0625\) does "
+                                       r"not inflate into resnet18_3d \(stem 'cifar', width 0.125\)"):
+    protocol_encoders.inflated(config)
+  config.model.inflate_from = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="config.json does not exist: expected a pretraining workdir"):
+    protocol_encoders.inflated(config)
+  config.mode = "inflate_and_probe"
+  config.model.inflate_from = ""
+  with pytest.raises(ValueError, match="config.mode='inflate_and_probe' needs config.model.inflate_from"):
+    experiment.validate(config)
+  config.model.inflate_method = "acs3"
+  with pytest.raises(ValueError, match="config.model.inflate_method"):
+    experiment.validate(config)
+  two_d = load_config("demo_simclr", "quick")
+  two_d.model.inflate_from = str(fundus_workdir)
+  with pytest.raises(ValueError, match="is 2D; use its 3D version"):
+    experiment.validate(two_d)

@@ -3,6 +3,8 @@
   linear_eval         the pretrained encoder in the workdir (and a random init when eval.compare_random_init)
   pretrain_and_probe  pretraining (resumable), then the same evaluation
   supervised          a random init fine-tuned with labels (eval.protocol "finetune"): the from-scratch recipe
+  inflate_and_probe   the 2D encoder pretrained in model.inflate_from, inflated into the config's 3D encoder (no 3D
+                      pretraining), then the same evaluation (beside a random init when eval.compare_random_init)
 
 Results go to <workdir>/<protocols.probe.results_name(config)>.{json,md}; image-text objectives also get
 report retrieval (medssl_jax/protocols/retrieval.py).
@@ -43,6 +45,13 @@ def supervised(config, workdir: str, *, mesh=None) -> dict:
   return probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)
 
 
+def inflate_and_probe(config, workdir: str, *, mesh=None) -> dict:
+  builder = pipeline.open_dataset(config.data)
+  paths.makedirs(workdir)
+  name, encoder = encoders_lib.inflated(config)
+  return _evaluate(config, {name: encoder}, builder=builder, workdir=workdir, mesh=mesh)
+
+
 def _evaluate(config, encoders: dict, *, builder, workdir: str, mesh) -> dict:
   encoders = probe_lib.compare_random_init(config, encoders)
   results = probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)
@@ -57,7 +66,11 @@ def check(config):
   if config.mode == "supervised" and config.eval.protocol != "finetune":
     raise ValueError("config.mode='supervised' trains a randomly initialised encoder with labels, which is "
                      f"eval.protocol='finetune'; got eval.protocol={config.eval.protocol!r}")
+  if config.mode == "inflate_and_probe" and not config.model.inflate_from:
+    raise ValueError("config.mode='inflate_and_probe' needs config.model.inflate_from: a 2D pretraining workdir "
+                     "whose ResNet is inflated into config.model.encoder (a 3D one)")
 
 
-MODES = {"linear_eval": linear_eval, "pretrain_and_probe": pretrain_and_probe, "supervised": supervised}
+MODES = {"linear_eval": linear_eval, "pretrain_and_probe": pretrain_and_probe, "supervised": supervised,
+         "inflate_and_probe": inflate_and_probe}
 PRETRAINING_MODES = ("pretrain_and_probe",)

@@ -1,5 +1,6 @@
 """The encoders a run evaluates: the workdir's pretrained checkpoint, the random init pretraining started
-from, imported weights, and encoders that projects register (e.g. SWCL's pseudo-labeller).
+from, imported weights, a 2D pretrained encoder inflated into a 3D one, and encoders that projects register
+(e.g. SWCL's pseudo-labeller).
 
 An encoder is `(model, variables, recalibrate)`: `recalibrate` asks the probe to re-estimate BatchNorm
 statistics on the training images first (a random init has none worth keeping).
@@ -11,10 +12,14 @@ import os
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 
+from medssl_jax import config as config_lib
 from medssl_jax import objectives
 from medssl_jax import paths
 from medssl_jax.models import convert_torch
+from medssl_jax.models import inflate
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import pretrain as pretrain_lib
 
@@ -52,6 +57,49 @@ def random_init_variables(config):
   init_key, _ = jax.random.split(jax.random.key(config.seed))
   state = pretrain_lib.init_train_state(config, model, tx, init_key)
   return model, state.variables
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a pretraining workdir was run with (its config.json, renamed keys under their new names)."""
+  path = paths.join(workdir, ckpt_lib.CONFIG_FILE)
+  saved = paths.read_json(path)
+  if saved is None:
+    raise FileNotFoundError(f"{path} does not exist: expected a pretraining workdir (config.json and checkpoints/, "
+                            "as main.py writes)")
+  def section(node):  # Lists of sections (augment.views) become lists of ConfigDicts, as in a loaded config.
+    if isinstance(node, dict):
+      return ml_collections.ConfigDict({k: section(v) for k, v in node.items()})
+    if isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+      return [section(v) for v in node]
+    return node
+
+  return section(config_lib.migrate(saved))
+
+
+def inflated(config) -> tuple[str, tuple]:
+  """(display name, (model, variables, recalibrate)): the 3D model of `config` whose backbone is the 2D ResNet
+  pretrained in config.model.inflate_from, inflated by config.model.inflate_method (models/inflate.py: "i3d"
+  or "acs"; with "acs" the zeros are free to train, an ACS-structured initialisation). The heads keep their
+  random init. BatchNorm statistics are re-estimated on the 3D training data (`recalibrate`): the 2D
+  statistics describe slices, not volumes."""
+  m = config.model
+  source = saved_config(m.inflate_from)
+  _, variables2d = load_pretrained(source, m.inflate_from)
+  model, variables = random_init_variables(config)
+  cols = [c for c in ("params", "batch_stats") if c in variables]
+  try:
+    new = inflate.inflate_variables({c: variables2d[c]["backbone"] for c in cols}, method=m.inflate_method,
+                                    in_channels=config.data.channels,
+                                    target={c: variables[c]["backbone"] for c in cols})
+  except ValueError as e:
+    raise ValueError(f"config.model.inflate_from={m.inflate_from!r} ({source.model.encoder}, stem "
+                     f"{source.model.stem!r}, width {source.model.width_multiplier}) does not inflate into "
+                     f"{m.encoder} (stem {m.stem!r}, width {m.width_multiplier}): {e}") from None
+  variables = dict(variables, **{c: dict(variables[c], backbone=jax.tree.map(jnp.asarray, new[c])) for c in cols})
+  name = f"inflated {m.inflate_method} ({source.objective.name}, 2D {os.path.basename(m.inflate_from.rstrip('/'))})"
+  print(f"inflated the 2D {source.model.encoder} of {m.inflate_from} into {m.encoder} ({m.inflate_method})",
+        flush=True)
+  return name, (model, variables, True)
 
 
 @dataclasses.dataclass(frozen=True)

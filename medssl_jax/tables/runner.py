@@ -401,11 +401,24 @@ def _num_labelled(config, results) -> int | None:
   return min(n, config.eval.max_train_examples) if config.eval.max_train_examples else n
 
 
+# Modes whose rows start from an encoder of their own (no pretraining to share): what the progress line says.
+OWN_ENCODER_MODES = {"supervised": "trained from scratch with labels",
+                     "inflate_and_probe": "a 2D pretrained encoder inflated to 3D"}
+
+
+def _objective_label(config) -> str:
+  if config.mode == "supervised":
+    return "none (supervised)"
+  if config.mode == "inflate_and_probe":
+    return f"inflated {config.model.inflate_method} (2D)"
+  return config.objective.name
+
+
 def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dict:
   config = row["config"].copy_and_resolve_references()
-  if row["config"].mode == "supervised":
-    # Trained from scratch with labels (e.g. configs/medmnist_supervised.py): no pretraining to share;
-    # the row's own folder is its workdir.
+  if row["config"].mode in OWN_ENCODER_MODES:
+    # Trained from scratch with labels (e.g. configs/medmnist_supervised.py), or a 2D encoder inflated: no
+    # pretraining to share; the row's own folder is its workdir.
     pretrain_s, pdir = 0.0, rdir
     paths.makedirs(rdir)
   else:
@@ -427,7 +440,7 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
       table=table_name, row=row["slug"], base_config=row["base_config"],
       axes=_jsonable(row["axes"]), config=json.loads(config.to_json_best_effort()),
       dataset=d.builder + (f"/{d.builder_config}" if d.builder_config else ""),
-      objective="none (supervised)" if config.mode == "supervised" else config.objective.name,
+      objective=_objective_label(config),
       protocol=config.eval.protocol,
       train_subset=config.eval.train_subset or ("file" if config.eval.subset_file else ""),
       subset_seed=config.eval.subset_seed, n_labelled=_num_labelled(config, results), seed=config.seed,
@@ -494,7 +507,7 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
 
 def _run_rows(table, rows, workdir: str) -> dict:
   paths.makedirs(workdir)
-  n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode != "supervised"})  # Supervised rows have none.
+  n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode not in OWN_ENCODER_MODES})
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
   records, t_table = [], time.perf_counter()
   row_dir, pretrain_dir = _folders(workdir, "rows"), _folders(workdir, "pretrain")
@@ -509,8 +522,7 @@ def _run_rows(table, rows, workdir: str) -> dict:
       print(f"[{i}/{len(rows)}] cached   {os.path.basename(rdir)} (finished {record.get('finished', '?')})",
             flush=True)
     else:
-      where = ("trained from scratch with labels" if row["config"].mode == "supervised"
-               else f"pretraining: {paths.relpath(pdir, workdir)}")
+      where = OWN_ENCODER_MODES.get(row["config"].mode) or f"pretraining: {paths.relpath(pdir, workdir)}"
       print(f"[{i}/{len(rows)}] running  {os.path.basename(rdir)} ({where})", flush=True)
       t0 = time.perf_counter()
       record = dict(_run_row(row, table_name=table.name, rdir=rdir, pdir=pdir, workdir=workdir), status="ran")
