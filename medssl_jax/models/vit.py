@@ -20,7 +20,7 @@ shared, so a ViT with input_dims (2, 3) trains one transformer on both images an
 input picks its patch and position embeddings. Every embedding of `input_dims` is created at init, whatever
 the init input's rank: the other rank's from a stand-in of the same channels and sides, so a ViT initialised on
 D x H x W volumes has learned 2D position embeddings for H x W images, and one initialised on H x W images
-3D ones for H x H x W volumes (sin-cos ones fit any grid). The default (2,) is the image-only ViT.
+3D ones for H x H x W volumes (sin-cos ones have no size to fix). The default (2,) is the image-only ViT.
 """
 from __future__ import annotations
 
