@@ -211,7 +211,10 @@ def model_section() -> ml_collections.ConfigDict:
   c.predictor_hidden_dims = (512,)  # BYOL / SimSiam / MoCo v3 predictor (output: projector_dim).
   c.compute_dtype = "float32"      # "bfloat16": encoder compute in bf16; losses and norms stay float32.
   c.patch_size = 4                 # ViT patch size (4 for 28-32 px, 8 for 64 px, 16 for 224 px).
-  c.position_embedding = "learned"  # ViT (and MAE decoder): "learned", or "sincos" (MAE's fixed 2-D sin-cos).
+  c.position_embedding = "learned"  # ViT (and MAE decoder): "learned", or "sincos" (MAE's fixed sin-cos).
+  # ViT input ranks: () = the encoder's (2 for vit_*, 3 for vit_*_3d, which take volumes); (2, 3) = one
+  # transformer with a patch embedding for images and one for volumes (models.vit_input_dims).
+  c.vit_input_dims = ()
   c.decoder_dim = 128              # MAE decoder width, depth and heads.
   c.decoder_depth = 2
   c.decoder_heads = 4
@@ -454,6 +457,7 @@ def validate(config) -> ml_collections.ConfigDict:
                      f"but config.model.encoder={config.model.encoder!r} is 2D; use its 3D version (e.g. "
                      "'resnet18_3d') on volume data")
   check_choice(config.model.position_embedding, ("learned", "sincos"), "config.model.position_embedding")
+  models.vit_input_dims(config)
   if objective.text:
     _check_text(config, len(config.augment.views))
   if config.objective.name == "swcl":

@@ -38,6 +38,7 @@ def test_unknown_variant():
     ("data.builder", "fundus", "config.data.builder='fundus'.*synthetic_fundus"),
     ("mode", "train", "config.mode='train'"),
     ("train.batch_size", 0, "config.train.batch_size must be a positive integer"),
+    ("model.vit_input_dims", (2, 3), r"config.model.vit_input_dims=\(2, 3\) applies to ViT encoders only"),
 ])
 def test_bad_values(path, value, match):
   c = load("demo_simclr", "quick")

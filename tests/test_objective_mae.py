@@ -1,12 +1,14 @@
 """MAE: patchify, random masking, the loss against explicit loops, and the model (masking, decoder
-unshuffle, embed without masking, mixed precision)."""
+unshuffle, embed without masking, mixed precision); on volumes with a 3D ViT (3D patches, the loss against
+numpy, training)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from medssl_jax import config as config_lib
-from medssl_jax import models, objectives
+from medssl_jax import objectives
 from medssl_jax.models import vit as vit_lib
 from medssl_jax.objectives import mae
 from medssl_jax import experiment
@@ -239,3 +241,101 @@ def test_trainer_loss_adapter_concatenates_views():
   cat = lambda k: np.concatenate([np.asarray(v[k]) for v in views])
   np.testing.assert_allclose(float(loss), reference_mae_loss(cat("pred"), cat("target"), cat("mask"))[0], rtol=1e-5)
   assert updates == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Volumes [B, D, H, W, C] with a 3D ViT.
+# --------------------------------------------------------------------------------------------------
+
+
+def numpy_patchify_3d(x, p):
+  """[B, D, H, W, C] -> [B, L, p^3 C] by slicing: row-major patch grid, each patch as (slice, row, column, channel)."""
+  b, d, h, w, _ = x.shape
+  return np.stack([x[:, i:i + p, j:j + p, k:k + p].reshape(b, -1) for i in range(0, d, p) for j in range(0, h, p)
+                   for k in range(0, w, p)], axis=1)
+
+
+def test_patchify_volumes_layout_and_round_trip():
+  x = np.random.default_rng(0).normal(size=(2, 8, 12, 4, 2)).astype(np.float32)
+  p = 4
+  patches = np.asarray(mae.patchify(jnp.asarray(x), p))
+  assert patches.shape == (2, 2 * 3 * 1, p ** 3 * 2)
+  b, i, j = 1, 1, 2
+  expected = [x[b, i * p + s, j * p + r, c, ch] for s in range(p) for r in range(p) for c in range(p) for ch in range(2)]
+  np.testing.assert_array_equal(patches[b, i * 3 + j], expected)
+  np.testing.assert_array_equal(patches, numpy_patchify_3d(x, p))
+  np.testing.assert_array_equal(mae.unpatchify(jnp.asarray(patches), p, (2, 3, 1)), x)
+  with pytest.raises(ValueError, match=r"8x12x4 voxels is not divisible by the patch size 3 \(config.model.patch_size\)"):
+    mae.patchify(jnp.asarray(x), 3)
+  with pytest.raises(ValueError, match="do not fit a 2x2x2 grid of 4x4x4 patches"):
+    mae.unpatchify(jnp.asarray(patches), p, (2, 2, 2))
+
+
+def _tiny_mae_3d(norm_pix_loss=True, fixed_positions=True):
+  backbone = vit_lib.ViT(width=48, depth=1, num_heads=2, patch_size=4, input_dims=(3,),
+                         fixed_positions=fixed_positions)
+  decoder = mae.MAEDecoder(width=24, depth=1, num_heads=2, out_dim=4 ** 3, fixed_positions=fixed_positions)
+  return mae.MAEModel(backbone=backbone, decoder=decoder, mask_ratio=0.75, norm_pix_loss=norm_pix_loss)
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_volume_loss_matches_numpy(norm_pix_loss):
+  """MAE on 8 x 8 x 12 volumes (a 2 x 2 x 3 grid of 4^3 patches, 3 kept): the objective's loss equals the
+  formula in numpy: patchify, per-patch normalisation, mean squared error averaged over the masked patches."""
+  model = _tiny_mae_3d(norm_pix_loss)
+  x = np.random.default_rng(1).normal(size=(2, 8, 8, 12, 1)).astype(np.float32) * 2 + 1
+  variables = random_variables(lambda: model.init({"params": jax.random.key(0)}, x, train=False))
+  out = jax.jit(lambda v: model.apply(v, x, train=True, rngs={"mask": jax.random.key(4)}))(variables)
+  assert out["pred"].shape == (2, 12, 64) and out["features"].shape == (2, 48)
+  pred, mask = np.asarray(out["pred"], np.float64), np.asarray(out["mask"])
+  np.testing.assert_array_equal(mask.sum(axis=1), 12 - 3)
+  target = numpy_patchify_3d(x.astype(np.float64), 4)
+  if norm_pix_loss:
+    target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(out["target"], target, rtol=1e-4, atol=1e-4)
+  per_patch = ((pred - target) ** 2).mean(-1)
+  want = (per_patch * mask).sum() / mask.sum()
+  loss, metrics, _ = mae.MAE.loss(student=[out], teacher=None, batch=None, state={}, step=0, config=None)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["visible_loss"]), (per_patch * (1 - mask)).sum() / (1 - mask).sum(),
+                             rtol=1e-5)
+
+
+def test_volume_loss_falls():
+  model = _tiny_mae_3d(norm_pix_loss=False, fixed_positions=False)
+  grid = np.stack(np.meshgrid(*[np.arange(8)] * 3, indexing="ij"), -1) - 3.5
+  radii = np.array([2.0, 2.5, 3.0, 3.5])[:, None, None, None]
+  x = jnp.asarray((np.linalg.norm(grid, axis=-1)[None] < radii)[..., None], jnp.float32)  # Balls, [4, 8, 8, 8, 1].
+  params = jax.jit(lambda: model.init({"params": jax.random.key(0)}, x, train=False))()["params"]
+  tx = optax.adam(3e-3)
+
+  def loss_fn(params, key):
+    out = model.apply({"params": params}, x, train=True, rngs={"mask": key})
+    return mae.MAE.loss(student=[out], teacher=None, batch=None, state={}, step=0, config=None)[0]
+
+  @jax.jit
+  def step(params, opt_state, key):
+    loss, grads = jax.value_and_grad(loss_fn)(params, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  opt_state, losses = tx.init(params), []
+  for i in range(8):
+    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
+    losses.append(float(loss))
+  assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_volume_objective_built_from_config():
+  c = experiment.default_config()
+  c.objective.name = "mae"
+  c.model.encoder = "vit_tiny_3d"
+  c.model.patch_size = 7
+  c.data.channels = 1
+  c.model.position_embedding = "sincos"
+  c.model.decoder_dim = 96
+  model = objectives.build_model(c)
+  assert model.backbone.input_dims == (3,) and model.decoder.out_dim == 7 ** 3
+  c.model.decoder_dim = 128
+  with pytest.raises(ValueError, match="config.model.decoder_dim=128 must be divisible by 6"):
+    objectives.build_model(c)

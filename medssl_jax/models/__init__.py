@@ -4,11 +4,11 @@ import jax.numpy as jnp
 from medssl_jax.models.heads import MLPHead, SSLModel
 from medssl_jax.models.resnet import CONV_INITS, PADDINGS, ResNet, resnet
 from medssl_jax.models.resnet3d import ResNet3D, resnet3d
-from medssl_jax.models.vit import VIT_SIZES, ViT, vision_transformer
+from medssl_jax.models.vit import VIT_ENCODERS, VIT_ENCODERS_3D, VIT_SIZES, ViT, vision_transformer
 
-# The 3D ResNets take volumes [B, D, H, W, C]; the others take images [B, H, W, C].
-ENCODERS_3D = ("resnet18_3d", "resnet50_3d")
-ENCODERS = ("resnet18", "resnet50", *ENCODERS_3D, *VIT_SIZES)
+# The 3D encoders (ResNets and ViTs) take volumes [B, D, H, W, C]; the others take images [B, H, W, C].
+ENCODERS_3D = ("resnet18_3d", "resnet50_3d", *VIT_ENCODERS_3D)
+ENCODERS = ("resnet18", "resnet50", "resnet18_3d", "resnet50_3d", *VIT_ENCODERS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -25,6 +25,29 @@ def takes_volumes(config) -> bool:
   return config.model.encoder in ENCODERS_3D
 
 
+def vit_input_dims(config) -> tuple[int, ...]:
+  """The input ranks of a ViT encoder (`ViT.input_dims`): config.model.vit_input_dims, sorted, where () means
+  the encoder's own rank (2 for vit_*, 3 for vit_*_3d). (2, 3) adds the other rank's patch and position
+  embeddings to the same transformer (a 2D+3D switchable ViT); the encoder name still decides what the run
+  feeds it, so a set value must include the encoder's rank. A ValueError names the key; non-ViT encoders
+  need ()."""
+  m = config.model
+  dims = tuple(m.get("vit_input_dims", ()) or ())
+  if m.encoder not in VIT_ENCODERS:
+    if dims:
+      raise ValueError(f"config.model.vit_input_dims={dims!r} applies to ViT encoders only; "
+                       f"config.model.encoder={m.encoder!r}: set it to ()")
+    return ()
+  rank = 3 if takes_volumes(config) else 2
+  if not dims:
+    return (rank,)
+  if len(set(dims)) != len(dims) or not set(dims) <= {2, 3} or rank not in dims:
+    raise ValueError(f"config.model.vit_input_dims={dims!r} must be () (the encoder's rank), or (2,), (3,) or "
+                     f"(2, 3) including {rank}: config.model.encoder={m.encoder!r} takes "
+                     f"{'volumes' if rank == 3 else 'images'}")
+  return tuple(sorted(dims))
+
+
 def build_backbone(config):
   """The encoder named by config.model.encoder.
 
@@ -32,18 +55,20 @@ def build_backbone(config):
   pad like torchvision, padding="torch", when config.model.init_checkpoint names weights to start from); the 3D
   ResNets (ENCODERS_3D) take volumes, and MedMNIST's 28^3 layout is stem "cifar". ViTs take
   config.model.patch_size, ignore the stem, and reject a width_multiplier other than 1.0 (their widths are the
-  fixed DeiT sizes).
+  fixed DeiT sizes); vit_*_3d take volumes (p x p x p patches), and config.model.vit_input_dims (2, 3) gives
+  either kind a second patch embedding for the other rank (`vit_input_dims`).
   """
   m = config.model
   if m.encoder not in ENCODERS:
     raise ValueError(f"config.model.encoder={m.encoder!r} is not known; valid choices: {list(ENCODERS)}")
-  if m.encoder in VIT_SIZES:
+  input_dims = vit_input_dims(config)
+  if m.encoder in VIT_ENCODERS:
     if m.width_multiplier != 1.0:
       raise ValueError(f"config.model.width_multiplier={m.width_multiplier!r} applies to ResNets only; "
                        f"{m.encoder} has a fixed width: set it to 1.0 or pick a smaller ViT "
                        f"({sorted(VIT_SIZES)})")
     return vision_transformer(m.encoder, patch_size=m.patch_size, dtype=compute_dtype(config),
-                              fixed_positions=m.position_embedding == "sincos")
+                              fixed_positions=m.position_embedding == "sincos", input_dims=input_dims)
   padding = m.get("padding", "auto")
   if padding not in ("auto", *PADDINGS):
     raise ValueError(f"config.model.padding={padding!r} is not known; valid choices: {['auto', *PADDINGS]}")
@@ -64,4 +89,5 @@ def default_heads(config) -> dict:
 
 
 __all__ = ["DTYPES", "ENCODERS", "ENCODERS_3D", "takes_volumes", "MLPHead", "ResNet", "ResNet3D", "SSLModel", "build_backbone",
-           "compute_dtype", "default_heads", "resnet", "resnet3d", "VIT_SIZES", "ViT", "vision_transformer"]
+           "compute_dtype", "default_heads", "resnet", "resnet3d", "VIT_ENCODERS", "VIT_ENCODERS_3D", "VIT_SIZES", "ViT",
+           "vision_transformer", "vit_input_dims"]
