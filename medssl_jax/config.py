@@ -456,6 +456,9 @@ def validate(config) -> ml_collections.ConfigDict:
     raise ValueError(f"config.model.inflate_from={config.model.inflate_from!r} inflates a 2D encoder into a 3D one, "
                      f"but config.model.encoder={config.model.encoder!r} is 2D; use its 3D version (e.g. "
                      "'resnet18_3d') on volume data")
+  if config.model.inflate_from and not config.model.encoder.startswith("resnet"):
+    raise ValueError(f"config.model.inflate_from inflates 2D ResNet weights (models/inflate.py); "
+                     f"config.model.encoder={config.model.encoder!r} is not a ResNet: use resnet18_3d / resnet50_3d")
   check_choice(config.model.position_embedding, ("learned", "sincos"), "config.model.position_embedding")
   models.vit_input_dims(config)
   if objective.text:

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from medssl_jax import config as config_lib  # noqa: E402
 from medssl_jax import errors  # noqa: E402
 from medssl_jax import experiment  # noqa: E402
+from medssl_jax import models  # noqa: E402
 from medssl_jax import objectives  # noqa: E402
 from medssl_jax import paths  # noqa: E402
 from medssl_jax.evals import finetune as finetune_lib  # noqa: E402
@@ -53,11 +54,16 @@ FEATURE_PROTOCOLS = ("linear_probe", "knn")
 GIB = 2.0 ** 30
 
 
+def _image_shape(config) -> tuple:
+  """One stored example's shape: [S, S, C] images, or [S, S, S, C] volumes for a 3D encoder."""
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  return (size,) * (3 if models.takes_volumes(config) else 2) + (channels,)
+
+
 def _stand_in_batch(config, info, batch: int, *, extra_keys=(), text: bool = False, seed: int = 0) -> dict:
   """Random numpy arrays of the shapes a training batch of `config`'s dataset has (pipeline.make_train_iterator)."""
   rng = np.random.default_rng(seed)
-  size, channels = int(config.data.image_size), int(config.data.channels)
-  out = {"image": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
+  out = {"image": rng.integers(0, 256, (batch, *_image_shape(config)), dtype=np.uint8),
          "id": np.arange(batch, dtype=np.int32)}
   out["label"] = dry_parts.stand_in_labels(info, batch, rng)
   for key in extra_keys:
@@ -174,11 +180,11 @@ def _features_part(config, info, batch: int):
   """The same for the probes' frozen-encoder feature pass (evals/linear_probe.embed_fn)."""
   del info
   model = objectives.build_model(config)
-  size, channels = int(config.data.image_size), int(config.data.channels)
+  size, shape = int(config.data.image_size), _image_shape(config)
   embed = linear_probe.embed_fn(model, image_size=size, mean=tuple(config.data.mean), std=tuple(config.data.std))
-  init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, size, size, channels)), train=False))
+  init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
   variables_shape = jax.eval_shape(init)
-  images = np.random.default_rng(0).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
+  images = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
   lowered = embed.lower(variables_shape, jax.ShapeDtypeStruct(images.shape, jnp.uint8))
 
   def run(compiled, steps: int) -> list[float]:
@@ -192,8 +198,8 @@ def _finetune_part(config, info, batch: int):
   """The same for the fine-tuning step (evals/finetune.jitted_steps) of config.eval's settings."""
   e = config.eval
   model = objectives.build_model(config)
-  size, channels = int(config.data.image_size), int(config.data.channels)
-  init_vars = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, size, size, channels)), train=False))
+  size, shape = int(config.data.image_size), _image_shape(config)
+  init_vars = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
   variables_shape = jax.eval_shape(init_vars)
   bb_shape = variables_shape["params"]["backbone"]
   bs_shape = variables_shape.get("batch_stats", {}).get("backbone", {})

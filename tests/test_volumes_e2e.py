@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from medssl_jax import dry_run
 from medssl_jax import experiment
 from medssl_jax.config import load as load_config
 from medssl_jax.data import pipeline
@@ -145,7 +146,23 @@ def test_inflation_refusals_name_the_setting(tfds_dir, fundus_workdir, tmp_path)
   config.model.inflate_method = "acs3"
   with pytest.raises(ValueError, match="config.model.inflate_method"):
     experiment.validate(config)
+  vit = _tiny(tfds_dir)
+  vit.model.encoder, vit.model.inflate_from = "vit_tiny_3d", str(fundus_workdir)
+  with pytest.raises(ValueError, match="'vit_tiny_3d' is not a ResNet"):
+    experiment.validate(vit)
   two_d = load_config("demo_simclr", "quick")
   two_d.model.inflate_from = str(fundus_workdir)
   with pytest.raises(ValueError, match="is 2D; use its 3D version"):
     experiment.validate(two_d)
+
+
+def test_dry_run_stand_in_batch_has_the_volume_pipelines_shapes(tfds_dir):
+  config = _tiny(tfds_dir)
+  builder = pipeline.open_dataset(config.data)
+  it = pipeline.make_train_iterator(builder, split="train", global_batch_size=4, seed=0,
+                                    image_size=config.data.image_size)
+  real = next(it)
+  it.close()
+  stand_in = dry_run._stand_in_batch(config, dry_run.dataset_info(config), 4)  # pylint: disable=protected-access
+  assert {k: (v.shape, v.dtype) for k, v in stand_in.items()} == {k: (v.shape, v.dtype) for k, v in real.items()}
+  assert real["image"].shape == (4, 16, 16, 16, 1)
