@@ -5,7 +5,7 @@ SimCLR, BYOL, DINO and VICReg run their configs/volume_<name>.py:quick configs. 
 compilation cache) run configs/volume_simclr.py:quick with the objective and head settings of
 configs/fundus_<name>.py:quick. Each is shrunk to a ResNet-18 + 3D at 1/16 width on 12³ views (DINO's local views
 8³) and a batch of 8 volumes, so the compiles of the step, shared by both tests of an objective, are most of what
-they cost. MAE is refused on volumes (it needs a ViT on 2D patches).
+they cost. MAE on volumes needs a 3D ViT (tests/test_objective_mae.py); with a 3D ResNet it is refused.
 """
 import functools
 import os
@@ -186,7 +186,7 @@ def test_loss_falls_on_a_fixed_batch(name):
   assert float(metrics[-1]["feature_rank"]) > 1.0, f"{name}: collapsed features"
 
 
-def test_mae_is_refused_on_volumes():
+def test_mae_with_a_3d_resnet_is_refused():
   c = load_config("volume_simclr", "quick")
   c.objective.name = "mae"
   with pytest.raises(ValueError, match="MAE needs a ViT encoder .*config.model.encoder='resnet18_3d'"):
