@@ -14,7 +14,8 @@ Adapted:    AdamW instead of the paper's LARS (base lr 0.2, weight decay 1e-6, b
             (64; 16 in `:quick`) on any number of devices.
             The loss is the paper's equation (6); the official code halves the variance term
             (set objective.vicreg.std_weight = 12.5 to match it).
-Wall-clock: `:quick` about 2 minutes on the 2-core CPU (compiles included).
+Wall-clock: `:quick` about as long as volume_simclr.py:quick (compiles and probe included; 193 s against
+            186 s, one after the other on a 2-core CPU shared with other jobs).
 """
 from medssl_jax import config as config_lib
 
