@@ -360,6 +360,11 @@ def code_version() -> str:
   return code["git_commit"][:7] + ("-dirty" if code["git_dirty"] else "")
 
 
+def device_description() -> str:
+  """What the row ran on, e.g. '1 x NVIDIA H200' or '1 x cpu' (wall-clocks mean little without it)."""
+  return f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+
+
 def package_versions() -> dict[str, str]:
   versions = provenance.package_versions()
   return {name: versions.get(name) or "unknown" for name in PACKAGES}
@@ -446,6 +451,7 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
       subset_seed=config.eval.subset_seed, n_labelled=_num_labelled(config, results), seed=config.seed,
       results=results, eval_wall_clock_s=round(eval_s, 2), pretrain_wall_clock_s=round(pretrain_s, 2),
       pretrain_dir=paths.relpath(pdir, workdir), code_version=code_version(), versions=package_versions(),
+      device=device_description(),
       finished=datetime.datetime.now().isoformat(timespec="seconds"))
   _write_json(paths.join(rdir, RESULT_FILE), record)
   return record
@@ -640,6 +646,7 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
   show_ci = any(e["auroc_ci_low"] is not None for e in entries)
   versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in records})
   codes = sorted({r["code_version"] for r in records})
+  devices = sorted({r.get("device", "not recorded") for r in records})
   lines = [f"# {table.name}", ""]
   if table.get("description", None):
     lines += [table.description, ""]
@@ -647,7 +654,8 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
   lines += [f"Base config: {', '.join(f'`{b}`' for b in bases)}; grid: "
             + "; ".join(f"`{k}` in {list(v)}" for k, v in _leaves(table.grid).items()),
             f"Code version: {', '.join(codes)}; packages: "
-            + " | ".join(", ".join(f"{k} {v}" for k, v in json.loads(s).items()) for s in versions),
+            + " | ".join(", ".join(f"{k} {v}" for k, v in json.loads(s).items()) for s in versions)
+            + f"; ran on: {', '.join(devices)}",
             f"Written {datetime.datetime.now().isoformat(timespec='seconds')}; "
             "accuracy and AUROC (macro one-vs-rest) on each dataset's test split.", ""]
 

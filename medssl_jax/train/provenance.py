@@ -28,7 +28,10 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tens
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
-  """{"version", "git_commit", "git_dirty"} of the medssl_jax source (git fields None outside a git checkout)."""
+  """{"version", "git_commit", "git_dirty"} of the medssl_jax source.
+
+  Outside a git checkout (a copied tree on a cluster, an installed package) the commit is $MEDSSL_GIT_COMMIT when
+  set, with git_dirty None (unknown); else both are None."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(medssl_jax.__file__)))
   out = {"version": medssl_jax.__version__, "git_commit": None, "git_dirty": None}
   try:
@@ -37,7 +40,7 @@ def code_version() -> dict:
     # Uncommitted edits to tracked files make the commit an incomplete description of the code.
     out["git_dirty"] = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
   except (OSError, subprocess.SubprocessError):
-    pass
+    out["git_commit"] = os.environ.get("MEDSSL_GIT_COMMIT") or None
   return out
 
 
