@@ -1,7 +1,9 @@
 """Runs a table config: a grid of experiment rows, cached per row, into Markdown / CSV / PNG tables.
 
 Command: python -m medssl_jax.tables.runner --table=configs/table_fundus_quick.py --workdir=/tmp/t
-         (`--table.<experiment key>=value`, e.g. `--table.train.num_steps=100`, overrides every row.)
+         (`--table.<experiment key>=value`, e.g. `--table.train.num_steps=100`, overrides every row;
+         `--grid=seed=0` runs one seed; `--report_only` runs nothing and writes the tables from the finished rows,
+         e.g. after copying rows/<row> folders in from several machines.)
 
 A table config file defines `get_table(arg=None)` returning a ConfigDict with (checked by `validate_table`):
   name         file names of the outputs: <workdir>/<name>.md, .csv, .png ([A-Za-z0-9._-]).
@@ -492,7 +494,7 @@ def _folders(workdir: str, kind: str):
   return lambda slug: paths.join(root, existing.get(slug.rsplit("-", 1)[-1], slug))
 
 
-def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None) -> dict:
+def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None, report_only: bool = False) -> dict:
   """Runs every row of `table` not yet in `workdir` and writes <workdir>/<name>.{md,csv,png}.
 
   Args:
@@ -500,22 +502,24 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
     workdir: where pretraining runs, per-row results and the tables live; rerunning resumes.
     overrides: {dotted experiment key: value} applied to every row (after table.overrides), e.g. from
       `--table.train.num_steps=100`; part of each row's hash like any other config value.
+    report_only: run nothing: write the tables from the finished rows (e.g. rows copied in from several
+      machines, one seed each) and list the rows still missing, in the Markdown and in "missing".
   Returns:
     {"rows": [result records, in row order, each with a 'status' of 'cached' or 'ran'],
-     "md": path, "csv": path, "png": path or None}.
+     "missing": [slugs of rows not run (report_only)], "md": path, "csv": path, "png": path or None}.
   """
   rows = build_rows(table, overrides=overrides)  # Every row is validated before anything runs.
   table = follow_datasets(table, rows)
   workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
   with workdir_lock.hold(workdir, what="table workdir"):  # Two runners would train the same rows twice.
-    return _run_rows(table, rows, workdir)
+    return _run_rows(table, rows, workdir, report_only=report_only)
 
 
-def _run_rows(table, rows, workdir: str) -> dict:
+def _run_rows(table, rows, workdir: str, *, report_only: bool = False) -> dict:
   paths.makedirs(workdir)
   n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode not in OWN_ENCODER_MODES})
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
-  records, t_table = [], time.perf_counter()
+  records, missing, t_table = [], [], time.perf_counter()
   row_dir, pretrain_dir = _folders(workdir, "rows"), _folders(workdir, "pretrain")
   for i, row in enumerate(rows, 1):
     rdir = row_dir(row["slug"])
@@ -527,6 +531,10 @@ def _run_rows(table, rows, workdir: str) -> dict:
         record["objective"] = "none (supervised)"
       print(f"[{i}/{len(rows)}] cached   {os.path.basename(rdir)} (finished {record.get('finished', '?')})",
             flush=True)
+    elif report_only:
+      print(f"[{i}/{len(rows)}] missing  {os.path.basename(rdir)} (not run: --report_only)", flush=True)
+      missing.append(os.path.basename(rdir))
+      continue
     else:
       where = OWN_ENCODER_MODES.get(row["config"].mode) or f"pretraining: {paths.relpath(pdir, workdir)}"
       print(f"[{i}/{len(rows)}] running  {os.path.basename(rdir)} ({where})", flush=True)
@@ -534,12 +542,16 @@ def _run_rows(table, rows, workdir: str) -> dict:
       record = dict(_run_row(row, table_name=table.name, rdir=rdir, pdir=pdir, workdir=workdir), status="ran")
       print(f"[{i}/{len(rows)}] done     {os.path.basename(rdir)} in {time.perf_counter() - t0:.1f}s", flush=True)
     records.append(record)
-  out = write_outputs(table, records, workdir=workdir)
+  if not records:
+    raise ValueError(f"{workdir}: no finished rows of table {table.name} to report; run the table without "
+                             "--report_only first (or copy finished rows/<row> folders in)")
+  out = write_outputs(table, records, workdir=workdir, missing=missing)
   ran = sum(r["status"] == "ran" for r in records)
-  print(f"table {table.name}: {ran} row(s) run, {len(records) - ran} cached, "
+  print(f"table {table.name}: {ran} row(s) run, {len(records) - ran} cached"
+        + (f", {len(missing)} missing" if missing else "") + ", "
         f"{time.perf_counter() - t_table:.1f}s; wrote {out['md']}, {out['csv']}"
         f"{', ' + out['png'] if out['png'] else ''}", flush=True)
-  return dict(rows=records, **out)
+  return dict(rows=records, missing=missing, **out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -634,7 +646,7 @@ def _aggregate(entries, extra) -> list[dict]:
   return list(groups.values())
 
 
-def format_markdown(table, records, *, png: str | None = None) -> str:
+def format_markdown(table, records, *, png: str | None = None, missing=()) -> str:
   """The table's Markdown: aggregated (mean ± std over seeds, published rows beside), then every run."""
   entries = _entries(records)
   extra = records_lib.extra_axes(records)
@@ -659,6 +671,9 @@ def format_markdown(table, records, *, png: str | None = None) -> str:
             f"Written {datetime.datetime.now().isoformat(timespec='seconds')}; "
             "accuracy and AUROC (macro one-vs-rest) on each dataset's test split.", ""]
 
+  if missing:
+    lines += [f"Not run yet ({len(missing)} of {len(missing) + len(records)} rows; the same command without "
+              f"--report_only runs them): {', '.join(f'`{m}`' for m in missing)}", ""]
   lines += ["## Mean ± std over seeds", ""]
   head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels", *extra, "accuracy", "AUROC",
           *kappa_head, *nc_head, "source"]
@@ -755,11 +770,11 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   return path
 
 
-def write_outputs(table, records, *, workdir: str) -> dict:
+def write_outputs(table, records, *, workdir: str, missing=()) -> dict:
   """Writes <workdir>/<name>.md, .csv and (with label fractions) .png; returns their paths."""
   base = paths.join(workdir, table.name)
   png = plot_auroc_vs_labels(table, records, base + ".png")
-  files = results_lib.write_table(base, markdown=format_markdown(table, records, png=png),
+  files = results_lib.write_table(base, markdown=format_markdown(table, records, png=png, missing=missing),
                                   csv=format_csv(table, records))
   return dict(files, png=png, ood=ood_matrix.write_ood_outputs(table, records, workdir=workdir))
 
@@ -780,7 +795,8 @@ def main(argv):
     # --table loads get_config (the base experiment), so --table.<key>=v is checked against the
     # experiment schema by config_flags; the runner applies those values to every row.
     with guard.stop_anywhere():  # SIGTERM / Ctrl-C between rows or inside one: finished rows stay cached.
-      run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)))
+      run_table(table, workdir=flags.FLAGS.workdir, overrides=dict(config_flags.get_override_values(flag)),
+                report_only=flags.FLAGS.report_only)
   except guard.Stopped as e:
     print(f"{e}: every finished row is kept in {flags.FLAGS.workdir}/rows (a stopped pretraining resumes from its "
           "last checkpoint, a stopped evaluation runs again); rerun the same command to continue", flush=True)
@@ -798,6 +814,8 @@ def _define_flags():
   flags.DEFINE_multi_string("grid", [], "An axis of the grid, replaced or added: <key>=<v1>,<v2>,... (e.g. "
                             "--grid=seed=0 to run one seed, --grid=eval.train_subset=1%,10%,); repeatable. Rows keep "
                             "their identity, so finished rows stay cached when the grid narrows or widens.")
+  flags.DEFINE_bool("report_only", False, "Run nothing: write the tables from the rows already finished in --workdir "
+                    "(e.g. copied in from several machines) and list the missing ones.")
   flags.mark_flags_as_required(["table", "workdir"])
 
 
