@@ -8,6 +8,8 @@ Command:    python -m medssl_jax.tables.runner --table=configs/table_medmnist3d_
             affords, NOT the published architecture or schedule); `:quick` (2 epochs of a narrow network, the
             plumbing); none: the published recipe at full width (a GPU job).
 Departs:    mean / std 0.5 normalisation and no "shape transform" (configs/volume_supervised.py says how).
+Wall-clock: the full table, about 9 min per AdrenalMNIST3D seed on one NVIDIA H200 shared with other jobs
+            (docs/volumes.md); `:cpu` 16-60 min per row on 2 CPU cores.
 """
 import ml_collections
 

@@ -12,7 +12,8 @@ Command:    python -m medssl_jax.tables.runner --table=configs/table_medmnist_su
             such as the shared pneumoniamnist_reconstructed.npz, and says so).
 Expected:   published ResNet-18 (28): RetinaMNIST AUC 0.717 / ACC 0.524, PneumoniaMNIST 0.944 / 0.854; an
             independent 3-seed rerun: 0.738±0.001 / 0.511±0.025 and 0.942±0.014 / 0.812±0.054.
-Wall-clock: not yet run (900 and 3,700 steps of a full ResNet-18 per seed: a GPU job).
+Wall-clock: on one NVIDIA H200, 2-4 min per seed (`:retina` / `:pneumonia`, one process per seed, sharing the GPU);
+            on the 2-core CPU about an hour per RetinaMNIST seed. Results: docs/tables.md.
 """
 import ml_collections
 

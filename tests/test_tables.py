@@ -140,7 +140,7 @@ def test_table_runs_resumes_caches_and_reruns_one_row(tfds_dir, tmp_path, capsys
   log = capsys.readouterr().out
   assert report["missing"] == [rows[1].name] and len(report["rows"]) == 3
   assert f"missing  {rows[1].name}" in log and "] running" not in log and "step 1/" not in log
-  assert f"Not run yet (1 of 4 rows" in open(report["md"]).read() and not (rows[1] / "result.json").exists()
+  assert "Not run yet (1 of 4 rows" in open(report["md"]).read() and not (rows[1] / "result.json").exists()
   runner.run_table(table, workdir=str(workdir))
   log = capsys.readouterr().out
   assert log.count("] cached ") == 3 and log.count("] running") == 1 and f"running  {rows[1].name}" in log
