@@ -37,3 +37,23 @@ def base(name: str):
   c.model.stem = "cifar"
   c.model.width_multiplier = 1.0
   return c
+
+
+def supervised_recipe(c, *, batch_size: int, eval_batch_size: int):
+  """MedMNIST v2's training recipe, shared by its 2D and 3D benchmarks (configs/medmnist_supervised.py,
+  configs/volume_supervised.py): a random init trained with labels (mode "supervised", the fine-tuning protocol),
+  Adam 1e-3 without weight decay, 100 epochs with lr x0.1 at epochs 50 and 75, no augmentation, the checkpoint with
+  the best validation AUC (scored every epoch) tested. Epochs count the dataset actually opened (steps at run
+  time), so another dataset by override trains as long."""
+  c.mode = "supervised"
+  c.eval.protocol = "finetune"
+  c.eval.compare_random_init = False
+  c.eval.batch_size = eval_batch_size
+  c.eval.finetune_epochs = 100
+  c.eval.finetune_batch_size = batch_size
+  c.eval.finetune_learning_rate = 1e-3
+  c.eval.finetune_weight_decay = 0.0
+  c.eval.finetune_schedule = "multistep"
+  c.eval.finetune_milestones = (0.5, 0.75)
+  c.eval.finetune_augment = False
+  c.eval.finetune_eval_every_epoch = True

@@ -1,7 +1,9 @@
 """Volumes end to end on generated data: the synthetic volume builder, `configs/volume_simclr.py` pretraining
 then linear probe, and the kNN and fine-tuning protocols on volumes."""
 import json
+import textwrap
 
+import ml_collections
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -13,6 +15,7 @@ from medssl_jax.data import pipeline
 from medssl_jax.data import synthetic_volumes
 from medssl_jax.protocols import encoders as protocol_encoders
 from medssl_jax.protocols import probe as protocol_probe
+from medssl_jax.tables import runner
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +169,69 @@ def test_dry_run_stand_in_batch_has_the_volume_pipelines_shapes(tfds_dir):
   stand_in = dry_run._stand_in_batch(config, dry_run.dataset_info(config), 4)  # pylint: disable=protected-access
   assert {k: (v.shape, v.dtype) for k, v in stand_in.items()} == {k: (v.shape, v.dtype) for k, v in real.items()}
   assert real["image"].shape == (4, 16, 16, 16, 1)
+
+
+def _source_config_file(tmp_path, tfds_dir):
+  """A 2D config file (the quick demo's SimCLR on synthetic_fundus/tiny, CIFAR stem, 32 px) to name as a source."""
+  pipeline.get_builder("synthetic_fundus", data_dir=str(tfds_dir), config="tiny")
+  path = tmp_path / "source_2d.py"
+  path.write_text(textwrap.dedent("""
+      from medssl_jax.config import load
+      def get_config(arg=None):
+        c = load("demo_simclr", "quick")
+        c.data.builder_config = "tiny"
+        c.data.image_size = 32
+        for view in c.augment.views:
+          view.crop_size = 32
+        c.model.stem = "cifar"
+        c.train.checkpoint_every = 1000
+        return c
+      """))
+  return str(path)
+
+
+def test_inflation_source_named_by_a_config_is_pretrained_first(tfds_dir, tmp_path):
+  """main.py's path: model.inflate_from names a 2D config; its pretraining runs in <workdir>/inflate_source with
+  the 3D config's seed, width, steps and batch, then the inflated encoder is probed."""
+  config = _tiny(tfds_dir)
+  config.mode = "inflate_and_probe"
+  config.seed = 3
+  config.model.inflate_from = _source_config_file(tmp_path, tfds_dir)
+  source = protocol_encoders.inflate_source(config)
+  assert (source.mode, source.seed, source.model.width_multiplier, source.train.num_steps, source.train.batch_size,
+          source.data.data_dir, source.data.builder) == ("pretrain", 3, 0.0625, 4, 8, str(tfds_dir), "synthetic_fundus")
+  results = experiment.run(config, str(tmp_path / "run"))
+  saved = json.loads((tmp_path / "run" / "inflate_source" / "config.json").read_text())
+  assert (saved["seed"], saved["model"]["width_multiplier"]) == (3, 0.0625)
+  assert (tmp_path / "run" / "inflate_source" / "checkpoints" / "4").is_dir()
+  (name,) = results
+  assert name == "inflated i3d (simclr, 2D inflate_source)" and 0.0 <= results[name]["auroc"] <= 1.0
+  config.model.inflate_from = "configs/volume_simclr.py:synthetic"
+  with pytest.raises(ValueError, match=r"inflate_from='configs/volume_simclr.py:synthetic' pretrains resnet18_3d; "
+                                       "inflation takes a 2D ResNet"):
+    protocol_encoders.inflate_source(config)
+
+
+def test_table_rows_share_the_inflation_source_pretraining(tfds_dir, tmp_path, capsys):
+  """In a table, rows naming the same source config share one 2D pretraining (pretrain/inflate_source-<hash>), the
+  rows' identity covers it, and the objective column says what was inflated."""
+  t = ml_collections.ConfigDict()
+  t.name = "inflated"
+  t.base_config = "configs/volume_inflated.py:synthetic,quick"
+  t.grid = ml_collections.ConfigDict({"eval": {"protocol": ("linear_probe", "knn")}})
+  t.overrides = ml_collections.ConfigDict()
+  t.overrides.data = dict(builder_config="tiny", data_dir=str(tfds_dir), image_size=16)
+  t.overrides.model = dict(width_multiplier=0.0625, inflate_from=_source_config_file(tmp_path, tfds_dir))
+  t.overrides.train = dict(batch_size=8, num_steps=4, checkpoint_every=4)
+  t.overrides.eval = dict(knn_k=5, max_iter=20)
+  out = runner.run_table(t, workdir=str(tmp_path / "t"))
+  log = capsys.readouterr().out
+  (source_dir,) = (tmp_path / "t" / "pretrain").iterdir()
+  assert source_dir.name.startswith("inflate_source-") and (source_dir / "checkpoints" / "4").is_dir()
+  assert log.count(f"2D pretraining inflated to 3D: pretrain/{source_dir.name}") == 2 and log.count("step 4/4") == 1
+  assert [r["objective"] for r in out["rows"]] == ["inflated i3d (2D simclr)"] * 2
+  assert all(r["pretrain_dir"] == f"pretrain/{source_dir.name}" and r["pretrain_wall_clock_s"] > 0 for r in out["rows"])
+  # Another seed is another source pretraining, so other rows.
+  other = runner.build_rows(runner.set_axes(t, ["seed=1"]))
+  assert {r["source"]["slug"] for r in other} != {source_dir.name}
+  assert not {r["slug"] for r in other} & {r["row"] for r in out["rows"]}

@@ -4,7 +4,10 @@
   pretrain_and_probe  pretraining (resumable), then the same evaluation
   supervised          a random init fine-tuned with labels (eval.protocol "finetune"): the from-scratch recipe
   inflate_and_probe   the 2D encoder pretrained in model.inflate_from, inflated into the config's 3D encoder (no 3D
-                      pretraining), then the same evaluation (beside a random init when eval.compare_random_init)
+                      pretraining), then the same evaluation (beside a random init when eval.compare_random_init).
+                      inflate_from is a 2D pretraining workdir, or a config ('<path>.py[:variant]') whose
+                      pretraining runs first in <workdir>/inflate_source, with the row's seed, width and budget
+                      (protocols/encoders.py: SOURCE_KEYS)
 
 Results go to <workdir>/<protocols.probe.results_name(config)>.{json,md}; image-text objectives also get
 report retrieval (medssl_jax/protocols/retrieval.py).
@@ -48,6 +51,12 @@ def supervised(config, workdir: str, *, mesh=None) -> dict:
 def inflate_and_probe(config, workdir: str, *, mesh=None) -> dict:
   builder = pipeline.open_dataset(config.data)
   paths.makedirs(workdir)
+  source = encoders_lib.inflate_source(config)
+  if source is not None:  # inflate_from names a config: its 2D pretraining runs first (resumable), in the workdir.
+    source_dir = paths.join(workdir, INFLATE_SOURCE_DIR)
+    pretrain_lib.pretrain(source, source_dir, builder=pipeline.open_dataset(source.data), mesh=mesh)
+    config = config.copy_and_resolve_references()
+    config.model.inflate_from = source_dir
   name, encoder = encoders_lib.inflated(config)
   return _evaluate(config, {name: encoder}, builder=builder, workdir=workdir, mesh=mesh)
 
@@ -68,8 +77,11 @@ def check(config):
                      f"eval.protocol='finetune'; got eval.protocol={config.eval.protocol!r}")
   if config.mode == "inflate_and_probe" and not config.model.inflate_from:
     raise ValueError("config.mode='inflate_and_probe' needs config.model.inflate_from: a 2D pretraining workdir "
-                     "whose ResNet is inflated into config.model.encoder (a 3D one)")
+                     "whose ResNet is inflated into config.model.encoder (a 3D one), or a config whose pretraining "
+                     "runs first (e.g. configs/medmnist_simclr.py:pneumoniamnist)")
 
+
+INFLATE_SOURCE_DIR = "inflate_source"  # <workdir>/inflate_source: the 2D pretraining a config-named source makes.
 
 MODES = {"linear_eval": linear_eval, "pretrain_and_probe": pretrain_and_probe, "supervised": supervised,
          "inflate_and_probe": inflate_and_probe}

@@ -76,6 +76,41 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   return section(config_lib.migrate(saved))
 
 
+# What an inflation source's 2D pretraining takes from the 3D row: the seed, the width (inflation needs it equal) and
+# the pretraining budget (the inflated arm then costs what a 3D pretraining of the same config costs), and where the
+# data lives.
+SOURCE_KEYS = ("seed", "model.width_multiplier", "train.num_steps", "train.batch_size", "data.data_dir")
+
+
+def is_config_spec(value: str) -> bool:
+  """Whether a model.inflate_from names a config ('configs/medmnist_simclr.py:pneumoniamnist') rather than a
+  workdir."""
+  return str(value).split(":", 1)[0].endswith(".py")
+
+
+def inflate_source(config) -> ml_collections.ConfigDict | None:
+  """The 2D pretraining config that config.model.inflate_from names, when it names a config ('<path>.py[:variant]')
+  rather than a workdir: that config in mode "pretrain", with SOURCE_KEYS taken from `config`. None for a workdir."""
+  spec = config.model.inflate_from
+  if not spec or not is_config_spec(spec):
+    return None
+  try:
+    source = config_lib.load(spec)
+  except (FileNotFoundError, ValueError) as e:
+    raise ValueError(f"config.model.inflate_from={spec!r}: {e}") from None
+  source.mode = "pretrain"
+  for key in SOURCE_KEYS:
+    *parents, leaf = key.split(".")
+    src, dst = config, source
+    for name in parents:
+      src, dst = src[name], dst[name]
+    dst[leaf] = src[leaf]
+  if source.model.encoder.endswith("_3d") or not source.model.encoder.startswith("resnet"):
+    raise ValueError(f"config.model.inflate_from={spec!r} pretrains {source.model.encoder}; inflation takes a 2D "
+                     "ResNet's pretraining (e.g. configs/medmnist_simclr.py:pneumoniamnist)")
+  return config_lib.validate(source)
+
+
 def inflated(config) -> tuple[str, tuple]:
   """(display name, (model, variables, recalibrate)): the 3D model of `config` whose backbone is the 2D ResNet
   pretrained in config.model.inflate_from, inflated by config.model.inflate_method (models/inflate.py: "i3d"

@@ -60,6 +60,7 @@ from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import results as results_lib
+from medssl_jax.protocols import encoders as encoders_lib
 from medssl_jax.protocols import probe
 from medssl_jax.tables import records as records_lib
 from medssl_jax.tables import ood_matrix
@@ -304,7 +305,9 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: 
   `open_data` False leaves epoch schedules unresolved (no dataset is opened; the dry run needs shapes only).
 
   Each row is a dict: axes ({dotted key: value}, 'base_config' first when it is an axis), config,
-  slug (rows/<slug>), pretrain_slug (pretrain/<pretrain_slug>), base_config.
+  slug (rows/<slug>), pretrain_slug (pretrain/<pretrain_slug>), base_config, source (None, or for an inflation
+  row whose model.inflate_from names a config, {config, slug}: its 2D pretraining, in pretrain/<slug>, shared by
+  every row with the same source).
   """
   validate_table(table)
   bases = (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
@@ -343,9 +346,15 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: 
     # Single-valued axes are the same in every row: the hash covers them, the readable part need not.
     varying = {k: v for k, v in axes.items() if k == "base_config" or len(grid[k]) > 1}
     pre_axes = {k: v for k, v in varying.items() if _pretrain_relevant(k)}
+    row_flat = _flat_config(config, NON_RESULT_KEYS)
+    source = encoders_lib.inflate_source(config)
+    if source is not None:  # The row is also what its 2D source pretraining computes.
+      source_digest = _digest(_flat_config(source, ckpt_lib.RESUMABLE_KEYS + NON_RESULT_KEYS))
+      row_flat["inflate_source"] = source_digest
+      source = dict(config=source, slug=f"inflate_source-{source_digest}")
     rows.append(dict(
-        axes=axes, config=config, base_config=base,
-        slug=_slug(varying, _digest(_flat_config(config, NON_RESULT_KEYS))),
+        axes=axes, config=config, base_config=base, source=source,
+        slug=_slug(varying, _digest(row_flat)),
         pretrain_slug=_slug(pre_axes, _digest(_flat_config(config, ckpt_lib.RESUMABLE_KEYS + NON_RESULT_KEYS)))))
   return rows
 
@@ -413,17 +422,22 @@ OWN_ENCODER_MODES = {"supervised": "trained from scratch with labels",
                      "inflate_and_probe": "a 2D pretrained encoder inflated to 3D"}
 
 
-def _objective_label(config) -> str:
+def _objective_label(config, source=None) -> str:
   if config.mode == "supervised":
     return "none (supervised)"
   if config.mode == "inflate_and_probe":
-    return f"inflated {config.model.inflate_method} (2D)"
+    return f"inflated {config.model.inflate_method} (2D{' ' + source.objective.name if source else ''})"
   return config.objective.name
 
 
-def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dict:
+def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str, source_dir: str | None = None) -> dict:
   config = row["config"].copy_and_resolve_references()
-  if row["config"].mode in OWN_ENCODER_MODES:
+  if row["source"] is not None:
+    # An inflation row whose source is a config: its 2D pretraining (shared by the rows naming it) runs first.
+    pretrain_s, pdir = _pretrain(row["source"], source_dir), rdir
+    config.model.inflate_from = source_dir
+    paths.makedirs(rdir)
+  elif row["config"].mode in OWN_ENCODER_MODES:
     # Trained from scratch with labels (e.g. configs/medmnist_supervised.py), or a 2D encoder inflated: no
     # pretraining to share; the row's own folder is its workdir.
     pretrain_s, pdir = 0.0, rdir
@@ -447,12 +461,12 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str) -> dic
       table=table_name, row=row["slug"], base_config=row["base_config"],
       axes=_jsonable(row["axes"]), config=json.loads(config.to_json_best_effort()),
       dataset=d.builder + (f"/{d.builder_config}" if d.builder_config else ""),
-      objective=_objective_label(config),
+      objective=_objective_label(config, row["source"] and row["source"]["config"]),
       protocol=config.eval.protocol,
       train_subset=config.eval.train_subset or ("file" if config.eval.subset_file else ""),
       subset_seed=config.eval.subset_seed, n_labelled=_num_labelled(config, results), seed=config.seed,
       results=results, eval_wall_clock_s=round(eval_s, 2), pretrain_wall_clock_s=round(pretrain_s, 2),
-      pretrain_dir=paths.relpath(pdir, workdir), code_version=code_version(), versions=package_versions(),
+      pretrain_dir=paths.relpath(source_dir if row["source"] else pdir, workdir), code_version=code_version(), versions=package_versions(),
       device=device_description(),
       finished=datetime.datetime.now().isoformat(timespec="seconds"))
   _write_json(paths.join(rdir, RESULT_FILE), record)
@@ -517,7 +531,8 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
 
 def _run_rows(table, rows, workdir: str, *, report_only: bool = False) -> dict:
   paths.makedirs(workdir)
-  n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode not in OWN_ENCODER_MODES})
+  n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode not in OWN_ENCODER_MODES}
+                   | {r["source"]["slug"] for r in rows if r["source"]})
   print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
   records, missing, t_table = [], [], time.perf_counter()
   row_dir, pretrain_dir = _folders(workdir, "rows"), _folders(workdir, "pretrain")
@@ -536,10 +551,13 @@ def _run_rows(table, rows, workdir: str, *, report_only: bool = False) -> dict:
       missing.append(os.path.basename(rdir))
       continue
     else:
-      where = OWN_ENCODER_MODES.get(row["config"].mode) or f"pretraining: {paths.relpath(pdir, workdir)}"
+      sdir = pretrain_dir(row["source"]["slug"]) if row["source"] else None
+      where = (f"2D pretraining inflated to 3D: {paths.relpath(sdir, workdir)}" if sdir else
+               OWN_ENCODER_MODES.get(row["config"].mode) or f"pretraining: {paths.relpath(pdir, workdir)}")
       print(f"[{i}/{len(rows)}] running  {os.path.basename(rdir)} ({where})", flush=True)
       t0 = time.perf_counter()
-      record = dict(_run_row(row, table_name=table.name, rdir=rdir, pdir=pdir, workdir=workdir), status="ran")
+      record = dict(_run_row(row, table_name=table.name, rdir=rdir, pdir=pdir, workdir=workdir, source_dir=sdir),
+                    status="ran")
       print(f"[{i}/{len(rows)}] done     {os.path.basename(rdir)} in {time.perf_counter() - t0:.1f}s", flush=True)
     records.append(record)
   if not records:
