@@ -132,6 +132,26 @@ def test_inflate_and_probe_starts_3d_from_the_2d_encoder(tfds_dir, fundus_workdi
   assert set(results) == {name} and 0.0 <= results[name]["auroc"] <= 1.0
 
 
+def test_3d_pretraining_starts_from_the_inflated_2d_encoder(tfds_dir, fundus_workdir, tmp_path):
+  config = _tiny(tfds_dir)
+  assert protocol_encoders.inflated_start(config, str(tmp_path)) is None  # No inflate_from: the random init.
+  config.mode = "pretrain"
+  config.model.inflate_from = str(fundus_workdir)
+  config.train.num_steps = 1
+  start = protocol_encoders.inflated_start(config, str(tmp_path / "run"))
+  _, v2d = protocol_encoders.load_pretrained(protocol_encoders.saved_config(str(fundus_workdir)), str(fundus_workdir))
+  k2d = np.asarray(v2d["params"]["backbone"]["stage2_block1"]["conv2"]["kernel"])
+  np.testing.assert_allclose(np.asarray(start["params"]["backbone"]["stage2_block1"]["conv2"]["kernel"]),
+                             np.repeat(k2d[None] / 3, 3, axis=0), rtol=1e-6)
+  experiment.run(config, str(tmp_path / "run"))
+  assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
+  config.mode = "supervised"
+  config.eval.protocol = "finetune"
+  with pytest.raises(ValueError, match="with mode 'supervised', which trains a random init: use mode "
+                                       "'inflate_and_probe'"):
+    experiment.validate(config)
+
+
 def test_inflation_refusals_name_the_setting(tfds_dir, fundus_workdir, tmp_path):
   config = _tiny(tfds_dir)
   config.model.inflate_from = str(fundus_workdir)

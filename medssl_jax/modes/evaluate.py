@@ -7,7 +7,8 @@
                       pretraining), then the same evaluation (beside a random init when eval.compare_random_init).
                       inflate_from is a 2D pretraining workdir, or a config ('<path>.py[:variant]') whose
                       pretraining runs first in <workdir>/inflate_source, with the row's seed, width and budget
-                      (protocols/encoders.py: SOURCE_KEYS)
+                      (protocols/encoders.py: SOURCE_KEYS). In pretrain_and_probe, inflate_from starts the 3D
+                      pretraining from the inflated encoder instead of a random init
 
 Results go to <workdir>/<protocols.probe.results_name(config)>.{json,md}; image-text objectives also get
 report retrieval (medssl_jax/protocols/retrieval.py).
@@ -33,7 +34,8 @@ def linear_eval(config, workdir: str, *, mesh=None) -> dict:
 
 def pretrain_and_probe(config, workdir: str, *, mesh=None) -> dict:
   builder = pipeline.open_dataset(config.data)
-  model, state = pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh)
+  model, state = pretrain_lib.pretrain(config, workdir, builder=builder, mesh=mesh,
+                                       init_variables=encoders_lib.inflated_start(config, workdir, mesh=mesh))
   return _evaluate(config, {f"{config.objective.name} (pretrained)": (model, state.variables, False)},
                    builder=builder, workdir=workdir, mesh=mesh)
 
@@ -51,13 +53,7 @@ def supervised(config, workdir: str, *, mesh=None) -> dict:
 def inflate_and_probe(config, workdir: str, *, mesh=None) -> dict:
   builder = pipeline.open_dataset(config.data)
   paths.makedirs(workdir)
-  source = encoders_lib.inflate_source(config)
-  if source is not None:  # inflate_from names a config: its 2D pretraining runs first (resumable), in the workdir.
-    source_dir = paths.join(workdir, INFLATE_SOURCE_DIR)
-    pretrain_lib.pretrain(source, source_dir, builder=pipeline.open_dataset(source.data), mesh=mesh)
-    config = config.copy_and_resolve_references()
-    config.model.inflate_from = source_dir
-  name, encoder = encoders_lib.inflated(config)
+  name, encoder = encoders_lib.inflated(encoders_lib.with_inflation_source(config, workdir, mesh=mesh))
   return _evaluate(config, {name: encoder}, builder=builder, workdir=workdir, mesh=mesh)
 
 
@@ -75,13 +71,15 @@ def check(config):
   if config.mode == "supervised" and config.eval.protocol != "finetune":
     raise ValueError("config.mode='supervised' trains a randomly initialised encoder with labels, which is "
                      f"eval.protocol='finetune'; got eval.protocol={config.eval.protocol!r}")
+  if config.mode == "supervised" and config.model.inflate_from:
+    raise ValueError(f"config.model.inflate_from={config.model.inflate_from!r} with mode 'supervised', which trains a "
+                     "random init: use mode 'inflate_and_probe' with eval.protocol='finetune' to fine-tune the "
+                     "inflated encoder")
   if config.mode == "inflate_and_probe" and not config.model.inflate_from:
     raise ValueError("config.mode='inflate_and_probe' needs config.model.inflate_from: a 2D pretraining workdir "
                      "whose ResNet is inflated into config.model.encoder (a 3D one), or a config whose pretraining "
                      "runs first (e.g. configs/medmnist_simclr.py:pneumoniamnist)")
 
-
-INFLATE_SOURCE_DIR = "inflate_source"  # <workdir>/inflate_source: the 2D pretraining a config-named source makes.
 
 MODES = {"linear_eval": linear_eval, "pretrain_and_probe": pretrain_and_probe, "supervised": supervised,
          "inflate_and_probe": inflate_and_probe}

@@ -111,6 +111,31 @@ def inflate_source(config) -> ml_collections.ConfigDict | None:
   return config_lib.validate(source)
 
 
+INFLATE_SOURCE_DIR = "inflate_source"  # <workdir>/inflate_source: the 2D pretraining a config-named source makes.
+
+
+def with_inflation_source(config, workdir: str, *, mesh=None):
+  """`config` with model.inflate_from a 2D pretraining workdir: where it names a config, that config's pretraining
+  runs first (resumable) in <workdir>/inflate_source (`inflate_source`: with the row's seed, width and budget)."""
+  source = inflate_source(config)
+  if source is None:
+    return config
+  source_dir = paths.join(workdir, INFLATE_SOURCE_DIR)
+  pretrain_lib.pretrain(source, source_dir, mesh=mesh)
+  config = config.copy_and_resolve_references()
+  config.model.inflate_from = source_dir
+  return config
+
+
+def inflated_start(config, workdir: str, *, mesh=None) -> dict | None:
+  """The variables a 3D pretraining starts from when config.model.inflate_from is set (the 2D backbone inflated,
+  heads at their random init), else None (random init)."""
+  if not config.model.inflate_from:
+    return None
+  _, (_, variables, _) = inflated(with_inflation_source(config, workdir, mesh=mesh))
+  return variables
+
+
 def inflated(config) -> tuple[str, tuple]:
   """(display name, (model, variables, recalibrate)): the 3D model of `config` whose backbone is the 2D ResNet
   pretrained in config.model.inflate_from, inflated by config.model.inflate_method (models/inflate.py: "i3d"

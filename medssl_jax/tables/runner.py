@@ -347,7 +347,7 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: 
     varying = {k: v for k, v in axes.items() if k == "base_config" or len(grid[k]) > 1}
     pre_axes = {k: v for k, v in varying.items() if _pretrain_relevant(k)}
     row_flat = _flat_config(config, NON_RESULT_KEYS)
-    source = encoders_lib.inflate_source(config)
+    source = encoders_lib.inflate_source(config) if config.mode == "inflate_and_probe" else None
     if source is not None:  # The row is also what its 2D source pretraining computes.
       source_digest = _digest(_flat_config(source, ckpt_lib.RESUMABLE_KEYS + NON_RESULT_KEYS))
       row_flat["inflate_source"] = source_digest
