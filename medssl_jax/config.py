@@ -234,7 +234,7 @@ def objective_section() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "simclr"
   c.temperature = 0.1              # Contrastive / student softmax temperature.
-  # EMA teacher (BYOL, MoCo, DINO): momentum rises from `momentum` to `momentum_final` (cosine).
+  # EMA teacher (BYOL, MoCo, DINO, ReLIC): momentum rises from `momentum` to `momentum_final` (cosine).
   c.momentum = 0.996
   c.momentum_final = 1.0
   c.num_global_views = 2           # Multi-crop: leading full-size views (teacher / assignments).
@@ -246,6 +246,8 @@ def objective_section() -> ml_collections.ConfigDict:
   c.vicreg.sim_weight = 25.0       # Invariance / variance / covariance weights (the paper's lambda, mu, nu).
   c.vicreg.std_weight = 25.0
   c.vicreg.cov_weight = 1.0
+  c.relic = ml_collections.ConfigDict()
+  c.relic.invariance_weight = 1.0  # The paper's alpha: weight of the KL invariance penalty.
   c.swav = ml_collections.ConfigDict()
   c.swav.num_prototypes = 256
   c.swav.sinkhorn_iters = 3        # Sinkhorn-Knopp iterations and epsilon.

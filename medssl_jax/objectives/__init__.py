@@ -23,6 +23,7 @@ OBJECTIVES = {
     "moco_v2": "medssl_jax.objectives.moco:MOCO_V2",
     "moco_v3": "medssl_jax.objectives.moco:MOCO_V3",
     "byol": "medssl_jax.objectives.byol:BYOL",
+    "relic": "medssl_jax.objectives.relic:RELIC",
     "simsiam": "medssl_jax.objectives.simsiam:SIMSIAM",
     "barlow_twins": "medssl_jax.objectives.barlow_twins:BARLOW_TWINS",
     "vicreg": "medssl_jax.objectives.vicreg:VICREG",
