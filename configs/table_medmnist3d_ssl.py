@@ -60,6 +60,9 @@ def get_table(arg=None):
   if arg == "quick":
     t.grid.seed = (0,)
     t.grid.eval.train_subset = ("10%",)
+    t.overrides.eval.finetune_steps = 20
+    t.overrides.eval.finetune_batch_size = 16
+    t.overrides.eval.finetune_eval_every = 10
   return t
 
 

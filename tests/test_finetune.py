@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
   monkeypatch.setattr(ft, "learning_rate_at", stop_at_15)
   with pytest.raises(guard.Interrupted) as stopped:
     run(checkpoint_dir=str(tmp_path), **kw)
-  assert stopped.value.saved == 15
+  assert stopped.value.saved == 15 and "holds the state, the curves and the selection so far;" in str(stopped.value)
   called = []
   monkeypatch.setattr(ft, "learning_rate_at", lambda step, **kwargs: called.append(step) or schedule(step, **kwargs))
   resumed = run(checkpoint_dir=str(tmp_path), **kw)

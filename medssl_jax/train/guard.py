@@ -28,16 +28,17 @@ class Interrupted(SystemExit):
   `step`: the last step run; `saved`: the step of the checkpoint to resume from (None: none yet; it is `step`
   unless the collapse guard skipped that save)."""
 
-  def __init__(self, signum: int, step: int, directory: str, *, saved: int | None):
-    self.signum, self.step, self.directory, self.saved = signum, step, directory, saved
+  def __init__(self, signum: int, step: int, directory: str, *, saved: int | None,
+               holds: str = "the state and the data iterator position"):
+    self.signum, self.step, self.directory, self.saved, self.holds = signum, step, directory, saved, holds
     super().__init__(128 + signum)
 
   def __str__(self):
     name = signal.Signals(self.signum).name
     if self.saved is None:
       return f"stopped by {name} after step {self.step}; no checkpoint in {self.directory} yet: rerunning starts over"
-    return (f"stopped by {name} after step {self.step}; checkpoint {self.directory}/{self.saved} holds the state "
-            "and the data iterator position; rerun the same command to resume exactly where it stopped")
+    return (f"stopped by {name} after step {self.step}; checkpoint {self.directory}/{self.saved} holds {self.holds}; "
+            "rerun the same command to resume exactly where it stopped")
 
 
 class Stopped(SystemExit):
@@ -108,9 +109,10 @@ class StopSignals(_SignalHandlers):
     print(f"\n{signal.Signals(signum).name} received: finishing this step, then writing a checkpoint "
           "(Ctrl-C again to stop at once)", flush=True)
 
-  def interrupt(self, step: int, directory: str, *, saved: int | None):
-    """Prints where the run stopped and what to resume from, then raises Interrupted (call after saving)."""
-    stopped = Interrupted(self.requested, step, directory, saved=saved)
+  def interrupt(self, step: int, directory: str, *, saved: int | None, **kwargs):
+    """Prints where the run stopped and what to resume from, then raises Interrupted (call after saving);
+    `holds` (kwargs) says what the checkpoint holds, if not the state and the data iterator position."""
+    stopped = Interrupted(self.requested, step, directory, saved=saved, **kwargs)
     print(stopped, flush=True)
     raise stopped
 

@@ -126,7 +126,8 @@ def fit(*, name: str, steps: int, state, step_fn: Callable, start: int = 0, eval
     if signals is not None and signals.should_stop() and step < steps:  # (The last step finishes normally.)
       if save is not None:
         save(step, state, train_curve, val_curve, snapshot())
-      signals.interrupt(step, checkpoint_dir, saved=step)
+      # Batches follow from the seed and the step number: no iterator position to keep.
+      signals.interrupt(step, checkpoint_dir, saved=step, holds="the state, the curves and the selection so far")
   jax.block_until_ready(state)
   _, best_step, best_state, best_metrics = best if best is not None else (None, None, None, None)
   return Fit(state=state, best_step=best_step, best_state=best_state, best_metrics=best_metrics,
