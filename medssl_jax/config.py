@@ -28,7 +28,7 @@ from medssl_jax.data import subsets
 from medssl_jax.models import inflate
 from medssl_jax.objectives import swcl as swcl_objective
 
-EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune")
+EVAL_PROTOCOLS = ("linear_probe", "knn", "finetune", "fewshot")
 CORE_SECTIONS = ("data", "model", "objective", "text", "augment", "train", "distributed", "eval")
 
 _SECTIONS: dict[str, Callable[[], ml_collections.ConfigDict]] = {}
@@ -356,6 +356,14 @@ def eval_section() -> ml_collections.ConfigDict:
   c.knn_k = 20                     # protocol "knn": weighted cosine kNN (Wu et al. 2018 / DINO).
   c.knn_temperature = 0.07
   c.knn_weighting = "exp"          # "exp" (weights exp(sim / T)) or "uniform".
+  # protocol "fewshot": N-way K-shot episodes on frozen features (medssl_jax/evals/fewshot.py), support from the
+  # (label subset of the) training split, queries from the test split; one result per shots x classifier.
+  c.fewshot = ml_collections.ConfigDict()
+  c.fewshot.n_way = 0              # Classes per episode (0: all of them).
+  c.fewshot.shots = (1, 5)         # K: support examples per class.
+  c.fewshot.n_query = 15           # Query examples per class and episode.
+  c.fewshot.episodes = 200
+  c.fewshot.classifiers = ("prototype", "logistic")
   # protocol "finetune": backbone + new head, AdamW with cosine decay, crop/flip augmentation,
   # checkpoint chosen by validation AUROC (medssl_jax/evals/finetune.py). backbone_lr_scale 0 = frozen.
   c.finetune_steps = 500

@@ -50,7 +50,7 @@ from medssl_jax.train import state as state_lib  # noqa: E402
 from medssl_jax.train import step as step_lib  # noqa: E402
 
 # Modes whose run trains config.objective with train/pretrain.py (the others evaluate or fine-tune only).
-FEATURE_PROTOCOLS = ("linear_probe", "knn")
+FEATURE_PROTOCOLS = ("linear_probe", "knn", "fewshot")
 GIB = 2.0 ** 30
 
 

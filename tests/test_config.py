@@ -34,7 +34,7 @@ def test_unknown_variant():
 @pytest.mark.parametrize("path,value,match", [
     ("model.encoder", "resnet19", "config.model.encoder='resnet19' is not known; valid choices: \\['resnet18', 'resnet50', 'resnet18_3d', 'resnet50_3d', 'vit_tiny'"),
     ("objective.name", "simclear", "config.objective.name='simclear' is not known; valid choices: .*'simclr'.*'supcon'"),
-    ("eval.protocol", "knnn", "config.eval.protocol='knnn' is not known; valid choices: \\['linear_probe', 'knn', 'finetune'\\]"),
+    ("eval.protocol", "knnn", "config.eval.protocol='knnn' is not known; valid choices: \\['linear_probe', 'knn', 'finetune', 'fewshot'\\]"),
     ("data.builder", "fundus", "config.data.builder='fundus'.*synthetic_fundus"),
     ("mode", "train", "config.mode='train'"),
     ("train.batch_size", 0, "config.train.batch_size must be a positive integer"),

@@ -1,6 +1,6 @@
 """Evaluation of frozen or fine-tuned encoders on a dataset's splits, as config.eval names it.
 
-`probe` runs the protocol (`linear_probe`, `knn` or `finetune`) on the (label-subset of the) training split
+`probe` runs the protocol (`linear_probe`, `knn`, `finetune` or `fewshot` episodes) on the (label-subset of the) training split
 for each encoder, scores the test split (accuracy, AUROC, kappa, bootstrap intervals) and the OOD targets of
 config.ood; `format_table`, `results_name` and `write_results` give its Markdown table and result files.
 """
@@ -18,6 +18,7 @@ from medssl_jax import objectives
 from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
+from medssl_jax.evals import fewshot as fewshot_lib
 from medssl_jax.evals import finetune as finetune_lib
 from medssl_jax.evals import knn as knn_lib
 from medssl_jax.evals import linear_probe as probe_lib
@@ -35,6 +36,9 @@ def check(config):
   targets (medssl_jax/protocols/ood.py)."""
   _check_feature_layers(config)
   ood_protocol.check(config)
+  if config.eval.protocol == "fewshot" and (config.ood.targets or config.eval.neural_collapse):
+    raise ValueError("config.eval.protocol='fewshot' scores episodes of the test split only: it takes no ood.targets "
+                     "and no eval.neural_collapse; use linear_probe or knn for those")
 
 
 def _check_feature_layers(config):
@@ -170,6 +174,10 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
     test_features = _frozen_features(model, variables, test["image"], layers=layers, mesh=mesh, **kw)
     for layer in layers:
       tr, te = train_features[layer], test_features[layer]
+      if e.protocol == "fewshot":  # Episodes, one result per shots x classifier: no class scores of the test split.
+        for key, r in _fewshot(config, name, layer, tr, train["label"], te, test["label"], layered=layered).items():
+          results[key] = dict(r, **({"label_subset": _subset_summary(subset)} if subset is not None else {}))
+        continue
       if e.protocol == "knn":
         r = knn_lib.knn_eval(train_features=tr, train_labels=train["label"], test_features=te,
                              test_labels=test["label"], num_classes=num_classes, k=e.knn_k,
@@ -209,6 +217,22 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   print(f"{e.protocol} evaluations done in {time.perf_counter() - t0:.0f}s "
         f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
   return results
+
+
+def _fewshot(config, name, layer, train_features, train_labels, test_features, test_labels, *, layered) -> dict:
+  """{result key: result} of eval.fewshot's episodes for one encoder and layer; keys name shots and classifier."""
+  f = config.eval.fewshot
+  out = {}
+  for shots in f.shots:
+    for classifier in f.classifiers:
+      r = fewshot_lib.episodes(support_features=train_features, support_labels=train_labels,
+                               query_features=test_features, query_labels=test_labels, n_way=f.n_way, k_shot=shots,
+                               n_query=f.n_query, num_episodes=f.episodes, seed=config.seed, classifier=classifier)
+      key = result_key(f"{name} ({shots}-shot {classifier})", layer, layered=layered)
+      out[key] = dict(accuracy=r["accuracy"], auroc=None, layer=layer, fewshot=r)
+      print(f"fewshot [{key}]: accuracy {r['accuracy']:.4f} ± {r['ci95']:.4f} (95% interval over {r['episodes']} "
+            f"{r['n_way']}-way episodes)", flush=True)
+  return out
 
 
 def _paired_difference(config, labels, probs_a, probs_b) -> dict:
@@ -302,12 +326,17 @@ def format_table(results: dict, *, config) -> str:
   if kind == "knn":
     protocol = knn_lib.protocol(k=config.eval.knn_k, temperature=config.eval.knn_temperature,
                                 weighting=config.eval.knn_weighting)
+  elif kind == "fewshot":
+    f = config.eval.fewshot
+    protocol = (f"{f.n_way or 'all'}-way episodes ({f.episodes}, {f.n_query} test-split queries per class), support "
+                "from the training split; features L2-normalised; accuracy ± the 95% interval over episodes "
+                "(medssl_jax/evals/fewshot.py)")
   elif kind == "finetune":
     first = next(iter(results.values()), {})
     protocol = f"{first.get('protocol', finetune_lib.PROTOCOL)}; {first.get('selection', '')}".rstrip("; ")
   else:
     protocol = probe_lib.PROTOCOL
-  title = {"knn": "kNN", "finetune": "Fine-tuning"}.get(kind, "Linear probe")
+  title = {"knn": "kNN", "finetune": "Fine-tuning", "fewshot": "Few-shot episodes"}.get(kind, "Linear probe")
   layered = kind != "finetune" and _layered(config)
   nc = kind != "finetune" and any("neural_collapse" in r for r in results.values())
   extra_lines = []
@@ -333,7 +362,8 @@ def format_table(results: dict, *, config) -> str:
     layer = r.get("layer", "backbone")
     name = key[:-len(f" @ {layer}")] if layered and key.endswith(f" @ {layer}") else key
     by_layer.setdefault(layer, {})[name] = r
-    cells = [name, *([layer] if layered else []), f"{r['accuracy']:.4f}", f"{r['auroc']:.4f}"]
+    accuracy = f"{r['accuracy']:.4f}" + (f" ± {r['fewshot']['ci95']:.4f}" if "fewshot" in r else "")
+    cells = [name, *([layer] if layered else []), accuracy, "—" if r["auroc"] is None else f"{r['auroc']:.4f}"]
     if ci:
       cells.append("{:.4f}-{:.4f}".format(*r["auroc_ci"]) if "auroc_ci" in r else "—")
     if kappa:
@@ -347,7 +377,7 @@ def format_table(results: dict, *, config) -> str:
   diffs = []
   for layer, named in by_layer.items():
     names = list(named)
-    if len(names) == 2:
+    if len(names) == 2 and all(r["auroc"] is not None for r in named.values()):  # (Few-shot results have none.)
       a, b = named[names[0]], named[names[1]]
       line = (f"{names[0]} - {names[1]}{f' @ {layer}' if layered else ''}: accuracy "
               f"{a['accuracy'] - b['accuracy']:+.4f}, AUROC {a['auroc'] - b['auroc']:+.4f}")
