@@ -8,6 +8,7 @@ from medssl_jax.evals import fewshot
 from medssl_jax.experiment import validate
 from medssl_jax.protocols import encoders
 from medssl_jax.protocols import probe
+from medssl_jax.tables import runner
 
 
 def _clusters(n_per_class, num_classes, dim=8, spread=0.3, seed=0):
@@ -92,3 +93,8 @@ def test_fewshot_protocol_through_probe(tmp_path):
   config.eval.neural_collapse = True
   with pytest.raises(ValueError, match="protocol='fewshot' scores episodes of the test split only"):
     validate(config)
+
+
+def test_tables_show_no_auroc_for_fewshot_rows():
+  assert runner._mean_std([None, None]) == "—"  # pylint: disable=protected-access
+  assert runner._mean_std([0.5, None]) == "0.500 (n=1)"  # pylint: disable=protected-access

@@ -626,6 +626,8 @@ def _csv_columns(entries) -> list[str]:
 
 
 def _mean_std(values) -> str:
+  if all(v is None for v in values):  # A metric the protocol does not give (few-shot episodes: no AUROC).
+    return "—"
   finite = [v for v in values if v is not None and math.isfinite(v)]
   return metrics_lib.format_mean_std(finite) if finite else "nan"
 
