@@ -40,7 +40,7 @@ OLD = {
     "objective.image_to_text_weight": ("objective.image_text.image_to_text_weight", 0.75),
     "objective.image_ssl_weight": ("objective.image_text.image_ssl_weight", 1.0),
 }
-SUBSECTIONS = ("moco_v2", "barlow_twins", "vicreg", "swav", "dino", "mae", "swcl", "image_text")
+SUBSECTIONS = ("moco_v2", "barlow_twins", "vicreg", "relic", "swav", "dino", "mae", "swcl", "image_text")
 
 
 def _news(old):
