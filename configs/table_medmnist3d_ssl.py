@@ -32,7 +32,8 @@ def get_table(arg=None):
   t = ml_collections.ConfigDict()
   t.name = "medmnist3d_ssl" + (f"_{arg}" if arg else "")
   t.description = ("3D SimCLR / BYOL pretrained on each training split vs 2D SimCLR (PneumoniaMNIST) inflated to 3D "
-                   "vs a random encoder vs supervised from scratch; linear probe and fine-tuning (best validation AUROC) at 10% / 100% labels; test split; "
+                   "vs a random encoder vs supervised from scratch; linear probe and fine-tuning (best validation "
+                   "AUROC) at 10% / 100% labels; test split; "
                    "mean ± std over the seeds of the grid (seed varies pretraining, label subset and evaluation).")
   t.base_config = tuple(f"configs/volume_{arm}.py:{d}{quick}" for d in datasets for arm in _ARMS)
   t.grid = ml_collections.ConfigDict()

@@ -128,9 +128,10 @@ def with_inflation_source(config, workdir: str, *, mesh=None):
 
 
 def inflated_start(config, workdir: str, *, mesh=None) -> dict | None:
-  """The variables a 3D pretraining starts from when config.model.inflate_from is set (the 2D backbone inflated,
-  heads at their random init), else None (random init)."""
-  if not config.model.inflate_from:
+  """The variables a 3D pretraining in `workdir` starts from when config.model.inflate_from is set (the 2D backbone
+  inflated, heads at their random init), else None (random init); None too when the run has a checkpoint to resume
+  from, which it starts from instead."""
+  if not config.model.inflate_from or ckpt_lib.checkpoint_steps(workdir):
     return None
   _, (_, variables, _) = inflated(with_inflation_source(config, workdir, mesh=mesh))
   return variables

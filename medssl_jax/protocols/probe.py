@@ -1,7 +1,7 @@
 """Evaluation of frozen or fine-tuned encoders on a dataset's splits, as config.eval names it.
 
-`probe` runs the protocol (`linear_probe`, `knn`, `finetune` or `fewshot` episodes) on the (label-subset of the) training split
-for each encoder, scores the test split (accuracy, AUROC, kappa, bootstrap intervals) and the OOD targets of
+`probe` runs the protocol (`linear_probe`, `knn`, `finetune` or `fewshot` episodes) on the (label-subset of the)
+training split for each encoder, scores the test split (accuracy, AUROC, kappa, bootstrap intervals) and the OOD targets of
 config.ood; `format_table`, `results_name` and `write_results` give its Markdown table and result files.
 """
 from __future__ import annotations

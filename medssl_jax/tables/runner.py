@@ -466,8 +466,8 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str, source
       train_subset=config.eval.train_subset or ("file" if config.eval.subset_file else ""),
       subset_seed=config.eval.subset_seed, n_labelled=_num_labelled(config, results), seed=config.seed,
       results=results, eval_wall_clock_s=round(eval_s, 2), pretrain_wall_clock_s=round(pretrain_s, 2),
-      pretrain_dir=paths.relpath(source_dir if row["source"] else pdir, workdir), code_version=code_version(), versions=package_versions(),
-      device=device_description(),
+      pretrain_dir=paths.relpath(source_dir if row["source"] else pdir, workdir), code_version=code_version(),
+      versions=package_versions(), device=device_description(),
       finished=datetime.datetime.now().isoformat(timespec="seconds"))
   _write_json(paths.join(rdir, RESULT_FILE), record)
   return record
@@ -562,7 +562,7 @@ def _run_rows(table, rows, workdir: str, *, report_only: bool = False) -> dict:
     records.append(record)
   if not records:
     raise ValueError(f"{workdir}: no finished rows of table {table.name} to report; run the table without "
-                             "--report_only first (or copy finished rows/<row> folders in)")
+                     "--report_only first (or copy finished rows/<row> folders in)")
   out = write_outputs(table, records, workdir=workdir, missing=missing)
   ran = sum(r["status"] == "ran" for r in records)
   print(f"table {table.name}: {ran} row(s) run, {len(records) - ran} cached"

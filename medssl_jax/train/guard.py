@@ -22,6 +22,9 @@ import numpy as np
 from medssl_jax.train import distributed
 
 
+PRETRAINING_CHECKPOINT = "the state and the data iterator position"  # What a stopped pretraining's checkpoint holds.
+
+
 class Interrupted(SystemExit):
   """Raised after the checkpoint of an interrupted run is written; its code is 128 + the signal number.
 
@@ -29,7 +32,7 @@ class Interrupted(SystemExit):
   unless the collapse guard skipped that save)."""
 
   def __init__(self, signum: int, step: int, directory: str, *, saved: int | None,
-               holds: str = "the state and the data iterator position"):
+               holds: str = PRETRAINING_CHECKPOINT):
     self.signum, self.step, self.directory, self.saved, self.holds = signum, step, directory, saved, holds
     super().__init__(128 + signum)
 
@@ -109,10 +112,10 @@ class StopSignals(_SignalHandlers):
     print(f"\n{signal.Signals(signum).name} received: finishing this step, then writing a checkpoint "
           "(Ctrl-C again to stop at once)", flush=True)
 
-  def interrupt(self, step: int, directory: str, *, saved: int | None, **kwargs):
-    """Prints where the run stopped and what to resume from, then raises Interrupted (call after saving);
-    `holds` (kwargs) says what the checkpoint holds, if not the state and the data iterator position."""
-    stopped = Interrupted(self.requested, step, directory, saved=saved, **kwargs)
+  def interrupt(self, step: int, directory: str, *, saved: int | None, holds: str = PRETRAINING_CHECKPOINT):
+    """Prints where the run stopped and what to resume from (`holds`: what the checkpoint holds), then raises
+    Interrupted (call after saving)."""
+    stopped = Interrupted(self.requested, step, directory, saved=saved, holds=holds)
     print(stopped, flush=True)
     raise stopped
 
