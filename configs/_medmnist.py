@@ -2,6 +2,7 @@
 argument and MedMNIST v2's data and encoder settings (28 px, mean/std 0.5, CIFAR-stem ResNet-18)."""
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
+from medssl_jax.augment import views
 from medssl_jax.data import shared
 from tfds_builders.medmnist import DATASETS
 
@@ -9,15 +10,22 @@ from tfds_builders.medmnist import DATASETS
 def parse(arg, *, config_file: str):
   """'<dataset>[,quick]' -> (dataset, quick); the default dataset is RetinaMNIST. Multi-label datasets
   are refused (these recipes are single-label)."""
+  name, quick, _ = parse_flags(arg, config_file=config_file)
+  return name, quick
+
+
+def parse_flags(arg, *, config_file: str, flags=()):
+  """'<dataset>[,quick][,<flag>...]' -> (dataset, quick, the set of `flags` given); as `parse`."""
   parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
-  names = [p for p in parts if p != "quick"]
+  names = [p for p in parts if p != "quick" and p not in flags]
   name = names[0] if names else "retinamnist"
   if name not in DATASETS or names[1:]:
-    raise config_lib.unknown_variant(arg, ["<dataset>", "<dataset>,quick"], what=f"{config_file} variant",
+    forms = ["<dataset>", "<dataset>,quick", *(f"<dataset>,{f}[,quick]" for f in flags)]
+    raise config_lib.unknown_variant(arg, forms, what=f"{config_file} variant",
                                     rest=f"with <dataset> in {sorted(DATASETS)}")
   if DATASETS[name][0] == "multi-label":
     raise ValueError(f"{name} is multi-label; {config_file} covers the single-label datasets")
-  return name, "quick" in parts
+  return name, "quick" in parts, {p for p in parts if p in flags}
 
 
 def base(name: str):
@@ -57,3 +65,21 @@ def supervised_recipe(c, *, batch_size: int, eval_batch_size: int):
   c.eval.finetune_milestones = (0.5, 0.75)
   c.eval.finetune_augment = False
   c.eval.finetune_eval_every_epoch = True
+
+
+# Background augmentation per dataset: (mask derived from the images, how the background is replaced). Chest
+# X-rays keep their lung fields and take another image's surroundings (ribs, heart, markers, body outline);
+# fundus photographs keep their field of view, whose black surround is alike in every image, so it gets noise.
+BACKGROUNDS = {"pneumoniamnist": ("lung_intensity", "swap"), "retinamnist": ("fundus_fov", "noise")}
+
+
+def with_background(c, name: str, *, p: float = 0.2):
+  """Background augmentation (Ryali et al. 2021) on every view of `c` with probability p, with the dataset's
+  mask and fill (BACKGROUNDS)."""
+  if name not in BACKGROUNDS:
+    raise ValueError(f"background augmentation has a mask for {sorted(BACKGROUNDS)}, not {name!r}; set "
+                     "config.augment.derived_mask / mask_key and the views' background_p yourself")
+  mask, mode = BACKGROUNDS[name]
+  c.augment.derived_mask = mask
+  c.augment.views = [views.default_view(**dict(v.to_dict(), background_p=p, background=mode)) for v in c.augment.views]
+  return c

@@ -7,7 +7,9 @@ Reproduces: the SSL arm of the MedMNIST label-fraction table (configs/table_medm
             the fine-tune protocol that random encoder trained with labels is supervised-from-scratch).
 Command:    python main.py --config=configs/medmnist_simclr.py:retinamnist --workdir=/tmp/retina_simclr
             (`:<dataset>` is any single-label MedMNIST 2D name at 28 px; `:<dataset>,quick` runs 30 steps of
-            a narrow network for smoke tests; `:quick` = RetinaMNIST.)
+            a narrow network for smoke tests; `:quick` = RetinaMNIST; `:<dataset>,background` adds background
+            augmentation on every view, p 0.2, for RetinaMNIST and PneumoniaMNIST (configs/_medmnist.py
+            BACKGROUNDS; the comparison is configs/table_background.py).)
 Data:       medmnist/<dataset> from --config.data.manual_dir (default $MEDSSL_SHARED_DATA/<dataset>).
 Recipe:     batch 256, AdamW 2e-3 (cosine, 50 warm-up steps), temperature 0.2, 2-layer projector; views:
             random resized crop (scale 0.35-1), flip, brightness/contrast jitter (hue/saturation too for RGB
@@ -25,7 +27,12 @@ _medmnist = config_lib.sibling(__file__, "_medmnist")
 
 
 def get_config(arg=None):
-  name, quick = _medmnist.parse(arg, config_file="configs/medmnist_simclr.py")
+  return recipe(arg, config_file="configs/medmnist_simclr.py")
+
+
+def recipe(arg, *, config_file: str):
+  """This file's recipe for '<dataset>[,background][,quick]' (configs/medmnist_byol.py starts from it)."""
+  name, quick, flags = _medmnist.parse_flags(arg, config_file=config_file, flags=("background",))
   channels = DATASETS[name][1]
   c = _medmnist.base(name)
   c.mode = "pretrain_and_probe"
@@ -65,4 +72,6 @@ def get_config(arg=None):
     c.eval.finetune_steps = 20
     c.eval.finetune_batch_size = 32
     c.eval.finetune_eval_every = 10
+  if "background" in flags:
+    _medmnist.with_background(c, name)
   return c

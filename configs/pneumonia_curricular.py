@@ -19,7 +19,7 @@ Outputs:    <workdir>/stages/<k>_<name>/ per stage, <workdir>/checkpoints/2000/ 
             modes linear_eval / transfer / analyze), probe_results.{json,md}.
 Attention-in-lung: the same command with --config.mode=analyze: Grad-CAM of a linear probe head on the final
             encoder (and a random one), and the fraction of each map inside the lung fields, which PneumoniaMNIST
-            lacks as masks and medssl_jax/evals/lung_mask.py segments from the images (analysis.derived_mask),
+            lacks as masks and medssl_jax/data/lung_mask.py segments from the images (analysis.derived_mask),
             beside the lung area (a uniform map's fraction); <workdir>/analysis/test/summary.md.
 Table:      docs/tables/pneumonia_curricular_cpu.md (seeds 0-2, with the commands).
 """

@@ -23,6 +23,7 @@ import ml_collections
 from medssl_jax import models
 from medssl_jax import objectives
 from medssl_jax.augment import views as views_lib
+from medssl_jax.data import masks as masks_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
 from medssl_jax.models import inflate
@@ -302,9 +303,40 @@ def text_section() -> ml_collections.ConfigDict:
   return c
 
 
+def foreground_spec(config):
+  """pipeline.make_train_iterator's `foreground`, ('feature', key) or ('derived', masks.Derived(name)), when a
+  view of config.augment replaces backgrounds, else None (no masks are read)."""
+  a = config.augment
+  if not any(views_lib.uses_background(v) for v in a.views):
+    return None
+  return ("feature", a.mask_key) if a.mask_key else ("derived", masks_lib.Derived(a.derived_mask))
+
+
+def _check_foreground(config, volumes: bool) -> None:
+  a = config.augment
+  if a.mask_key and a.derived_mask:
+    raise ValueError(f"config.augment.mask_key={a.mask_key!r} and derived_mask={a.derived_mask!r} both name the "
+                     "foreground mask; set one of them")
+  if a.derived_mask:
+    masks_lib.check_name(a.derived_mask, "config.augment.derived_mask")
+  users = [i for i, v in enumerate(a.views) if views_lib.uses_background(v)]
+  if users and volumes:
+    raise ValueError(f"config.augment.views[{users[0]}].background_p replaces backgrounds of 2D images; "
+                     "volume view policies have no background op")
+  if users and not (a.mask_key or a.derived_mask):
+    raise ValueError(f"config.augment.views[{users[0]}].background_p={a.views[users[0]].background_p} replaces "
+                     "backgrounds, which needs foreground masks: set config.augment.mask_key (a mask feature of "
+                     f"the dataset) or config.augment.derived_mask (one of {sorted(masks_lib.NAMES)})")
+
+
 def augment_section() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.views = [views_lib.default_view(), views_lib.default_view()]
+  # The foreground masks of background augmentation (views with background_p > 0): a mask feature of the
+  # dataset (e.g. "fov_mask"), or a mask derived from each image (medssl_jax/data/masks.py: "fundus_fov",
+  # "lung_intensity", "body_outline"). At most one; read only when a view replaces backgrounds.
+  c.mask_key = ""
+  c.derived_mask = ""
   return c
 
 
@@ -405,6 +437,13 @@ def eval_section() -> ml_collections.ConfigDict:
   # examples resampled within each class; 0 = none) of AUROC, accuracy (and kappa).
   c.ordinal = False
   c.bootstrap_samples = 1000
+  # Attention inside a mask, beside each frozen-feature result of the backbone: maps of the first
+  # attention_images test images ("grad_cam": of the linear probe's classifier for the image's class; or a
+  # label-free map, medssl_jax/evals/attention.py), and the fraction of each map inside the mask: a mask derived
+  # from the images (medssl_jax/data/masks.py, e.g. "lung_intensity") or a mask feature of the dataset.
+  c.attention_mask = ""
+  c.attention_method = "grad_cam"
+  c.attention_images = 256
   return c
 
 
@@ -453,6 +492,7 @@ def validate(config) -> ml_collections.ConfigDict:
     except ValueError as e:
       raise ValueError(f"config.augment.views[{i}]: {e}") from None
     sizes.add(view["crop_size"])
+  _check_foreground(config, volumes)
   objective = objectives.get_objective(config.objective.name)
   if len(sizes) != 1 and not objective.multi_crop:
     raise ValueError(f"config.augment.views have different crop sizes {sorted(sizes)}; only multi-crop "

@@ -71,6 +71,8 @@ def _stand_in_batch(config, info, batch: int, *, extra_keys=(), text: bool = Fal
     dtype = np.dtype(dtype)
     values = rng.random((batch, *shape)) if dtype.kind == "f" else rng.integers(0, 4, (batch, *shape))
     out[key] = values.astype(dtype)
+  if config_lib.foreground_spec(config):  # Background augmentation's masks: half the pixels inside.
+    out["foreground"] = (rng.random(out["image"].shape[:-1] + (1,)) < 0.5).astype(np.uint8)
   if text:
     t = config.text
     out["text_ids"] = rng.integers(1, t.vocab_size, (batch, t.max_length)).astype(np.int32)

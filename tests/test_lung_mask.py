@@ -1,4 +1,4 @@
-"""Lung-field masks from chest X-ray intensities (medssl_jax/evals/lung_mask.py) and mode analyze's
+"""Lung-field masks from chest X-ray intensities (medssl_jax/data/lung_mask.py) and mode analyze's
 attention-in-lung measure (config.analysis.derived_mask = "lung_intensity").
 
 Dice is computed here directly in numpy against ellipses drawn here (constructed images) or the lung
@@ -15,7 +15,7 @@ from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.data import pipeline
 from medssl_jax.data import synthetic_cxr
-from medssl_jax.evals import lung_mask
+from medssl_jax.data import lung_mask
 
 
 def ellipse(size, cx, cy, rx, ry):

@@ -495,6 +495,82 @@ def solarize(key, image, *, p: float = 0.2, threshold: float = 0.5):
   return _apply_with_prob(key, p, lambda x: jnp.where(x > threshold, 1 - x, x), image)
 
 
+# --------------------------------------------------------------------------------------------------
+# Background (Ryali et al. 2021, "Characterizing and improving the robustness of self-supervised
+# learning through background augmentations").
+# --------------------------------------------------------------------------------------------------
+
+# How `replace_background` fills the background: another image's background, a constant, uniform noise,
+# or this image's own background pixels in random order (its intensity histogram without its layout).
+BACKGROUNDS = ("swap", "constant", "noise", "shuffle")
+
+
+def foreground(mask):
+  """A mask [H, W] or [H, W, 1] (bool, integer: non-zero is inside, or float: > 0.5 is inside) as bool
+  [H, W, 1]."""
+  if mask.ndim == 3 and mask.shape[-1] == 1:
+    mask = mask[..., 0]
+  if mask.ndim != 2:
+    raise ValueError(f"replace_background: expected one mask [H, W] or [H, W, 1], got shape {mask.shape}")
+  inside = mask > 0.5 if jnp.issubdtype(mask.dtype, jnp.floating) else mask != 0
+  return inside[..., None]
+
+
+def shuffled_background(key, image, inside):
+  """This image's background pixels (where `inside` is False) in a random order, tiled over the whole
+  image; the image itself where it has no background. `inside`: bool [H, W, 1]."""
+  h, w, c = image.shape
+  flat, fg = image.reshape(h * w, c), inside.reshape(h * w)
+  # Background pixels first, in random order: a sort key of 0 + u for background, 1 + u for foreground.
+  order = jnp.argsort(fg.astype(jnp.float32) + jax.random.uniform(key, (h * w,), maxval=0.5))
+  n_bg = jnp.sum(~fg, dtype=jnp.int32)  # An integer count: exact in any order.
+  picked = flat[order[jnp.arange(h * w) % jnp.maximum(n_bg, 1)]]
+  return jnp.where(n_bg > 0, picked, flat).reshape(h, w, c)
+
+
+def replace_background(key, image, mask, *, p: float, mode: str = "swap", value: float = 0.0, donor=None,
+                       donor_mask=None):
+  """With probability p, keeps the foreground (mask) of `image` and replaces its background.
+
+  mode "swap": the background of `donor` (another image of the batch, same shape), whose own foreground
+  is filled with its shuffled background pixels so no second foreground appears; "constant": `value`;
+  "noise": U[0, 1] per pixel and channel; "shuffle": this image's background pixels in random order.
+  An image whose mask is empty (no foreground found) is left unchanged. The composite is a `where`, so
+  foreground pixels are exactly the input's.
+
+  Args:
+    key: PRNG key.
+    image: float [H, W, C] in [0, 1].
+    mask: [H, W] or [H, W, 1] foreground mask aligned with `image` (see `foreground`).
+    p: probability of replacing.
+    mode: one of BACKGROUNDS.
+    value: the constant of mode "constant", in [0, 1].
+    donor, donor_mask: the other image and its mask, for mode "swap".
+  """
+  _check_image(image, "replace_background")
+  if mode not in BACKGROUNDS:
+    raise ValueError(f"replace_background: mode={mode!r}; choose one of {list(BACKGROUNDS)}")
+  inside = foreground(mask)
+  if inside.shape[:2] != image.shape[:2]:
+    raise ValueError(f"replace_background: mask {mask.shape} does not match image {image.shape}")
+  if mode == "swap" and (donor is None or donor_mask is None or donor.shape != image.shape):
+    raise ValueError("replace_background: mode 'swap' needs a donor image of the same shape and its mask")
+  if _static_zero(p):
+    return image
+  k_apply, k_fill, k_donor = jax.random.split(key, 3)
+  if mode == "constant":
+    background = jnp.full_like(image, value)
+  elif mode == "noise":
+    background = jax.random.uniform(k_fill, image.shape, image.dtype)
+  elif mode == "shuffle":
+    background = shuffled_background(k_fill, image, inside)
+  else:
+    donor_inside = foreground(donor_mask)
+    background = jnp.where(donor_inside, shuffled_background(k_donor, donor, donor_inside), donor)
+  apply = (jax.random.uniform(k_apply) < p) & jnp.any(inside)
+  return jnp.where(apply & ~inside, background.astype(image.dtype), image)
+
+
 def normalize(image, *, mean, std):
   """(image - mean) / std with per-channel (broadcastable) mean and std; output is not clipped."""
   mean = jnp.asarray(mean, image.dtype)

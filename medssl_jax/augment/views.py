@@ -3,11 +3,18 @@
 A view policy is a flat ConfigDict (or dict) of static strengths. `augment_batch` turns one key and
 a batch of images into one augmented view of the batch, vmapping the per-image pipeline
 
-    crop -> flip -> vflip -> rot90 -> color_jitter -> grayscale -> blur -> solarize
+    background -> crop -> flip -> vflip -> rot90 -> color_jitter -> grayscale -> blur -> solarize
 
 with one key per example (op i of an example uses fold_in(example_key, i), so adding an op later
-leaves the others' randomness unchanged; vflip and rot90 came later, with indices 6 and 7, and do
+leaves the others' randomness unchanged; vflip, rot90 and background have indices 6, 7 and 8 and do
 no work at probability 0, so policies without them give the same views bit for bit).
+
+Background augmentation (`background_p` > 0) needs a foreground mask per image, aligned with it
+(`augment_batch(..., masks=...)`; in training, the batch's "foreground" from config.augment.mask_key or
+config.augment.derived_mask). It runs first, on the whole image, so the crop and the other ops treat the
+new background like the rest of the image. Mode "swap" takes its background from another image of the
+batch: all images are paired with the one `shift` places further on (one shift per batch, drawn from the
+batch key).
 Everything is jit-able and works on global arrays sharded over the batch axis; the result does not
 depend on the sharding (the random draws use partitionable threefry, and `ops` keeps the arithmetic
 sharding-invariant too; see its module docstring).
@@ -51,12 +58,15 @@ _DEFAULTS = dict(
     solarize_p=0.0,
     solarize_threshold=0.5,
     grayscale_safe=False,
+    background_p=0.0,  # Probability of replacing the background (needs foreground masks, see above).
+    background="swap",  # ops.BACKGROUNDS: "swap", "constant", "noise" or "shuffle".
+    background_value=0.0,  # The fill of background="constant", in [0, 1].
 )
 VALID_KEYS = tuple(_DEFAULTS)
 # View keys added after view policies were first saved in workdirs (config.json) and table-row hashes, with the
 # value that keeps the old behaviour. `strip_later_defaults` removes them at that value, so a config holding
 # them there is the same run as one written before they existed (resume and cached rows stay valid).
-LATER_KEYS = {"vflip_p": 0.0, "rot90_p": 0.0}
+LATER_KEYS = {"vflip_p": 0.0, "rot90_p": 0.0, "background_p": 0.0, "background": "swap", "background_value": 0.0}
 
 
 def strip_later_defaults(obj):
@@ -71,7 +81,9 @@ def strip_later_defaults(obj):
   return obj
 
 # Fixed per-op indices for fold_in: adding or removing an op never changes the others' randomness.
-_OP_CROP, _OP_FLIP, _OP_JITTER, _OP_GRAYSCALE, _OP_BLUR, _OP_SOLARIZE, _OP_VFLIP, _OP_ROT90 = range(8)
+(_OP_CROP, _OP_FLIP, _OP_JITTER, _OP_GRAYSCALE, _OP_BLUR, _OP_SOLARIZE, _OP_VFLIP, _OP_ROT90,
+ _OP_BACKGROUND) = range(9)
+_BATCH_DONOR_SHIFT = 0x646F6E6F  # fold_in of the batch key that draws the "swap" pairing.
 
 
 def default_view(**overrides) -> ml_collections.ConfigDict:
@@ -136,6 +148,11 @@ def validate_view(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
     raise ValueError(f"view config: blur_kernel_size={ks!r} must be None or a positive odd int")
   if not isinstance(c["grayscale_safe"], bool):
     raise ValueError(f"view config: grayscale_safe={c['grayscale_safe']!r} must be a bool")
+  _check_prob(c, "background_p")
+  if c["background"] not in ops.BACKGROUNDS:
+    raise ValueError(f"view config: background={c['background']!r}; choose one of {list(ops.BACKGROUNDS)}")
+  if not _is_number(c["background_value"]) or not 0.0 <= c["background_value"] <= 1.0:
+    raise ValueError(f"view config: background_value={c['background_value']!r} must be a number in [0, 1]")
   for name in ("crop_scale", "crop_ratio", "blur_sigma"):
     c[name] = tuple(float(x) for x in c[name])
   return ml_collections.ConfigDict(c)
@@ -164,16 +181,27 @@ def _to_float(x):
   return x.astype(jnp.float32)
 
 
-def augment_image(key, image, view_cfg):
-  """The per-image pipeline crop -> flip -> vflip -> rot90 -> jitter -> grayscale -> blur -> solarize.
+def uses_background(view_cfg) -> bool:
+  """Whether a (2D) view policy replaces backgrounds, and so needs foreground masks."""
+  return view_cfg.get("background_p", 0.0) != 0
+
+
+def augment_image(key, image, view_cfg, *, mask=None, donor=None, donor_mask=None):
+  """The per-image pipeline background -> crop -> flip -> vflip -> rot90 -> jitter -> grayscale -> blur ->
+  solarize.
 
   Args:
     key: PRNG key for this image; op i uses fold_in(key, i) with a fixed index per op.
     image: float32 [H, W, C] in [0, 1].
     view_cfg: a *validated* view policy (see `validate_view`).
+    mask, donor, donor_mask: this image's foreground mask, and another image with its mask (background
+      "swap"); needed only when the policy's background_p > 0 (see `ops.replace_background`).
   """
   c = view_cfg
   sub = lambda i: jax.random.fold_in(key, i)
+  if uses_background(c):
+    image = ops.replace_background(sub(_OP_BACKGROUND), image, mask, p=c.background_p, mode=c.background,
+                                   value=c.background_value, donor=donor, donor_mask=donor_mask)
   x = ops.random_resized_crop(sub(_OP_CROP), image, out_size=c.crop_size, scale=c.crop_scale,
                               ratio=c.crop_ratio)
   x = ops.random_flip(sub(_OP_FLIP), x, p=c.flip_p)
@@ -189,7 +217,7 @@ def augment_image(key, image, view_cfg):
   return x
 
 
-def augment_batch(key, images, view_cfg):
+def augment_batch(key, images, view_cfg, *, masks=None):
   """One augmented view of a batch of images or of volumes.
 
   The work is a jitted function with the validated policy as a static argument, so calling this
@@ -202,6 +230,8 @@ def augment_batch(key, images, view_cfg):
       or float in [0, 1]. May be a global array sharded over the batch axis.
     view_cfg: view policy (ConfigDict or dict; missing keys take defaults): a 2D one
       (`validate_view`) for images, a 3D one (`validate_view3d`) for volumes.
+    masks: foreground masks [B, H, W(, 1)] aligned with `images` (see `ops.foreground`), needed by a
+      policy with background_p > 0 and ignored otherwise.
 
   Returns:
     float32 [B, crop_size, crop_size, C] (images) or [B, crop_size, crop_size, crop_size, C]
@@ -210,7 +240,15 @@ def augment_batch(key, images, view_cfg):
   if images.ndim == 5:
     return _augment_volume_batch(key, images, ml_collections.FrozenConfigDict(validate_view3d(view_cfg)))
   cfg = ml_collections.FrozenConfigDict(validate_view(view_cfg))  # Hashable: a static arg.
-  return _augment_batch(key, images, cfg)
+  if not uses_background(cfg):
+    return _augment_batch(key, images, cfg)
+  if masks is None:
+    raise ValueError(f"view config: background_p={cfg.background_p} replaces backgrounds, which needs a foreground "
+                     "mask per image; set config.augment.mask_key (a mask feature of the dataset) or "
+                     "config.augment.derived_mask (e.g. 'fundus_fov', 'lung_intensity')")
+  if masks.shape[0] != images.shape[0] or tuple(masks.shape[1:3]) != tuple(images.shape[1:3]):
+    raise ValueError(f"masks {masks.shape} do not match images {images.shape}: one [H, W(, 1)] mask per image")
+  return _augment_batch_background(key, images, masks, cfg)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -220,12 +258,25 @@ def _augment_batch(key, images, cfg):
   return jax.vmap(lambda k, im: augment_image(k, im, cfg))(keys, x)
 
 
-def make_views(key, images, view_cfgs: Sequence[Mapping[str, Any]]) -> list:
+@functools.partial(jax.jit, static_argnums=3)
+def _augment_batch_background(key, images, masks, cfg):
+  x = to_float_images(images)
+  b = x.shape[0]
+  keys = jax.random.split(key, b)
+  # Each image's donor is the one `shift` places on (never itself when the batch has two or more).
+  shift = jax.random.randint(jax.random.fold_in(key, _BATCH_DONOR_SHIFT), (), 1, max(b, 2)) % b
+  donors, donor_masks = jnp.roll(x, shift, axis=0), jnp.roll(masks, shift, axis=0)
+  return jax.vmap(lambda k, im, m, d, dm: augment_image(k, im, cfg, mask=m, donor=d, donor_mask=dm))(
+      keys, x, masks, donors, donor_masks)
+
+
+def make_views(key, images, view_cfgs: Sequence[Mapping[str, Any]], *, masks=None) -> list:
   """One augmented batch per view policy, view i keyed by fold_in(key, i) (multi-crop friendly).
 
-  Images [B, H, W, C] take 2D policies, volumes [B, D, H, W, C] 3D ones (see `augment_batch`).
+  Images [B, H, W, C] take 2D policies, volumes [B, D, H, W, C] 3D ones (see `augment_batch`); `masks`
+  are the images' foreground masks, for policies that replace backgrounds.
   """
-  return [augment_batch(jax.random.fold_in(key, i), images, cfg) for i, cfg in enumerate(view_cfgs)]
+  return [augment_batch(jax.random.fold_in(key, i), images, cfg, masks=masks) for i, cfg in enumerate(view_cfgs)]
 
 
 @functools.partial(jax.jit, static_argnames="size")

@@ -436,7 +436,7 @@ class _Decode:
   dataset dtype: a data source hands float32 scalars back as Python floats)."""
 
   def __init__(self, split: str, image_size: int | None, channels: int = 3, fit: str = 'squash',
-               indices=None, extra_keys=(), extra_dtypes=None, num_records: int = 0, text=None):
+               indices=None, extra_keys=(), extra_dtypes=None, num_records: int = 0, text=None, foreground=None):
     self.split = split
     self.num_records = int(num_records)
     self.image_size = image_size
@@ -446,6 +446,7 @@ class _Decode:
     self.extra_keys = tuple(extra_keys)
     self.extra_dtypes = dict(extra_dtypes or {})
     self.text = text
+    self.foreground = foreground
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
     position = index  # Unreduced: differs between epochs (the sentence draw below uses it).
@@ -454,7 +455,14 @@ class _Decode:
       index = self.indices[index % len(self.indices)]
     elif self.num_records:
       index = index % self.num_records
-    out = _decode_record(record, index, self.split, self.image_size, self.channels, self.fit, self.extra_keys)
+    kind, name = self.foreground or (None, None)
+    extra_keys = self.extra_keys + ((name,) if kind == 'feature' else ())
+    out = _decode_record(record, index, self.split, self.image_size, self.channels, self.fit, extra_keys,
+                         image_keys=(name,) if kind == 'feature' else ())
+    if kind == 'feature':
+      out['foreground'] = (out.pop(name)[..., :1] != 0).astype(np.uint8)
+    elif kind == 'derived':  # `name` is the mask function itself.
+      out['foreground'] = np.asarray(name(out['image']), bool)[..., None].astype(np.uint8)
     for key, dtype in self.extra_dtypes.items():
       out[key] = out[key].astype(dtype, copy=False)
     if self.text is not None:
@@ -582,12 +590,30 @@ def check_extra_keys(builder: Builder, extra_keys) -> tuple[tuple[str, ...], fro
   return extra_keys, frozenset(k for k in extra_keys if isinstance(features[k], tfds.features.Image))
 
 
+def check_foreground(builder: Builder, foreground) -> None:
+  """Checks a `make_train_iterator(foreground=...)` spec against the builder: a ValueError naming what to set."""
+  kind, name = foreground
+  if kind == 'derived':
+    if is_volume(builder):
+      raise ValueError(f'config.augment.derived_mask={getattr(name, "name", name)!r} derives masks from 2D images, '
+                       f'but dataset {dataset_name(builder)!r} holds volumes; background augmentation is for images')
+    return
+  if kind != 'feature':
+    raise ValueError(f"foreground={foreground!r}: expected ('feature', key) or ('derived', name)")
+  features = builder.info.features
+  if name not in features or not isinstance(features[name], tfds.features.Image) or name == 'image':
+    masks_found = sorted(k for k, f in features.items() if isinstance(f, tfds.features.Image) and k != 'image')
+    raise ValueError(f'config.augment.mask_key={name!r} is not a mask feature of dataset {dataset_name(builder)!r}; '
+                     f'its image features besides the image are {masks_found or "none"} (or set '
+                     f'config.augment.derived_mask, e.g. "fundus_fov")')
+
+
 def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_batch_size: int,
                         seed: int, image_size: int | None = None, num_epochs: int | None = None,
                         worker_count: int = 0, process_index: int | None = None,
                         process_count: int | None = None, read_threads: int = 2,
                         prefetch_batches: int = 4, fit: str = 'squash',
-                        indices=None, extra_keys=(), text=None) -> grain.DatasetIterator:
+                        indices=None, extra_keys=(), text=None, foreground=None) -> grain.DatasetIterator:
   """Returns a shuffled, repeated, batched training iterator over this process's shard of `split`.
 
   Every process shuffles all records alike and yields its rows of each global batch
@@ -619,6 +645,10 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
       (text feature, encode, seed) encodes one sentence of the text instead (text.split_sentences), drawn
       from the seed and the example's position in the stream: a different sentence each epoch,
       the same ones on a rerun or resume.
+    foreground: optional ('feature', key) or ('derived', fn): each batch also carries 'foreground', uint8
+      [B, H, W, 1] with 1 inside, from the dataset's mask feature `key` (resized with the image, non-zero is
+      inside) or from fn(decoded image uint8 [H, W, C]) -> bool [H, W] (picklable for grain workers, e.g.
+      medssl_jax.data.masks.Derived), for background augmentation.
 
   Returns:
     A grain `DatasetIterator`; `get_state()` / `set_state()` checkpoint and restore it exactly.
@@ -640,9 +670,12 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
   extra_keys, image_keys = check_extra_keys(builder, extra_keys)
   if image_keys:
     raise ValueError(f'make_train_iterator: extra_keys {sorted(image_keys)} are image features (masks), which '
-                     f'training batches do not carry yet; use load_split_arrays(extra_keys=...) for them')
+                     f'training batches carry only as their foreground mask (foreground=...); use '
+                     f'load_split_arrays(extra_keys=...) for them')
   dtypes = {k: np.dtype(builder.info.features[k].np_dtype) for k in extra_keys}
   dtypes = {k: d for k, d in dtypes.items() if d.kind in 'biuf'}  # Numeric; text stays as stored.
+  if foreground is not None:
+    check_foreground(builder, foreground)
   if text is not None:
     if text[0] not in builder.info.features or not isinstance(builder.info.features[text[0]], tfds.features.Text):
       raise ValueError(f'make_train_iterator: text feature {text[0]!r} is not a Text feature of dataset '
@@ -651,7 +684,7 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
   # Decode keyed by the record's index in the split, before sharding, so errors can name it.
   ds = grain.MapDataset.source(source).map_with_index(
       _Decode(split, image_size, image_channels(builder), fit, indices, extra_keys, dtypes, num_records=len(source),
-              text=text))
+              text=text, foreground=foreground))
   ds = ds.shuffle(seed=seed).repeat(num_epochs)
   if num_epochs is not None and len(ds) < global_batch_size:
     raise ValueError(f'{len(ds)} records of split {split!r} over {num_epochs} epochs do not fill one global '

@@ -17,7 +17,7 @@ them, a seeded random subset kept in split order):
   `analysis.mask_key`, the fraction of each map inside the record's mask (e.g. vessels, field of view,
   lungs): mean ± std over images and per class, beside the mask's own area (what a uniform map gives);
   `analysis.derived_mask="lung_intensity"` instead segments the lung fields from the chest X-rays themselves
-  (`evals/lung_mask.py`, a classical intensity proxy) for data without lung masks (PneumoniaMNIST).
+  (`data/lung_mask.py`, a classical intensity proxy) for data without lung masks (PneumoniaMNIST).
 
 Everything goes to <workdir>/analysis/<split>/: summary.json and summary.md (all numbers),
 embedding_<encoder>_<layer>_<method>.png, attention_<encoder>_<method>.png and
@@ -41,7 +41,7 @@ from medssl_jax import paths
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention as attention_lib
 from medssl_jax.evals import linear_probe as probe_lib
-from medssl_jax.evals import lung_mask as lung_mask_lib
+from medssl_jax.data import masks as masks_lib
 from medssl_jax.evals import metrics as metrics_lib
 from medssl_jax.evals import representation
 from medssl_jax.evals import results as results_lib
@@ -65,9 +65,9 @@ def analysis_section() -> ml_collections.ConfigDict:
   c.cam_target = "label"       # grad_cam target class: "label" (the true class) or "predicted".
   c.num_attention_images = 16  # Images in the overlay grid PNG (maps are computed for all).
   c.mask_key = ""              # Mask feature (e.g. "mask", "fov_mask"): fraction of attention inside.
-  # A mask computed from the images instead of read from a feature (exclusive with mask_key): "" = none,
-  # "lung_intensity" = lung fields found by a classical intensity segmentation of chest X-rays
-  # (medssl_jax/evals/lung_mask.py), for the attention-in-lung measure on data without lung masks.
+  # A mask computed from the images instead of read from a feature (exclusive with mask_key): "" = none, or a
+  # mask of medssl_jax/data/masks.py: "lung_intensity" (lung fields by a classical intensity segmentation of
+  # chest X-rays, for the attention-in-lung measure on data without lung masks), "fundus_fov", "body_outline".
   c.derived_mask = ""
   return c
 
@@ -82,7 +82,7 @@ def check(config):
   config_lib.check_choice(a.nc_weighting, representation.WEIGHTINGS, "config.analysis.nc_weighting")
   config_lib.check_choice(a.attention, ANALYSIS_ATTENTION, "config.analysis.attention")
   config_lib.check_choice(a.cam_target, ("label", "predicted"), "config.analysis.cam_target")
-  config_lib.check_choice(a.derived_mask, ("", "lung_intensity"), "config.analysis.derived_mask")
+  config_lib.check_choice(a.derived_mask, ("", *masks_lib.NAMES), "config.analysis.derived_mask")
   if a.derived_mask and a.mask_key:
     raise ValueError(f"config.analysis.mask_key={a.mask_key!r} and derived_mask={a.derived_mask!r} both name the mask "
                      "attention is measured in; set one of them")
@@ -173,8 +173,8 @@ def _load(builder, *, split, config, indices, extra_keys):
 
 def _mask_name(a) -> str:
   """How summaries name the mask of config.analysis `a`: the feature ('mask') or the derived mask's name."""
-  if a.derived_mask == "lung_intensity":
-    return lung_mask_lib.NAME
+  if a.derived_mask:
+    return masks_lib.NAMES[a.derived_mask]
   return repr(a.mask_key) if a.mask_key else ""
 
 
@@ -251,8 +251,8 @@ def run(config, workdir: str, *, builder, mesh=None) -> dict:
   class_name = {int(c): (names[c] if names else str(int(c))) for c in range(num_classes)}
   masks = data[a.mask_key] if a.mask_key else None
   images = data["image"]
-  if a.derived_mask == "lung_intensity":  # No mask feature: lung fields segmented from the images themselves.
-    masks = lung_mask_lib.lung_masks(images)
+  if a.derived_mask:  # No mask feature: the mask derived from the images themselves.
+    masks = masks_lib.derive_all(a.derived_mask, images)
   mask_name = _mask_name(a)
   print(f"analysis: {len(images)} of {n_split} '{split}' records of {dataset}, classes from "
         f"{a.label_key!r} ({len(classes)} present), {len(layers)} layer(s), attention {method or 'none'}"

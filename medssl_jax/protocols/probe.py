@@ -14,10 +14,14 @@ import time
 import jax
 import numpy as np
 
+from medssl_jax import config as config_lib
+from medssl_jax import models
 from medssl_jax import objectives
 from medssl_jax import paths
+from medssl_jax.data import masks as masks_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import subsets
+from medssl_jax.evals import attention as attention_lib
 from medssl_jax.evals import fewshot as fewshot_lib
 from medssl_jax.evals import finetune as finetune_lib
 from medssl_jax.evals import knn as knn_lib
@@ -39,6 +43,25 @@ def check(config):
   if config.eval.protocol == "fewshot" and (config.ood.targets or config.eval.neural_collapse):
     raise ValueError("config.eval.protocol='fewshot' scores episodes of the test split only: it takes no ood.targets "
                      "and no eval.neural_collapse; use linear_probe or knn for those")
+  _check_attention(config)
+
+
+def _check_attention(config):
+  e = config.eval
+  if not e.attention_mask:
+    return
+  config_lib.check_choice(e.attention_method, ("grad_cam", "activation_norm", "grad_feature_norm"),
+                          "config.eval.attention_method")
+  protocols = ("linear_probe",) if e.attention_method == "grad_cam" else ("linear_probe", "knn")
+  if e.protocol not in protocols:
+    raise ValueError(f"config.eval.attention_mask={e.attention_mask!r} measures attention beside "
+                     f"{' / '.join(protocols)} results (attention_method={e.attention_method!r}); "
+                     f"config.eval.protocol={e.protocol!r} gives none: clear attention_mask or change the protocol")
+  if not (isinstance(e.attention_images, int) and e.attention_images >= 0):
+    raise ValueError(f"config.eval.attention_images={e.attention_images!r} must be an int >= 0 (0: the whole test split)")
+  if models.takes_volumes(config) or config.model.encoder.startswith("vit"):
+    raise ValueError(f"config.eval.attention_mask measures 2D ResNet maps; config.model.encoder="
+                     f"{config.model.encoder!r} has none of that kind: clear attention_mask")
 
 
 def _check_feature_layers(config):
@@ -157,6 +180,7 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   source_classes, multi_label = pipeline.label_names(builder), pipeline.is_multi_label(builder)
   if ood_targets:  # Label maps and kinds (single- vs multi-label) checked before any training.
     ood_protocol.check_label_maps(ood_targets, source_classes=source_classes, source_multi_label=multi_label)
+  attention_masks = _attention_masks(config, builder, test) if e.attention_mask and e.protocol != "finetune" else None
   if e.protocol == "finetune":
     return _finetune_all(config, encoders, builder=builder, train=train, test=test, subset=subset,
                          num_classes=num_classes, mesh=mesh, t0=t0, ood_targets=ood_targets,
@@ -199,6 +223,11 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
             _frozen_features(model, variables, images, layers=(layer,), mesh=mesh, **kw)[layer])
         r["ood"] = ood_protocol.evaluate_targets(config, predict=predict, source_classes=source_classes,
                                             loaded=ood_targets, source_multi_label=multi_label)
+      if attention_masks is not None and layer == "backbone":
+        r["attention"] = _attention_inside(config, model, variables, masks=attention_masks, test=test,
+                                           head_data=(tr, train["label"], r.get("l2")), num_classes=num_classes,
+                                           image_size=size)
+        detail += f"; attention in mask {r['attention']['fraction_inside']:.3f} (area {r['attention']['mask_area']:.3f})"
       if e.neural_collapse:
         r["neural_collapse"] = nc = _neural_collapse(tr, train["label"], te, test["label"])
         detail += f"; NC1 train {nc['train']['nc1']:.4g} / test {nc['test']['nc1']:.4g}"
@@ -217,6 +246,41 @@ def probe(config, encoders: dict, *, builder, mesh=None, workdir: str | None = N
   print(f"{e.protocol} evaluations done in {time.perf_counter() - t0:.0f}s "
         f"({len(train['label'])} train / {len(test['label'])} test examples, {num_classes} classes)", flush=True)
   return results
+
+
+def _attention_masks(config, builder, test) -> np.ndarray:
+  """The eval.attention_mask masks of the first eval.attention_images test images: bool [N, H, W]."""
+  e, d = config.eval, config.data
+  n = e.attention_images or len(test["label"])
+  if e.attention_mask in masks_lib.NAMES:
+    return masks_lib.derive_all(e.attention_mask, test["image"][:n])
+  pipeline.check_extra_keys(builder, (e.attention_mask,))
+  loaded = pipeline.load_split_arrays(builder, split=d.test_split, image_size=d.image_size, fit=d.fit,
+                                      extra_keys=(e.attention_mask,))
+  return loaded[e.attention_mask][:n, ..., 0] != 0
+
+
+def _attention_inside(config, model, variables, *, masks, test, head_data, num_classes, image_size) -> dict:
+  """eval.attention_method maps of the first len(masks) test images and their fraction inside the masks (mean,
+  std over images; NaN maps, all zero, left out and counted), beside the masks' own area (a uniform map's)."""
+  e, d = config.eval, config.data
+  n = len(masks)
+  images, labels = test["image"][:n], np.asarray(test["label"])[:n]
+  head, target = None, None
+  if e.attention_method == "grad_cam":  # The probe's classifier, at its chosen L2, refit on all its features.
+    train_x, train_y, l2 = head_data
+    head = attention_lib.fit_probe_head(train_x, train_y, num_classes=num_classes, l2=l2, max_iter=e.max_iter)
+    target = labels if labels.ndim == 1 else None
+  maps = attention_lib.compute_maps(e.attention_method, model.backbone, attention_lib.backbone_variables(variables),
+                                    images, image_size=image_size, mean=tuple(d.mean), std=tuple(d.std), head=head,
+                                    target=target, batch_size=min(64, e.batch_size))
+  fraction = attention_lib.fraction_inside(maps, masks)
+  area = attention_lib.fraction_inside(np.ones_like(maps), masks)
+  ok = np.isfinite(fraction)
+  return dict(method=e.attention_method, mask=e.attention_mask, images=int(n), empty_maps=int((~ok).sum()),
+              fraction_inside=float(np.mean(fraction[ok])) if ok.any() else float("nan"),
+              fraction_inside_std=float(np.std(fraction[ok])) if ok.any() else float("nan"),
+              mask_area=float(np.mean(area)))
 
 
 def _fewshot(config, name, layer, train_features, train_labels, test_features, test_labels, *, layered) -> dict:

@@ -585,12 +585,14 @@ def _entries(records) -> list[dict]:
       layer = m.get("layer", "backbone")
       encoder = key[:-len(f" @ {layer}")] if key.endswith(f" @ {layer}") else key
       nc = m.get("neural_collapse") or {}
+      att = m.get("attention") or {}
       out.append(dict(
           source="ours", table=r["table"], row=r["row"], dataset=r["dataset"], objective=r["objective"],
           encoder=encoder, layer=layer, protocol=r["protocol"], label_subset=records_lib.label_name(r["train_subset"]),
           subset_seed=r["subset_seed"], n_labelled=r["n_labelled"], seed=r["seed"],
           accuracy=m.get("accuracy"), auroc=m.get("auroc"), kappa=m.get("kappa"),
           auroc_ci_low=(m.get("auroc_ci") or (None, None))[0], auroc_ci_high=(m.get("auroc_ci") or (None, None))[1],
+          attention_inside=att.get("fraction_inside"), mask_area=att.get("mask_area"),
           nc1_train=nc.get("train", {}).get("nc1"),
           nc1_test=nc.get("test", {}).get("nc1"), ncc_test_accuracy=nc.get("ncc_test_accuracy"),
           eval_wall_clock_s=r["eval_wall_clock_s"],
@@ -605,6 +607,18 @@ def _optional_columns(entries) -> tuple[bool, bool]:
   or measured neural collapse, get them, so every other table's output stays as it was."""
   return (any(e["layer"] != "backbone" for e in entries),
           any(e["nc1_train"] is not None or e["nc1_test"] is not None for e in entries))
+
+
+def _show_attention(entries) -> bool:
+  """Attention-in-mask columns only for tables that measured it (eval.attention_mask)."""
+  return any(e["attention_inside"] is not None for e in entries)
+
+
+def _attention_cell(fractions, areas) -> str:
+  """Mean ± std over seeds of the attention inside the mask, with the mask's area (a uniform map's fraction)."""
+  cell = _mean_std(fractions)
+  finite = [a for a in areas if a is not None and math.isfinite(a)]
+  return f"{cell} (area {sum(finite) / len(finite):.2f})" if finite else cell
 
 
 def _show_kappa(entries) -> bool:
@@ -622,6 +636,8 @@ def _csv_columns(entries) -> list[str]:
     cols[i:i] = ["nc1_train", "nc1_test", "ncc_test_accuracy"]
   if _show_kappa(entries):
     cols[i:i] = ["kappa"]
+  if _show_attention(entries):
+    cols[i:i] = ["attention_inside", "mask_area"]
   return cols
 
 
@@ -656,7 +672,9 @@ def _aggregate(entries, extra) -> list[dict]:
     key = (e["dataset"], e["objective"], e["encoder"], e["layer"], e["protocol"], e["label_subset"],
            *(json.dumps(e["axes"].get(k), default=str) for k in extra))
     g = groups.setdefault(key, dict(e, accuracies=[], aurocs=[], kappas=[], nc1_trains=[], nc1_tests=[],
-                                    n_labelled_set=set()))
+                                    attentions=[], mask_areas=[], n_labelled_set=set()))
+    g["attentions"].append(e["attention_inside"])
+    g["mask_areas"].append(e["mask_area"])
     g["accuracies"].append(e["accuracy"])
     g["kappas"].append(e["kappa"])
     g["aurocs"].append(e["auroc"])
@@ -675,6 +693,8 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
   nc_head = ["NC1 (train)", "NC1 (test)"] if show_nc else []
   show_kappa = _show_kappa(entries)
   kappa_head = ["kappa (quadratic)"] if show_kappa else []
+  show_att = _show_attention(entries)
+  att_head = ["attention in mask"] if show_att else []
   show_ci = any(e["auroc_ci_low"] is not None for e in entries)
   versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in records})
   codes = sorted({r["code_version"] for r in records})
@@ -696,19 +716,20 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
               f"--report_only runs them): {', '.join(f'`{m}`' for m in missing)}", ""]
   lines += ["## Mean ± std over seeds", ""]
   head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels", *extra, "accuracy", "AUROC",
-          *kappa_head, *nc_head, "source"]
+          *kappa_head, *att_head, *nc_head, "source"]
   body = []
   for g in _aggregate(entries, extra):
     n = ", ".join(str(v) for v in sorted(g["n_labelled_set"], key=str))
     cells = [g["dataset"], g["objective"], g["encoder"], *([g["layer"]] if show_layer else []), g["protocol"],
              f"{g['label_subset']} (n={n})", *(str(g["axes"].get(k, "")) for k in extra),
              _mean_std(g["accuracies"]), _mean_std(g["aurocs"]), *([_mean_std(g["kappas"])] if show_kappa else []),
+             *([_attention_cell(g["attentions"], g["mask_areas"])] if show_att else []),
              *([_mean_std_g(g["nc1_trains"]), _mean_std_g(g["nc1_tests"])] if show_nc else []), "ours"]
     body.append(cells)
   for p in table.get("published", None) or ():
     cells = [p["dataset"], p["method"], "—", *("—" for _ in layer_head), p.get("protocol", "") or "—",
              p.get("labels", "") or "—", *("—" for _ in extra), _fmt(p.get("accuracy"), 3), _fmt(p.get("auroc"), 3),
-             *("—" for _ in kappa_head), *("—" for _ in nc_head), f"published: {p['source']}" + (f" ({p['note']})" if p.get("note") else "")]
+             *("—" for _ in kappa_head), *("—" for _ in att_head), *("—" for _ in nc_head), f"published: {p['source']}" + (f" ({p['note']})" if p.get("note") else "")]
     body.append(cells)
   lines += results_lib.markdown_table(head, body)
   if png:
@@ -716,7 +737,7 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
 
   lines += ["", "## Every run", ""]
   head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels (spec, subset seed, n)", *extra, "seed",
-          "accuracy", "AUROC", *(["AUROC 95% CI"] if show_ci else []), *kappa_head, *nc_head, "eval s", "pretrain s", "code", "jax / flax / optax / numpy", "row"]
+          "accuracy", "AUROC", *(["AUROC 95% CI"] if show_ci else []), *kappa_head, *att_head, *nc_head, "eval s", "pretrain s", "code", "jax / flax / optax / numpy", "row"]
   body = []
   for e in entries:
     labels = (f"{e['label_subset']} (n={e['n_labelled']})" if e["label_subset"] == "100%"
@@ -725,6 +746,7 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
              *(str(e["axes"].get(k, "")) for k in extra), str(e["seed"]), _fmt(e["accuracy"]), _fmt(e["auroc"]),
              *([f"{_fmt(e['auroc_ci_low'])}-{_fmt(e['auroc_ci_high'])}"] if show_ci else []),
              *([_fmt(e["kappa"])] if show_kappa else []),
+             *([f"{_fmt(e['attention_inside'], 3)} (area {_fmt(e['mask_area'], 2)})"] if show_att else []),
              *([_fmt_g(e["nc1_train"]), _fmt_g(e["nc1_test"])] if show_nc else []),
              f"{e['eval_wall_clock_s']:.1f}", f"{e['pretrain_wall_clock_s']:.1f}", e["code_version"],
              " / ".join(str(e[k]) for k in PACKAGES), f"`{e['row']}` ({e['status']})"]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
 
+from medssl_jax import config as config_lib
 from medssl_jax import models
 from medssl_jax import objectives
 from medssl_jax import paths
@@ -167,7 +168,8 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   manager = ckpt_lib.make_manager(workdir, keep=t.keep_checkpoints)
   it = pipeline.make_train_iterator(builder, split=config.data.train_split, global_batch_size=t.batch_size,
                                     seed=config.seed, image_size=config.data.image_size, fit=config.data.fit,
-                                    worker_count=config.data.worker_count, indices=indices, extra_keys=extra_keys, text=text)
+                                    worker_count=config.data.worker_count, indices=indices, extra_keys=extra_keys, text=text,
+                                    foreground=config_lib.foreground_spec(config))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   # A finished run needs no data position (and may be read by any number of processes).
   latest = manager.latest_step()

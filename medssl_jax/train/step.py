@@ -60,7 +60,8 @@ def make_loss_fn(model, objective, config):
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
   def loss_fn(params, batch_stats, objective_state, batch, key, step):
-    views = [normalize(v, mean, std) for v in views_lib.make_views(key, batch["image"], view_cfgs)]
+    views = [normalize(v, mean, std)
+             for v in views_lib.make_views(key, batch["image"], view_cfgs, masks=batch.get("foreground"))]
     rngs = {"mask": jax.random.fold_in(key, 0x6D61736B)}  # Model randomness (MAE masking), apart from views.
     student, new_batch_stats = encode_views(model, params, batch_stats, views, rngs=rngs)
     if objective.text:  # The paired report through the text tower (no BatchNorm there).

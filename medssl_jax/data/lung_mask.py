@@ -29,8 +29,8 @@ builders are in tfds_builders/) would be the better source of lung masks when th
 
 Command (an overlay grid a person can check; PneumoniaMNIST read through its TFDS builder):
 
-  python -m medssl_jax.evals.lung_mask --split=test --out=/tmp/lungs.png --count=32
-  python -m medssl_jax.evals.lung_mask --synthetic_size=28 --count=32   # Dice vs the drawn lungs: 0.868 (64 px: 0.911)
+  python -m medssl_jax.data.lung_mask --split=test --out=/tmp/lungs.png --count=32
+  python -m medssl_jax.data.lung_mask --synthetic_size=28 --count=32   # Dice vs the drawn lungs: 0.868 (64 px: 0.911)
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from medssl_jax.data import synthetic_cxr
 NAME = "lung fields (intensity segmentation)"  # How summaries name this mask.
 
 
-def _otsu(values: np.ndarray) -> float:
+def otsu(values: np.ndarray) -> float:
   """Otsu's threshold of values in [0, 1] (256 bins): the one maximising the between-class variance."""
   hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
   hist = hist.astype(np.float64)
@@ -83,7 +83,7 @@ def lung_mask(image: np.ndarray, *, min_area: float = 0.02) -> np.ndarray:
   smooth = ndimage.gaussian_filter(image, sigma=0.5 * max(1.0, scale) ** 0.5, mode="nearest")
   r0, r1, c0, c1 = int(0.1 * h), int(np.ceil(0.9 * h)), int(0.1 * w), int(np.ceil(0.9 * w))
   centre = smooth[r0:r1, c0:c1]
-  threshold = _otsu(centre)
+  threshold = otsu(centre)
   dark = smooth < threshold
   central_dark = centre[centre < threshold]
   if not len(central_dark):
@@ -180,7 +180,7 @@ def synthetic_dice(*, size: int, count: int = 32) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-  """python -m medssl_jax.evals.lung_mask [--split=test] [--out=lungs.png] [--count=32] [--data_dir=...]"""
+  """python -m medssl_jax.data.lung_mask [--split=test] [--out=lungs.png] [--count=32] [--data_dir=...]"""
   import argparse
   p = argparse.ArgumentParser(description="Lung-field masks of PneumoniaMNIST images as an overlay grid PNG.")
   p.add_argument("--split", default="test")
