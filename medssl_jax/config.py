@@ -195,6 +195,9 @@ def data_section() -> ml_collections.ConfigDict:
   c.mean = (0.5, 0.5, 0.5)         # Normalisation after augmentation.
   c.std = (0.5, 0.5, 0.5)
   c.worker_count = 0               # grain worker processes (0 = decode in the main process).
+  # Pretrain on the records of train_split that a subset file lists (data/subsets.py format, sha256 checked), e.g.
+  # one written by mode "select_data" (medssl_jax/projects/selection); "" = the whole split.
+  c.train_subset_file = ""
   return c
 
 

@@ -21,13 +21,14 @@ from medssl_jax.modes import segmentation
 from medssl_jax.modes import transfer
 from medssl_jax.projects.curriculum import modes as curriculum
 from medssl_jax.projects.particles import modes as particles
+from medssl_jax.projects.selection import modes as selection
 from medssl_jax.projects.swcl import modes as swcl
 from medssl_jax.protocols import probe
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import workdir_lock
 
 # The evaluation protocols (probe) first: their checks cover settings every evaluating mode reads.
-MODULES = (probe, pretrain, evaluate, analyze, transfer, segmentation, features, swcl, particles, curriculum)
+MODULES = (probe, pretrain, evaluate, analyze, transfer, segmentation, features, swcl, particles, curriculum, selection)
 MODES = {name: fn for module in MODULES for name, fn in getattr(module, "MODES", {}).items()}
 PRETRAINING_MODES = tuple(m for module in MODULES for m in getattr(module, "PRETRAINING_MODES", ()))
 

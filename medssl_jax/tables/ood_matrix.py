@@ -54,7 +54,7 @@ def ood_entries(records) -> list[dict]:
         parts[1] = f"{encoder} ({r['objective']} recipe)"
       if labels != "100%":
         parts.append(f"{labels} labels")
-      parts += [f"{k}={r['axes'].get(k)}" for k in extra]
+      parts += [f"{k}={records_lib.axis_text(k, r['axes'].get(k))}" for k in extra]
       group = (r["dataset"], r.get("objective"), encoder, r["protocol"], labels,
                *(json.dumps(r["axes"].get(k), default=str) for k in extra))
       base = dict(table=r.get("table"), row=r.get("row"), seed=r.get("seed"), source=r["dataset"],

@@ -721,7 +721,7 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
   for g in _aggregate(entries, extra):
     n = ", ".join(str(v) for v in sorted(g["n_labelled_set"], key=str))
     cells = [g["dataset"], g["objective"], g["encoder"], *([g["layer"]] if show_layer else []), g["protocol"],
-             f"{g['label_subset']} (n={n})", *(str(g["axes"].get(k, "")) for k in extra),
+             f"{g['label_subset']} (n={n})", *(records_lib.axis_text(k, g["axes"].get(k)) for k in extra),
              _mean_std(g["accuracies"]), _mean_std(g["aurocs"]), *([_mean_std(g["kappas"])] if show_kappa else []),
              *([_attention_cell(g["attentions"], g["mask_areas"])] if show_att else []),
              *([_mean_std_g(g["nc1_trains"]), _mean_std_g(g["nc1_tests"])] if show_nc else []), "ours"]
@@ -743,7 +743,7 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
     labels = (f"{e['label_subset']} (n={e['n_labelled']})" if e["label_subset"] == "100%"
               else f"{e['label_subset']} (seed {e['subset_seed']}, n={e['n_labelled']})")
     cells = [e["dataset"], e["objective"], e["encoder"], *([e["layer"]] if show_layer else []), e["protocol"], labels,
-             *(str(e["axes"].get(k, "")) for k in extra), str(e["seed"]), _fmt(e["accuracy"]), _fmt(e["auroc"]),
+             *(records_lib.axis_text(k, e["axes"].get(k)) for k in extra), str(e["seed"]), _fmt(e["accuracy"]), _fmt(e["auroc"]),
              *([f"{_fmt(e['auroc_ci_low'])}-{_fmt(e['auroc_ci_high'])}"] if show_ci else []),
              *([_fmt(e["kappa"])] if show_kappa else []),
              *([f"{_fmt(e['attention_inside'], 3)} (area {_fmt(e['mask_area'], 2)})"] if show_att else []),
@@ -785,7 +785,7 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   for e in entries:
     encoder = e["encoder"] if e["encoder"].startswith(e["objective"]) else f"{e['encoder']} ({e['objective']} recipe)"
     encoder += f" @ {e['layer']}" if show_layer else ""
-    label = " / ".join([encoder, e["protocol"], *(f"{k}={e['axes'].get(k)}" for k in extra)])
+    label = " / ".join([encoder, e["protocol"], *(f"{k}={records_lib.axis_text(k, e['axes'].get(k))}" for k in extra)])
     if len({x["dataset"] for x in entries}) > 1:
       label = f"{e['dataset']}: {label}"
     if e["auroc"] is not None and math.isfinite(e["auroc"]):

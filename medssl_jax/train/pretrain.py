@@ -13,6 +13,7 @@ from medssl_jax import models
 from medssl_jax import objectives
 from medssl_jax import paths
 from medssl_jax.data import pipeline
+from medssl_jax.data import subsets
 from medssl_jax.text import tokenizer as tokenizer_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import distributed
@@ -150,6 +151,12 @@ def pretrain(config, workdir: str, *, builder=None, mesh=None, indices=None, ini
   ckpt_lib.save_or_check_config(config, workdir)
   builder = builder or pipeline.open_dataset(config.data)
   pipeline.check_channels(builder, config.data.channels)
+  if indices is None and config.data.train_subset_file:
+    indices = subsets.read(config.data.train_subset_file, dataset=pipeline.dataset_name(builder),
+                           split=config.data.train_split,
+                           num_records=pipeline.num_examples(builder, config.data.train_split))["indices"]
+    print(f"pretraining on {len(indices)} records of {config.data.train_split!r} listed in "
+          f"{config.data.train_subset_file}", flush=True)
   model, objective, tx, schedule = build(config)
   extra_keys = objective_batch_keys(config, objective, builder)
   text = text_input(config, builder, workdir)
