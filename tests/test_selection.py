@@ -27,6 +27,24 @@ def test_nearest_similarity_matches_a_loop():
   np.testing.assert_allclose(select.nearest_similarity(pool, target, chunk=8), _loop_nearest(pool, target), atol=1e-12)
 
 
+def test_best_rank_matches_a_loop_and_spreads_over_the_targets():
+  rs = np.random.RandomState(2)
+  pool, target = rs.randn(23, 4), rs.randn(9, 4)
+  want = np.full(23, 23)
+  for t in target:
+    sims = [np.dot(p, t) / (np.linalg.norm(p) * np.linalg.norm(t)) for p in pool]
+    for rank, i in enumerate(sorted(range(23), key=lambda i: -sims[i])):
+      want[i] = min(want[i], rank)
+  np.testing.assert_array_equal(select.best_rank(pool, target, chunk=4), want)
+  # Two target records, each with its own neighbour, and a hub close to both but nearest to neither's direction:
+  # the best-rank order keeps both neighbours before any second choice.
+  target = np.array([[1.0, 0.0], [0.0, 1.0]])
+  pool = np.array([[1.0, 0.05], [0.05, 1.0], [1.0, 0.9], [0.9, 1.0], [-1.0, 0.0]])
+  ranks, scores = select.best_rank(pool, target), select.nearest_similarity(pool, target)
+  kept = select.select(method="nearest", fraction=0.4, seed=0, num_pool=5, scores=scores, ranks=ranks)
+  np.testing.assert_array_equal(kept, [0, 1])
+
+
 def test_nearest_keeps_the_records_like_the_target_and_random_is_the_control():
   rs = np.random.RandomState(1)
   near = rs.randn(30, 8) * 0.1 + np.eye(8)[0] * 3  # A cluster around the target's direction.
@@ -34,7 +52,8 @@ def test_nearest_keeps_the_records_like_the_target_and_random_is_the_control():
   pool = np.concatenate([far[:45], near, far[45:]])
   target = rs.randn(10, 8) * 0.1 + np.eye(8)[0] * 3
   scores = select.nearest_similarity(pool, target)
-  kept = select.select(method="nearest", fraction=0.25, seed=0, num_pool=120, scores=scores)
+  kept = select.select(method="nearest", fraction=0.25, seed=0, num_pool=120, scores=scores,
+                       ranks=select.best_rank(pool, target))
   np.testing.assert_array_equal(kept, np.arange(45, 75))
   rand = select.select(method="random", fraction=0.25, seed=0, num_pool=120)
   assert len(rand) == 30 and len(set(rand)) == 30 and np.all(np.diff(rand) > 0)
@@ -101,3 +120,19 @@ def test_select_data_refusals(tmp_path):
   c.selection.builder, c.selection.fraction = "synthetic_fundus", 1.5
   with pytest.raises(ValueError, match=r"config.selection.fraction=1.5 must be in \(0, 1\]"):
     experiment.validate(c)
+
+
+def test_sept_runs_three_arms_and_evaluates_them_on_the_target(tmp_path):
+  """Mode "sept" on the tiny synthetic fundus set as both pool (train) and target (validation -> test): three
+  pretrainings, two subset files, three probe results that tables.collect reads."""
+  from medssl_jax.tables import collect
+  c = _config(tmp_path)
+  c.mode = "sept"
+  c.train.num_steps, c.train.batch_size, c.train.log_every = 2, 8, 1
+  c.selection.target_split, c.selection.target_test_split = "validation", "test"
+  out = experiment.run(c, str(tmp_path / "sept"))
+  assert sorted(out["results"]) == ["nearest", "pool", "random"]
+  assert out["selections"]["nearest"]["num_selected"] == out["selections"]["random"]["num_selected"] == 16
+  rows = collect.collect({arm: [str(tmp_path / "sept" / arm)] for arm in ("pool", "nearest", "random")})
+  assert [r["encoder"] for r in rows] == ["simclr (pool)", "simclr (nearest)", "simclr (random)", "random init"]
+  assert all(0 <= r["auroc"][0] <= 1 for r in rows)

@@ -1,10 +1,11 @@
 """The selection itself, on feature arrays: which pool records to pretrain on.
 
-- `nearest`: each pool record's score is its cosine similarity to its nearest target record; the top `fraction` of
-  the pool by score is kept (ties broken by a seeded hash of the index, so the choice is reproducible). This is the
-  retrieval of SEPT (Lin et al. 2022, "SEPT: Towards scalable and efficient visual pre-training"), which keeps the
-  pool images nearest to the target task's images, in the per-pool-record form (a record is kept for being close to
-  some target record, not for being one of a target record's k nearest).
+- `nearest`: the retrieval of SEPT (Lin et al. 2022, "SEPT: Towards scalable and efficient visual pre-training"):
+  every target record retrieves its k nearest pool records (cosine similarity), with k grown until the union holds
+  the `fraction` of the pool. Equivalently, pool records are kept in order of their best rank in any target record's
+  neighbour list, then by their similarity to their nearest target record, then by a seeded hash of the index (so
+  the choice is reproducible). Ranking per target keeps one "hub" pool record, close to everything, from standing in
+  for many: it takes one place, and each target record still brings its own neighbours.
 - `random`: the same number of records, drawn uniformly (seeded): the control of the comparison.
 """
 from __future__ import annotations
@@ -31,6 +32,20 @@ def nearest_similarity(pool_features, target_features, *, chunk: int = 4096) -> 
                         or [np.zeros(0)])
 
 
+def best_rank(pool_features, target_features, *, chunk: int = 256) -> np.ndarray:
+  """For each pool row, its best (lowest, 0-based) rank in any target row's list of pool rows ordered by cosine
+  similarity: int64 [N_pool] (targets in chunks)."""
+  pool, target = _unit(pool_features), _unit(target_features)
+  n = len(pool)
+  best = np.full(n, n, np.int64)
+  for i in range(0, len(target), chunk):
+    order = np.argsort(-(target[i:i + chunk] @ pool.T), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(n)[None, :].repeat(len(order), axis=0), axis=1)
+    best = np.minimum(best, ranks.min(axis=0))
+  return best
+
+
 def subset_size(num_pool: int, fraction: float) -> int:
   if not 0 < fraction <= 1:
     raise ValueError(f"selection fraction={fraction!r} must be in (0, 1]")
@@ -42,9 +57,9 @@ def _tiebreak(n: int, seed: int) -> np.ndarray:
                   dtype=np.uint64)
 
 
-def select(*, method: str, fraction: float, seed: int, num_pool: int, scores=None) -> np.ndarray:
-  """The kept pool indices, sorted: the top `fraction` by `scores` ("nearest") or a seeded uniform draw of the same
-  size ("random")."""
+def select(*, method: str, fraction: float, seed: int, num_pool: int, scores=None, ranks=None) -> np.ndarray:
+  """The kept pool indices, sorted: the `fraction` first by best rank `ranks` (when given), then by similarity
+  `scores` ("nearest"), or a seeded uniform draw of the same size ("random")."""
   if method not in METHODS:
     raise ValueError(f"selection method={method!r}; choose one of {list(METHODS)}")
   k = subset_size(num_pool, fraction)
@@ -54,5 +69,6 @@ def select(*, method: str, fraction: float, seed: int, num_pool: int, scores=Non
   scores = np.asarray(scores, np.float64)
   if scores.shape != (num_pool,):
     raise ValueError(f"scores must be one per pool record ({num_pool}), got shape {scores.shape}")
-  order = np.lexsort((order_key, -scores))  # Highest score first; equal scores by the seeded hash.
+  ranks = np.zeros(num_pool, np.int64) if ranks is None else np.asarray(ranks, np.int64)
+  order = np.lexsort((order_key, -scores, ranks))  # Best rank first, then the highest score, then the seeded hash.
   return np.sort(order[:k])
