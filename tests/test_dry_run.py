@@ -12,7 +12,8 @@ from medssl_jax.data import pipeline
 
 # The configs whose real run needs an accelerator: full-width encoders at their papers' image sizes and batches,
 # and the tables built on them (their default variants).
-PAPER_SCALE = ("cxr_clip", "cxr_convirt", "cxr_joint", "cxr_simclr", "fundus_swcl", "medmnist_byol", "medmnist_simclr",
+PAPER_SCALE = ("cxr_clip", "cxr_convirt", "cxr_joint", "cxr_simclr", "fundus_swcl", "medmnist_byol", "medmnist_relic",
+               "medmnist_simclr", "pool_selection",
                "medmnist_supervised", "volume_supervised")
 PAPER_SCALE_TABLES = ("table_medmnist_ssl", "table_medmnist_supervised", "table_ood_cxr", "table_chase_db1_swcl")
 

@@ -200,3 +200,4 @@ def sept(config, workdir: str, *, mesh=None) -> dict:
 
 
 MODES = {"select_data": select_data, "sept": sept}
+PRETRAINING_MODES = ("sept",)  # Its arms pretrain (the dry run steps the objective's pretraining for it).
