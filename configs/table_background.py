@@ -7,7 +7,8 @@ Reproduces: background augmentations (Ryali, Schwab & Morcos 2021, "Characterizi
             (`lung_intensity`), whose background is swapped with another image's; the field of view of the fundus
             photographs (`fundus_fov`), whose black surround gets uniform noise. Every view replaces its
             background with probability 0.2 (configs/_medmnist.py with_background). The recipes are
-            configs/medmnist_simclr.py and configs/medmnist_byol.py. Each pretrained encoder, and a random one, is
+            configs/medmnist_simclr.py and configs/medmnist_byol.py. Each pretrained encoder, and a random one (once
+            per dataset and seed, beside the plain SimCLR rows), is
             linear-probed at 10% and 100% labels; beside each result, the fraction of its Grad-CAM (of the probe's
             classifier, for the image's class) inside the same mask on the first 256 test images, with the mask's
             area (a uniform map's fraction). PneumoniaMNIST's classifiers are also scored on NIH1000's test split
@@ -52,6 +53,8 @@ def get_config(arg=None):
   dataset, objective = rest
   spec = ",".join([dataset, *(f for f in ("background", "quick") if f in parts)])
   c = config_lib.load(f"medmnist_{objective}", spec)
+  # The random encoder (same seed, same model in every arm) once per dataset and seed: beside the plain SimCLR rows.
+  c.eval.compare_random_init = objective == "simclr" and "background" not in parts
   c.eval.attention_mask = _medmnist.BACKGROUNDS[dataset][0]
   c.eval.attention_images = 256
   if dataset == "pneumoniamnist":
