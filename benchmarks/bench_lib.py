@@ -82,8 +82,9 @@ def device_peak_mib():
   return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
 
 
-def time_steps(call, carry, *, steps):
-  """Seconds per call of `steps` calls of carry = call(carry) (each waited for), after one warm-up call.
+def time_steps(call, carry, *, steps, max_seconds=None):
+  """Seconds per call of `steps` calls of carry = call(carry) (each waited for), after one warm-up call;
+  with `max_seconds`, fewer calls (at least 2) once that much time has gone into the timed ones.
 
   `call` must return the new carry (donated inputs are replaced). Returns (median s, carry); the best
   (minimum) time is kept in time_steps.last_min: on a shared machine other jobs only ever add time, so
@@ -98,6 +99,8 @@ def time_steps(call, carry, *, steps):
     carry = call(carry)
     jax.block_until_ready(carry)
     times.append(time.perf_counter() - t0)
+    if max_seconds is not None and len(times) >= 2 and sum(times) >= max_seconds:
+      break
   time_steps.last_min = min(times)
   return statistics.median(times), carry
 
@@ -116,8 +119,8 @@ def interleaved_times(runs, *, steps):
   return times
 
 
-def train_step_cell(config, *, steps):
-  """Compiles and times one config's full train step. Returns a dict of the measurements."""
+def train_step_cell(config, *, steps, max_seconds=None):
+  """Compiles and times one config's full train step (`time_steps`). Returns a dict of the measurements."""
   import jax
 
   from medssl_jax.train import mesh as mesh_lib
@@ -133,11 +136,55 @@ def train_step_cell(config, *, steps):
   compiled = step.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - t0
   gflop, mem = compiled_stats(compiled)
-  dt, _ = time_steps(lambda s: compiled(s, batch, key)[0], state, steps=steps)
+  dt, _ = time_steps(lambda s: compiled(s, batch, key)[0], state, steps=steps, max_seconds=max_seconds)
   b = config.train.batch_size
   return {"ms": dt * 1e3, "min_ms": time_steps.last_min * 1e3, "images_s": b / dt, "gflop": gflop, "xla_mib": mem,
           "device_peak_mib": device_peak_mib(),
           "compile_s": compile_s}
+
+
+def host_two_views(batch, size, rng):
+  """Two random-resized crops per record on the host with PIL (scale 0.2-1, ratio 3/4-4/3): what a
+  PyTorch-style loader does, for comparison with the trainer's crops on the device."""
+  import numpy as np
+  from PIL import Image
+  views = []
+  for image in batch["image"]:
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    h, w = image.shape[:2]
+    for _ in range(2):
+      area = rng.uniform(0.2, 1.0) * h * w
+      ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+      cw, ch = min(w, int(round(np.sqrt(area * ratio)))), min(h, int(round(np.sqrt(area / ratio))))
+      x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+      views.append(np.asarray(pil.crop((x, y, x + cw, y + ch)).resize((size, size), Image.BILINEAR)))
+  return views
+
+
+def pipeline_rate(builder, *, split, batch, batches, image_size, workers, host_views=False):
+  """Records/s of the trainer's host pipeline (medssl_jax.data.pipeline.make_train_iterator: decode, resize to
+  `image_size`, batch) over `batches` batches after 2 warm-up ones, with `workers` grain worker processes.
+
+  host_views: decode at the stored size and cut two crops of `image_size` per record on the host instead.
+  """
+  import numpy as np
+
+  from medssl_jax.data import pipeline
+  it = pipeline.make_train_iterator(builder, split=split, global_batch_size=batch, seed=0,
+                                    image_size=None if host_views else image_size, worker_count=workers,
+                                    process_index=0, process_count=1)
+  rng = np.random.default_rng(0)
+  try:
+    for i in range(2 + batches):
+      if i == 2:
+        t0 = time.perf_counter()
+      b = next(it)
+      if host_views:
+        host_two_views(b, image_size, rng)
+    return batches * batch / (time.perf_counter() - t0)
+  finally:
+    if hasattr(it, "close"):
+      it.close()
 
 
 def fmt(x, spec=".0f"):

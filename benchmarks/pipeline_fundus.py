@@ -17,10 +17,13 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app
 from absl import flags
+
+import bench_lib
 
 _BUILDER = flags.DEFINE_string("builder", "hrf", "Dataset (a key of medssl_jax.data.pipeline.BUILDERS).")
 _CONFIG = flags.DEFINE_string("builder_config", "classification_512", "Builder config.")
@@ -41,47 +44,6 @@ PUBLISHED = (
     ("flax ResNet-50 supervised, 8x V100 mixed precision (8.3k img/s)", 8300 / 8),
     ("lightly ResNet-18 SimCLR on one A6000, incl. evaluation (about 350 img/s)", 350 * 2),
 )
-
-
-def _host_two_views(batch, size, rng):
-  """Two random-resized crops per record on the host with PIL (scale 0.2-1, ratio 3/4-4/3)."""
-  from PIL import Image
-  import numpy as np
-  views = []
-  for image in batch["image"]:
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    h, w = image.shape[:2]
-    for _ in range(2):
-      area = rng.uniform(0.2, 1.0) * h * w
-      ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-      cw, ch = min(w, int(round(np.sqrt(area * ratio)))), min(h, int(round(np.sqrt(area / ratio))))
-      x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
-      views.append(np.asarray(pil.crop((x, y, x + cw, y + ch)).resize((size, size), Image.BILINEAR)))
-  return views
-
-
-def _pipeline_rate(builder, workers, *, host_views):
-  import numpy as np
-  from medssl_jax.data import pipeline
-  # Decode at the stored size when cropping on the host (crops come from the full image), else at 224.
-  it = pipeline.make_train_iterator(builder, split=_SPLIT.value, global_batch_size=_BATCH.value, seed=0,
-                                    image_size=None if host_views else _SIZE.value, worker_count=workers,
-                                    process_index=0, process_count=1)
-  rng = np.random.default_rng(0)
-  try:
-    for _ in range(2):
-      b = next(it)
-      if host_views:
-        _host_two_views(b, _SIZE.value, rng)
-    t0 = time.perf_counter()
-    for _ in range(_BATCHES.value):
-      b = next(it)
-      if host_views:
-        _host_two_views(b, _SIZE.value, rng)
-    return _BATCHES.value * _BATCH.value / (time.perf_counter() - t0)
-  finally:
-    if hasattr(it, "close"):
-      it.close()
 
 
 def _step_rate(encoder, channels):
@@ -141,7 +103,8 @@ def main(_):
   best = 0.0
   for workers in (int(w) for w in _WORKERS.value):
     for host_views in (False, True):
-      rate = _pipeline_rate(builder, workers, host_views=host_views)
+      rate = bench_lib.pipeline_rate(builder, split=_SPLIT.value, batch=_BATCH.value, batches=_BATCHES.value,
+                                     image_size=_SIZE.value, workers=workers, host_views=host_views)
       best = max(best, rate if not host_views else 0.0)
       what = "decode + resize on host, views cut on device" if not host_views else "decode + 2 crops on host"
       print(f"| {what} | {workers} | {rate:.0f} |", flush=True)

@@ -1,10 +1,18 @@
 """The same SimCLR ResNet step in JAX (this repo) and in PyTorch, timed in one run, with their ratio.
 
 Usage:
-  python benchmarks/torch_compare.py [--size=28] [--batch=128] [--width=1.0] [--steps=5] [--stem=cifar]
-      [--optimizer=adamw] [--compute_dtype=float32] [--torch_channels_last] [--peak_tflops=0] [--quick]
+  python benchmarks/torch_compare.py [--sizes=28] [--encoders=resnet18] [--batch=128] [--width=1.0] [--steps=5]
+      [--big_batch=32 --big_width=0.25] [--torch=best,mirrored] [--stem=cifar] [--optimizer=adamw]
+      [--compute_dtype=float32] [--peak_tflops=0] [--quick]
+  python benchmarks/torch_compare.py --sizes=28,64,224 --encoders=resnet18,resnet50 --torch=compiled,best,mirrored
 
-Both sides: ResNet-18 (medssl_jax/torch_resnet.py mirrors models/resnet.py: same widths, stem, SAME padding),
+One cell per encoder x size (sizes >= 128 px at --big_batch and --big_width, to fit a CPU); in each, JAX against
+every PyTorch variant of --torch (TORCH_VARIANTS): 'best' is PyTorch as its users run it (torchvision's
+padding, channels_last), 'compiled' the same under torch.compile, 'mirrored' the model exactly as ours (flax SAME
+padding through F.pad, NCHW); 'channels_last' and 'native_padding' take one change each. A Markdown table of
+every cell ends the output.
+
+Both sides: the ResNet (medssl_jax/torch_resnet.py mirrors models/resnet.py: same widths, stem, padding),
 SimCLR's projector (Dense 2048 no bias -> BN -> ReLU -> Dense 128), NT-Xent at temperature 0.1 over the 2B
 views, the optimizer (AdamW, lr 1e-3, or SGD + Nesterov momentum 0.9), fp32, all host threads
 (torch.set_num_threads(os.cpu_count()); XLA uses every core, convolutions included since medssl_jax/xla_cpu.py
@@ -40,22 +48,32 @@ from absl import flags
 
 import bench_lib as sm
 
-_SIZE = flags.DEFINE_integer("size", 28, "Image and view size (px).")
+_SIZES = flags.DEFINE_list("sizes", "28", "Image and view sizes (px); one table cell per size x encoder.")
 _BATCH = flags.DEFINE_integer("batch", 128, "Records per step (2 views each: 2x this many encoder images).")
 _WIDTH = flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
-_DEPTH = flags.DEFINE_enum("encoder", "resnet18", ["resnet18", "resnet50"], "Encoder on both sides.")
+_BIG_BATCH = flags.DEFINE_integer("big_batch", 32, "--batch for sizes >= 128 px (0 = --batch).")
+_BIG_WIDTH = flags.DEFINE_float("big_width", 0.25, "--width for sizes >= 128 px (0 = --width).")
+_ENCODERS = flags.DEFINE_list("encoders", "resnet18", "Encoders on both sides (resnet18, resnet50).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (median kept).")
 _STEM = flags.DEFINE_enum("stem", None, ["cifar", "imagenet"], "Stem (default: cifar below 64 px, else imagenet).")
 _OPT = flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer on both sides.")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "JAX encoder compute dtype "
                            "(the PyTorch side stays fp32; bf16 there would need autocast).")
-_PAD = flags.DEFINE_enum("torch_padding", "same", ["same", "torch"], "PyTorch ResNet padding: 'same' mirrors ours "
-                          "(F.pad before stride-2 3x3 convs), 'torch' is torchvision's symmetric conv padding.")
-_CL = flags.DEFINE_bool("torch_channels_last", False, "PyTorch in channels_last (NHWC) memory format.")
+_TORCH = flags.DEFINE_list("torch", "best,mirrored", "PyTorch variants (TORCH_VARIANTS), each timed against JAX: "
+                           "'best' is what a PyTorch user runs, 'mirrored' the same model as ours.")
 _SIDES = flags.DEFINE_list("sides", "jax,torch", "Which sides to run.")
 _MODES = flags.DEFINE_list("modes", "model,full", "'model' (views made) and / or 'full' (with augmentation).")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for the JAX MFU (0 = not printed).")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke preset: batch 16, width 0.125, 2 steps.")
+
+# PyTorch variants: (conv padding, channels_last memory format, torch.compile).
+TORCH_VARIANTS = {
+    "mirrored": ("same", False, False),       # Ours: flax SAME padding (F.pad before stride-2 convs), NCHW.
+    "channels_last": ("same", True, False),
+    "native_padding": ("torch", False, False),  # torchvision's symmetric conv padding.
+    "best": ("torch", True, False),           # What solo-learn / lightly / timm users run.
+    "compiled": ("torch", True, True),        # best + torch.compile of the model.
+}
 
 TEMPERATURE = 0.1
 LR = 1e-3
@@ -191,7 +209,7 @@ def torch_augment(images_u8, size, gen):
   return (z.view(b, 3, size, size) - 0.5) / 0.5
 
 
-def torch_step(*, depth, width, stem, size, batch, optimizer, full, channels_last, padding="same"):
+def torch_step(*, depth, width, stem, size, batch, optimizer, full, channels_last, padding="same", compile=False):
   """run() doing one PyTorch step (model only, or after torch_augment of both views)."""
   import numpy as np
   import torch
@@ -199,6 +217,7 @@ def torch_step(*, depth, width, stem, size, batch, optimizer, full, channels_las
   model = torch_model(depth, width, stem, padding)
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
+  forward = torch.compile(model) if compile else model
   if optimizer == "adamw":
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-6)
   else:
@@ -212,51 +231,84 @@ def torch_step(*, depth, width, stem, size, batch, optimizer, full, channels_las
     if channels_last:
       x = x.contiguous(memory_format=torch.channels_last)
     opt.zero_grad(set_to_none=True)
-    loss = nt_xent(model(x), TEMPERATURE)
+    loss = nt_xent(forward(x), TEMPERATURE)
     loss.backward()
     opt.step()
     loss.item()
   return run
 
 
-def main(_):
-  import torch
-  batch, width, steps = _BATCH.value, _WIDTH.value, _STEPS.value
-  if _QUICK.value:
-    batch, width, steps = 16, 0.125, 2
-  size = _SIZE.value
+def cell(*, encoder, size, batch, width, steps):
+  """Times JAX and each PyTorch variant in alternation for each mode; returns table rows and prints lines."""
   stem = _STEM.value or ("cifar" if size < 64 else "imagenet")
-  torch.set_num_threads(os.cpu_count())
-  print(sm.device_line())
-  print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, channels_last={_CL.value}, "
-        f"padding={_PAD.value}")
-  print(f"{_DEPTH.value} x{width} {stem} stem, {size} px, batch {batch} x 2 views, {_OPT.value}, JAX "
-        f"{_DTYPE.value}, median / best of {steps} interleaved rounds")
-  config = sm.bench_config(encoder=_DEPTH.value, size=size, batch=batch, width=width, stem=stem,
+  print(f"\n{encoder} x{width} {stem} stem, {size} px, batch {batch} x 2 views, {_OPT.value}, JAX "
+        f"{_DTYPE.value}, median / best of {steps} interleaved rounds", flush=True)
+  config = sm.bench_config(encoder=encoder, size=size, batch=batch, width=width, stem=stem,
                            optimizer=_OPT.value, compute_dtype=_DTYPE.value)
-  depth = int(_DEPTH.value[len("resnet"):])
-  line = lambda name, med, best: (f"{name:14s}: {med * 1e3:8.1f} ms/step, {batch / med:7.1f} images/s "
+  depth = int(encoder[len("resnet"):])
+  line = lambda name, med, best: (f"{name:24s}: {med * 1e3:8.1f} ms/step, {batch / med:7.1f} images/s "
                                   f"(best {best * 1e3:.1f} ms, {batch / best:.1f} images/s)")
+  rows = []
   for mode in _MODES.value:
     runs, gflop = {}, None
     if "jax" in _SIDES.value:
-      runs["JAX " + mode], gflop = (jax_model_only if mode == "model" else jax_full)(config)
+      runs["JAX"], gflop = (jax_model_only if mode == "model" else jax_full)(config)
     if "torch" in _SIDES.value:
-      runs["PyTorch " + mode] = torch_step(depth=depth, width=width, stem=stem, size=size, batch=batch,
-                                           optimizer=_OPT.value, full=mode == "full", channels_last=_CL.value,
-                                           padding=_PAD.value)
+      for v in _TORCH.value:
+        padding, channels_last, compile = TORCH_VARIANTS[v]
+        runs[f"PyTorch {v}"] = torch_step(depth=depth, width=width, stem=stem, size=size, batch=batch,
+                                          optimizer=_OPT.value, full=mode == "full", channels_last=channels_last,
+                                          padding=padding, compile=compile)
     times = sm.interleaved_times(runs, steps=steps)
     stats = {name: (statistics.median(t), min(t)) for name, t in times.items()}
     for name, (med, best) in stats.items():
       extra = ""
-      if name.startswith("JAX") and gflop:
+      if name == "JAX" and gflop:
         extra = f", {gflop:.1f} GFLOP/step"
         if _PEAK.value:
           extra += f", MFU {gflop / best / (_PEAK.value * 1e3) * 100:.1f}% (best)"
-      print(line(name, med, best) + extra, flush=True)
-    if len(stats) == 2:
-      (jm, jb), (tm, tb) = stats["JAX " + mode], stats["PyTorch " + mode]
-      print(f"ratio JAX/PyTorch images/s ({mode}): {tm / jm:.2f}x of medians, {tb / jb:.2f}x of bests", flush=True)
+      print(f"{mode:5s} " + line(name, med, best) + extra, flush=True)
+    jax_stats = stats.get("JAX")
+    cells = [f"{encoder} x{width:g}", str(size), str(batch), mode,
+             f"{batch / jax_stats[0]:.1f}" if jax_stats else "-"]
+    for v in _TORCH.value:
+      t = stats.get(f"PyTorch {v}")
+      cells.append(f"{batch / t[0]:.1f}" if t else "-")
+      if t and jax_stats:
+        ratio = f"{t[0] / jax_stats[0]:.2f}x / {t[1] / jax_stats[1]:.2f}x"
+        cells.append(ratio)
+        print(f"ratio JAX / PyTorch {v} images/s ({mode}): {ratio} (medians / bests)", flush=True)
+      else:
+        cells.append("-")
+    rows.append("| " + " | ".join(cells) + " |")
+  return rows
+
+
+def main(_):
+  import torch
+  batch, width, steps = _BATCH.value, _WIDTH.value, _STEPS.value
+  big_batch, big_width = _BIG_BATCH.value or batch, _BIG_WIDTH.value or width
+  if _QUICK.value:
+    batch = big_batch = 16
+    width = big_width = 0.125
+    steps = 2
+  unknown = [v for v in _TORCH.value if v not in TORCH_VARIANTS]
+  if unknown:
+    raise app.UsageError(f"--torch={','.join(_TORCH.value)}: unknown {unknown}; choose from {list(TORCH_VARIANTS)}")
+  torch.set_num_threads(os.cpu_count())
+  print(sm.device_line())
+  print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; PyTorch variants (padding, channels_last, "
+        f"torch.compile): " + ", ".join(f"{v} {TORCH_VARIANTS[v]}" for v in _TORCH.value))
+  rows = []
+  for encoder in _ENCODERS.value:
+    for size in (int(s) for s in _SIZES.value):
+      big = size >= 128
+      rows += cell(encoder=encoder, size=size, batch=big_batch if big else batch, width=big_width if big else width,
+                   steps=steps)
+  head = ("| encoder | px | batch | step | JAX images/s | "
+          + " | ".join(f"PyTorch {v} images/s | JAX / PyTorch {v} (medians / bests)" for v in _TORCH.value) + " |")
+  print("\n" + head + "\n" + "|---" * (head.count("|") - 1) + "|\n" + "\n".join(rows))
+
 
 if __name__ == "__main__":
   app.run(main)

@@ -1,0 +1,37 @@
+"""The benchmark scripts that CI keeps from rotting: their --quick presets run and print sane tables."""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _table_rows(text: str) -> list[list[str]]:
+  rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+          if line.startswith("| ") and not line.startswith("| workload")]
+  return rows
+
+
+def test_accelerator_check_quick(tmp_path):
+  out = tmp_path / "check.md"
+  # One device, as the check measures; its temporary TFDS dir under tmp_path, to see that it is removed.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TMPDIR=str(tmp_path))
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--quick",
+                         f"--out={out}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = out.read_text()
+  assert text.startswith("device: cpu"), text[:200]
+  rows = {r[0]: r for r in _table_rows(text)}
+  steps = [r for name, r in rows.items() if not name.startswith("input pipeline")]
+  assert [r[0].split()[0] for r in steps] == ["simclr", "byol", "dino", "mae"], list(rows)
+  for r in steps:
+    batch, records_s, views_s, gflop = int(r[1]), float(r[3]), float(r[4]), float(r[5])
+    assert batch == 8 and records_s > 0 and gflop > 0, r
+    assert abs(views_s / records_s - (1 if r[0].startswith("mae") else 2)) < 0.02, r
+    assert r[6] == "-"  # No MFU on a CPU without --peak_tflops.
+  pipes = [r for name, r in rows.items() if name.startswith("input pipeline")]
+  assert len(pipes) == 1 and "0 grain workers" in pipes[0][0] and float(pipes[0][3]) > 0, pipes
+  assert re.search(r"SimCLR: \d+ views/s", text) and "Host cores one device needs" in text, text
+  assert not list(tmp_path.glob("accel_check_tfds_*"))
