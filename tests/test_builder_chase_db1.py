@@ -1,5 +1,6 @@
 """CHASE_DB1 builder: dummy data in the official flat layout, bad inputs, and the real files when present."""
 import numpy as np
+import pytest
 from PIL import Image
 
 import builder_testing as bt
@@ -20,11 +21,12 @@ def test_dummy_build_original(tmp_path):
                                 np.asarray(Image.open(manual / 'Image_01L_2ndHO.png')))
 
 
-def test_dummy_build_resized(tmp_path):
+@pytest.mark.parametrize('size', [512, 224])
+def test_dummy_build_resized(tmp_path, size):
   manual = dummy_data.write(tmp_path / 'manual')
-  b = bt.build('chase_db1', '512', manual, tmp_path / 'tfds')
+  b = bt.build('chase_db1', str(size), manual, tmp_path / 'tfds')
   records = bt.check_dataset(b, splits={'train': 20, 'test': 8})
-  assert records['test'][0]['image'].shape == (512, 512, 3) and records['test'][0]['mask'].shape == (512, 512, 1)
+  assert records['test'][0]['image'].shape == (size, size, 3) and records['test'][0]['mask'].shape == (size, size, 1)
 
 
 def test_bad_inputs(tmp_path):

@@ -1,13 +1,15 @@
 """HRF builder: dummy data in the official layout, bad inputs, and the 45 real images (no vessel maps)."""
 import numpy as np
+import pytest
 
 import builder_testing as bt
 from tfds_builders.hrf import dummy_data
 
 
-def test_dummy_build_classification(tmp_path):
+@pytest.mark.parametrize('size', [512, 224])
+def test_dummy_build_classification(tmp_path, size):
   manual = dummy_data.write(tmp_path / 'manual', masks=False, nested=True)
-  b = bt.build('hrf', 'classification_512', manual, tmp_path / 'tfds')
+  b = bt.build('hrf', f'classification_{size}', manual, tmp_path / 'tfds')
   records = bt.check_dataset(b, splits={'train': 9, 'validation': 3, 'test': 3},
                              label_counts={'train': [3, 3, 3], 'validation': [1, 1, 1], 'test': [1, 1, 1]})
   assert 'mask' not in b.info.features
@@ -16,7 +18,7 @@ def test_dummy_build_classification(tmp_path):
       name = r['file_name'].decode()
       assert name.startswith('images/') and r['patient_id'].decode() == name[7:].rsplit('.', 1)[0]
       assert r['label'] == {'h': 0, 'dr': 1, 'g': 2}[name.rsplit('.', 1)[0].split('_')[1]]
-      assert r['image'].shape == (512, 512, 3)
+      assert r['image'].shape == (size, size, 3)
     assert [r['file_name'] for r in recs] == sorted(r['file_name'] for r in recs)
   assert any(r['file_name'].endswith(b'.JPG') for recs in records.values() for r in recs)
 

@@ -34,6 +34,9 @@ class ChaseDb1(tfds.core.GeneratorBasedBuilder):
       ChaseDb1Config(name='original', description='Original 999x960 JPEGs (bytes unchanged), masks as PNG.'),
       ChaseDb1Config(name='512', image_size=512,
                      description='Padded to 999x999 (black), resized to 512x512 (image bicubic, masks nearest).'),
+      ChaseDb1Config(name='224', image_size=224,
+                     description='As 512 at 224x224: stored at the training resolution, so the input pipeline '
+                                 'decodes a 224 px JPEG instead of resizing a larger one.'),
   ]
   DEFAULT_CONFIG_NAME = 'original'
   MANUAL_DOWNLOAD_INSTRUCTIONS = """

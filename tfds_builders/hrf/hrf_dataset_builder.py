@@ -63,6 +63,9 @@ class Hrf(tfds.core.GeneratorBasedBuilder):
       HrfConfig(name='classification_512', image_size=512,
                 description='Images cropped to the field of view, padded square, resized to 512x512 (JPEG); '
                             '3-class label from the file name.'),
+      HrfConfig(name='classification_224', image_size=224,
+                description='As classification_512 at 224x224: stored at the training resolution, so the input '
+                            'pipeline decodes a 224 px JPEG instead of resizing a 512 px one.'),
       HrfConfig(name='classification_1024', image_size=1024,
                 description='As classification_512 at 1024x1024.'),
       HrfConfig(name='segmentation_1024', image_size=1024, segmentation=True,
