@@ -124,12 +124,16 @@ def digest(indices: Sequence[int]) -> str:
   return hashlib.sha256(",".join(str(int(i)) for i in sorted(indices)).encode()).hexdigest()
 
 
+def safe_name(text: str) -> str:
+  """`text` with every run of characters other than letters, digits, '_', '.' and '-' made one '-'."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
 def file_name(*, dataset: str, split: str, spec: str, seed: int) -> str:
   """A descriptive file name, e.g. 'medmnist-retinamnist_train_10pct_seed0.json'."""
   kind, value = parse_spec(spec)
   tag = {"all": "all", "fraction": f"{value * 100:g}pct", "per_class": f"{int(value)}shot"}[kind]
-  safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s)
-  return f"{safe(dataset)}_{safe(split)}_{tag}_seed{seed}.json"
+  return f"{safe_name(dataset)}_{safe_name(split)}_{tag}_seed{seed}.json"
 
 
 def write(path: str, *, indices: Sequence[int], spec: str, seed: int, dataset: str, split: str,

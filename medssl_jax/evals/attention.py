@@ -296,6 +296,12 @@ def fraction_inside(maps, masks):
     return np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
 
 
+def fraction_and_area(maps, masks):
+  """(fraction_inside(maps, masks), the masks' area at the maps' resolution): the area is a uniform map's
+  fraction inside, the chance level to read the fraction against."""
+  return fraction_inside(maps, masks), fraction_inside(np.ones_like(maps), masks)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Overlays.
 

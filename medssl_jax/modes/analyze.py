@@ -355,9 +355,7 @@ def _attention(config, method, enc_name, model, variables, *, images, labels, ma
   out["num_empty_maps"] = int(empty.sum())
   titles = [f"{t} (empty map)" if empty[i] else t for t, i in zip(titles, grid)]
   if masks is not None:
-    fraction = attention_lib.fraction_inside(maps, masks)
-    # A uniform map's fraction is the mask's area at the maps' resolution: the chance level.
-    area = attention_lib.fraction_inside(np.ones_like(maps), masks)
+    fraction, area = attention_lib.fraction_and_area(maps, masks)
     out["mask_key"] = a.mask_key
     out["mask_name"] = _mask_name(a)
     out["fraction_inside"] = _fraction_stats(fraction, labels, names)

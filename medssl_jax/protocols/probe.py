@@ -274,8 +274,7 @@ def _attention_inside(config, model, variables, *, masks, test, head_data, num_c
   maps = attention_lib.compute_maps(e.attention_method, model.backbone, attention_lib.backbone_variables(variables),
                                     images, image_size=image_size, mean=tuple(d.mean), std=tuple(d.std), head=head,
                                     target=target, batch_size=min(64, e.batch_size))
-  fraction = attention_lib.fraction_inside(maps, masks)
-  area = attention_lib.fraction_inside(np.ones_like(maps), masks)
+  fraction, area = attention_lib.fraction_and_area(maps, masks)
   ok = np.isfinite(fraction)
   return dict(method=e.attention_method, mask=e.attention_mask, images=int(n), empty_maps=int((~ok).sum()),
               fraction_inside=float(np.mean(fraction[ok])) if ok.any() else float("nan"),

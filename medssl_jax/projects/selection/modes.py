@@ -28,7 +28,6 @@ subset files and evaluates again.
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import ml_collections
@@ -91,8 +90,7 @@ def _as_channels(images: np.ndarray, channels: int) -> np.ndarray:
 
 
 def file_stem(*, dataset: str, split: str, method: str, fraction: float, seed: int) -> str:
-  safe = lambda text: re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
-  return f"{safe(dataset)}_{safe(split)}_{method}_{fraction * 100:g}pct_seed{seed}"
+  return f"{subsets.safe_name(dataset)}_{subsets.safe_name(split)}_{method}_{fraction * 100:g}pct_seed{seed}"
 
 
 def select_data(config, workdir: str, *, mesh=None) -> dict:
