@@ -26,7 +26,10 @@ import logging
 import os
 from typing import Mapping
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from safetensors import numpy as safetensors_numpy
 
 from medssl_jax import objectives
 from medssl_jax import paths
@@ -82,8 +85,6 @@ def restore_variables(workdir: str, *, step: int | None = None) -> tuple[int, di
   The train state is restored without a target structure (from the checkpoint's own metadata) and onto
   the host, so neither the config's model nor the devices it was trained on are needed.
   """
-  import jax
-  import orbax.checkpoint as ocp
   steps = ckpt_lib.checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"No checkpoint in {paths.join(paths.absolute(workdir), 'checkpoints')}; run mode=pretrain "
@@ -177,8 +178,7 @@ def write(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str], out: s
   # Each file is written whole and atomically (paths.write_bytes), the tensors last: an interrupted export
   # leaves no truncated file at `out`.
   if suffix == ".safetensors":
-    from safetensors.numpy import save
-    paths.write_bytes(out, save(dict(tensors), metadata=dict(metadata)))
+    paths.write_bytes(out, safetensors_numpy.save(dict(tensors), metadata=dict(metadata)))
   else:
     paths.write_text(sidecar_path(out), json.dumps(dict(metadata), indent=2, sort_keys=True))
     paths.save_npz(out, **tensors)
