@@ -6,7 +6,7 @@ Usage:
 The shapes are those of ResNet-18 at `--size` px (CIFAR stem below 64 px, ImageNet stem from 64 px) and
 `--width`, each once (the ResNet repeats most of them 2-4 times), batch `--images` (a SimCLR step with batch
 B runs 2B images). JAX: lax.conv_general_dilated NHWC/HWIO, SAME padding, jitted, the gradients from jax.vjp;
-PyTorch: nn.Conv2d (NCHW), the gradients from torch.autograd.grad minus the forward. Times in ms, best of
+PyTorch: nn.Conv2d (channels_last unless --notorch_channels_last; torchvision's padding), the gradients from torch.autograd.grad minus the forward. Times in ms, best of
 `--steps`; the last column is PyTorch / JAX of forward + input gradient + filter gradient (a train step
 needs no input gradient for the stem). `--variants` adds the rewrites tried for the slowest ones: the filter gradient
 as a sum over 8 / 16 slices of the batch, and the 7x7 / 2 stem as a 4x4 conv after space-to-depth.
@@ -26,6 +26,8 @@ _SIZE = flags.DEFINE_integer("size", 28, "Input size (px).")
 _WIDTH = flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
 _IMAGES = flags.DEFINE_integer("images", 128, "Images per convolution call.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement (best kept).")
+_CL = flags.DEFINE_bool("torch_channels_last", True, "PyTorch tensors and weights in channels_last (NHWC) memory "
+                        "format, as PyTorch users run ResNets on CPU (--notorch_channels_last: NCHW).")
 _VARIANTS = flags.DEFINE_bool("variants", False, "Also time the rewrites tried (chunked filter gradient, space-to-depth stem).")
 
 
@@ -71,12 +73,13 @@ def jax_times(n, side, cin, cout, k, stride, steps):
           best_ms(lambda: dw(x, w, dy).block_until_ready(), steps)), (x, w, dy, conv)
 
 
-def torch_times(n, side, cin, cout, k, stride, steps):
+def torch_times(n, side, cin, cout, k, stride, steps, channels_last):
   import torch
-  x = torch.randn(n, cin, side, side, requires_grad=True)
-  conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+  fmt = torch.channels_last if channels_last else torch.contiguous_format
+  x = torch.randn(n, cin, side, side).to(memory_format=fmt).requires_grad_(True)
+  conv = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False).to(memory_format=fmt)
   with torch.no_grad():
-    dy = torch.ones_like(conv(x))
+    dy = torch.ones_like(conv(x)).to(memory_format=fmt)
   fwd = best_ms(lambda: conv(x), steps)
   dx = best_ms(lambda: torch.autograd.grad(conv(x), [x], dy), steps) - fwd
   dw = best_ms(lambda: torch.autograd.grad(conv(x), [conv.weight], dy), steps) - fwd
@@ -118,13 +121,14 @@ def main(argv):
   import torch
   torch.set_num_threads(os.cpu_count())
   print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; ResNet-18 x{_WIDTH.value} at {_SIZE.value} px, "
-        f"{_IMAGES.value} images per call, best of {_STEPS.value}, ms")
+        f"{_IMAGES.value} images per call, best of {_STEPS.value}, ms; PyTorch "
+        f"{'channels_last' if _CL.value else 'NCHW'}, torchvision padding")
   print("| conv | in | JAX fwd / dx / dw | PyTorch fwd / dx / dw | PyTorch / JAX (fwd + dx + dw) |")
   print("|---|---|---|---|---|")
   extra = []
   for name, side, cin, cout, k, stride in resnet18_convs(_SIZE.value, _WIDTH.value):
     (jf, jx, jw), arrays = jax_times(_IMAGES.value, side, cin, cout, k, stride, _STEPS.value)
-    tf, tx, tw = torch_times(_IMAGES.value, side, cin, cout, k, stride, _STEPS.value)
+    tf, tx, tw = torch_times(_IMAGES.value, side, cin, cout, k, stride, _STEPS.value, _CL.value)
     print(f"| {name} | {side}x{side}x{cin} -> {cout} | {jf:.1f} / {jx:.1f} / {jw:.1f} | {tf:.1f} / {tx:.1f} / {tw:.1f} "
           f"| {(tf + tx + tw) / (jf + jx + jw):.2f} |", flush=True)
     if _VARIANTS.value:
