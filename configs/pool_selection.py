@@ -17,8 +17,8 @@ Command:    python main.py --config=configs/pool_selection.py:cpu --workdir=/tmp
             `:quick` (a narrow network, 30 steps per arm: the plumbing); none: full width, 2,000 steps at batch 256.
 Data:       $MEDSSL_SHARED_DATA (the pool's members in their folders) and $MEDSSL_SHARED_DATA/pneumoniamnist.
 Expected:   `:cpu` on the 2-core dev machine, about 35 min per seed (three 10-13 min pretrainings, seconds for the
-            selections and probes); seeds 0-1 in docs/tables/pool_selection_cpu.md: PneumoniaMNIST AUROC nearest 0.948
-            ± 0.008, random 0.947 ± 0.003, whole pool 0.944 ± 0.014, random encoder 0.919 ± 0.003.
+            selections and probes); seeds 0-2 in docs/tables/pool_selection_cpu.md: PneumoniaMNIST AUROC nearest 0.949
+            ± 0.006, random 0.945 ± 0.004, whole pool 0.943 ± 0.010, random encoder 0.919 ± 0.002.
 """
 from medssl_jax import config as config_lib
 from medssl_jax.data import shared
