@@ -48,7 +48,7 @@ _PIPE_WORKERS = flags.DEFINE_list("pipeline_workers", [], "grain worker counts f
                                   "(default: 0 and min(8, host CPUs)).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir for the pipeline's dataset (default: the usual one; "
                                 "--quick: a temporary one).")
-_OUT = flags.DEFINE_string("out", "", "Also write the table (with the device line) to this Markdown file.")
+_OUT = flags.DEFINE_string("out", "", "Also write the table (with the device line) to this new Markdown file.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke preset for any backend (~1 min on 2 CPU cores): ResNet-18 x0.125 "
                            "and ViT-Ti at 32 px, batch 8, 2 steps, float32, the synthetic fundus builder.")
 
@@ -80,7 +80,7 @@ def workloads(quick: bool):
 
 def _out_of_memory(e: Exception) -> bool:
   text = str(e)
-  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() or "Out of memory" in text
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
 def step_row(kwargs, *, batch, steps, seconds, dtype):
@@ -124,6 +124,8 @@ def pipeline_source(quick: bool, data_dir: str):
 def main(_):
   import jax
 
+  if _OUT.value and os.path.exists(_OUT.value):
+    raise app.UsageError(f"--out={_OUT.value} exists; name a new file (the check never overwrites one)")
   start = time.perf_counter()
   quick = _QUICK.value
   batch, steps, dtype = (8, 2, "float32") if quick else (_BATCH.value, _STEPS.value, _DTYPE.value)
@@ -202,7 +204,7 @@ def main(_):
   text = "\n".join(lines) + "\n\n" + table + "\n\n" + "\n".join(notes) + "\n"
   print("\n" + table + "\n\n" + "\n".join(notes), flush=True)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
+    with open(_OUT.value, "x") as f:
       f.write(text)
 
 
