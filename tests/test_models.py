@@ -1,7 +1,11 @@
 """Encoder output shapes and exact parameter counts (torchvision's backbones, without the fc layer)."""
+import importlib
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax import lax
 
 from medssl_jax.models import MLPHead, resnet
 
@@ -61,3 +65,23 @@ def test_unknown_names():
     resnet("resnet19")
   with pytest.raises(ValueError, match="stem 'tiny'"):
     resnet("resnet18", stem="tiny").init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)
+
+
+@pytest.mark.parametrize("side,k,stride,padding", [(2, 3, 1, "SAME"), (4, 3, 2, "SAME"), (4, 3, 2, ((1, 1), (1, 1))),
+                                                   (3, 3, 2, "SAME"), (2, 7, 2, ((3, 3), (3, 3))), (8, 3, 1, "SAME")])
+def test_small_map_conv_matches_lax_conv(side, k, stride, padding):
+  """The im2col path for tiny output maps (and the plain path above SMALL_MAP_PIXELS) equals XLA's convolution,
+  values and both gradients."""
+  resnet_lib = importlib.import_module("medssl_jax.models.resnet")  # The module; models.resnet is a function.
+  dn = ("NHWC", "HWIO", "NHWC")
+  x = jax.random.normal(jax.random.key(0), (5, side, side, 8))
+  w = jax.random.normal(jax.random.key(1), (k, k, 8, 6))
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn,
+                                              precision="highest")
+  new = lambda x, w: resnet_lib.conv_general_dilated(
+      x, w, (stride, stride), padding, dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, dn),
+      precision="highest")
+  np.testing.assert_allclose(new(x, w), ref(x, w), rtol=1e-5, atol=1e-4)
+  loss = lambda f: jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
+  for a, b in zip(loss(new), loss(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)

@@ -10,6 +10,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 ModuleDef = Any
 
@@ -37,6 +38,41 @@ def _kernel_shapes(x, strides: int):
   """(3x3 kernel, 1x1 kernel, strides) for the spatial rank of x [B, *spatial, C] (images or volumes)."""
   n = x.ndim - 2
   return (3,) * n, (1,) * n, (strides,) * n
+
+
+# XLA:CPU's convolution is pathologically slow on tiny feature maps: a 3x3 conv on 2x2x512 maps (stage 4 of a
+# ResNet at 64 px with the ImageNet stem) takes ~2 s forward and ~2 s input gradient for 256 images, 90x
+# PyTorch (benchmarks/README.md). There the conv runs as im2col + one matmul: the shifted windows of the padded
+# input stacked on channels, times the kernel as a [kh * kw * C_in, C_out] matrix.
+SMALL_MAP_PIXELS = 4  # Output maps of at most this many pixels (2x2) take the matmul.
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """lax.conv_general_dilated (nn.Conv's signature), as im2col + matmul for 2D NHWC maps whose output has at most
+  SMALL_MAP_PIXELS pixels and a kernel larger than 1x1; every other case is lax.conv_general_dilated itself."""
+  plain = lambda: lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                           rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                           feature_group_count=feature_group_count, precision=precision, **kwargs)
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  nhwc = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  dilated = any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))
+  if lhs.ndim != 4 or dn != nhwc or dilated or feature_group_count != 1 or kwargs or rhs.shape[0] * rhs.shape[1] == 1:
+    return plain()
+  kh, kw, cin, cout = rhs.shape
+  (sh, sw) = window_strides
+  pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding) if isinstance(padding, str) \
+      else padding
+  n, h, w, _ = lhs.shape
+  oh = (h + pads[0][0] + pads[0][1] - kh) // sh + 1
+  ow = (w + pads[1][0] + pads[1][1] - kw) // sw + 1
+  if oh * ow > SMALL_MAP_PIXELS:
+    return plain()
+  x = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  cols = jnp.concatenate([x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
+                          for i in range(kh) for j in range(kw)], axis=-1)
+  y = jnp.dot(cols.reshape(n * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout), precision=precision)
+  return y.reshape(n, oh, ow, cout)
 
 
 class BasicBlock(nn.Module):
@@ -130,8 +166,10 @@ class ResNetBase(nn.Module):
       raise ValueError(f"{name}: expected a batch {self.input_layout}, got shape {x.shape}")
     pad3 = "SAME" if self.padding == "same" else ((1, 1),) * n
     block_cls = Bottleneck if self.depth >= 50 else BasicBlock
-    conv = functools.partial(self.conv_module(), use_bias=False, dtype=self.dtype,
-                             kernel_init=CONV_INITS[self.conv_init])
+    module = self.conv_module()
+    small_maps = {"conv_general_dilated": conv_general_dilated} if module is nn.Conv else {}
+    conv = functools.partial(module, use_bias=False, dtype=self.dtype, kernel_init=CONV_INITS[self.conv_init],
+                             **small_maps)
     # BatchNorm statistics are taken over the batch axis of the *global* array: under jit with a
     # data-sharded batch XLA inserts the cross-device reduction, so this is synchronised BN.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
