@@ -17,7 +17,7 @@ def device_line():
 
 
 def bench_config(*, objective="simclr", encoder="resnet18", size=28, batch=128, width=1.0, compute_dtype="float32",
-                 optimizer="adamw", stem=None):
+                 optimizer="adamw", stem=None, channels=3):
   """A validated config for one benchmark cell: 2 default SimCLR views of `size` px, `batch` records.
 
   The ResNet stem is "cifar" below 64 px (as the MedMNIST configs) and "imagenet" from 64 px unless `stem`
@@ -28,6 +28,9 @@ def bench_config(*, objective="simclr", encoder="resnet18", size=28, batch=128, 
   c = config_lib.base_config()
   c.mode = "pretrain"
   c.data.image_size = size
+  if channels != c.data.channels:
+    c.data.channels = channels
+    c.data.mean = c.data.std = (0.5,) * channels
   c.model.encoder = encoder
   c.model.width_multiplier = width if encoder.startswith("resnet") else 1.0
   c.model.stem = stem or ("cifar" if size < 64 else "imagenet")

@@ -9,13 +9,15 @@ What is measured, per grain worker count:
     are then cut on the device from that one image (medssl_jax/augment), so one record feeds 2 views.
   * "host views": the same plus two random-resized crops to 224 on the host per record (what a
     PyTorch-style loader does), to show what moving crops to the host would cost.
+Each row also gives records/s per decoding core (the main process with no workers, else per worker).
 Then the train step's demand in records/s: a SimCLR step (2 views x 224 px) of each encoder in
---step_encoders on this machine's devices, and, for scale, the per-accelerator rates implied by
-published figures (TARGETS.md). The pipeline keeps up when its records/s exceeds the demand.
+--step_encoders on this machine's devices, medssl_jax's per-GPU goal, and the per-accelerator rates implied
+by published figures (TARGETS.md), each with the host cores it needs at the measured rate per core.
+`--builder_config=classification_224` (HRF; `224` for chase_db1) reads images stored at the training
+resolution: decode without the resize.
 """
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,44 +43,16 @@ _STEPS = flags.DEFINE_integer("steps", 2, "Timed train steps (after compilation 
 # Published single-view training rates (TARGETS.md), as images/s per accelerator; a SimCLR record
 # costs about two of them (two views through the encoder).
 PUBLISHED = (
+    ("medssl_jax's goal: SimCLR ResNet-50 224 px bf16 on one H100-class GPU (5,000 views/s)", 5000),
     ("flax ResNet-50 supervised, 8x V100 mixed precision (8.3k img/s)", 8300 / 8),
     ("lightly ResNet-18 SimCLR on one A6000, incl. evaluation (about 350 img/s)", 350 * 2),
 )
 
 
 def _step_rate(encoder, channels):
-  import jax
-  import numpy as np
-  from medssl_jax import config as config_lib
-  from medssl_jax.augment import views
-  from medssl_jax.train import mesh as mesh_lib
-  from medssl_jax.train import pretrain as pretrain_lib
-  from medssl_jax.train import step as step_lib
-  c = config_lib.base_config()
-  c.model.encoder = encoder
-  c.data.image_size = _SIZE.value
-  c.data.channels = channels
-  c.data.mean = c.data.std = (0.5,) * channels
-  c.augment.views = [views.default_view(crop_size=_SIZE.value)] * 2
-  c.train.batch_size = _STEP_BATCH.value
-  config_lib.validate(c)
-  mesh = mesh_lib.make_mesh()
-  model, objective, tx, schedule = pretrain_lib.build(c)
-  state = mesh_lib.replicate(pretrain_lib.init_train_state(c, model, tx, jax.random.key(0)), mesh)
-  rng = np.random.default_rng(0)
-  n = c.train.batch_size
-  batch = mesh_lib.shard_batch({"image": rng.integers(0, 256, (n, _SIZE.value, _SIZE.value, channels), dtype=np.uint8),
-                                "label": np.zeros(n, np.int32), "id": np.arange(n, dtype=np.int32)}, mesh)
-  step = step_lib.make_train_step(model, objective, tx, schedule, c, mesh)
-  key = jax.random.key(1)
-  for _ in range(2):  # Compile, then one warm-up step.
-    state, m = step(state, batch, key)
-    jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(_STEPS.value):
-    state, m = step(state, batch, key)
-  jax.block_until_ready(m)
-  return n * _STEPS.value / (time.perf_counter() - t0)
+  """Records/s of a SimCLR train step (2 views of --image_size px, batch --step_batch) on one device."""
+  config = bench_lib.bench_config(encoder=encoder, size=_SIZE.value, batch=_STEP_BATCH.value, channels=channels)
+  return bench_lib.train_step_cell(config, steps=_STEPS.value)["images_s"]
 
 
 def main(_):
@@ -98,29 +72,32 @@ def main(_):
   print(f"data: {builder.name}/{builder.builder_config.name if builder.builder_config else ''} '{_SPLIT.value}' "
         f"({n} records, stored {feat.encoding_format} {feat.shape}); host CPUs: {os.cpu_count()}; "
         f"batch {_BATCH.value}, {_BATCHES.value} timed batches per row")
-  print(f"\n| pipeline ({_SIZE.value} px, 2 views per record) | grain workers | records/s |")
-  print("|---|---|---|")
-  best = 0.0
+  # Per decoding core: with no workers the main process decodes on one core; with w workers, w processes do.
+  print(f"\n| pipeline ({_SIZE.value} px, 2 views per record) | grain workers | records/s | per decoding core |")
+  print("|---|---|---|---|")
+  best = per_core = 0.0
   for workers in (int(w) for w in _WORKERS.value):
     for host_views in (False, True):
       rate = bench_lib.pipeline_rate(builder, split=_SPLIT.value, batch=_BATCH.value, batches=_BATCHES.value,
                                      image_size=_SIZE.value, workers=workers, host_views=host_views)
-      best = max(best, rate if not host_views else 0.0)
+      if not host_views:
+        best, per_core = max(best, rate), max(per_core, rate / max(1, workers))
       what = "decode + resize on host, views cut on device" if not host_views else "decode + 2 crops on host"
-      print(f"| {what} | {workers} | {rate:.0f} |", flush=True)
+      print(f"| {what} | {workers} | {rate:.0f} | {rate / max(1, workers):.0f} |", flush=True)
 
-  print(f"\n| train step demand (SimCLR, 2 views x {_SIZE.value} px) | records/s | pipeline / demand |")
-  print("|---|---|---|")
+  print(f"\n| train step demand (SimCLR, 2 views x {_SIZE.value} px) | records/s | pipeline / demand | "
+        "host cores needed |")
+  print("|---|---|---|---|")
   channels = int(feat.shape[-1])
   for encoder in [e for e in _ENCODERS.value if e]:
     rate = _step_rate(encoder, channels)
     print(f"| {encoder}, measured here: {jax.devices()[0].device_kind} x{jax.device_count()}, batch "
-          f"{_STEP_BATCH.value} | {rate:.1f} | {best / rate:.1f}x |", flush=True)
+          f"{_STEP_BATCH.value} | {rate:.1f} | {best / rate:.1f}x | {rate / per_core:.2f} |", flush=True)
   for name, images_per_s in PUBLISHED:
     demand = images_per_s / 2
-    print(f"| {name}: per accelerator | {demand:.0f} | {best / demand:.2f}x |")
-  print(f"\nBest trainer pipeline on this host: {best:.0f} records/s. Each accelerator needs the demand above; "
-        "add grain workers (data.worker_count) or hosts until the ratio is above 1.")
+    print(f"| {name}: per accelerator | {demand:.0f} | {best / demand:.2f}x | {demand / per_core:.1f} |")
+  print(f"\nBest trainer pipeline on this host: {best:.0f} records/s, {per_core:.0f} per decoding core. Each accelerator "
+        "needs the demand above: give it the host cores of the last column (data.worker_count grain workers).")
 
 
 if __name__ == "__main__":
