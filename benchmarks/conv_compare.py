@@ -5,7 +5,9 @@ Usage:
 
 The shapes are those of ResNet-18 at `--size` px (CIFAR stem below 64 px, ImageNet stem from 64 px) and
 `--width`, each once (the ResNet repeats most of them 2-4 times), batch `--images` (a SimCLR step with batch
-B runs 2B images). JAX: lax.conv_general_dilated NHWC/HWIO, SAME padding, jitted, the gradients from jax.vjp;
+B runs 2B images). JAX: the ResNet's convolution (`models/resnet.py`'s conv_general_dilated: XLA's convolution, or
+im2col + one matmul for output maps of at most 4 pixels; `--nosmall_map_matmul`: XLA's everywhere), NHWC/HWIO, SAME
+padding, jitted, the gradients from jax.vjp;
 PyTorch: nn.Conv2d (channels_last unless --notorch_channels_last; torchvision's padding), the gradients from torch.autograd.grad minus the forward. Times in ms, best of
 `--steps`; the last column is PyTorch / JAX of forward + input gradient + filter gradient (a train step
 needs no input gradient for the stem). `--variants` adds the rewrites tried for the slowest ones: the filter gradient
@@ -28,6 +30,8 @@ _IMAGES = flags.DEFINE_integer("images", 128, "Images per convolution call.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement (best kept).")
 _CL = flags.DEFINE_bool("torch_channels_last", True, "PyTorch tensors and weights in channels_last (NHWC) memory "
                         "format, as PyTorch users run ResNets on CPU (--notorch_channels_last: NCHW).")
+_SMALL = flags.DEFINE_bool("small_map_matmul", True, "JAX side as the ResNet runs it (im2col + matmul on maps of "
+                           "<= 4 pixels); --nosmall_map_matmul times XLA's convolution there too.")
 _VARIANTS = flags.DEFINE_bool("variants", False, "Also time the rewrites tried (chunked filter gradient, space-to-depth stem).")
 
 
@@ -64,7 +68,9 @@ def jax_times(n, side, cin, cout, k, stride, steps):
   from jax import lax
   x = jax.random.normal(jax.random.key(0), (n, side, side, cin))
   w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.05
-  conv = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  from medssl_jax.models.resnet import conv_general_dilated as resnet_conv
+  conv_fn = resnet_conv if _SMALL.value else lax.conv_general_dilated
+  conv = lambda x, w: conv_fn(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   dy = jnp.ones_like(conv(x, w))
   fwd = jax.jit(conv)
   dx = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
