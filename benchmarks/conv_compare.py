@@ -36,23 +36,24 @@ _VARIANTS = flags.DEFINE_bool("variants", False, "Also time the rewrites tried (
 
 
 def resnet18_convs(size, width):
-  """(name, input side, in channels, out channels, kernel, stride) of each distinct ResNet-18 convolution."""
+  """(name, input side, in channels, out channels, kernel, stride, count) of each distinct ResNet-18 convolution;
+  count = how many times the network runs it (two BasicBlocks per stage)."""
   w = lambda c: max(1, int(c * width))
   convs = []
   if size < 64:
-    convs.append(("stem 3x3", size, 3, w(64), 3, 1))
+    convs.append(("stem 3x3", size, 3, w(64), 3, 1, 1))
     side = size
   else:
-    convs.append(("stem 7x7/2", size, 3, w(64), 7, 2))
+    convs.append(("stem 7x7/2", size, 3, w(64), 7, 2, 1))
     side = -(-size // 4)  # After the stride-2 conv and the stride-2 max-pool.
   c = w(64)
-  convs.append(("stage1 3x3", side, c, c, 3, 1))
+  convs.append(("stage1 3x3", side, c, c, 3, 1, 4))
   for stage in (2, 3, 4):
     out = w(64 * 2 ** (stage - 1))
-    convs.append((f"stage{stage} 3x3/2", side, c, out, 3, 2))
-    convs.append((f"stage{stage} 1x1/2 proj", side, c, out, 1, 2))
+    convs.append((f"stage{stage} 3x3/2", side, c, out, 3, 2, 1))
+    convs.append((f"stage{stage} 1x1/2 proj", side, c, out, 1, 2, 1))
     side = -(-side // 2)
-    convs.append((f"stage{stage} 3x3", side, out, out, 3, 1))
+    convs.append((f"stage{stage} 3x3", side, out, out, 3, 1, 3))
     c = out
   return convs
 
@@ -132,13 +133,20 @@ def main(argv):
   print("| conv | in | JAX fwd / dx / dw | PyTorch fwd / dx / dw | PyTorch / JAX (fwd + dx + dw) |")
   print("|---|---|---|---|---|")
   extra = []
-  for name, side, cin, cout, k, stride in resnet18_convs(_SIZE.value, _WIDTH.value):
+  total = {"JAX": 0.0, "PyTorch": 0.0}
+  for name, side, cin, cout, k, stride, count in resnet18_convs(_SIZE.value, _WIDTH.value):
     (jf, jx, jw), arrays = jax_times(_IMAGES.value, side, cin, cout, k, stride, _STEPS.value)
     tf, tx, tw = torch_times(_IMAGES.value, side, cin, cout, k, stride, _STEPS.value, _CL.value)
     print(f"| {name} | {side}x{side}x{cin} -> {cout} | {jf:.1f} / {jx:.1f} / {jw:.1f} | {tf:.1f} / {tx:.1f} / {tw:.1f} "
           f"| {(tf + tx + tw) / (jf + jx + jw):.2f} |", flush=True)
+    needs_dx = not name.startswith("stem")  # Training needs no gradient with respect to the images.
+    total["JAX"] += count * (jf + jw + needs_dx * jx)
+    total["PyTorch"] += count * (tf + tw + needs_dx * tx)
     if _VARIANTS.value:
       extra += variant_times(name, arrays, k, stride, _STEPS.value)
+  print(f"\nAll of ResNet-18's convolutions in one training step on {_IMAGES.value} images (each distinct one times its "
+        f"count, the stem without its input gradient): JAX {total['JAX']:.0f} ms, PyTorch {total['PyTorch']:.0f} ms, "
+        f"PyTorch / JAX {total['PyTorch'] / total['JAX']:.2f}")
   for label, ms in extra:
     print(f"{label}: {ms:.1f} ms")
 
