@@ -91,7 +91,7 @@ def main(_):
   channels = int(feat.shape[-1])
   for encoder in [e for e in _ENCODERS.value if e]:
     rate = _step_rate(encoder, channels)
-    print(f"| {encoder}, measured here: {jax.devices()[0].device_kind} x{jax.device_count()}, batch "
+    print(f"| {encoder}, measured here: {jax.devices()[0].device_kind} (one device), batch "
           f"{_STEP_BATCH.value} | {rate:.1f} | {best / rate:.1f}x | {rate / per_core:.2f} |", flush=True)
   for name, images_per_s in PUBLISHED:
     demand = images_per_s / 2
