@@ -122,6 +122,43 @@ def interleaved_times(runs, *, steps):
   return times
 
 
+def model_only_step(config):
+  """(run, GFLOP/step): run() does one JAX model-only step (both views already made: encoder, projector, loss,
+  backward, optimizer update; torch_compare.py's 'model' row) on fixed pre-made views and waits for it."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from medssl_jax.train import pretrain as pretrain_lib
+  from medssl_jax.train import step as step_lib
+  model, objective, tx, _ = pretrain_lib.build(config)
+  state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
+  b, s = config.train.batch_size, config.data.image_size
+  k1, k2 = jax.random.split(jax.random.key(2))
+  views = [jax.random.normal(k1, (b, s, s, 3)), jax.random.normal(k2, (b, s, s, 3))]
+  labels = jnp.arange(b)
+
+  def step(carry, views, labels):
+    params, batch_stats, opt_state = carry
+
+    def loss_fn(params):
+      outs, new_stats = step_lib.encode_views(model, params, batch_stats, views)
+      loss, _, _ = objective.loss(student=outs, teacher=None, batch={"label": labels}, state={}, step=0,
+                                  config=config)
+      return loss, new_stats
+
+    (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state
+
+  box = [(state.params, state.batch_stats, state.opt_state)]
+  compiled = jax.jit(step, donate_argnums=(0,)).lower(box[0], views, labels).compile()
+
+  def run():
+    box[0] = jax.block_until_ready(compiled(box[0], views, labels))
+  return run, compiled_stats(compiled)[0]
+
+
 def train_step_cell(config, *, steps, max_seconds=None):
   """Compiles and times one config's full train step (`time_steps`). Returns a dict of the measurements."""
   import jax

@@ -71,42 +71,6 @@ _QUICK = flags.DEFINE_bool("quick", False, "Smoke preset: batch 16, width 0.125,
 
 # ---------------------------------------------------------------------------------------------- JAX side
 
-def jax_model_only(config):
-  """(run, GFLOP/step): run() does one JAX model-only step on fixed pre-made views and waits for it."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-
-  from medssl_jax.train import pretrain as pretrain_lib
-  from medssl_jax.train import step as step_lib
-  model, objective, tx, _ = pretrain_lib.build(config)
-  state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
-  b, s = config.train.batch_size, config.data.image_size
-  k1, k2 = jax.random.split(jax.random.key(2))
-  views = [jax.random.normal(k1, (b, s, s, 3)), jax.random.normal(k2, (b, s, s, 3))]
-  labels = jnp.arange(b)
-
-  def step(carry, views, labels):
-    params, batch_stats, opt_state = carry
-
-    def loss_fn(params):
-      outs, new_stats = step_lib.encode_views(model, params, batch_stats, views)
-      loss, _, _ = objective.loss(student=outs, teacher=None, batch={"label": labels}, state={}, step=0,
-                                  config=config)
-      return loss, new_stats
-
-    (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_stats, opt_state
-
-  box = [(state.params, state.batch_stats, state.opt_state)]
-  compiled = jax.jit(step, donate_argnums=(0,)).lower(box[0], views, labels).compile()
-
-  def run():
-    box[0] = jax.block_until_ready(compiled(box[0], views, labels))
-  return run, sm.compiled_stats(compiled)[0]
-
-
 def jax_full(config):
   """(run, GFLOP/step): run() does one step of the trainer's make_train_step (augmentation included)."""
   import jax
@@ -140,7 +104,7 @@ def cell(*, encoder, size, batch, width, steps):
   for mode in _MODES.value:
     runs, gflop = {}, None
     if "jax" in _SIDES.value:
-      runs["JAX"], gflop = (jax_model_only if mode == "model" else jax_full)(config)
+      runs["JAX"], gflop = (sm.model_only_step if mode == "model" else jax_full)(config)
     if "torch" in _SIDES.value:
       for v in _TORCH.value:
         padding, channels_last, compile = TORCH_VARIANTS[v]

@@ -35,3 +35,26 @@ def test_accelerator_check_quick(tmp_path):
   assert len(pipes) == 1 and "0 grain workers" in pipes[0][0] and float(pipes[0][3]) > 0, pipes
   assert re.search(r"SimCLR: \d+ views/s", text) and "Host cores one device needs" in text, text
   assert not list(tmp_path.glob("accel_check_tfds_*"))
+
+
+def test_conv_step_tiny():
+  # Both compiles must train the same model: the ResNet's convolution only changes how a convolution is computed.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "conv_step.py"), "--size=16", "--width=0.25",
+                         "--batch=8", "--steps=1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = [float(x) for x in re.findall(r"first-step loss ([\d.]+)", proc.stdout)]
+  assert len(losses) == 2 and abs(losses[0] - losses[1]) < 1e-4, proc.stdout
+  assert re.search(r"speed-up \(XLA's / the ResNet's\): [\d.]+ median", proc.stdout), proc.stdout
+
+
+def test_step_parts_tiny():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_parts.py"), "--size=16", "--width=0.125",
+                         "--batch=4", "--steps=1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "20 BatchNorms in" in proc.stdout, proc.stdout  # ResNet-18: stem, 4 in stage 1, 5 in each later stage.
+  rows = {r[0]: r for r in _table_rows(proc.stdout) if r[0] != "part"}
+  for part in ("encoder forward", "encoder forward + backward", "model step", "BatchNorm + ReLU forward"):
+    assert float(rows[part][1]) > 0 and float(rows[part][2]) > 0, rows[part]
+  assert any(p.startswith("projector + loss + optimizer") for p in rows), list(rows)

@@ -67,11 +67,15 @@ def test_unknown_names():
     resnet("resnet18", stem="tiny").init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)
 
 
-@pytest.mark.parametrize("side,k,stride,padding", [(2, 3, 1, "SAME"), (4, 3, 2, "SAME"), (4, 3, 2, ((1, 1), (1, 1))),
-                                                   (3, 3, 2, "SAME"), (2, 7, 2, ((3, 3), (3, 3))), (8, 3, 1, "SAME")])
-def test_small_map_conv_matches_lax_conv(side, k, stride, padding):
-  """The im2col path for tiny output maps (and the plain path above SMALL_MAP_PIXELS) equals XLA's convolution,
-  values and both gradients."""
+@pytest.mark.parametrize("side,k,stride,padding", [
+    (2, 3, 1, "SAME"), (4, 3, 2, "SAME"), (4, 3, 2, ((1, 1), (1, 1))), (3, 3, 2, "SAME"), (2, 7, 2, ((3, 3), (3, 3))),
+    (8, 3, 1, "SAME"),                                                   # Tiny output maps; above them, stride 1.
+    (8, 3, 2, "SAME"), (7, 3, 2, "SAME"), (8, 3, 2, ((1, 1), (1, 1))), (9, 3, 3, "SAME"), (11, 7, 2, ((3, 3), (3, 3))),
+    (8, 2, 2, ((0, 1), (1, 0))),                                         # Strided: phase input gradient.
+    (8, 1, 2, "SAME"), (7, 1, 2, "SAME"), (6, 1, 3, ((1, 0), (0, 1))), (8, 1, 1, "SAME")])  # 1x1: matmul.
+def test_resnet_conv_matches_lax_conv(side, k, stride, padding):
+  """The ResNet's convolution (im2col for tiny output maps; on CPU, a matmul for 1x1 kernels and the phase input
+  gradient for strides; XLA's elsewhere) equals XLA's convolution: values and both gradients."""
   resnet_lib = importlib.import_module("medssl_jax.models.resnet")  # The module; models.resnet is a function.
   dn = ("NHWC", "HWIO", "NHWC")
   x = jax.random.normal(jax.random.key(0), (5, side, side, 8))
@@ -82,6 +86,9 @@ def test_small_map_conv_matches_lax_conv(side, k, stride, padding):
       x, w, (stride, stride), padding, dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, dn),
       precision="highest")
   np.testing.assert_allclose(new(x, w), ref(x, w), rtol=1e-5, atol=1e-4)
+  if (stride > 1 or k == 1) and side > 4:  # The CPU rewrites are the ones under test, not XLA's own convolution.
+    jaxpr = str(jax.make_jaxpr(new)(x, w))
+    assert ("custom_vjp" in jaxpr) if k > 1 else ("conv_general_dilated" not in jaxpr)
   loss = lambda f: jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
   for a, b in zip(loss(new), loss(ref)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)

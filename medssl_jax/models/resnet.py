@@ -9,6 +9,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -40,39 +41,94 @@ def _kernel_shapes(x, strides: int):
   return (3,) * n, (1,) * n, (strides,) * n
 
 
-# XLA:CPU's convolution is pathologically slow on tiny feature maps: a 3x3 conv on 2x2x512 maps (stage 4 of a
-# ResNet at 64 px with the ImageNet stem) takes ~2 s forward and ~2 s input gradient for 256 images, 90x
-# PyTorch (benchmarks/README.md). There the conv runs as im2col + one matmul: the shifted windows of the padded
-# input stacked on channels, times the kernel as a [kh * kw * C_in, C_out] matrix.
+# Where XLA's convolution is slow, `conv_general_dilated` (what every 2D ResNet conv calls) computes the same
+# convolution another way; benchmarks/README.md has the measurements.
+# - Output maps of at most SMALL_MAP_PIXELS pixels with a kernel larger than 1x1 (stage 4 at 64 px with the
+#   ImageNet stem): XLA:CPU took ~2 s forward and ~2 s input gradient for a 3x3 conv on 2x2x512 maps and 256 images,
+#   90x PyTorch. They run as im2col + one matmul, on every backend.
+# - 1x1 convolutions on CPU run as one matmul (after subsampling when strided): XLA:CPU's filter gradient of a 1x1
+#   conv takes about twice the matmul's, 6x PyTorch's for the strided projection at 28 px.
+# - Strided convolutions with larger kernels on CPU: XLA:CPU takes the input gradient by convolving the zero-dilated
+#   output gradient (2.8x PyTorch for the 28 px stage-2 3x3/2 conv). They keep XLA's forward and filter gradient and
+#   take their input gradient through `_phase_conv`.
+# GPU and TPU keep their own convolution apart from the tiny maps.
 SMALL_MAP_PIXELS = 4  # Output maps of at most this many pixels (2x2) take the matmul.
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _phase_conv(x, w, strides, pads, precision):
+  """The strided NHWC convolution as a sum of stride-1 VALID convolutions, one per phase (a, b) of the stride:
+  padded input pixels (a + s*i, b + s*j) against the kernel taps (a + s*p, b + s*q). Its input gradient is then
+  made of stride-1 convolutions and strided scatters, with no zero-dilated output gradient."""
+  (sh, sw), (kh, kw) = strides, w.shape[:2]
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  y = None
+  for a in range(min(sh, kh)):
+    ta = len(range(a, kh, sh))
+    for b in range(min(sw, kw)):
+      tb = len(range(b, kw, sw))
+      xa = xp[:, a:a + sh * (oh + ta - 2) + 1:sh, b:b + sw * (ow + tb - 2) + 1:sw, :]
+      part = lax.conv_general_dilated(xa, w[a::sh, b::sw], (1, 1), "VALID", dimension_numbers=_NHWC,
+                                      precision=precision)
+      y = part if y is None else y + part
+  return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x, w, strides, pads, precision):
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC, precision=precision)
+
+
+def _strided_conv_fwd(x, w, strides, pads, precision):
+  return _strided_conv(x, w, strides, pads, precision), (x, w)
+
+
+def _strided_conv_bwd(strides, pads, precision, res, dy):
+  x, w = res
+  dx = jax.vjp(lambda x: _phase_conv(x, w, strides, pads, precision), x)[1](dy)[0]
+  dw = jax.vjp(lambda w: lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
+                                                  precision=precision), w)[1](dy)[0]
+  return dx, dw
+
+
+_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """lax.conv_general_dilated (nn.Conv's signature), as im2col + matmul for 2D NHWC maps whose output has at most
-  SMALL_MAP_PIXELS pixels and a kernel larger than 1x1; every other case is lax.conv_general_dilated itself."""
+  """lax.conv_general_dilated (nn.Conv's signature), computed as described above for 2D NHWC convolutions with tiny
+  output maps (im2col + matmul) and, on CPU, 1x1 kernels or strides; every other case is lax.conv_general_dilated."""
   plain = lambda: lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                            feature_group_count=feature_group_count, precision=precision, **kwargs)
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   nhwc = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
   dilated = any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))
-  if lhs.ndim != 4 or dn != nhwc or dilated or feature_group_count != 1 or kwargs or rhs.shape[0] * rhs.shape[1] == 1:
+  if lhs.ndim != 4 or dn != nhwc or dilated or feature_group_count != 1 or kwargs:
     return plain()
   kh, kw, cin, cout = rhs.shape
   (sh, sw) = window_strides
   pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding) if isinstance(padding, str) \
       else padding
+  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if min(min(p) for p in pads) < 0:
+    return plain()
   n, h, w, _ = lhs.shape
   oh = (h + pads[0][0] + pads[0][1] - kh) // sh + 1
   ow = (w + pads[1][0] + pads[1][1] - kw) // sw + 1
-  if oh * ow > SMALL_MAP_PIXELS:
+  if kh * kw > 1 and oh * ow <= SMALL_MAP_PIXELS:
+    x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
+    cols = jnp.concatenate([x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
+                            for i in range(kh) for j in range(kw)], axis=-1)
+    y = jnp.dot(cols.reshape(n * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout), precision=precision)
+    return y.reshape(n, oh, ow, cout)
+  if jax.default_backend() != "cpu" or ((sh, sw) == (1, 1) and kh * kw > 1):
     return plain()
-  x = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-  cols = jnp.concatenate([x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
-                          for i in range(kh) for j in range(kw)], axis=-1)
-  y = jnp.dot(cols.reshape(n * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout), precision=precision)
-  return y.reshape(n, oh, ow, cout)
+  if kh * kw == 1:
+    x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))[:, ::sh, ::sw, :]
+    return jnp.dot(x.reshape(n * oh * ow, cin), rhs.reshape(cin, cout), precision=precision).reshape(n, oh, ow, cout)
+  return _strided_conv(lhs, rhs, (sh, sw), pads, precision)
 
 
 class BasicBlock(nn.Module):
