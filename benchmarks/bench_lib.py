@@ -159,8 +159,9 @@ def model_only_step(config):
   return run, compiled_stats(compiled)[0]
 
 
-def train_step_cell(config, *, steps, max_seconds=None):
-  """Compiles and times one config's full train step (`time_steps`). Returns a dict of the measurements."""
+def compile_train_step(config):
+  """The trainer's step (make_train_step) for `config` on one device, compiled: (compiled, state, batch, key,
+  compile seconds). compiled(state, batch, key) returns (new state, metrics); the state is donated."""
   import jax
 
   from medssl_jax.train import mesh as mesh_lib
@@ -174,7 +175,12 @@ def train_step_cell(config, *, steps, max_seconds=None):
   step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch, key).compile()
-  compile_s = time.perf_counter() - t0
+  return compiled, state, batch, key, time.perf_counter() - t0
+
+
+def train_step_cell(config, *, steps, max_seconds=None):
+  """Compiles and times one config's full train step (`time_steps`). Returns a dict of the measurements."""
+  compiled, state, batch, key, compile_s = compile_train_step(config)
   gflop, mem = compiled_stats(compiled)
   dt, _ = time_steps(lambda s: compiled(s, batch, key)[0], state, steps=steps, max_seconds=max_seconds)
   b = config.train.batch_size

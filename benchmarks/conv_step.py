@@ -30,21 +30,6 @@ _ENCODER = flags.DEFINE_string("encoder", "resnet18", "resnet18 or resnet50.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Timed rounds (one step of each variant per round).")
 
 
-def compiled_step(config):
-  import jax
-
-  from medssl_jax.train import mesh as mesh_lib
-  from medssl_jax.train import pretrain as pretrain_lib
-  from medssl_jax.train import step as step_lib
-  mesh = mesh_lib.make_mesh(jax.devices()[:1])
-  model, objective, tx, schedule = pretrain_lib.build(config)
-  state = mesh_lib.replicate(pretrain_lib.init_train_state(config, model, tx, jax.random.key(0)), mesh)
-  batch = bench_lib.synthetic_batch(config, mesh)
-  key = jax.random.key(1)
-  compiled = step_lib.make_train_step(model, objective, tx, schedule, config, mesh).lower(state, batch, key).compile()
-  return compiled, state, batch, key
-
-
 def main(argv):
   del argv
   import importlib
@@ -59,7 +44,7 @@ def main(argv):
   try:
     for name, conv in (("ResNet's convolution", own), ("XLA's convolution", lax.conv_general_dilated)):
       resnet_lib.conv_general_dilated = conv  # Read when the ResNet is traced, so each compile takes its own.
-      steps[name] = compiled_step(config)
+      steps[name] = bench_lib.compile_train_step(config)[:4]
   finally:
     resnet_lib.conv_general_dilated = own
   state = {}

@@ -74,16 +74,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "Smoke preset: batch 16, width 0.125,
 def jax_full(config):
   """(run, GFLOP/step): run() does one step of the trainer's make_train_step (augmentation included)."""
   import jax
-
-  from medssl_jax.train import mesh as mesh_lib
-  from medssl_jax.train import pretrain as pretrain_lib
-  from medssl_jax.train import step as step_lib
-  mesh = mesh_lib.make_mesh(jax.devices()[:1])
-  model, objective, tx, schedule = pretrain_lib.build(config)
-  box = [mesh_lib.replicate(pretrain_lib.init_train_state(config, model, tx, jax.random.key(0)), mesh)]
-  batch, key = sm.synthetic_batch(config, mesh), jax.random.key(1)
-  step = step_lib.make_train_step(model, objective, tx, schedule, config, mesh)
-  compiled = step.lower(box[0], batch, key).compile()
+  compiled, state, batch, key, _ = sm.compile_train_step(config)
+  box = [state]
 
   def run():
     box[0] = jax.block_until_ready(compiled(box[0], batch, key)[0])

@@ -56,12 +56,17 @@ SMALL_MAP_PIXELS = 4  # Output maps of at most this many pixels (2x2) take the m
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _pad_hw(x, pads):
+  """x [N, H, W, C] zero-padded by pads ((top, bottom), (left, right))."""
+  return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+
+
 def _phase_conv(x, w, strides, pads, precision):
   """The strided NHWC convolution as a sum of stride-1 VALID convolutions, one per phase (a, b) of the stride:
   padded input pixels (a + s*i, b + s*j) against the kernel taps (a + s*p, b + s*q). Its input gradient is then
   made of stride-1 convolutions and strided scatters, with no zero-dilated output gradient."""
   (sh, sw), (kh, kw) = strides, w.shape[:2]
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  xp = _pad_hw(x, pads)
   oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
   y = None
   for a in range(min(sh, kh)):
@@ -118,7 +123,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   oh = (h + pads[0][0] + pads[0][1] - kh) // sh + 1
   ow = (w + pads[1][0] + pads[1][1] - kw) // sw + 1
   if kh * kw > 1 and oh * ow <= SMALL_MAP_PIXELS:
-    x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
+    x = _pad_hw(lhs, pads)
     cols = jnp.concatenate([x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :]
                             for i in range(kh) for j in range(kw)], axis=-1)
     y = jnp.dot(cols.reshape(n * oh * ow, kh * kw * cin), rhs.reshape(kh * kw * cin, cout), precision=precision)
@@ -126,7 +131,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if jax.default_backend() != "cpu" or ((sh, sw) == (1, 1) and kh * kw > 1):
     return plain()
   if kh * kw == 1:
-    x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))[:, ::sh, ::sw, :]
+    x = _pad_hw(lhs, pads)[:, ::sh, ::sw, :]
     return jnp.dot(x.reshape(n * oh * ow, cin), rhs.reshape(cin, cout), precision=precision).reshape(n, oh, ow, cout)
   return _strided_conv(lhs, rhs, (sh, sw), pads, precision)
 
