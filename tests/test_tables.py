@@ -10,11 +10,13 @@ import jax
 import ml_collections
 import pytest
 
+from medssl_jax import locks
 from medssl_jax.augment import views
 from medssl_jax.data import pipeline
 from medssl_jax.tables import published
 from medssl_jax.tables import runner
 from medssl_jax.tables import selection
+from medssl_jax.train import workdir_lock
 from tfds_builders.medmnist import medmnist_dataset_builder as medmnist_builder
 from tfds_builders.medmnist3d import medmnist3d_dataset_builder as medmnist3d_builder
 
@@ -135,8 +137,15 @@ def test_table_runs_resumes_caches_and_reruns_one_row(tfds_dir, tmp_path, capsys
 
   # Deleting one row's result reruns that row only (its finished pretraining is reused, not repeated).
   (rows[1] / "result.json").unlink()
-  # --report_only runs nothing: the table from the finished rows, the missing one named.
-  report = runner.run_table(table, workdir=str(workdir), report_only=True)
+  # --report_only runs nothing: the table from the finished rows, the missing one named. It reports while another
+  # runner holds the workdir (which stops a second run).
+  held = locks.FileLock(str(workdir / workdir_lock.LOCK_FILE)).acquire()
+  try:
+    with pytest.raises(workdir_lock.WorkdirInUse, match=r"table workdir .* is in use by pid"):
+      runner.run_table(table, workdir=str(workdir))
+    report = runner.run_table(table, workdir=str(workdir), report_only=True)
+  finally:
+    held.release()
   log = capsys.readouterr().out
   assert report["missing"] == [rows[1].name] and len(report["rows"]) == 3
   assert f"missing  {rows[1].name}" in log and "] running" not in log and "step 1/" not in log

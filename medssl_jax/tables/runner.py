@@ -517,7 +517,8 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
     overrides: {dotted experiment key: value} applied to every row (after table.overrides), e.g. from
       `--table.train.num_steps=100`; part of each row's hash like any other config value.
     report_only: run nothing: write the tables from the finished rows (e.g. rows copied in from several
-      machines, one seed each) and list the rows still missing, in the Markdown and in "missing".
+      machines, one seed each) and list the rows still missing, in the Markdown and in "missing". It takes no
+      workdir lock, so it reports while another runner is still working in `workdir`.
   Returns:
     {"rows": [result records, in row order, each with a 'status' of 'cached' or 'ran'],
      "missing": [slugs of rows not run (report_only)], "md": path, "csv": path, "png": path or None}.
@@ -525,8 +526,10 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
   rows = build_rows(table, overrides=overrides)  # Every row is validated before anything runs.
   table = follow_datasets(table, rows)
   workdir = paths.absolute(workdir)  # A URL (gs://...) stays as it is.
+  if report_only:  # Reads finished rows and writes the outputs atomically: safe beside a runner working there.
+    return _run_rows(table, rows, workdir, report_only=True)
   with workdir_lock.hold(workdir, what="table workdir"):  # Two runners would train the same rows twice.
-    return _run_rows(table, rows, workdir, report_only=report_only)
+    return _run_rows(table, rows, workdir)
 
 
 def _run_rows(table, rows, workdir: str, *, report_only: bool = False) -> dict:
@@ -857,7 +860,8 @@ def _define_flags():
                             "--grid=seed=0 to run one seed, --grid=eval.train_subset=1%,10%,); repeatable. Rows keep "
                             "their identity, so finished rows stay cached when the grid narrows or widens.")
   flags.DEFINE_bool("report_only", False, "Run nothing: write the tables from the rows already finished in --workdir "
-                    "(e.g. copied in from several machines) and list the missing ones.")
+                    "(e.g. copied in from several machines) and list the missing ones; takes no lock, so it "
+                    "also reports while another runner works in --workdir.")
   flags.mark_flags_as_required(["table", "workdir"])
 
 
