@@ -127,7 +127,8 @@ def parts_of(config) -> list[dry_parts.Part]:
                       dry_parts.sections_key("pretrain", pcfg, "model", "objective", "augment", "text", "data.image_size",
                                     "data.channels", "train.optimizer", "train.batch_size"),
                       lambda b, cfg=pcfg: _pretrain_part(cfg, info_of(cfg), b)))
-  evaluating = config.mode not in ("pretrain", "features", "patches", "pseudo_label", "propagate")
+  # Modes that never run config.eval.protocol (segmentation trains its own U-Net: its Part comes from its mode).
+  evaluating = config.mode not in ("pretrain", "features", "patches", "pseudo_label", "propagate", "segmentation")
   if evaluating and config.mode != "supervised" and config.eval.protocol in FEATURE_PROTOCOLS:
     parts.append(dry_parts.Part("features", f"frozen {_encoder(config)} at {config.data.image_size}px (linear / kNN probe)",
                       int(config.eval.batch_size),

@@ -72,6 +72,12 @@ def test_every_paper_scale_config_compiles_and_steps(paper_scale_results):
   assert clip["memory"]["arguments"] > 2 * by[("cxr_clip", "features")]["memory"]["arguments"]
 
 
+def test_a_segmentation_run_compiles_its_u_net_and_no_probe():
+  config = config_lib.load("fundus_swcl")
+  config.mode = "segmentation"
+  assert [p.name for p in dry_run.parts_of(config)] == ["segmentation"]
+
+
 def test_memory_per_device_follows_the_device_count():
   """--devices splits the global batch: 64 devices give the per-device batch 2, 16 give 8, which needs more memory."""
   (part,) = dry_run.parts_of(config_lib.load("medmnist_supervised"))
