@@ -349,6 +349,12 @@ def test_depth_unfold_conv_is_the_native_3d_conv(kernel, strides, padding, bias)
            for m in (native, unfold)]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(a, b, atol=1e-4)
+  # The 2D convolution is the 2D ResNet's: on CPU a 1x1 kernel is a matmul and a strided one has its own gradient.
+  jaxpr = str(jax.make_jaxpr(lambda v: unfold.apply(v, x))(variables))
+  if kernel == (1, 1, 1):
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+  elif strides[1:] != (1, 1):
+    assert "custom_vjp_call" in jaxpr
 
 
 def test_resnet3d_conv_paths_give_the_same_features():

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from medssl_jax.models.resnet import STAGE_SIZES, ResNetBase
+from medssl_jax.models.resnet import STAGE_SIZES, ResNetBase, conv_general_dilated
 
 CONV3D_IMPLS = ("auto", "native", "depth_unfold")
 
@@ -61,7 +61,8 @@ class DepthUnfoldConv(nn.Module):
     x = x.reshape(b * d_out, *x.shape[2:])
     # [kd, kh, kw, C, O] -> [kh, kw, kd * C, O], matching the tap-major channel order above.
     kernel2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * c, self.features)
-    y = lax.conv_general_dilated(x, kernel2d, strides[1:], pads[1:], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # The 2D ResNet's convolution: on CPU its strided and 1x1 rewrites apply to these 2D convolutions too.
+    y = conv_general_dilated(x, kernel2d, strides[1:], pads[1:], dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = y.reshape(b, d_out, *y.shape[1:])
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(dtype)
