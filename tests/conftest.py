@@ -65,3 +65,21 @@ def installed_package(tmp_path_factory):
   subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True,
                  timeout=300)
   return wheel, site
+
+
+# Long checks (paper-scale compiles, the CPU benchmark scripts' smoke runs) are opt-in, so the default suite stays
+# short: `MEDSSL_SLOW_TESTS=1 python -m pytest -q tests` runs them too.
+SLOW = os.environ.get("MEDSSL_SLOW_TESTS") == "1"
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: a long check that runs only with MEDSSL_SLOW_TESTS=1")
+
+
+def pytest_collection_modifyitems(config, items):
+  if SLOW:
+    return
+  skip = pytest.mark.skip(reason="a long check: MEDSSL_SLOW_TESTS=1 runs it")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

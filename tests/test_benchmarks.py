@@ -1,9 +1,12 @@
-"""The benchmark scripts that CI keeps from rotting: their --quick presets run and print sane tables."""
+"""The benchmark scripts kept from rotting: their --quick presets run and print sane tables (the CPU convolution
+benchmarks' are long checks: MEDSSL_SLOW_TESTS=1)."""
 import os
 import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,6 +40,7 @@ def test_accelerator_check_quick(tmp_path):
   assert not list(tmp_path.glob("accel_check_tfds_*"))
 
 
+@pytest.mark.slow
 def test_conv_step_tiny():
   # Both compiles must train the same model: the ResNet's convolution only changes how a convolution is computed.
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
@@ -48,6 +52,7 @@ def test_conv_step_tiny():
   assert re.search(r"speed-up \(XLA's / the ResNet's\): [\d.]+ median", proc.stdout), proc.stdout
 
 
+@pytest.mark.slow
 def test_step_parts_tiny():
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_parts.py"), "--size=16", "--width=0.125",

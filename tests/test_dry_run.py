@@ -1,5 +1,6 @@
 """The dry run (medssl_jax/dry_run.py): every paper-scale config's steps compile and run at their real encoder, image
-size and views on stand-in data, at a per-device batch of 2 (the real batches' memory is in docs/dry_run.md)."""
+size and views on stand-in data, at a per-device batch of 2 (the real batches' memory is in docs/dry_run.md); that
+check is a long one (MEDSSL_SLOW_TESTS=1), the default suite lists the steps without compiling them."""
 import math
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 
 from medssl_jax import config as config_lib
 from medssl_jax import dry_run
+from medssl_jax import experiment
 from medssl_jax.data import pipeline
 
 # The configs whose real run needs an accelerator: full-width encoders at their papers' image sizes and batches,
@@ -46,6 +48,19 @@ def paper_scale_results():
   return configs, dry_run.dry_run(configs, per_device_batch=2, steps=1)
 
 
+def test_every_paper_scale_config_lists_its_steps():
+  """Without compiling (the default suite's check; the compile-and-step check below is a long one): each config and
+  table row loads and names its steps, pretraining configs a pretraining step among them."""
+  configs = {name: config_lib.load(name) for name in PAPER_SCALE}
+  for table in PAPER_SCALE_TABLES:
+    configs.update(dry_run.table_configs(table))
+  for label, config in configs.items():
+    parts = dry_run.parts_of(config)
+    assert parts and len({p.key for p in parts}) == len(parts), label
+    assert ("pretrain" in [p.name for p in parts]) == (config.mode in experiment.PRETRAINING_MODES), label
+
+
+@pytest.mark.slow
 def test_every_paper_scale_config_compiles_and_steps(paper_scale_results):
   configs, results = paper_scale_results
   by = {(r["config"], r["part"]): r for r in results}
