@@ -73,7 +73,8 @@ def _kernel_env(tmp_path, tfds_dir, site) -> dict:
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
              PYTHONPATH=str(site),  # The installed wheel, not the checkout.
              MEDSSL_DOCS=str(ROOT / "docs"),  # As a user who points a notebook at a clone's docs/.
-             MEDSSL_NOTEBOOK_SMOKE="1")  # The quickstart's 20-step run (its full run is the README demo).
+             MEDSSL_NOTEBOOK_SMOKE="1")  # The quickstart's 20-step run (its full run is the README demo), the volumes
+             # notebook's quarter splits.
   return env
 
 
