@@ -322,10 +322,9 @@ def _check_foreground(config, volumes: bool) -> None:
                      "foreground mask; set one of them")
   if a.derived_mask:
     masks_lib.check_name(a.derived_mask, "config.augment.derived_mask")
+    if volumes:
+      masks_lib.check_volume_name(a.derived_mask, "config.augment.derived_mask")
   users = [i for i, v in enumerate(a.views) if views_lib.uses_background(v)]
-  if users and volumes:
-    raise ValueError(f"config.augment.views[{users[0]}].background_p replaces backgrounds of 2D images; "
-                     "volume view policies have no background op")
   if users and not (a.mask_key or a.derived_mask):
     raise ValueError(f"config.augment.views[{users[0]}].background_p={a.views[users[0]].background_p} replaces "
                      "backgrounds, which needs foreground masks: set config.augment.mask_key (a mask feature of "
@@ -337,7 +336,8 @@ def augment_section() -> ml_collections.ConfigDict:
   c.views = [views_lib.default_view(), views_lib.default_view()]
   # The foreground masks of background augmentation (views with background_p > 0): a mask feature of the
   # dataset (e.g. "fov_mask"), or a mask derived from each image (medssl_jax/data/masks.py: "fundus_fov",
-  # "lung_intensity", "body_outline"). At most one; read only when a view replaces backgrounds.
+  # "lung_intensity", "body_outline"; volumes: "body_outline"). At most one; read only when a view replaces
+  # backgrounds.
   c.mask_key = ""
   c.derived_mask = ""
   return c

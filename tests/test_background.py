@@ -1,17 +1,21 @@
-"""Background augmentation: the op (ops.replace_background), its place in view policies and batches, the masks
-derived from images (data/masks.py), the training batches' foreground masks and a pretraining run with it."""
+"""Background augmentation: the op (ops.replace_background, ops3d.replace_background for volumes), its place in view
+policies and batches, the masks derived from images and volumes (data/masks.py), the training batches' foreground
+masks and a pretraining run with it (on volumes: tests/test_volumes_e2e.py)."""
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medssl_jax import config as config_lib
 from medssl_jax.augment import ops
+from medssl_jax.augment import ops3d
 from medssl_jax.augment import views
 from medssl_jax.data import masks
 from medssl_jax.data import pipeline
 from medssl_jax.data import synthetic_fundus
+from medssl_jax.data import synthetic_volumes
 from medssl_jax.train import checkpoint as ckpt_lib
 
 _AUTO = (AxisType.Auto,)
@@ -251,3 +255,102 @@ def test_attention_inside_a_mask_beside_probe_results(tmp_path):
   config.eval.protocol, config.eval.attention_method = "knn", "saliency"
   with pytest.raises(ValueError, match="config.eval.attention_method"):
     validate(config)
+
+
+def _volume_and_mask(seed=0, size=8, channels=1):
+  rs = np.random.RandomState(seed)
+  volume = rs.rand(size, size, size, channels).astype(np.float32)
+  zz, yy, xx = np.mgrid[:size, :size, :size]
+  c = rs.uniform(size / 3, 2 * size / 3, 3)
+  mask = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < (size / 3) ** 2).astype(np.uint8)
+  return volume, mask
+
+
+def test_volume_replace_background_keeps_foreground_and_fills_background():
+  volume, mask = _volume_and_mask()
+  donor, donor_mask = _volume_and_mask(seed=1)
+  inside = mask.astype(bool)
+  for mode in ops.BACKGROUNDS:
+    out = np.asarray(ops3d.replace_background(jax.random.key(3), jnp.asarray(volume), mask, p=1.0, mode=mode,
+                                              value=0.25, donor=jnp.asarray(donor), donor_mask=donor_mask[..., None]))
+    np.testing.assert_array_equal(out[inside], volume[inside], err_msg=mode)  # The foreground, bit for bit.
+    bg = out[~inside]
+    assert out.shape == volume.shape and out.dtype == np.float32, mode
+    if mode == "constant":
+      np.testing.assert_array_equal(bg, 0.25)
+    elif mode == "shuffle":  # Only this volume's own background voxels, and not in place.
+      assert _rows(bg) <= _rows(volume[~inside]) and not np.array_equal(bg, volume[~inside])
+    elif mode == "swap":  # The donor's background where it has one; its background voxels in its foreground.
+      donor_bg = ~donor_mask.astype(bool) & ~inside
+      np.testing.assert_array_equal(out[donor_bg], donor[donor_bg])
+      assert _rows(out[~inside & donor_mask.astype(bool)]) <= _rows(donor[~donor_mask.astype(bool)])
+    else:
+      assert not np.any(np.isin(bg, volume[~inside])) and abs(bg.mean() - 0.5) < 0.1
+  run = lambda m, p: np.asarray(ops3d.replace_background(jax.random.key(0), jnp.asarray(volume), m, p=p, mode="noise"))
+  np.testing.assert_array_equal(run(mask, 0.0), volume)  # p = 0: the identity.
+  np.testing.assert_array_equal(run(np.zeros_like(mask), 1.0), volume)  # No foreground found: left alone.
+  with pytest.raises(ValueError, match="does not match volume"):
+    ops3d.replace_background(jax.random.key(0), volume, mask[:4], p=1.0, mode="noise")
+  with pytest.raises(ValueError, match="expected one volume mask"):
+    ops3d.replace_background(jax.random.key(0), volume, mask[0], p=1.0, mode="noise")
+  with pytest.raises(ValueError, match="needs a donor"):
+    ops3d.replace_background(jax.random.key(0), volume, mask, p=1.0, mode="swap")
+
+
+def _volume_batch(b=8, size=8, seed=0):
+  rs = np.random.RandomState(seed)
+  volumes = (rs.rand(b, size, size, size, 1) * 255).astype(np.uint8)
+  m = np.stack([_volume_and_mask(seed=seed + i, size=size)[1] for i in range(b)])[..., None]
+  return volumes, m
+
+
+_PLAIN3D = dict(crop_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, intensity_p=0.0, gamma_p=0.0,
+                blur_p=0.0, noise_p=0.0)
+
+
+def test_volume_view_policy_replaces_backgrounds_of_a_batch():
+  volumes, m = _volume_batch()
+  view = views.default_view3d(**_PLAIN3D, background_p=1.0, background="constant", background_value=0.25)
+  assert views.uses_background(view) and not views.uses_background(views.default_view3d())
+  out = np.asarray(views.augment_batch(jax.random.key(1), volumes, view, masks=m))
+  want = np.where(m.astype(bool), volumes / np.float32(255), np.float32(0.25))
+  np.testing.assert_allclose(out, want, atol=1e-6)  # Up to the (identity) crop's resampling.
+  with pytest.raises(ValueError, match="needs a foreground mask per volume.*'body_outline'"):
+    views.augment_batch(jax.random.key(1), volumes, view)
+  with pytest.raises(ValueError, match=r"do not match volumes .* one \[D, H, W\(, 1\)\] mask per volume"):
+    views.augment_batch(jax.random.key(1), volumes, view, masks=m[:, :4])
+  with pytest.raises(ValueError, match="view3d config: background='blur'; choose one of"):
+    views.validate_view3d(dict(background="blur"))
+  # Without background_p the masks are ignored and the views are those of a policy written before the keys.
+  plain = views.default_view3d(crop_size=8)
+  a = views.augment_batch(jax.random.key(0), volumes, plain)
+  np.testing.assert_array_equal(a, views.augment_batch(jax.random.key(0), volumes, plain, masks=m))
+  assert "background_p" not in views.strip_later_defaults(plain.to_dict())
+
+
+def test_volume_views_with_background_bit_identical_across_shardings():
+  volumes, m = _volume_batch(seed=2)
+  key = jax.random.key(11)
+  mesh8 = jax.make_mesh((8,), ("data",), axis_types=_AUTO)
+  mesh1 = jax.make_mesh((1,), ("data",), axis_types=_AUTO, devices=jax.devices()[:1])
+  on = lambda mesh, a: jax.device_put(a, NamedSharding(mesh, P("data")))
+  for mode in ("swap", "shuffle"):
+    view = views.default_view3d(crop_size=8, background_p=0.7, background=mode)
+    out8 = views.augment_batch(key, on(mesh8, volumes), view, masks=on(mesh8, m))
+    out1 = views.augment_batch(key, on(mesh1, volumes), view, masks=on(mesh1, m))
+    np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1), err_msg=mode)
+
+
+def test_body_outline_of_volumes():
+  volume, label = synthetic_volumes.render_example(1, size=16)  # A cavity volume: the cavity is filled.
+  assert label == 1
+  shape = volume > 0
+  want = ndimage.binary_fill_holes(shape)
+  assert want.sum() > shape.sum()
+  got = masks.derive("body_outline", volume[..., None])
+  assert got.shape == (16, 16, 16)
+  np.testing.assert_array_equal(got, want)
+  assert masks.Derived("body_outline").volumes and not masks.Derived("fundus_fov").volumes
+  for name in ("fundus_fov", "lung_intensity"):
+    with pytest.raises(ValueError, match=f"derived mask='{name}' derives masks from 2D images, not volumes"):
+      masks.derive(name, volume[..., None])

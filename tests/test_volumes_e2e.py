@@ -9,8 +9,10 @@ import pytest
 from scipy import ndimage
 
 from medssl_jax import dry_run
+from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.config import load as load_config
+from medssl_jax.data import masks
 from medssl_jax.data import pipeline
 from medssl_jax.data import synthetic_volumes
 from medssl_jax.protocols import encoders as protocol_encoders
@@ -42,6 +44,14 @@ def _tiny(tfds_dir, **eval_overrides):
   return config
 
 
+def _with_background(config):
+  """Both views replace backgrounds (swap, noise) outside the volumes' body outline."""
+  config.augment.views = [ml_collections.ConfigDict(dict(v.to_dict(), background_p=1.0, background=mode))
+                          for v, mode in zip(config.augment.views, ("swap", "noise"))]
+  config.augment.derived_mask = "body_outline"
+  return config
+
+
 def test_renders_are_deterministic_balanced_binary_shapes():
   a, label = synthetic_volumes.render_example(5, size=16, seed=3)
   b, _ = synthetic_volumes.render_example(5, size=16, seed=3)
@@ -66,7 +76,8 @@ def test_builder_splits_and_volume_records(tfds_dir):
 
 
 def test_volume_simclr_pretrains_and_probes(tfds_dir, tmp_path):
-  config = _tiny(tfds_dir)
+  """The quick config end to end, its views replacing backgrounds outside the body outline (one compile for both)."""
+  config = _with_background(_tiny(tfds_dir))
   results = experiment.run(config, str(tmp_path))
   r = results["simclr (pretrained)"]
   assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auroc"] <= 1.0
@@ -189,6 +200,34 @@ def test_dry_run_stand_in_batch_has_the_volume_pipelines_shapes(tfds_dir):
   stand_in = dry_run._stand_in_batch(config, dry_run.dataset_info(config), 4)  # pylint: disable=protected-access
   assert {k: (v.shape, v.dtype) for k, v in stand_in.items()} == {k: (v.shape, v.dtype) for k, v in real.items()}
   assert real["image"].shape == (4, 16, 16, 16, 1)
+
+
+def test_background_augmentation_on_volumes(tfds_dir):
+  """Volume views that replace backgrounds: the config's checks and the batches' masks (the body outline, [B, D, H,
+  W, 1], as the dry run's stand-in has them); test_volume_simclr_pretrains_and_probes trains with them."""
+  config = _with_background(_tiny(tfds_dir))
+  config.augment.derived_mask = ""
+  with pytest.raises(ValueError, match=r"views\[0\].background_p=1.0 replaces backgrounds, which needs foreground "
+                                       r"masks: set config.augment.mask_key"):
+    experiment.validate(config)
+  config.augment.derived_mask = "fundus_fov"
+  with pytest.raises(ValueError, match="config.augment.derived_mask='fundus_fov' derives masks from 2D images, not "
+                                       r"volumes; for volumes choose one of \['body_outline'\]"):
+    experiment.validate(config)
+  config.augment.derived_mask = "body_outline"
+  experiment.validate(config)
+  builder = pipeline.open_dataset(config.data)
+  with pytest.raises(ValueError, match="'fundus_fov' derives masks from 2D images, but dataset .* holds volumes"):
+    pipeline.make_train_iterator(builder, split="train", global_batch_size=4, seed=0,
+                                 foreground=("derived", masks.Derived("fundus_fov")))
+  it = pipeline.make_train_iterator(builder, split="train", global_batch_size=4, seed=0, image_size=16,
+                                    foreground=config_lib.foreground_spec(config))
+  real = next(it)
+  it.close()
+  assert real["foreground"].shape == (4, 16, 16, 16, 1)
+  np.testing.assert_array_equal(real["foreground"][..., 0], masks.derive_all("body_outline", real["image"]))
+  stand_in = dry_run._stand_in_batch(config, dry_run.dataset_info(config), 4)  # pylint: disable=protected-access
+  assert {k: (v.shape, v.dtype) for k, v in stand_in.items()} == {k: (v.shape, v.dtype) for k, v in real.items()}
 
 
 def _source_config_file(tmp_path, tfds_dir):

@@ -518,14 +518,16 @@ def foreground(mask):
 
 def shuffled_background(key, image, inside):
   """This image's background pixels (where `inside` is False) in a random order, tiled over the whole
-  image; the image itself where it has no background. `inside`: bool [H, W, 1]."""
-  h, w, c = image.shape
-  flat, fg = image.reshape(h * w, c), inside.reshape(h * w)
+  image; the image itself where it has no background. `image`: [..., C] (an image [H, W, C] or a volume
+  [D, H, W, C]); `inside`: bool of the same shape with one channel."""
+  c = image.shape[-1]
+  n = math.prod(image.shape[:-1])
+  flat, fg = image.reshape(n, c), inside.reshape(n)
   # Background pixels first, in random order: a sort key of 0 + u for background, 1 + u for foreground.
-  order = jnp.argsort(fg.astype(jnp.float32) + jax.random.uniform(key, (h * w,), maxval=0.5))
+  order = jnp.argsort(fg.astype(jnp.float32) + jax.random.uniform(key, (n,), maxval=0.5))
   n_bg = jnp.sum(~fg, dtype=jnp.int32)  # An integer count: exact in any order.
-  picked = flat[order[jnp.arange(h * w) % jnp.maximum(n_bg, 1)]]
-  return jnp.where(n_bg > 0, picked, flat).reshape(h, w, c)
+  picked = flat[order[jnp.arange(n) % jnp.maximum(n_bg, 1)]]
+  return jnp.where(n_bg > 0, picked, flat).reshape(image.shape)
 
 
 def replace_background(key, image, mask, *, p: float, mode: str = "swap", value: float = 0.0, donor=None,
@@ -548,13 +550,26 @@ def replace_background(key, image, mask, *, p: float, mode: str = "swap", value:
     donor, donor_mask: the other image and its mask, for mode "swap".
   """
   _check_image(image, "replace_background")
-  if mode not in BACKGROUNDS:
-    raise ValueError(f"replace_background: mode={mode!r}; choose one of {list(BACKGROUNDS)}")
+  check_background_args(image, mode=mode, donor=donor, donor_mask=donor_mask, what="replace_background")
   inside = foreground(mask)
   if inside.shape[:2] != image.shape[:2]:
     raise ValueError(f"replace_background: mask {mask.shape} does not match image {image.shape}")
+  donor_inside = foreground(donor_mask) if mode == "swap" else None
+  return composite_background(key, image, inside, p=p, mode=mode, value=value, donor=donor,
+                              donor_inside=donor_inside)
+
+
+def check_background_args(image, *, mode: str, donor, donor_mask, what: str) -> None:
+  """The checks `replace_background` (and its volume counterpart) make of `mode` and the donor."""
+  if mode not in BACKGROUNDS:
+    raise ValueError(f"{what}: mode={mode!r}; choose one of {list(BACKGROUNDS)}")
   if mode == "swap" and (donor is None or donor_mask is None or donor.shape != image.shape):
-    raise ValueError("replace_background: mode 'swap' needs a donor image of the same shape and its mask")
+    raise ValueError(f"{what}: mode 'swap' needs a donor of the same shape and its mask")
+
+
+def composite_background(key, image, inside, *, p: float, mode: str, value: float, donor=None, donor_inside=None):
+  """`replace_background`'s work on checked arguments, for an image [H, W, C] or a volume [D, H, W, C]:
+  `inside` (and `donor_inside` for mode "swap") are bool masks of the same shape with one channel."""
   if _static_zero(p):
     return image
   k_apply, k_fill, k_donor = jax.random.split(key, 3)
@@ -565,7 +580,6 @@ def replace_background(key, image, mask, *, p: float, mode: str = "swap", value:
   elif mode == "shuffle":
     background = shuffled_background(k_fill, image, inside)
   else:
-    donor_inside = foreground(donor_mask)
     background = jnp.where(donor_inside, shuffled_background(k_donor, donor, donor_inside), donor)
   apply = (jax.random.uniform(k_apply) < p) & jnp.any(inside)
   return jnp.where(apply & ~inside, background.astype(image.dtype), image)

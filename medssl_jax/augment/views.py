@@ -22,10 +22,12 @@ sharding-invariant too; see its module docstring).
 Volumes: a batch [B, D, H, W, C] takes a 3D view policy (`default_view3d`, `validate_view3d`) and the
 per-volume pipeline of `medssl_jax.augment.ops3d`
 
-    crop -> flip -> rot90 -> intensity -> gamma -> blur -> noise -> erase
+    background -> crop -> flip -> rot90 -> intensity -> gamma -> blur -> noise -> erase
 
-with the same per-example keying. `augment_batch`, `make_views` and `eval_view` take either rank: a
-rank-5 batch is a batch of volumes, and its policy is validated as a 3D one.
+with the same per-example keying (background has index 8) and the same background modes and donor pairing,
+on masks [B, D, H, W(, 1)] (e.g. the body outline, `config.augment.derived_mask = "body_outline"`).
+`augment_batch`, `make_views` and `eval_view` take either rank: a rank-5 batch is a batch of volumes, and its
+policy is validated as a 3D one.
 """
 from __future__ import annotations
 
@@ -148,14 +150,18 @@ def validate_view(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
     raise ValueError(f"view config: blur_kernel_size={ks!r} must be None or a positive odd int")
   if not isinstance(c["grayscale_safe"], bool):
     raise ValueError(f"view config: grayscale_safe={c['grayscale_safe']!r} must be a bool")
-  _check_prob(c, "background_p")
-  if c["background"] not in ops.BACKGROUNDS:
-    raise ValueError(f"view config: background={c['background']!r}; choose one of {list(ops.BACKGROUNDS)}")
-  if not _is_number(c["background_value"]) or not 0.0 <= c["background_value"] <= 1.0:
-    raise ValueError(f"view config: background_value={c['background_value']!r} must be a number in [0, 1]")
+  _check_background(c, "view config")
   for name in ("crop_scale", "crop_ratio", "blur_sigma"):
     c[name] = tuple(float(x) for x in c[name])
   return ml_collections.ConfigDict(c)
+
+
+def _check_background(c, what: str) -> None:
+  _check_prob(c, "background_p", what)
+  if c["background"] not in ops.BACKGROUNDS:
+    raise ValueError(f"{what}: background={c['background']!r}; choose one of {list(ops.BACKGROUNDS)}")
+  if not _is_number(c["background_value"]) or not 0.0 <= c["background_value"] <= 1.0:
+    raise ValueError(f"{what}: background_value={c['background_value']!r} must be a number in [0, 1]")
 
 
 def to_float_images(images):
@@ -182,7 +188,7 @@ def _to_float(x):
 
 
 def uses_background(view_cfg) -> bool:
-  """Whether a (2D) view policy replaces backgrounds, and so needs foreground masks."""
+  """Whether a view policy (2D or 3D) replaces backgrounds, and so needs foreground masks."""
   return view_cfg.get("background_p", 0.0) != 0
 
 
@@ -230,24 +236,28 @@ def augment_batch(key, images, view_cfg, *, masks=None):
       or float in [0, 1]. May be a global array sharded over the batch axis.
     view_cfg: view policy (ConfigDict or dict; missing keys take defaults): a 2D one
       (`validate_view`) for images, a 3D one (`validate_view3d`) for volumes.
-    masks: foreground masks [B, H, W(, 1)] aligned with `images` (see `ops.foreground`), needed by a
-      policy with background_p > 0 and ignored otherwise.
+    masks: foreground masks [B, H, W(, 1)] aligned with `images` (see `ops.foreground`), or [B, D, H, W(, 1)]
+      with volumes, needed by a policy with background_p > 0 and ignored otherwise.
 
   Returns:
     float32 [B, crop_size, crop_size, C] (images) or [B, crop_size, crop_size, crop_size, C]
     (volumes), in [0, 1].
   """
-  if images.ndim == 5:
-    return _augment_volume_batch(key, images, ml_collections.FrozenConfigDict(validate_view3d(view_cfg)))
-  cfg = ml_collections.FrozenConfigDict(validate_view(view_cfg))  # Hashable: a static arg.
+  volumes = images.ndim == 5
+  validate = validate_view3d if volumes else validate_view
+  cfg = ml_collections.FrozenConfigDict(validate(view_cfg))  # Hashable: a static arg.
   if not uses_background(cfg):
-    return _augment_batch(key, images, cfg)
+    return (_augment_volume_batch if volumes else _augment_batch)(key, images, cfg)
   if masks is None:
+    example = "'body_outline'" if volumes else "'fundus_fov', 'lung_intensity'"
     raise ValueError(f"view config: background_p={cfg.background_p} replaces backgrounds, which needs a foreground "
-                     "mask per image; set config.augment.mask_key (a mask feature of the dataset) or "
-                     "config.augment.derived_mask (e.g. 'fundus_fov', 'lung_intensity')")
-  if masks.shape[0] != images.shape[0] or tuple(masks.shape[1:3]) != tuple(images.shape[1:3]):
-    raise ValueError(f"masks {masks.shape} do not match images {images.shape}: one [H, W(, 1)] mask per image")
+                     f"mask per {'volume' if volumes else 'image'}; set config.augment.mask_key (a mask feature of "
+                     f"the dataset) or config.augment.derived_mask (e.g. {example})")
+  spatial = images.ndim - 2
+  if masks.shape[0] != images.shape[0] or tuple(masks.shape[1:1 + spatial]) != tuple(images.shape[1:1 + spatial]):
+    shape = "[D, H, W(, 1)] mask per volume" if volumes else "[H, W(, 1)] mask per image"
+    raise ValueError(f"masks {masks.shape} do not match {'volumes' if volumes else 'images'} {images.shape}: "
+                     f"one {shape}")
   return _augment_batch_background(key, images, masks, cfg)
 
 
@@ -260,13 +270,15 @@ def _augment_batch(key, images, cfg):
 
 @functools.partial(jax.jit, static_argnums=3)
 def _augment_batch_background(key, images, masks, cfg):
-  x = to_float_images(images)
+  """Images [B, H, W, C] or volumes [B, D, H, W, C] with their masks, through a policy that replaces backgrounds."""
+  x, augment = (to_float_volumes(images), augment_volume) if images.ndim == 5 else (to_float_images(images),
+                                                                                    augment_image)
   b = x.shape[0]
   keys = jax.random.split(key, b)
-  # Each image's donor is the one `shift` places on (never itself when the batch has two or more).
+  # Each example's donor is the one `shift` places on (never itself when the batch has two or more).
   shift = jax.random.randint(jax.random.fold_in(key, _BATCH_DONOR_SHIFT), (), 1, max(b, 2)) % b
   donors, donor_masks = jnp.roll(x, shift, axis=0), jnp.roll(masks, shift, axis=0)
-  return jax.vmap(lambda k, im, m, d, dm: augment_image(k, im, cfg, mask=m, donor=d, donor_mask=dm))(
+  return jax.vmap(lambda k, im, m, d, dm: augment(k, im, cfg, mask=m, donor=d, donor_mask=dm))(
       keys, x, masks, donors, donor_masks)
 
 
@@ -317,11 +329,14 @@ _DEFAULTS3D = dict(
     erase_ratio=(0.5, 2.0),
     erase_value=0.0,
     erase_noise=False,              # Fill the erased cuboid with U[0, 1] noise instead of erase_value.
+    background_p=0.0,               # As for images: replace the background (needs foreground masks).
+    background="swap",              # ops.BACKGROUNDS: "swap", "constant", "noise" or "shuffle".
+    background_value=0.0,           # The fill of background="constant", in [0, 1].
 )
 VALID_KEYS3D = tuple(_DEFAULTS3D)
 # Fixed per-op indices for fold_in, as for images.
 (_OP3_CROP, _OP3_FLIP, _OP3_ROT90, _OP3_INTENSITY, _OP3_GAMMA, _OP3_BLUR, _OP3_NOISE,
- _OP3_ERASE) = range(8)
+ _OP3_ERASE, _OP3_BACKGROUND) = range(9)
 
 
 def default_view3d(**overrides) -> ml_collections.ConfigDict:
@@ -380,6 +395,7 @@ def validate_view3d(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
     raise ValueError(f"{what}: blur_kernel_size={ks!r} must be None or a positive odd int")
   if not isinstance(c["erase_noise"], bool):
     raise ValueError(f"{what}: erase_noise={c['erase_noise']!r} must be a bool")
+  _check_background(c, what)
   for name in ("crop_scale", "crop_ratio", "erase_scale", "erase_ratio", "gamma", "blur_sigma",
                "noise_std"):
     c[name] = tuple(float(x) for x in c[name])
@@ -388,16 +404,21 @@ def validate_view3d(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(c)
 
 
-def augment_volume(key, volume, view_cfg):
-  """The per-volume pipeline crop -> flip -> rot90 -> intensity -> gamma -> blur -> noise -> erase.
+def augment_volume(key, volume, view_cfg, *, mask=None, donor=None, donor_mask=None):
+  """The per-volume pipeline background -> crop -> flip -> rot90 -> intensity -> gamma -> blur -> noise -> erase.
 
   Args:
     key: PRNG key for this volume; op i uses fold_in(key, i) with a fixed index per op.
     volume: float32 [D, H, W, C] in [0, 1].
     view_cfg: a *validated* volume view policy (see `validate_view3d`).
+    mask, donor, donor_mask: this volume's foreground mask, and another volume with its mask (background
+      "swap"); needed only when the policy's background_p > 0 (see `ops3d.replace_background`).
   """
   c = view_cfg
   sub = lambda i: jax.random.fold_in(key, i)
+  if uses_background(c):
+    volume = ops3d.replace_background(sub(_OP3_BACKGROUND), volume, mask, p=c.background_p, mode=c.background,
+                                      value=c.background_value, donor=donor, donor_mask=donor_mask)
   x = ops3d.random_resized_crop(sub(_OP3_CROP), volume, out_size=c.crop_size, scale=c.crop_scale,
                                 ratio=c.crop_ratio)
   x = ops3d.random_flip(sub(_OP3_FLIP), x, p=c.flip_p, axes=c.flip_axes)

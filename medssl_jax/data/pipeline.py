@@ -551,9 +551,10 @@ def check_foreground(builder: Builder, foreground) -> None:
   """Checks a `make_train_iterator(foreground=...)` spec against the builder: a ValueError naming what to set."""
   kind, name = foreground
   if kind == 'derived':
-    if is_volume(builder):
+    if is_volume(builder) and not getattr(name, 'volumes', False):
       raise ValueError(f'config.augment.derived_mask={getattr(name, "name", name)!r} derives masks from 2D images, '
-                       f'but dataset {dataset_name(builder)!r} holds volumes; background augmentation is for images')
+                       f'but dataset {dataset_name(builder)!r} holds volumes; choose one defined on volumes too '
+                       f'(medssl_jax/data/masks.py VOLUME_NAMES, e.g. "body_outline")')
     return
   if kind != 'feature':
     raise ValueError(f"foreground={foreground!r}: expected ('feature', key) or ('derived', name)")
@@ -605,7 +606,8 @@ def make_train_iterator(builder: Builder | str, *, split: str = 'train', global_
     foreground: optional ('feature', key) or ('derived', fn): each batch also carries 'foreground', uint8
       [B, H, W, 1] with 1 inside, from the dataset's mask feature `key` (resized with the image, non-zero is
       inside) or from fn(decoded image uint8 [H, W, C]) -> bool [H, W] (picklable for grain workers, e.g.
-      medssl_jax.data.masks.Derived), for background augmentation.
+      medssl_jax.data.masks.Derived), for background augmentation; with volumes [B, D, H, W, 1], from a
+      derived mask defined on volumes (fn.volumes, e.g. masks.Derived("body_outline")).
 
   Returns:
     A grain `DatasetIterator`; `get_state()` / `set_state()` checkpoint and restore it exactly.
