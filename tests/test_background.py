@@ -40,8 +40,13 @@ def test_replace_background_keeps_foreground_and_fills_background(mode):
   donor_mask = np.roll(donor_mask, 3, axis=1)  # Another foreground place.
   out = np.asarray(ops.replace_background(jax.random.key(3), jnp.asarray(image), mask, p=1.0, mode=mode, value=0.25,
                                           donor=jnp.asarray(donor), donor_mask=donor_mask))
+  _assert_filled(out, image, mask, donor, donor_mask, mode)
+
+
+def _assert_filled(out, image, mask, donor, donor_mask, mode):
+  """`out` is `image` (or volume) with its background outside `mask` replaced as `mode` says (fill 0.25)."""
   inside = mask.astype(bool)
-  np.testing.assert_array_equal(out[inside], image[inside])  # The foreground, bit for bit.
+  np.testing.assert_array_equal(out[inside], image[inside], err_msg=mode)  # The foreground, bit for bit.
   bg = out[~inside]
   assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
   if mode == "constant":
@@ -125,17 +130,21 @@ def test_augment_batch_swap_pairs_each_image_with_another():
     views.augment_batch(jax.random.key(1), images, _BG_VIEW, masks=m[:, :8])
 
 
-def test_augment_batch_with_background_bit_identical_across_shardings():
-  images, m = _batch(seed=2)
+def _assert_one_vs_eight_devices(images, m, view, msg):
+  """The views of a batch sharded over 8 devices are those of the batch on one, bit for bit."""
   key = jax.random.key(11)
   mesh8 = jax.make_mesh((8,), ("data",), axis_types=_AUTO)
   mesh1 = jax.make_mesh((1,), ("data",), axis_types=_AUTO, devices=jax.devices()[:1])
   on = lambda mesh, a: jax.device_put(a, NamedSharding(mesh, P("data")))
+  out8 = views.augment_batch(key, on(mesh8, images), view, masks=on(mesh8, m))
+  out1 = views.augment_batch(key, on(mesh1, images), view, masks=on(mesh1, m))
+  np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1), err_msg=msg)
+
+
+def test_augment_batch_with_background_bit_identical_across_shardings():
+  images, m = _batch(seed=2)
   for mode in ops.BACKGROUNDS:
-    view = dict(_BG_VIEW.to_dict(), background=mode, background_p=0.7)
-    out8 = views.augment_batch(key, on(mesh8, images), view, masks=on(mesh8, m))
-    out1 = views.augment_batch(key, on(mesh1, images), view, masks=on(mesh1, m))
-    np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1), err_msg=mode)
+    _assert_one_vs_eight_devices(images, m, dict(_BG_VIEW.to_dict(), background=mode, background_p=0.7), mode)
 
 
 def test_policies_without_background_ignore_masks():
@@ -269,23 +278,10 @@ def _volume_and_mask(seed=0, size=8, channels=1):
 def test_volume_replace_background_keeps_foreground_and_fills_background():
   volume, mask = _volume_and_mask()
   donor, donor_mask = _volume_and_mask(seed=1)
-  inside = mask.astype(bool)
   for mode in ops.BACKGROUNDS:
     out = np.asarray(ops3d.replace_background(jax.random.key(3), jnp.asarray(volume), mask, p=1.0, mode=mode,
                                               value=0.25, donor=jnp.asarray(donor), donor_mask=donor_mask[..., None]))
-    np.testing.assert_array_equal(out[inside], volume[inside], err_msg=mode)  # The foreground, bit for bit.
-    bg = out[~inside]
-    assert out.shape == volume.shape and out.dtype == np.float32, mode
-    if mode == "constant":
-      np.testing.assert_array_equal(bg, 0.25)
-    elif mode == "shuffle":  # Only this volume's own background voxels, and not in place.
-      assert _rows(bg) <= _rows(volume[~inside]) and not np.array_equal(bg, volume[~inside])
-    elif mode == "swap":  # The donor's background where it has one; its background voxels in its foreground.
-      donor_bg = ~donor_mask.astype(bool) & ~inside
-      np.testing.assert_array_equal(out[donor_bg], donor[donor_bg])
-      assert _rows(out[~inside & donor_mask.astype(bool)]) <= _rows(donor[~donor_mask.astype(bool)])
-    else:
-      assert not np.any(np.isin(bg, volume[~inside])) and abs(bg.mean() - 0.5) < 0.1
+    _assert_filled(out, volume, mask, donor, donor_mask, mode)
   run = lambda m, p: np.asarray(ops3d.replace_background(jax.random.key(0), jnp.asarray(volume), m, p=p, mode="noise"))
   np.testing.assert_array_equal(run(mask, 0.0), volume)  # p = 0: the identity.
   np.testing.assert_array_equal(run(np.zeros_like(mask), 1.0), volume)  # No foreground found: left alone.
@@ -330,15 +326,8 @@ def test_volume_view_policy_replaces_backgrounds_of_a_batch():
 
 def test_volume_views_with_background_bit_identical_across_shardings():
   volumes, m = _volume_batch(seed=2)
-  key = jax.random.key(11)
-  mesh8 = jax.make_mesh((8,), ("data",), axis_types=_AUTO)
-  mesh1 = jax.make_mesh((1,), ("data",), axis_types=_AUTO, devices=jax.devices()[:1])
-  on = lambda mesh, a: jax.device_put(a, NamedSharding(mesh, P("data")))
   for mode in ("swap", "shuffle"):
-    view = views.default_view3d(crop_size=8, background_p=0.7, background=mode)
-    out8 = views.augment_batch(key, on(mesh8, volumes), view, masks=on(mesh8, m))
-    out1 = views.augment_batch(key, on(mesh1, volumes), view, masks=on(mesh1, m))
-    np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1), err_msg=mode)
+    _assert_one_vs_eight_devices(volumes, m, views.default_view3d(crop_size=8, background_p=0.7, background=mode), mode)
 
 
 def test_body_outline_of_volumes():

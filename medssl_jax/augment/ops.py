@@ -505,13 +505,14 @@ def solarize(key, image, *, p: float = 0.2, threshold: float = 0.5):
 BACKGROUNDS = ("swap", "constant", "noise", "shuffle")
 
 
-def foreground(mask):
+def foreground(mask, *, spatial: int = 2):
   """A mask [H, W] or [H, W, 1] (bool, integer: non-zero is inside, or float: > 0.5 is inside) as bool
-  [H, W, 1]."""
-  if mask.ndim == 3 and mask.shape[-1] == 1:
+  [H, W, 1]; with spatial=3, a volume's mask [D, H, W(, 1)] as bool [D, H, W, 1]."""
+  if mask.ndim == spatial + 1 and mask.shape[-1] == 1:
     mask = mask[..., 0]
-  if mask.ndim != 2:
-    raise ValueError(f"replace_background: expected one mask [H, W] or [H, W, 1], got shape {mask.shape}")
+  if mask.ndim != spatial:
+    axes = "D, H, W" if spatial == 3 else "H, W"
+    raise ValueError(f"replace_background: expected one mask [{axes}] or [{axes}, 1], got shape {mask.shape}")
   inside = mask > 0.5 if jnp.issubdtype(mask.dtype, jnp.floating) else mask != 0
   return inside[..., None]
 

@@ -242,17 +242,6 @@ def random_erasing(key, volume, *, p: float = 0.25, scale: Sequence[float] = (0.
   return ops._apply_with_prob(k_apply, p, lambda x: jnp.where(inside, fill, x), volume)
 
 
-def foreground(mask):
-  """A volume mask [D, H, W] or [D, H, W, 1] (bool, integer: non-zero is inside, or float: > 0.5 is inside)
-  as bool [D, H, W, 1]."""
-  if mask.ndim == 4 and mask.shape[-1] == 1:
-    mask = mask[..., 0]
-  if mask.ndim != 3:
-    raise ValueError(f"replace_background: expected one volume mask [D, H, W] or [D, H, W, 1], got shape {mask.shape}")
-  inside = mask > 0.5 if jnp.issubdtype(mask.dtype, jnp.floating) else mask != 0
-  return inside[..., None]
-
-
 def replace_background(key, volume, mask, *, p: float, mode: str = "swap", value: float = 0.0, donor=None,
                        donor_mask=None):
   """With probability p, keeps the foreground (mask) of `volume` and replaces its background: the volume
@@ -264,7 +253,7 @@ def replace_background(key, volume, mask, *, p: float, mode: str = "swap", value
   Args:
     key: PRNG key.
     volume: float [D, H, W, C] in [0, 1].
-    mask: [D, H, W] or [D, H, W, 1] foreground mask aligned with `volume` (see `foreground`), e.g. the body
+    mask: [D, H, W] or [D, H, W, 1] foreground mask aligned with `volume` (see `ops.foreground`), e.g. the body
       outline of a CT (medssl_jax/data/masks.py `body_outline`).
     p: probability of replacing.
     mode: one of ops.BACKGROUNDS.
@@ -273,9 +262,9 @@ def replace_background(key, volume, mask, *, p: float, mode: str = "swap", value
   """
   _check_volume(volume, "replace_background")
   ops.check_background_args(volume, mode=mode, donor=donor, donor_mask=donor_mask, what="replace_background")
-  inside = foreground(mask)
+  inside = ops.foreground(mask, spatial=3)
   if inside.shape[:3] != volume.shape[:3]:
     raise ValueError(f"replace_background: mask {mask.shape} does not match volume {volume.shape}")
-  donor_inside = foreground(donor_mask) if mode == "swap" else None
+  donor_inside = ops.foreground(donor_mask, spatial=3) if mode == "swap" else None
   return ops.composite_background(key, volume, inside, p=p, mode=mode, value=value, donor=donor,
                                   donor_inside=donor_inside)
