@@ -287,7 +287,7 @@ def test_volume_replace_background_keeps_foreground_and_fills_background():
   np.testing.assert_array_equal(run(np.zeros_like(mask), 1.0), volume)  # No foreground found: left alone.
   with pytest.raises(ValueError, match="does not match volume"):
     ops3d.replace_background(jax.random.key(0), volume, mask[:4], p=1.0, mode="noise")
-  with pytest.raises(ValueError, match="expected one volume mask"):
+  with pytest.raises(ValueError, match=r"expected one mask \[D, H, W\] or \[D, H, W, 1\]"):
     ops3d.replace_background(jax.random.key(0), volume, mask[0], p=1.0, mode="noise")
   with pytest.raises(ValueError, match="needs a donor"):
     ops3d.replace_background(jax.random.key(0), volume, mask, p=1.0, mode="swap")
