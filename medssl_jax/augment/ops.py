@@ -551,26 +551,21 @@ def replace_background(key, image, mask, *, p: float, mode: str = "swap", value:
     donor, donor_mask: the other image and its mask, for mode "swap".
   """
   _check_image(image, "replace_background")
-  check_background_args(image, mode=mode, donor=donor, donor_mask=donor_mask, what="replace_background")
-  inside = foreground(mask)
-  if inside.shape[:2] != image.shape[:2]:
-    raise ValueError(f"replace_background: mask {mask.shape} does not match image {image.shape}")
-  donor_inside = foreground(donor_mask) if mode == "swap" else None
-  return composite_background(key, image, inside, p=p, mode=mode, value=value, donor=donor,
-                              donor_inside=donor_inside)
+  return replace_background_nd(key, image, mask, p=p, mode=mode, value=value, donor=donor, donor_mask=donor_mask)
 
 
-def check_background_args(image, *, mode: str, donor, donor_mask, what: str) -> None:
-  """The checks `replace_background` (and its volume counterpart) make of `mode` and the donor."""
+def replace_background_nd(key, image, mask, *, p: float, mode: str, value: float, donor=None, donor_mask=None):
+  """`replace_background`'s work for an image [H, W, C] or a volume [D, H, W, C] (`ops3d.replace_background`),
+  whose rank and dtype the caller has checked; masks are [spatial...] or [spatial..., 1] (see `foreground`)."""
+  spatial = image.ndim - 1
   if mode not in BACKGROUNDS:
-    raise ValueError(f"{what}: mode={mode!r}; choose one of {list(BACKGROUNDS)}")
+    raise ValueError(f"replace_background: mode={mode!r}; choose one of {list(BACKGROUNDS)}")
+  inside = foreground(mask, spatial=spatial)
+  if inside.shape[:-1] != image.shape[:-1]:
+    what = "volume" if spatial == 3 else "image"
+    raise ValueError(f"replace_background: mask {mask.shape} does not match {what} {image.shape}")
   if mode == "swap" and (donor is None or donor_mask is None or donor.shape != image.shape):
-    raise ValueError(f"{what}: mode 'swap' needs a donor of the same shape and its mask")
-
-
-def composite_background(key, image, inside, *, p: float, mode: str, value: float, donor=None, donor_inside=None):
-  """`replace_background`'s work on checked arguments, for an image [H, W, C] or a volume [D, H, W, C]:
-  `inside` (and `donor_inside` for mode "swap") are bool masks of the same shape with one channel."""
+    raise ValueError("replace_background: mode 'swap' needs a donor of the same shape and its mask")
   if _static_zero(p):
     return image
   k_apply, k_fill, k_donor = jax.random.split(key, 3)
@@ -581,6 +576,7 @@ def composite_background(key, image, inside, *, p: float, mode: str, value: floa
   elif mode == "shuffle":
     background = shuffled_background(k_fill, image, inside)
   else:
+    donor_inside = foreground(donor_mask, spatial=spatial)
     background = jnp.where(donor_inside, shuffled_background(k_donor, donor, donor_inside), donor)
   apply = (jax.random.uniform(k_apply) < p) & jnp.any(inside)
   return jnp.where(apply & ~inside, background.astype(image.dtype), image)

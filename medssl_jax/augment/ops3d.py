@@ -261,10 +261,5 @@ def replace_background(key, volume, mask, *, p: float, mode: str = "swap", value
     donor, donor_mask: the other volume and its mask, for mode "swap".
   """
   _check_volume(volume, "replace_background")
-  ops.check_background_args(volume, mode=mode, donor=donor, donor_mask=donor_mask, what="replace_background")
-  inside = ops.foreground(mask, spatial=3)
-  if inside.shape[:3] != volume.shape[:3]:
-    raise ValueError(f"replace_background: mask {mask.shape} does not match volume {volume.shape}")
-  donor_inside = ops.foreground(donor_mask, spatial=3) if mode == "swap" else None
-  return ops.composite_background(key, volume, inside, p=p, mode=mode, value=value, donor=donor,
-                                  donor_inside=donor_inside)
+  return ops.replace_background_nd(key, volume, mask, p=p, mode=mode, value=value, donor=donor,
+                                   donor_mask=donor_mask)
