@@ -1,11 +1,13 @@
 """Stopping well: SIGTERM at a random step then resume is bit-identical to an uninterrupted run; the
 non-finite and collapse guards stop with the step, the metric and the cause and keep the last good checkpoint."""
+import gc
 import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -113,6 +115,28 @@ def test_stop_signals_flag_then_second_ctrl_c_interrupts():
       assert not signals.requested and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
   finally:
     signal.signal(signal.SIGINT, before)
+
+
+def test_a_stop_dropped_inside_a_gc_callback_is_sent_again():
+  # JAX runs Python in a garbage-collector callback; an exception raised there is printed and dropped.
+  fired = []
+
+  def callback(phase, info):
+    if phase == "start" and not fired:
+      fired.append(phase)
+      signal.raise_signal(signal.SIGTERM)  # Its handler runs here, inside the callback.
+
+  hook = sys.unraisablehook
+  gc.callbacks.append(callback)
+  try:
+    with pytest.raises(guard_lib.Stopped) as stopped:
+      with guard_lib.stop_anywhere():
+        gc.collect()
+        time.sleep(10)  # Cut short by the signal sent again.
+  finally:
+    gc.callbacks.remove(callback)
+  assert fired and stopped.value.code == 128 + signal.SIGTERM
+  assert sys.unraisablehook is hook  # Restored on exit.
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(fundus_small_dir, tmp_path):

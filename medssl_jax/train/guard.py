@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
+import sys
 import threading
 
 import jax
@@ -70,8 +72,11 @@ class _SignalHandlers:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+  RESEND_AFTER_S = 0.05
+
   def __init__(self):
     self._previous = {}
+    self._previous_hook = None
 
   def _handle(self, signum, frame):
     raise NotImplementedError
@@ -81,13 +86,30 @@ class _SignalHandlers:
       for s in self.SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:  # Started to ignore it (nohup, `&`): keep ignoring it.
           self._previous[s] = signal.signal(s, self._handle)
+      self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
     return self
 
   def __exit__(self, *exc):
     for s, h in self._previous.items():
       signal.signal(s, h)
     self._previous = {}
+    if self._previous_hook is not None:
+      sys.unraisablehook, self._previous_hook = self._previous_hook, None
     return False
+
+  def _unraisable(self, unraisable):
+    # A handler that raises can run inside a garbage-collector callback or a __del__ (JAX registers one), where
+    # Python prints the exception and drops it: the stop would be lost. Send the signal again a moment later, when
+    # the main thread is back in ordinary code.
+    signum = getattr(unraisable.exc_value, "signum", None)
+    if signum is None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+      signum = signal.SIGINT
+    if signum is None:
+      (self._previous_hook or sys.__unraisablehook__)(unraisable)
+      return
+    timer = threading.Timer(self.RESEND_AFTER_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 class stop_anywhere(_SignalHandlers):  # pylint: disable=invalid-name
