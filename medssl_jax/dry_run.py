@@ -155,8 +155,7 @@ def _pretrain_part(config, info, batch: int):
   if missing:
     raise ValueError(f"objective {objective.name!r} reads dataset features {missing}, which dataset {info['name']!r} "
                      f"(config.data.builder) does not have; its features are {sorted(info['features'])}")
-  # Jitted: the eager init of a ResNet-50 dispatches op by op and takes longer than compiling it.
-  init = jax.jit(lambda: pretrain_lib.init_train_state(config, model, tx, jax.random.key(config.seed)))
+  init = lambda: pretrain_lib.init_train_state(config, model, tx, jax.random.key(config.seed))
   state_shape = jax.eval_shape(init)
   stand_in = _stand_in_batch(config, info, batch, extra_keys=extra, text=objective.text)
   rep, shard = mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)
@@ -185,7 +184,7 @@ def _features_part(config, info, batch: int):
   model = objectives.build_model(config)
   size, shape = int(config.data.image_size), _image_shape(config)
   embed = linear_probe.embed_fn(model, image_size=size, mean=tuple(config.data.mean), std=tuple(config.data.std))
-  init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
+  init = lambda: models.init_variables(model, jax.random.key(0), jnp.zeros((2, *shape)), train=False)
   variables_shape = jax.eval_shape(init)
   images = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
   lowered = embed.lower(variables_shape, jax.ShapeDtypeStruct(images.shape, jnp.uint8))
@@ -202,7 +201,7 @@ def _finetune_part(config, info, batch: int):
   e = config.eval
   model = objectives.build_model(config)
   size, shape = int(config.data.image_size), _image_shape(config)
-  init_vars = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
+  init_vars = lambda: models.init_variables(model, jax.random.key(0), jnp.zeros((2, *shape)), train=False)
   variables_shape = jax.eval_shape(init_vars)
   bb_shape = variables_shape["params"]["backbone"]
   bs_shape = variables_shape.get("batch_stats", {}).get("backbone", {})

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from medssl_jax import models
 from medssl_jax import paths
 from medssl_jax.evals import segmentation_metrics
 from medssl_jax.models.resnet import ResNet
@@ -370,8 +371,8 @@ def _init_variables(model: UNet, backbone_variables, *, key, patch_size: int, ch
                     num_classes: int | None):
   """(params, batch_stats) of a new U-Net: the given backbone's (copies), a fresh decoder, and the output bias at
   the training masks' prior (num_classes None: binary)."""
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      key, jnp.zeros((1, patch_size, patch_size, channels), jnp.float32))
+  variables = models.init_variables(model, key, jnp.zeros((1, patch_size, patch_size, channels), jnp.float32),
+                                    train=False)
   backbone = model.backbone
   given = {c: backbone_variables.get(c, {}) for c in ("params", "batch_stats")}
   for col in ("params", "batch_stats"):

@@ -340,7 +340,8 @@ def dry_run_part(config) -> dry_parts.Part:
     train_step, init_opt = segmentation_lib.train_functions(
         model, patch, tuple(config.data.mean), tuple(config.data.std), bool(g.augment), frozen, batch,
         max(1, patch // 16), mesh_lib.data_sharding(mesh))
-    init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, patch, patch, channels)), train=False))
+    init = lambda: models.init_variables(model, jax.random.key(0), jnp.zeros((1, patch, patch, channels)),
+                                         train=False)
     variables_shape = jax.eval_shape(init)
     opt_shape = jax.eval_shape(init_opt, variables_shape["params"])
     rng = np.random.default_rng(0)

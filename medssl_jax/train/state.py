@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from medssl_jax import models
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -62,7 +64,7 @@ def init_state(model, tx, *, key, image_shape, objective=None, config=None) -> T
   """
   dummy = jnp.zeros((2, *image_shape), jnp.float32)
   rngs = {"params": key, "mask": jax.random.fold_in(key, 1)}
-  variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rngs)
+  variables = models.init_variables(model, rngs, dummy, train=False)
   params = variables["params"]
   objective_state = {}
   if objective is not None and objective.teacher:

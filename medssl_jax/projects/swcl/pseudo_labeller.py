@@ -285,7 +285,8 @@ def _init_state(config, model, tx, channels: int, *, imported: bool = True):
   """{"params", ["batch_stats"], "opt_state", "step"} from config.seed, with the backbone from
   config.model.init_checkpoint when set and `imported` (False: the structure only, for restoring)."""
   size = config.swcl.classifier_image_size
-  variables = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, channels)), train=False)
+  variables = models.init_variables(model, jax.random.key(config.seed), jnp.zeros((1, size, size, channels)),
+                                    train=False)
   if imported and config.model.init_checkpoint:
     variables = convert_torch.init_backbone(config, variables)
   state = {"params": variables["params"], "opt_state": tx.init(variables["params"]), "step": jnp.int32(0)}
@@ -480,7 +481,7 @@ def dry_run_part(config) -> dry_parts.Part:
     classes = [f"class_{i}" for i in range(info["num_classes"])]
     _, model = _build(config, len(classes))
     tx = _optimizer(config)
-    init = jax.jit(lambda: _init_state(config, model, tx, info["channels"], imported=False))
+    init = lambda: _init_state(config, model, tx, info["channels"], imported=False)
     state_shape = jax.eval_shape(init)
     has_bn = "batch_stats" in state_shape
     train_step, _ = _steps(model, tx, multi_label=info["multi_label"], threshold=float(s.confidence_threshold),
