@@ -18,7 +18,8 @@ parser.add_argument("--data_dir", default="")
 parser.add_argument("--workdir", required=True)
 parser.add_argument("--grads", action="store_true", help="Write loss and gradients of one fixed batch instead.")
 args = parser.parse_args()
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"  # Before jax is imported.
+# Before jax is imported; compiled like the suite (tests/conftest.py).
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices} --xla_backend_optimization_level=0"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/device_testing.py

@@ -63,3 +63,15 @@ def test_step_parts_tiny():
   for part in ("encoder forward", "encoder forward + backward", "model step", "BatchNorm + ReLU forward"):
     assert float(rows[part][1]) > 0 and float(rows[part][2]) > 0, rows[part]
   assert any(p.startswith("projector + loss + optimizer") for p in rows), list(rows)
+
+
+@pytest.mark.slow
+def test_compile_quick():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile.py"), "--quick"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [r for r in _table_rows(proc.stdout) if r[0] != "config"]
+  assert [r[0] for r in rows] == ["fundus_simclr:quick"], proc.stdout
+  init = [float(x) for x in rows[0][2].split(" / ")]
+  assert all(x > 0 for x in init) and float(rows[0][5]) < 1e-5, rows  # The values agree to the last bits.
