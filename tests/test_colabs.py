@@ -74,7 +74,7 @@ def _kernel_env(tmp_path, tfds_dir, site) -> dict:
              PYTHONPATH=str(site),  # The installed wheel, not the checkout.
              MEDSSL_DOCS=str(ROOT / "docs"),  # As a user who points a notebook at a clone's docs/.
              MEDSSL_NOTEBOOK_SMOKE="1")  # The quickstart's 20-step run (its full run is the README demo), the volumes
-             # notebook's quarter splits.
+             # notebook's quarter splits and 4 steps.
   return env
 
 
