@@ -25,6 +25,11 @@ VALUE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 KNOWN_JAXLIB = ("0.10.2",)
 
 
+def known_jaxlib(version=None) -> bool:
+  """Whether this jaxlib (or `version`) is one whose XLA flags medssl_jax has checked."""
+  return (version if version is not None else _jaxlib_version()) in KNOWN_JAXLIB
+
+
 def _jaxlib_version():
   try:
     from importlib import metadata
@@ -41,8 +46,7 @@ def tune(environ=None, jaxlib_version=None):
   flags = environ.get("XLA_FLAGS", "")
   if FLAG in flags:  # The user's own choice wins.
     return None
-  version = jaxlib_version if jaxlib_version is not None else _jaxlib_version()
-  if version not in KNOWN_JAXLIB:
+  if not known_jaxlib(jaxlib_version):
     return None
   added = f"{FLAG}={VALUE}"
   environ["XLA_FLAGS"] = f"{flags} {added}".strip()

@@ -1,9 +1,19 @@
-"""Shared helper for the 1-vs-8-device tests of objectives that go through the trainer's loss function."""
+"""Shared helpers for device tests: 1 vs 8 devices through the trainer's loss function, and compiling as runs do."""
 import jax
 
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import step as step_lib
+
+
+# XLA's defaults, as medssl_jax's own runs compile, for tests of bit-level properties: the suite compiles at level 0
+# with XLA:CPU's older loop emitters (tests/conftest.py), whose rounding can depend on the per-device shape.
+RUN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+
+
+def run_compiled(fn, *args):
+  """fn(*args), jitted and compiled with RUN_COMPILER_OPTIONS (inputs keep their shardings)."""
+  return jax.jit(fn).lower(*args).compile(compiler_options=RUN_COMPILER_OPTIONS)(*args)
 
 
 def loss_and_grads(devices, config, state, batch, key):

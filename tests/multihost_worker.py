@@ -18,8 +18,9 @@ parser.add_argument("--data_dir", default="")
 parser.add_argument("--workdir", required=True)
 parser.add_argument("--grads", action="store_true", help="Write loss and gradients of one fixed batch instead.")
 args = parser.parse_args()
-# Before jax is imported; compiled like the suite (tests/conftest.py).
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices} --xla_backend_optimization_level=0"
+# Before jax is imported; compiled like the suite (tests/test_multihost.py passes on its XLA_FLAGS, less the device
+# count).
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices} {os.environ.get('XLA_FLAGS', '')}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/device_testing.py

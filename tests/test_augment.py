@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import device_testing
 from medssl_jax.augment import ops
 from medssl_jax.augment import views
 
@@ -505,8 +506,9 @@ def test_augment_batch_bit_identical_across_shardings():
   images = np.asarray(_batch(seed=1))
   key = jax.random.key(7)
   mesh8 = jax.make_mesh((8,), ("data",), axis_types=_AUTO)
-  out8 = views.augment_batch(key, jax.device_put(images, NamedSharding(mesh8, P("data"))), _VIEW)
-  out1 = views.augment_batch(key, _on_one_device(images), _VIEW)
+  augment = lambda k, x: views.augment_batch(k, x, _VIEW)
+  out8 = device_testing.run_compiled(augment, key, jax.device_put(images, NamedSharding(mesh8, P("data"))))
+  out1 = device_testing.run_compiled(augment, key, _on_one_device(images))
   np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1))
   # The work really was split over the batch axis.
   assert out8.sharding.is_equivalent_to(NamedSharding(mesh8, P("data")), out8.ndim)
@@ -522,11 +524,9 @@ _REFERENCE_SHA256 = {
 
 @pytest.mark.parametrize("channels,seed", [(3, 0), (1, 5)])
 def test_default_view_output_matches_recorded_reference(channels, seed):
-  # Compiled as medssl_jax's runs compile it (XLA's default level 3; the suite compiles at level 0, which rounds
-  # otherwise).
+  # Compiled as medssl_jax's runs compile it (the suite's XLA settings round otherwise).
   key, images = jax.random.key(seed), _batch(channels=channels)
-  augment = jax.jit(lambda k, x: views.augment_batch(k, x, _VIEW)).lower(key, images)
-  out = np.asarray(augment.compile(compiler_options={"xla_backend_optimization_level": 3})(key, images))
+  out = np.asarray(device_testing.run_compiled(lambda k, x: views.augment_batch(k, x, _VIEW), key, images))
   assert out.dtype == np.float32
   assert hashlib.sha256(out.tobytes()).hexdigest() == _REFERENCE_SHA256[channels], (
       "a view policy without vflip/rot90 no longer reproduces the views recorded before they were added")

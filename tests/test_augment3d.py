@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import device_testing
 from medssl_jax.augment import ops3d
 from medssl_jax.augment import views
 
@@ -389,7 +390,8 @@ def test_augment_volume_batch_bit_identical_across_shardings():
   volumes = np.asarray(_batch(seed=1))
   key = jax.random.key(7)
   mesh8 = jax.make_mesh((8,), ("data",), axis_types=_AUTO)
-  out8 = views.augment_batch(key, jax.device_put(volumes, NamedSharding(mesh8, P("data"))), _VIEW3D)
-  out1 = views.augment_batch(key, _on_one_device(volumes), _VIEW3D)
+  augment = lambda k, x: views.augment_batch(k, x, _VIEW3D)
+  out8 = device_testing.run_compiled(augment, key, jax.device_put(volumes, NamedSharding(mesh8, P("data"))))
+  out1 = device_testing.run_compiled(augment, key, _on_one_device(volumes))
   np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1))
   assert out8.sharding.is_equivalent_to(NamedSharding(mesh8, P("data")), out8.ndim)

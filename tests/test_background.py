@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import device_testing
 from medssl_jax import config as config_lib
 from medssl_jax.augment import ops
 from medssl_jax.augment import ops3d
@@ -131,13 +132,15 @@ def test_augment_batch_swap_pairs_each_image_with_another():
 
 
 def _assert_one_vs_eight_devices(images, m, view, msg):
-  """The views of a batch sharded over 8 devices are those of the batch on one, bit for bit."""
+  """The views of a batch sharded over 8 devices are those of the batch on one, bit for bit (compiled as runs
+  compile)."""
   key = jax.random.key(11)
   mesh8 = jax.make_mesh((8,), ("data",), axis_types=_AUTO)
   mesh1 = jax.make_mesh((1,), ("data",), axis_types=_AUTO, devices=jax.devices()[:1])
   on = lambda mesh, a: jax.device_put(a, NamedSharding(mesh, P("data")))
-  out8 = views.augment_batch(key, on(mesh8, images), view, masks=on(mesh8, m))
-  out1 = views.augment_batch(key, on(mesh1, images), view, masks=on(mesh1, m))
+  augment = lambda k, x, mk: views.augment_batch(k, x, view, masks=mk)
+  out8 = device_testing.run_compiled(augment, key, on(mesh8, images), on(mesh8, m))
+  out1 = device_testing.run_compiled(augment, key, on(mesh1, images), on(mesh1, m))
   np.testing.assert_array_equal(np.asarray(out8), np.asarray(out1), err_msg=msg)
 
 
