@@ -112,7 +112,6 @@ def test_two_processes_pretrain_like_one_and_resume(fundus_small_dir, tmp_path):
 
 
 def _dist(**kw):
-  from medssl_jax import config as config_lib
   d = experiment.default_config().distributed
   for k, v in kw.items():
     d[k] = v
@@ -141,7 +140,6 @@ def test_distributed_settings_from_config_environment_and_cluster():
 
 
 def test_distributed_config_errors():
-  from medssl_jax import config as config_lib
   for kw, match in (({"coordinator_address": "10.0.0.1"}, r"coordinator_address='10.0.0.1': expected 'host:port'"),
                     ({"num_processes": 2, "process_id": 2}, r"process_id=2 must be in \[0, num_processes=2\)")):
     c = experiment.default_config()
