@@ -28,8 +28,9 @@ if str(ROOT) not in sys.path:
 import medssl_jax  # noqa: E402,F401  Applies MEDSSL_XLA_CPU_TUNING (medssl_jax/xla_cpu.py) before jax starts.
 from medssl_jax import xla_cpu  # noqa: E402
 
-# XLA:CPU's older loop emitters compile a step in about half the time of its MLIR fusion emitters, at about the same
-# step time (the suite's CPU time: -24% on its heaviest files). Only on a checked jaxlib: XLA aborts on unknown flags.
+# XLA:CPU's older loop emitters compile much faster than its MLIR fusion emitters and run these small steps about as
+# fast: 31 -> 25 min for the suite (docs/speed.md#the-test-suite). Only on a checked jaxlib: XLA aborts on an unknown
+# flag.
 if _OWN_XLA_FLAGS and xla_cpu.known_jaxlib():
   os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 import jax  # noqa: E402

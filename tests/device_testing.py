@@ -1,6 +1,7 @@
 """Shared helpers for device tests: 1 vs 8 devices through the trainer's loss function, and compiling as runs do."""
 import jax
 
+from medssl_jax import xla_cpu
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib
 from medssl_jax.train import step as step_lib
@@ -8,7 +9,8 @@ from medssl_jax.train import step as step_lib
 
 # XLA's defaults, as medssl_jax's own runs compile, for tests of bit-level properties: the suite compiles at level 0
 # with XLA:CPU's older loop emitters (tests/conftest.py), whose rounding can depend on the per-device shape.
-RUN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+RUN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3,
+                        **({"xla_cpu_use_fusion_emitters": True} if xla_cpu.known_jaxlib() else {})}
 
 
 def run_compiled(fn, *args):
