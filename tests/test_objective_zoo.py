@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import device_testing
 from medssl_jax import objectives
 from medssl_jax.config import load as load_config
 from medssl_jax.experiment import validate
@@ -38,19 +39,6 @@ def _images(n, seed=0):
   return {"image": images, "label": labels.astype(np.int32), "id": np.arange(n, dtype=np.int32)}
 
 
-def _run(devices, config, state, batch, key):
-  """Loss, metrics, objective-state updates and gradients of one step on `devices` (the rest of the
-  step, optimizer and EMA, is a deterministic function of these; tests/test_sharding.py runs it)."""
-  mesh = mesh_lib.make_mesh(devices)
-  model, objective, _, _ = pretrain_lib.build(config)
-  st = mesh_lib.replicate(state, mesh)
-  b = mesh_lib.shard_batch(batch, mesh)
-  loss_fn = step_lib.make_loss_fn(model, objective, config)
-  (loss, (metrics, _, updates)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-      st.params, st.batch_stats, st.objective_state, b, key, st.step)
-  return jax.device_get((loss, metrics, updates, grads))
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_one_vs_eight_devices(name):
   if jax.device_count() < 8:
@@ -60,16 +48,11 @@ def test_one_vs_eight_devices(name):
   state = pretrain_lib.init_train_state(config, model, tx, jax.random.key(0))
   batch = _images(16)
   key = jax.random.key(42)
-  one = _run(jax.devices()[:1], config, state, batch, key)
-  eight = _run(jax.devices()[:8], config, state, batch, key)
-  close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(a).max())),
-                                                        err_msg=f"{name}: {what}")
-  close(one[0], eight[0], "loss")
-  for k in one[1]:
-    close(one[1][k], eight[1][k], f"metric {k}")
-  jax.tree.map(lambda a, b: close(a, b, "objective state updates (queue, centre)"), one[2], eight[2])
-  # Same gradients: not 8x (the shard_map pitfall), not from per-device statistics or negatives.
-  jax.tree.map(lambda a, b: close(a, b, "gradients"), one[3], eight[3])
+  # Loss, metrics, gradients and objective-state updates of one step (the rest of the step, optimizer and EMA, is a
+  # deterministic function of these; tests/test_sharding.py runs it).
+  one = device_testing.loss_and_grads(jax.devices()[:1], config, state, batch, key, with_updates=True)
+  eight = device_testing.loss_and_grads(jax.devices()[:8], config, state, batch, key, with_updates=True)
+  device_testing.assert_same(one, eight)
 
 
 # MoCo v3's keys come from its slow EMA teacher (momentum 0.99): on these 16 images its loss stays level for about
