@@ -14,6 +14,12 @@ RUN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3,
                         **({"xla_cpu_use_fusion_emitters": True} if xla_cpu.known_jaxlib() else {})}
 
 
+def suite_xla_flags(environ) -> str:
+  """environ's XLA_FLAGS less the simulated device count: the suite's compile settings (tests/conftest.py), for a
+  subprocess that sets its own device count."""
+  return " ".join(f for f in environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f)
+
+
 def run_compiled(fn, *args):
   """fn(*args), jitted and compiled with RUN_COMPILER_OPTIONS (inputs keep their shardings)."""
   return jax.jit(fn).lower(*args).compile(compiler_options=RUN_COMPILER_OPTIONS)(*args)

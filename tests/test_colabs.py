@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+import device_testing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "colabs").glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
@@ -61,7 +63,7 @@ def test_colab_links_follow_the_repository_url():
 def _kernel_env(tmp_path, tfds_dir, site) -> dict:
   env = dict(os.environ)
   # One CPU device, as in Colab (the suite simulates 8 for the sharding tests; not needed here).
-  flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f)
+  flags = device_testing.suite_xla_flags(env)
   if flags:
     env["XLA_FLAGS"] = flags
   else:

@@ -35,7 +35,7 @@ def _run_processes(data_dir, workdir, *, num_processes=2, devices=4, grads=False
   port = _free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
   # The suite's compile settings (tests/conftest.py); the worker sets its own device count.
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f)
+  env["XLA_FLAGS"] = device_testing.suite_xla_flags(env)
   procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multihost_worker.py"),
                              f"--process_id={i}", f"--num_processes={num_processes}", f"--devices={devices}",
                              f"--port={port}", f"--num_steps={STEPS}", f"--data_dir={data_dir}",
