@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import device_testing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -20,8 +22,9 @@ def _table_rows(text: str) -> list[list[str]]:
 def test_accelerator_check_quick(tmp_path):
   out = tmp_path / "check.md"
   # One device, as the check measures; its temporary TFDS dir under tmp_path, to see that it is removed. Compiled
-  # without XLA's optimisations, as the rest of the suite: the test reads the table's layout, not its speeds.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", TMPDIR=str(tmp_path))
+  # as the rest of the suite (tests/conftest.py): the test reads the table's layout, not its speeds.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=device_testing.suite_xla_flags(os.environ),
+             TMPDIR=str(tmp_path))
   proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--quick",
                          f"--out={out}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

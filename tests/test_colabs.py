@@ -76,7 +76,7 @@ def _kernel_env(tmp_path, tfds_dir, site) -> dict:
              PYTHONPATH=str(site),  # The installed wheel, not the checkout.
              MEDSSL_DOCS=str(ROOT / "docs"),  # As a user who points a notebook at a clone's docs/.
              MEDSSL_NOTEBOOK_SMOKE="1")  # The quickstart's 20-step run (its full run is the README demo), the volumes
-             # notebook's quarter splits and 4 steps.
+             # notebook's tenth splits and 4 steps at batch 8, the table notebook's one seed at 10 steps.
   return env
 
 

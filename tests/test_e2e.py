@@ -16,6 +16,8 @@ from medssl_jax.protocols import probe as protocol_probe
 from medssl_jax.protocols import encoders as protocol_encoders
 from medssl_jax import experiment
 
+import device_testing
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +44,10 @@ def _tensorboard_scalars(folder) -> dict:
 
 
 def test_main_quick_demo(tfds_dir, tmp_path):
-  env = dict(os.environ, TFDS_DATA_DIR=str(tfds_dir), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+  # On one device, as the README's command runs on a laptop or in Colab (a third faster here than on the suite's 8;
+  # main.py on 8 devices: tests/test_preemption.py, tests/test_gcs.py).
+  env = dict(os.environ, TFDS_DATA_DIR=str(tfds_dir), JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             XLA_FLAGS=device_testing.suite_xla_flags(os.environ))
   cmd = [sys.executable, "main.py", "--config=configs/demo_simclr.py:quick", f"--workdir={tmp_path}"]
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
