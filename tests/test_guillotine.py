@@ -218,6 +218,23 @@ def test_table_outputs_without_layers_are_unchanged():
   assert runner.format_csv(_table(), old) == runner.format_csv(_table(), new)
 
 
+def test_inflated_encoders_of_each_seed_aggregate():
+  """Each seed inflates its own 2D source (pretrain/inflate_source-<hash>): the table names the encoder without the
+  folder, so the seeds give one mean ± std row; each run keeps its folder in the CSV's pretrain_dir."""
+  records = [dict(_record({f"inflated i3d (simclr, 2D inflate_source-{h})": dict(accuracy=a, auroc=a + 0.1),
+                           "random init": dict(accuracy=0.5, auroc=0.5)}, row=f"r{k}", seed=k),
+                  pretrain_dir=f"pretrain/inflate_source-{h}")
+             for k, (h, a) in enumerate((("aaaa1111", 0.6), ("bbbb2222", 0.8)))]
+  md = runner.format_markdown(_table(), records)
+  assert ("| synthetic_fundus/tiny | simclr | inflated i3d (simclr, 2D) | linear_probe | 100% (n=64) | "
+          "0.700 ± 0.141 (n=2) | 0.800 ± 0.141 (n=2) | ours |") in md
+  assert "inflate_source-" not in md.split("## Every run")[0]
+  lines = list(csv.DictReader(io.StringIO(runner.format_csv(_table(), records))))
+  assert {(l["encoder"], l["pretrain_dir"]) for l in lines if l["encoder"] != "random init"} == {
+      ("inflated i3d (simclr, 2D)", "pretrain/inflate_source-aaaa1111"),
+      ("inflated i3d (simclr, 2D)", "pretrain/inflate_source-bbbb2222")}
+
+
 def test_table_layer_and_nc_columns():
   def res(acc, nc1):
     out = {}

@@ -586,7 +586,8 @@ def _entries(records) -> list[dict]:
   for r in records:
     for key, m in r["results"].items():
       layer = m.get("layer", "backbone")
-      encoder = key[:-len(f" @ {layer}")] if key.endswith(f" @ {layer}") else key
+      encoder = _without_source_folder(key[:-len(f" @ {layer}")] if key.endswith(f" @ {layer}") else key,
+                                       r["pretrain_dir"])
       nc = m.get("neural_collapse") or {}
       att = m.get("attention") or {}
       out.append(dict(
@@ -603,6 +604,14 @@ def _entries(records) -> list[dict]:
           status=r["status"], overrides=json.dumps(r["axes"], default=str), row_dir=f"rows/{r['row']}",
           pretrain_dir=r["pretrain_dir"], axes=r["axes"]))
   return out
+
+
+def _without_source_folder(encoder: str, pretrain_dir: str | None) -> str:
+  """An inflated encoder's name less its 2D source's folder: "inflated i3d (simclr, 2D inflate_source-<hash>)" ->
+  "inflated i3d (simclr, 2D)". Each seed pretrains its own source, so with the folder in it the name differs between
+  seeds and a row's seeds would not aggregate; the folder stays in the CSV's pretrain_dir."""
+  suffix = f", 2D {os.path.basename(pretrain_dir or '')})"
+  return encoder[:-len(suffix)] + ", 2D)" if pretrain_dir and encoder.endswith(suffix) else encoder
 
 
 def _optional_columns(entries) -> tuple[bool, bool]:
