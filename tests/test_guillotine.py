@@ -8,7 +8,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.augment import views
 from medssl_jax.config import load as load_config
@@ -233,6 +232,35 @@ def test_inflated_encoders_of_each_seed_aggregate():
   assert {(l["encoder"], l["pretrain_dir"]) for l in lines if l["encoder"] != "random init"} == {
       ("inflated i3d (simclr, 2D)", "pretrain/inflate_source-aaaa1111"),
       ("inflated i3d (simclr, 2D)", "pretrain/inflate_source-bbbb2222")}
+
+
+def test_auroc_plot_has_a_panel_per_dataset_and_protocol_and_draws_shared_baselines_once(tmp_path):
+  """Two datasets x two protocols: four panels. Two arms' random inits with the same values are one line; a
+  supervised baseline of one arm names its recipe."""
+  def rec(dataset, objective, protocol, subset, seed, results):
+    return dict(_record({k: dict(accuracy=0.5, auroc=v) for k, v in results.items()}, row=f"{dataset}{objective}"
+                        f"{protocol}{subset}{seed}", seed=seed), dataset=dataset, objective=objective,
+                protocol=protocol, train_subset=subset)
+  records = []
+  for dataset in ("a", "b"):
+    for seed in (0, 1):
+      for subset, base in (("10%", 0.6), ("", 0.7)):
+        for objective, gain in (("simclr", 0.1), ("byol", 0.05)):
+          records.append(rec(dataset, objective, "linear_probe", subset, seed,
+                             {f"{objective} (pretrained)": base + gain + 0.01 * seed, "random init": base}))
+        records.append(rec(dataset, "simclr", "finetune", subset, seed,
+                           {"simclr (pretrained)": base + 0.2, "supervised (random init)": base + 0.15}))
+  lines = runner.auroc_lines(records)
+  assert list(lines) == [("a", "linear_probe"), ("a", "finetune"), ("b", "linear_probe"), ("b", "finetune")]
+  probe = {l["label"]: l for l in lines[("a", "linear_probe")]}
+  assert list(probe) == ["simclr (pretrained)", "random init", "byol (pretrained)"]
+  np.testing.assert_allclose(probe["simclr (pretrained)"]["mean"], [0.705, 0.805])
+  np.testing.assert_allclose(probe["simclr (pretrained)"]["std"], [0.01 / np.sqrt(2)] * 2)
+  assert probe["simclr (pretrained)"]["x"] == [10.0, 100.0] and probe["random init"]["baseline"]
+  assert [l["label"] for l in lines[("b", "finetune")]] == ["simclr (pretrained)",
+                                                           "supervised (random init) (simclr recipe)"]
+  png = runner.plot_auroc_vs_labels(_table(), records, str(tmp_path / "t.png"))
+  assert png and (tmp_path / "t.png").stat().st_size > 10_000
 
 
 def test_table_layer_and_nc_columns():

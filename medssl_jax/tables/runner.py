@@ -782,46 +782,81 @@ def _fraction(spec: str) -> float | None:
   return value if kind in ("all", "fraction") else None  # k-per-class subsets have no fraction.
 
 
-def plot_auroc_vs_labels(table, records, path: str) -> str | None:
-  """PNG of mean AUROC (± std over seeds) vs labelled fraction, one line per objective / protocol /
-  encoder; None (no file) unless the rows cover at least two label fractions."""
+def auroc_lines(records) -> dict[tuple, list[dict]]:
+  """What `plot_auroc_vs_labels` draws: {(dataset, protocol): [{"label", "x" (labelled %), "mean", "std", "baseline"}]}
+  of mean AUROC (± std over seeds) per label fraction, one line per encoder (and layer / extra axis). Baselines
+  that several arms share with the same values (each recipe's random init, supervised from scratch) are one line;
+  a baseline of one arm says whose recipe it follows. {} unless the rows cover at least two label fractions."""
   entries = [e for e in _entries(records) if _fraction(e["label_subset"]) is not None]
   if len({_fraction(e["label_subset"]) for e in entries}) < 2:
+    return {}
+  extra = records_lib.extra_axes(records)
+  show_layer = _optional_columns(entries)[0]
+  points: dict[tuple, dict[tuple, dict[float, list]]] = {}
+  for e in entries:
+    if e["auroc"] is None or not math.isfinite(e["auroc"]):
+      continue
+    recipe = None if e["encoder"].startswith(e["objective"]) else e["objective"]
+    encoder = e["encoder"] + (f" @ {e['layer']}" if show_layer else "")
+    rest = " / ".join(f"{k}={records_lib.axis_text(k, e['axes'].get(k))}" for k in extra)
+    line = points.setdefault((e["dataset"], e["protocol"]), {}).setdefault((encoder, rest, recipe), {})
+    line.setdefault(_fraction(e["label_subset"]), []).append(e["auroc"])
+  out = {}
+  for panel, lines in points.items():
+    merged: dict[tuple, list] = {}  # The same points: one line, whichever recipes gave it.
+    for (encoder, rest, recipe), by_x in lines.items():
+      merged.setdefault((encoder, rest, tuple((x, tuple(v)) for x, v in sorted(by_x.items()))), []).append(recipe)
+    out[panel] = []
+    for (encoder, rest, by_x), recipes in merged.items():
+      label = (f"{encoder} ({recipes[0]} recipe)" if len(recipes) == 1 and recipes[0] and _is_baseline(encoder)
+               else encoder)
+      out[panel].append(dict(label=" / ".join([label, *([rest] if rest else [])]), x=[100 * x for x, _ in by_x],
+                             mean=[metrics_lib.mean_std(v)[0] for _, v in by_x],
+                             std=[metrics_lib.mean_std(v)[1] if len(v) > 1 else 0.0 for _, v in by_x],
+                             baseline=_is_baseline(encoder)))
+  return out
+
+
+def plot_auroc_vs_labels(table, records, path: str) -> str | None:
+  """PNG of `auroc_lines`: one panel per dataset and protocol (a single panel where the table has one of each, its
+  lines then naming the protocol); None (no file) unless the rows cover at least two label fractions."""
+  panels = auroc_lines(records)
+  if not panels:
     return None
   # A pyplot-free Figure: no backend switch, so a notebook that calls this keeps its inline plots.
   from matplotlib.figure import Figure
   import numpy as np
-  extra = records_lib.extra_axes(records)
-  show_layer = _optional_columns(entries)[0]
-  lines: dict[str, dict[float, list]] = {}
-  for e in entries:
-    encoder = e["encoder"] if e["encoder"].startswith(e["objective"]) else f"{e['encoder']} ({e['objective']} recipe)"
-    encoder += f" @ {e['layer']}" if show_layer else ""
-    label = " / ".join([encoder, e["protocol"], *(f"{k}={records_lib.axis_text(k, e['axes'].get(k))}" for k in extra)])
-    if len({x["dataset"] for x in entries}) > 1:
-      label = f"{e['dataset']}: {label}"
-    if e["auroc"] is not None and math.isfinite(e["auroc"]):
-      lines.setdefault(label, {}).setdefault(_fraction(e["label_subset"]), []).append(e["auroc"])
-  fig = Figure(figsize=(6.4, 4.4))
-  ax = fig.subplots()
-  for label, points in lines.items():
-    xs = sorted(points)
-    means = [float(np.mean(points[x])) for x in xs]
-    stds = [float(np.std(points[x], ddof=1)) if len(points[x]) > 1 else 0.0 for x in xs]
-    ax.errorbar([100 * x for x in xs], means, yerr=stds, marker="o", capsize=3, label=label,
-                linestyle="--" if "random init" in label else "-")  # Baselines dashed: they often coincide.
-  ax.set_xscale("log")
-  ticks = sorted({100 * _fraction(e["label_subset"]) for e in entries})
-  ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
-  ax.minorticks_off()
-  ax.set_xlabel("labelled training records")
-  ax.set_ylabel("AUROC (mean ± std over seeds)")
-  ax.set_title(table.name)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  rows, cols = len({d for d, _ in panels}), len({p for _, p in panels})
+  fig = Figure(figsize=(6.4 if cols == 1 else 5.2 * cols, 4.4 if rows == 1 else 3.9 * rows))
+  axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+  ticks = sorted({x for lines in panels.values() for line in lines for x in line["x"]})
+  colours: dict[str, str] = {}  # One colour per line label across the panels.
+  for ax, ((dataset, protocol), lines) in zip(axes.ravel(), panels.items()):
+    for line in lines:
+      label = line["label"] if len(panels) > 1 else f"{line['label']} / {protocol}"
+      ax.errorbar(line["x"], line["mean"], yerr=line["std"], marker="o", capsize=3, label=label,
+                  color=colours.setdefault(line["label"], f"C{len(colours) % 10}"),
+                  linestyle="--" if line["baseline"] else "-")  # Baselines dashed: they often coincide.
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training records")
+    ax.set_ylabel("AUROC (mean ± std over seeds)")
+    ax.set_title(table.name if len(panels) == 1 else f"{dataset}: {protocol}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  for ax in axes.ravel()[len(panels):]:
+    ax.set_visible(False)
+  if len(panels) > 1:
+    fig.suptitle(table.name)
   fig.tight_layout()
   paths.save_figure(fig, path, dpi=120)
   return path
+
+
+def _is_baseline(encoder: str) -> bool:
+  """Whether an encoder is a baseline every arm has (a random init, supervised from scratch)."""
+  return "random init" in encoder
 
 
 def write_outputs(table, records, *, workdir: str, missing=()) -> dict:
