@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from medssl_jax import config as config_lib
 from medssl_jax import models, objectives
 from medssl_jax.models import convert_torch
 from medssl_jax.models.resnet import ResNet

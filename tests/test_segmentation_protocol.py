@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.data import synthetic_fundus as sf
 from medssl_jax.evals import segmentation as seg

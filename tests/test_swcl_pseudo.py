@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medssl_jax import config as config_lib
 from medssl_jax.data import pipeline
 from medssl_jax.evals import attention
 from medssl_jax.models.resnet import ResNet

@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medssl_jax import config as config_lib
 from medssl_jax import models
 from medssl_jax.models import vit as vit_lib
 from medssl_jax.train.state import num_params
