@@ -810,9 +810,9 @@ def auroc_lines(records) -> dict[tuple, list[dict]]:
     for (encoder, rest, by_x), recipes in merged.items():
       label = (f"{encoder} ({recipes[0]} recipe)" if len(recipes) == 1 and recipes[0] and _is_baseline(encoder)
                else encoder)
+      stats = [metrics_lib.mean_std(v) for _, v in by_x]  # (mean, std, n) per label fraction.
       out[panel].append(dict(label=" / ".join([label, *([rest] if rest else [])]), x=[100 * x for x, _ in by_x],
-                             mean=[metrics_lib.mean_std(v)[0] for _, v in by_x],
-                             std=[metrics_lib.mean_std(v)[1] if len(v) > 1 else 0.0 for _, v in by_x],
+                             mean=[m for m, _, _ in stats], std=[s if n > 1 else 0.0 for _, s, n in stats],
                              baseline=_is_baseline(encoder)))
   return out
 
