@@ -241,3 +241,42 @@ def test_multistep_schedule():
   assert "Adam, lr x0.1" in text and "lr x0.1 at 50%, 75% of training" in text and "no augmentation" in text
   with pytest.raises(ValueError, match="schedule='step'"):
     ft.learning_rate_at(1, learning_rate=1.0, steps=10, schedule="step")
+
+
+def test_finetune_cache_path_names_the_fine_tuning_not_the_pretraining(tmp_path):
+  """The key of a kept fine-tuning result: the same for arms that differ only in what pretraining reads
+  (objective, schedule, heads, inflation source), another for any fine-tuning setting, the backbone's starting
+  weights or BatchNorm statistics, and the recalibration."""
+  from medssl_jax import experiment
+  from medssl_jax.protocols import probe as probe_protocol
+  config = experiment.default_config()
+  rng = np.random.default_rng(0)
+  variables = {"params": {"backbone": {"conv": rng.normal(size=(3, 3)).astype(np.float32)},
+                          "projector": {"dense": rng.normal(size=(3, 2)).astype(np.float32)}},
+               "batch_stats": {"backbone": {"mean": np.zeros(3, np.float32)}}}
+  assert probe_protocol.finetune_cache_path(config, variables, recalibrate=True) is None  # "" = no cache.
+  config.eval.finetune_cache_dir = str(tmp_path)
+  key = lambda c=config, v=variables, recalibrate=True: probe_protocol.finetune_cache_path(c, v, recalibrate=recalibrate)
+  assert key().startswith(str(tmp_path)) and key().endswith(".json")
+
+  def changed(dotted, value):
+    c = config.copy_and_resolve_references()
+    *parents, last = dotted.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[last] = value
+    return c
+
+  for dotted, value in [("objective.name", "byol"), ("train.num_steps", 7), ("train.learning_rate", 0.5),
+                        ("model.predictor_hidden_dims", (8,)), ("model.inflate_from", "x.py"), ("mode", "supervised"),
+                        ("eval.compare_random_init", False)]:
+    assert key(changed(dotted, value)) == key(), dotted
+  for dotted, value in [("eval.finetune_steps", 7), ("eval.finetune_learning_rate", 0.5), ("eval.train_subset", "10%"),
+                        ("seed", 3), ("data.image_size", 32), ("model.width_multiplier", 0.5)]:
+    assert key(changed(dotted, value)) != key(), dotted
+  other_head = {**variables, "params": {**variables["params"], "projector": {"dense": np.ones((3, 2), np.float32)}}}
+  assert key(v=other_head) == key()  # A fine-tuning starts from the backbone only.
+  other_weights = {**variables, "params": {**variables["params"], "backbone": {"conv": np.ones((3, 3), np.float32)}}}
+  other_stats = {**variables, "batch_stats": {"backbone": {"mean": np.ones(3, np.float32)}}}
+  assert len({key(), key(v=other_weights), key(v=other_stats), key(recalibrate=False)}) == 4

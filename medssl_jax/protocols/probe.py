@@ -6,6 +6,8 @@ config.ood; `format_table`, `results_name` and `write_results` give its Markdown
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -353,6 +355,12 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
   size = config.augment.views[0].crop_size
   results = {}
   for name, (model, variables, recalibrate) in encoders.items():
+    cached = finetune_cache_path(config, variables, recalibrate=recalibrate)
+    if cached and paths.exists(cached):
+      results[name] = r = dict(paths.read_json(cached), reused_from=cached)
+      print(f"finetune [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  (the same fine-tuning's "
+            f"result, from {cached})", flush=True)
+      continue
     if recalibrate and e.finetune_backbone_lr_scale == 0:  # A frozen random backbone needs real BN statistics.
       variables = probe_lib.recalibrate_batch_stats(model, variables, train["image"], image_size=size,
                                                     mean=tuple(d.mean), std=tuple(d.std), batch_size=e.batch_size)
@@ -376,11 +384,45 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
     if subset is not None:
       r["label_subset"] = _subset_summary(subset)
     results[name] = r
+    if cached and jax.process_index() == 0:
+      results_lib.write_json(cached, r)
     print(f"finetune [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  "
           f"(selected step {r['selected_step']})", flush=True)
   print(f"finetune evaluations done in {time.perf_counter() - t0:.0f}s ({len(train['label'])} train / "
         f"{len(test['label'])} test examples, {num_classes} classes)", flush=True)
   return results
+
+
+# What a fine-tuning does not read: the pretraining's objective, schedule, heads and inflation source, the mode, and
+# which other encoders run beside it. A finetune_cache_path covers every other key, so the arms of a table (SimCLR,
+# BYOL, an inflated 2D encoder) find one another's from-scratch baseline.
+FINETUNE_FREE_KEYS = ("mode", "objective", "train", "eval.compare_random_init", "eval.finetune_cache_dir",
+                      "model.projector_hidden_dims", "model.projector_dim", "model.predictor_hidden_dims",
+                      "model.decoder_dim", "model.decoder_depth", "model.decoder_heads", "model.inflate_from",
+                      "model.inflate_method")
+
+
+def finetune_cache_path(config, variables, *, recalibrate: bool) -> str | None:
+  """<config.eval.finetune_cache_dir>/<digest>.json, where the result of fine-tuning these starting `variables`
+  with `config` is kept, or None when finetune_cache_dir is "". The digest covers the config less
+  FINETUNE_FREE_KEYS, `recalibrate`, and the backbone's starting weights (parameters and BatchNorm statistics, with
+  their paths, shapes and dtypes): only the same fine-tuning from the same weights finds the file."""
+  if not config.eval.finetune_cache_dir:
+    return None
+  settings = json.loads(config.to_json_best_effort())
+  for key in FINETUNE_FREE_KEYS:
+    *parents, last = key.split(".")
+    node = settings
+    for part in parents:
+      node = node.get(part, {})
+    node.pop(last, None)
+  h = hashlib.sha256(json.dumps([settings, bool(recalibrate)], sort_keys=True, default=str).encode())
+  backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats") if "backbone" in variables.get(k, {})}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(backbone)[0]:
+    a = np.asarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return paths.join(config.eval.finetune_cache_dir, f"{h.hexdigest()[:16]}.json")
 
 
 def format_table(results: dict, *, config) -> str:

@@ -77,7 +77,8 @@ PUBLISHED_KEYS = ("dataset", "method", "source", "accuracy", "auroc", "protocol"
 # change a result, so they stay out of the row and pretraining hashes.
 RUNNER_KEYS = ("mode",)
 NON_RESULT_KEYS = ("mode", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.allow_device_change",
-                   "data.worker_count", "data.data_dir", "data.manual_dir")
+                   "data.worker_count", "data.data_dir", "data.manual_dir", "eval.finetune_cache_dir")
+FINETUNE_CACHE = "finetune_cache"  # <workdir>/finetune_cache: fine-tunings the rows share (protocols/probe.py).
 SEED_AXES = records_lib.SEED_AXES
 PACKAGES = ("jax", "flax", "optax", "numpy")
 RESULT_FILE = "result.json"
@@ -432,6 +433,8 @@ def _objective_label(config, source=None) -> str:
 
 def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str, source_dir: str | None = None) -> dict:
   config = row["config"].copy_and_resolve_references()
+  if not config.eval.finetune_cache_dir:  # Each recipe's from-scratch baseline is trained once for all its arms.
+    config.eval.finetune_cache_dir = paths.join(workdir, FINETUNE_CACHE)
   if row["source"] is not None:
     # An inflation row whose source is a config: its 2D pretraining (shared by the rows naming it) runs first.
     pretrain_s, pdir = _pretrain(row["source"], source_dir), rdir
