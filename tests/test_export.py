@@ -22,7 +22,6 @@ SIZE = 28
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A 2-step SimCLR pretraining of ResNet-18 x0.125 at 28 px: (config, workdir, backbone variables)."""
-  from medssl_jax import experiment
   root = tmp_path_factory.mktemp("export")
   config = load_config("demo_simclr", "quick")
   config.data.data_dir = str(root / "tfds")
