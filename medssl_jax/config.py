@@ -420,9 +420,9 @@ def eval_section() -> ml_collections.ConfigDict:
   # the checkpoint selection costs. Never used for selection; the reported test metrics are unchanged.
   c.finetune_test_curve = False
   c.compare_random_init = True     # Also probe a randomly initialised encoder as the floor.
-  # Fine-tuning results by settings and starting weights (protocol "finetune"; "" = none): a fine-tuning whose
-  # settings and backbone weights match one kept there reuses its result instead of training again. The table
-  # runner sets <workdir>/finetune_cache, so the arms of a table train their shared from-scratch baseline once.
+  # Where fine-tuned random inits' results are kept by settings and starting weights (protocol "finetune"; "" =
+  # none): a supervised-from-scratch baseline whose settings and backbone weights match one kept there reuses its
+  # result. The table runner sets <workdir>/finetune_cache, so the arms of a table train their shared baseline once.
   c.finetune_cache_dir = ""
   c.max_train_examples = 0         # 0 = the whole training split.
   # Low-label protocol: the labelled training records the probe may use ("" = all, "1%", "10%", "k=5"),

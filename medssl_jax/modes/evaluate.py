@@ -46,7 +46,7 @@ def supervised(config, workdir: str, *, mesh=None) -> dict:
   builder = pipeline.open_dataset(config.data)
   paths.makedirs(workdir)
   model, variables = encoders_lib.random_init_variables(config)
-  encoders = {"supervised (random init)": (model, variables, True)}
+  encoders = {probe_lib.SCRATCH: (model, variables, True)}
   return probe_lib.probe_and_write(config, encoders, builder=builder, workdir=workdir, mesh=mesh)
 
 

@@ -36,6 +36,8 @@ from medssl_jax.protocols import encoders as encoders_lib
 from medssl_jax.protocols import ood as ood_protocol
 from medssl_jax.train import reporting
 
+SCRATCH = "supervised (random init)"  # A random init fine-tuned with labels: the supervised-from-scratch baseline.
+
 
 def check(config):
   """The evaluation settings a probe needs beyond the core checks: feature layers of this model, and the OOD
@@ -355,7 +357,7 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
   size = config.augment.views[0].crop_size
   results = {}
   for name, (model, variables, recalibrate) in encoders.items():
-    cached = finetune_cache_path(config, variables, recalibrate=recalibrate)
+    cached = finetune_cache_path(config, variables, recalibrate=recalibrate) if name == SCRATCH else None
     if cached and paths.exists(cached):
       results[name] = r = dict(paths.read_json(cached), reused_from=cached)
       print(f"finetune [{name}]: accuracy {r['accuracy']:.4f}  AUROC {r['auroc']:.4f}  (the same fine-tuning's "
@@ -395,7 +397,8 @@ def _finetune_all(config, encoders, *, builder, train, test, subset, num_classes
 
 # What a fine-tuning does not read: the pretraining's objective, schedule, heads and inflation source, the mode, and
 # which other encoders run beside it. A finetune_cache_path covers every other key, so the arms of a table (SimCLR,
-# BYOL, an inflated 2D encoder) find one another's from-scratch baseline.
+# BYOL, an inflated 2D encoder) find one another's from-scratch baseline (SCRATCH, the one encoder kept: a pretrained
+# encoder's row, rerun, trains again).
 FINETUNE_FREE_KEYS = ("mode", "objective", "train", "eval.compare_random_init", "eval.finetune_cache_dir",
                       "model.projector_hidden_dims", "model.projector_dim", "model.predictor_hidden_dims",
                       "model.decoder_dim", "model.decoder_depth", "model.decoder_heads", "model.inflate_from",
@@ -556,5 +559,5 @@ def compare_random_init(config, encoders: dict) -> dict:
   if not config.eval.compare_random_init:
     return encoders
   model, variables = encoders_lib.random_init_variables(config)
-  name = "supervised (random init)" if config.eval.protocol == "finetune" else "random init"
+  name = SCRATCH if config.eval.protocol == "finetune" else "random init"
   return dict(encoders, **{name: (model, variables, True)})

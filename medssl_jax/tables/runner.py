@@ -30,9 +30,9 @@ Workdir layout (everything is keyed by hashes of the resolved configs, so reruns
                            it; an interrupted pretraining resumes from its checkpoints.
   rows/<slug>-<hash>/      one row: result.json (metrics, config, timings, code and package versions)
                            and the experiment's own results table (<experiment.results_name>.{json,md}). A row whose result.json exists is reported as cached.
-  finetune_cache/<hash>.json  each fine-tuning's result by its settings and starting weights
-                           (protocols/probe.py: finetune_cache_path): the arms of a table (SimCLR, BYOL, an
-                           inflated encoder) train their shared supervised-from-scratch baseline once.
+  finetune_cache/<hash>.json  the supervised-from-scratch baseline's results by fine-tuning settings and starting
+                           weights (protocols/probe.py: finetune_cache_path): the arms of a table (SimCLR, BYOL, an
+                           inflated encoder) train their shared baseline once.
   <name>.md / .csv / .png  the tables and the AUROC-vs-labels plot, rewritten on every run.
 """
 from __future__ import annotations
