@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -87,6 +88,8 @@ def test_table_runs_resumes_caches_and_reruns_one_row(tfds_dir, tmp_path, capsys
   log = capsys.readouterr().out
   assert "table tiny: 4 rows, 2 pretraining run(s)" in log
   assert "[1/4] running" in log and "[4/4] running" in log and "resumed from" in log and "] cached" not in log
+  # Once a row of a recipe has finished, the rows left are estimated by it.
+  assert re.search(r"\[3/4\] done .* in [0-9.]+s; about \d+m\d\ds left", log), log
   assert [r["status"] for r in out["rows"]] == ["ran"] * 4
 
   # Rows that differ only in eval keys (the label subset) share one pretraining workdir per seed.
@@ -205,6 +208,24 @@ def test_example_table_config():
       (o, s, k) for o in ("simclr", "byol") for s in ("10%", "") for k in (0, 1)}
   assert {r["config"].objective.momentum for r in rows if r["config"].objective.name == "byol"} == {0.99}
   assert all(p["source"] and p["accuracy"] for p in table.published)
+
+
+def test_time_left_adds_each_recipes_median_and_what_pretraining_has_left():
+  def rec(base, protocol, subset, eval_s, pretrain_s, table="t"):
+    return dict(table=table, base_config=base, protocol=protocol, train_subset=subset, eval_wall_clock_s=eval_s,
+                pretrain_wall_clock_s=pretrain_s)
+
+  finished = [rec("a.py", "finetune", "10%", 100.0, 1000.0), rec("a.py", "finetune", "10%", 300.0, 1200.0),
+              rec("a.py", "finetune", "10%", 200.0, 1100.0), rec("a.py", "linear_probe", "", 10.0, 1100.0),
+              rec("a.py", "linear_probe", "", 999.0, 9999.0, table="other")]  # Another table: not this recipe.
+  todo = lambda base, protocol, subset, pretrain=None, pretrained_s=None: dict(
+      table="t", base_config=base, protocol=protocol, train_subset=subset, pretrain=pretrain, pretrained_s=pretrained_s)
+  # Medians: 200 s per fine-tuning row and 10 s per probe row; a pretraining shared by two rows and 400 s along
+  # has 1100 - 400 s left, counted once; a done one (pretrained_s None) nothing.
+  assert runner.time_left([todo("a.py", "finetune", "10%", "p1", 400.0), todo("a.py", "linear_probe", "", "p1", 400.0),
+                           todo("a.py", "finetune", "10%", "p0")], finished) == (200 + 10 + 700 + 200, 0)
+  assert runner.time_left([todo("b.py", "finetune", "10%", "p2", 0.0), todo("a.py", "finetune", "")], finished) == (0, 2)
+  assert runner.time_left([], finished) == (0, 0)
 
 
 def test_supervised_rows_train_from_scratch_without_pretraining(tmp_path):

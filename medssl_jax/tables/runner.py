@@ -44,6 +44,7 @@ import json
 import math
 import os
 import re
+import statistics
 import time
 from typing import Any, Mapping
 
@@ -71,6 +72,7 @@ from medssl_jax.tables import published as published_lib
 from medssl_jax.train import checkpoint as ckpt_lib
 from medssl_jax.train import guard
 from medssl_jax.train import provenance
+from medssl_jax.train import reporting
 from medssl_jax.train import workdir_lock
 
 TABLE_KEYS = ("name", "base_config", "grid", "overrides", "published", "description", "subset_seed_from_seed",
@@ -538,13 +540,73 @@ def run_table(table, *, workdir: str, overrides: Mapping[str, Any] | None = None
     return _run_rows(table, rows, workdir)
 
 
+def time_left(todo, finished) -> tuple[float, int]:
+  """About how many seconds the rows `todo` will take, judged by `finished` result records of any seed: each row
+  its recipe's median eval wall-clock (same table, base config, protocol and label subset), each pretraining not
+  done yet its recipe's median pretraining wall-clock less the time it has had.
+
+  `todo`: dicts of table, base_config, protocol, train_subset, pretrain (the pretraining folder, None for a row
+  without one) and pretrained_s (its wall-clock so far; None once done). Returns (seconds, rows left out: no
+  finished row of their recipe to judge by)."""
+  evals, pretrains = {}, {}
+  for r in finished:
+    recipe = (r.get("table"), r.get("base_config"))
+    evals.setdefault((*recipe, r.get("protocol"), r.get("train_subset")), []).append(r.get("eval_wall_clock_s", 0.0))
+    if r.get("pretrain_wall_clock_s"):
+      pretrains.setdefault(recipe, []).append(r["pretrain_wall_clock_s"])
+  seconds, unknown, counted = 0.0, 0, set()
+  for t in todo:
+    recipe = (t["table"], t["base_config"])
+    e = evals.get((*recipe, t["protocol"], t["train_subset"]))
+    if not e:
+      unknown += 1
+      continue
+    seconds += statistics.median(e)
+    if t["pretrain"] and t["pretrained_s"] is not None and t["pretrain"] not in counted:
+      counted.add(t["pretrain"])
+      seconds += max(0.0, statistics.median(pretrains.get(recipe, [0.0])) - t["pretrained_s"])
+  return seconds, unknown
+
+
+def _todo(row, pdir: str, sdir: str | None, table_name: str) -> dict:
+  """What `time_left` needs of a row not run yet."""
+  pretrain = sdir or (None if row["config"].mode in OWN_ENCODER_MODES else pdir)
+  done = pretrain is None or paths.isdir(paths.join(pretrain, "checkpoints", str(
+      (row["source"]["config"] if row["source"] else row["config"]).train.num_steps)))
+  c = row["config"]
+  return dict(table=table_name, base_config=row["base_config"], protocol=c.eval.protocol,
+              train_subset=c.eval.train_subset or ("file" if c.eval.subset_file else ""), pretrain=pretrain,
+              pretrained_s=None if done else paths.read_json(paths.join(pretrain, "table_pretrain.json"),
+                                                             missing={"wall_clock_s": 0.0})["wall_clock_s"])
+
+
+def _left_text(todo, finished) -> str:
+  if not todo:
+    return ""
+  seconds, unknown = time_left(todo, finished)
+  if unknown == len(todo):
+    return ""
+  return (f"about {reporting.format_duration(seconds)} left" + (f" (+ {unknown} row(s) of recipes not run before)"
+                                                                   if unknown else ""))
+
+
 def _run_rows(table, rows, workdir: str, *, report_only: bool = False) -> dict:
   paths.makedirs(workdir)
   n_pretrain = len({r["pretrain_slug"] for r in rows if r["config"].mode not in OWN_ENCODER_MODES}
                    | {r["source"]["slug"] for r in rows if r["source"]})
-  print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}", flush=True)
-  records, missing, t_table = [], [], time.perf_counter()
   row_dir, pretrain_dir = _folders(workdir, "rows"), _folders(workdir, "pretrain")
+  left = {r["slug"] for r in rows if not paths.exists(paths.join(row_dir(r["slug"]), RESULT_FILE))}
+  # Every finished row in the workdir (other seeds too) tells how long the rows left will take.
+  root = paths.join(workdir, "rows")
+  finished = [] if report_only or not left or not paths.isdir(root) else [
+      rec for name in paths.listdir(root) for rec in [paths.read_json(paths.join(root, name, RESULT_FILE))] if rec]
+  sources = lambda r: pretrain_dir(r["source"]["slug"]) if r["source"] else None
+  todo = lambda: [_todo(r, pretrain_dir(r["pretrain_slug"]), sources(r), table.name) for r in rows
+                  if r["slug"] in left]
+  estimate = "" if report_only else _left_text(todo(), finished)
+  print(f"table {table.name}: {len(rows)} rows, {n_pretrain} pretraining run(s), workdir {workdir}"
+        + (f"; {len(left)} to run, {estimate}" if estimate else ""), flush=True)
+  records, missing, t_table = [], [], time.perf_counter()
   for i, row in enumerate(rows, 1):
     rdir = row_dir(row["slug"])
     pdir = pretrain_dir(row["pretrain_slug"])
@@ -560,14 +622,18 @@ def _run_rows(table, rows, workdir: str, *, report_only: bool = False) -> dict:
       missing.append(os.path.basename(rdir))
       continue
     else:
-      sdir = pretrain_dir(row["source"]["slug"]) if row["source"] else None
+      sdir = sources(row)
       where = (f"2D pretraining inflated to 3D: {paths.relpath(sdir, workdir)}" if sdir else
                OWN_ENCODER_MODES.get(row["config"].mode) or f"pretraining: {paths.relpath(pdir, workdir)}")
       print(f"[{i}/{len(rows)}] running  {os.path.basename(rdir)} ({where})", flush=True)
       t0 = time.perf_counter()
       record = dict(_run_row(row, table_name=table.name, rdir=rdir, pdir=pdir, workdir=workdir, source_dir=sdir),
                     status="ran")
-      print(f"[{i}/{len(rows)}] done     {os.path.basename(rdir)} in {time.perf_counter() - t0:.1f}s", flush=True)
+      left.discard(row["slug"])
+      finished.append(record)
+      estimate = _left_text(todo(), finished)
+      print(f"[{i}/{len(rows)}] done     {os.path.basename(rdir)} in {time.perf_counter() - t0:.1f}s"
+            + (f"; {estimate}" if estimate else ""), flush=True)
     records.append(record)
   if not records:
     raise ValueError(f"{workdir}: no finished rows of table {table.name} to report; run the table without "
