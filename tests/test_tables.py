@@ -210,6 +210,21 @@ def test_example_table_config():
   assert all(p["source"] and p["accuracy"] for p in table.published)
 
 
+def test_only_keeps_the_base_configs_naming_a_text_and_the_rows_identity():
+  """--only=vesselmnist3d: one dataset of a table, on a machine of its own; its rows are the full table's (hashes)."""
+  full = runner.build_rows(_load_table_module("table_medmnist3d_ssl").get_table("cpu"))
+  vessel = runner.build_rows(runner.keep_bases(_load_table_module("table_medmnist3d_ssl").get_table("cpu"),
+                                               ["vesselmnist3d"]))
+  assert len(full) == 72 and len(vessel) == 36
+  digest = lambda slug: slug.rsplit("-", 1)[-1]
+  assert {digest(r["slug"]) for r in vessel} == {digest(r["slug"]) for r in full if "vessel" in r["base_config"]}
+  assert {digest(r["pretrain_slug"]) for r in vessel} <= {digest(r["pretrain_slug"]) for r in full}
+  two = runner.keep_bases(_load_table_module("table_medmnist3d_ssl").get_table("cpu"), ["volume_byol", "inflated"])
+  assert len(two.base_config) == 4
+  with pytest.raises(ValueError, match=r"--only=fundus matches none of the table's base configs \(configs/volume_"):
+    runner.keep_bases(_load_table_module("table_medmnist3d_ssl").get_table("cpu"), ["fundus"])
+
+
 def test_time_left_adds_each_recipes_median_and_what_pretraining_has_left():
   def rec(base, protocol, subset, eval_s, pretrain_s, table="t"):
     return dict(table=table, base_config=base, protocol=protocol, train_subset=subset, eval_wall_clock_s=eval_s,

@@ -2,8 +2,9 @@
 
 Command: python -m medssl_jax.tables.runner --table=configs/table_fundus_quick.py --workdir=/tmp/t
          (`--table.<experiment key>=value`, e.g. `--table.train.num_steps=100`, overrides every row;
-         `--grid=seed=0` runs one seed; `--report_only` runs nothing and writes the tables from the finished rows,
-         e.g. after copying rows/<row> folders in from several machines.)
+         `--grid=seed=0` runs one seed; `--only=vesselmnist3d` the rows of the base configs naming it;
+         `--report_only` runs nothing and writes the tables from the finished rows, e.g. after copying
+         rows/<row> folders in from several machines.)
 
 A table config file defines `get_table(arg=None)` returning a ConfigDict with (checked by `validate_table`):
   name         file names of the outputs: <workdir>/<name>.md, .csv, .png ([A-Za-z0-9._-]).
@@ -121,6 +122,21 @@ def set_axes(table, specs) -> ml_collections.ConfigDict:
         section[name] = ml_collections.ConfigDict()
       section = section[name]
     section[leaf] = parsed
+  return table
+
+
+def keep_bases(table, texts) -> ml_collections.ConfigDict:
+  """`table` with only the base configs that contain one of `texts` (`--only`, repeatable), e.g. 'vesselmnist3d' or
+  'volume_byol': one dataset or arm of a table on a machine of its own. Rows keep their identity (hashes)."""
+  if not texts:
+    return table
+  bases = (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
+  kept = tuple(b for b in bases if any(t in b for t in texts))
+  if not kept:
+    raise ValueError(f"--only={','.join(texts)} matches none of the table's base configs ({', '.join(bases)}): "
+                     "give part of one of them, e.g. a dataset or an objective")
+  with table.unlocked():
+    table.base_config = kept
   return table
 
 
@@ -952,7 +968,8 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/medssl_jax/xla"))
   flag = flags.FLAGS["table"]
   try:
-    table = set_axes(load_table(config_flags.get_config_filename(flag)), flags.FLAGS.grid)
+    table = keep_bases(set_axes(load_table(config_flags.get_config_filename(flag)), flags.FLAGS.grid),
+                       flags.FLAGS.only)
     # --table loads get_config (the base experiment), so --table.<key>=v is checked against the
     # experiment schema by config_flags; the runner applies those values to every row.
     with guard.stop_anywhere():  # SIGTERM / Ctrl-C between rows or inside one: finished rows stay cached.
@@ -975,6 +992,8 @@ def _define_flags():
   flags.DEFINE_multi_string("grid", [], "An axis of the grid, replaced or added: <key>=<v1>,<v2>,... (e.g. "
                             "--grid=seed=0 to run one seed, --grid=eval.train_subset=1%,10%,); repeatable. Rows keep "
                             "their identity, so finished rows stay cached when the grid narrows or widens.")
+  flags.DEFINE_multi_string("only", [], "Run (or report) only the rows whose base config contains this text, e.g. "
+                            "--only=vesselmnist3d or --only=volume_byol; repeatable (any of them).")
   flags.DEFINE_bool("report_only", False, "Run nothing: write the tables from the rows already finished in --workdir "
                     "(e.g. copied in from several machines) and list the missing ones; takes no lock, so it "
                     "also reports while another runner works in --workdir.")
