@@ -346,7 +346,7 @@ def test_medmnist_ssl_table_runs_on_a_dummy_npz(tmp_path):
     assert baseline.pop("reused_from").startswith(str(tmp_path / "t" / runner.FINETUNE_CACHE))
     assert baseline == simclr[r["train_subset"]]
     assert "reused_from" not in r["results"]["byol (pretrained)"]
-  assert "1 supervised-from-scratch fine-tuning(s) are another row's identical one" in pathlib.Path(byol["md"]).read_text()
+  assert "1 fine-tuning result(s) were read from an identical earlier fine-tuning" in pathlib.Path(byol["md"]).read_text()
 
 
 def test_an_image_size_override_moves_the_crop_size_of_every_row():

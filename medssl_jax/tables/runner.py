@@ -838,8 +838,8 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
   lines += ["", "## Every run", ""]
   reused = sum("reused_from" in m for r in records for m in r["results"].values())
   if reused:
-    lines += [f"{reused} supervised-from-scratch fine-tuning(s) are another row's identical one (same settings, same "
-              "starting weights; `reused_from` in the row's result.json): that row's eval s leaves it out.", ""]
+    lines += [f"{reused} fine-tuning result(s) were read from an identical earlier fine-tuning (same settings, same "
+              "starting weights; `reused_from` in the row's result.json); their rows' eval s leaves them out.", ""]
   head = ["dataset", "objective", "encoder", *layer_head, "protocol", "labels (spec, subset seed, n)", *extra, "seed",
           "accuracy", "AUROC", *(["AUROC 95% CI"] if show_ci else []), *kappa_head, *att_head, *nc_head, "eval s", "pretrain s", "code", "jax / flax / optax / numpy", "row"]
   body = []
