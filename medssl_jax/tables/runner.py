@@ -125,12 +125,22 @@ def set_axes(table, specs) -> ml_collections.ConfigDict:
   return table
 
 
+def base_configs(table) -> tuple[str, ...]:
+  """The table's base configs, one or a tuple of them, as a tuple."""
+  return (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
+
+
+def _train_subset(config) -> str:
+  """A row's label subset as records name it: the spec, "file" for a subset file, "" for all labels."""
+  return config.eval.train_subset or ("file" if config.eval.subset_file else "")
+
+
 def keep_bases(table, texts) -> ml_collections.ConfigDict:
   """`table` with only the base configs that contain one of `texts` (`--only`, repeatable), e.g. 'vesselmnist3d' or
   'volume_byol': one dataset or arm of a table on a machine of its own. Rows keep their identity (hashes)."""
   if not texts:
     return table
-  bases = (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
+  bases = base_configs(table)
   kept = tuple(b for b in bases if any(t in b for t in texts))
   if not kept:
     raise ValueError(f"--only={','.join(texts)} matches none of the table's base configs ({', '.join(bases)}): "
@@ -332,7 +342,7 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: 
   every row with the same source).
   """
   validate_table(table)
-  bases = (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
+  bases = base_configs(table)
   constant = dict(_leaves(table.overrides)) if "overrides" in table else {}
   constant.update(overrides or {})
   grid = _leaves(table.grid)
@@ -487,7 +497,7 @@ def _run_row(row, *, table_name: str, rdir: str, pdir: str, workdir: str, source
       dataset=d.builder + (f"/{d.builder_config}" if d.builder_config else ""),
       objective=_objective_label(config, row["source"] and row["source"]["config"]),
       protocol=config.eval.protocol,
-      train_subset=config.eval.train_subset or ("file" if config.eval.subset_file else ""),
+      train_subset=_train_subset(config),
       subset_seed=config.eval.subset_seed, n_labelled=_num_labelled(config, results), seed=config.seed,
       results=results, eval_wall_clock_s=round(eval_s, 2), pretrain_wall_clock_s=round(pretrain_s, 2),
       pretrain_dir=paths.relpath(source_dir if row["source"] else pdir, workdir), code_version=code_version(),
@@ -589,9 +599,8 @@ def _todo(row, pdir: str, sdir: str | None, table_name: str) -> dict:
   pretrain = sdir or (None if row["config"].mode in OWN_ENCODER_MODES else pdir)
   done = pretrain is None or paths.isdir(paths.join(pretrain, "checkpoints", str(
       (row["source"]["config"] if row["source"] else row["config"]).train.num_steps)))
-  c = row["config"]
-  return dict(table=table_name, base_config=row["base_config"], protocol=c.eval.protocol,
-              train_subset=c.eval.train_subset or ("file" if c.eval.subset_file else ""), pretrain=pretrain,
+  return dict(table=table_name, base_config=row["base_config"], protocol=row["config"].eval.protocol,
+              train_subset=_train_subset(row["config"]), pretrain=pretrain,
               pretrained_s=None if done else paths.read_json(paths.join(pretrain, "table_pretrain.json"),
                                                              missing={"wall_clock_s": 0.0})["wall_clock_s"])
 
@@ -802,7 +811,7 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
   lines = [f"# {table.name}", ""]
   if table.get("description", None):
     lines += [table.description, ""]
-  bases = (table.base_config,) if isinstance(table.base_config, str) else tuple(table.base_config)
+  bases = base_configs(table)
   lines += [f"Base config: {', '.join(f'`{b}`' for b in bases)}; grid: "
             + "; ".join(f"`{k}` in {list(v)}" for k, v in _leaves(table.grid).items()),
             f"Code version: {', '.join(codes)}; packages: "
