@@ -219,6 +219,10 @@ def test_only_keeps_the_base_configs_naming_a_text_and_the_rows_identity():
   digest = lambda slug: slug.rsplit("-", 1)[-1]
   assert {digest(r["slug"]) for r in vessel} == {digest(r["slug"]) for r in full if "vessel" in r["base_config"]}
   assert {digest(r["pretrain_slug"]) for r in vessel} <= {digest(r["pretrain_slug"]) for r in full}
+  # One base config and one seed left: the rows are named after the base config, not a bare hash.
+  one = runner.build_rows(runner.keep_bases(runner.set_axes(
+      _load_table_module("table_medmnist3d_supervised").get_table("cpu"), ["seed=1"]), ["vessel"]), open_data=False)
+  assert len(one) == 1 and one[0]["slug"].startswith("volume_supervised.vesselmnist3d-"), one[0]["slug"]
   two = runner.keep_bases(_load_table_module("table_medmnist3d_ssl").get_table("cpu"), ["volume_byol", "inflated"])
   assert len(two.base_config) == 4
   with pytest.raises(ValueError, match=r"--only=fundus matches none of the table's base configs \(configs/volume_"):

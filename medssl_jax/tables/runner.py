@@ -322,7 +322,7 @@ def _slug_part(key: str, value) -> str:
 
 def _slug(axes: Mapping[str, Any], digest: str) -> str:
   """'fundus_byol,train_subset=10pct,seed=0-<hash>': the row's varying axis values, then the hash."""
-  text = ",".join(_slug_part(k, v) for k, v in axes.items())[:80] or "row"
+  text = ",".join(_slug_part(k, v) for k, v in axes.items())[:80]
   return f"{text}-{digest}"
 
 
@@ -375,8 +375,9 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: 
       experiment.validate(config)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
-    # Single-valued axes are the same in every row: the hash covers them, the readable part need not.
-    varying = {k: v for k, v in axes.items() if k == "base_config" or len(grid[k]) > 1}
+    # Single-valued axes are the same in every row: the hash covers them, the readable part need not. A row with no
+    # varying axis (one base config, one seed: `--only=<dataset> --grid=seed=<s>`) is named after its base config.
+    varying = {k: v for k, v in axes.items() if k == "base_config" or len(grid[k]) > 1} or {"base_config": base}
     pre_axes = {k: v for k, v in varying.items() if _pretrain_relevant(k)}
     row_flat = _flat_config(config, NON_RESULT_KEYS)
     source = encoders_lib.inflate_source(config) if config.mode == "inflate_and_probe" else None
