@@ -9,7 +9,7 @@ Command:    python -m medssl_jax.tables.runner --table=configs/table_medmnist3d_
             plumbing); none: the published recipe at full width (a GPU job).
 Departs:    mean / std 0.5 normalisation and no "shape transform" (configs/volume_supervised.py says how).
 Wall-clock: the full table, about 9 min per AdrenalMNIST3D seed on one NVIDIA H200 shared with other jobs
-            (docs/volumes.md); `:cpu` 16-60 min per row on 2 CPU cores.
+            (docs/volumes.md); `:cpu` 18-20 min per row on 2 CPU cores (AdrenalMNIST3D 760 steps, VesselMNIST3D 840).
 """
 import ml_collections
 
