@@ -223,6 +223,10 @@ def test_only_keeps_the_base_configs_naming_a_text_and_the_rows_identity():
   one = runner.build_rows(runner.keep_bases(runner.set_axes(
       _load_table_module("table_medmnist3d_supervised").get_table("cpu"), ["seed=1"]), ["vessel"]), open_data=False)
   assert len(one) == 1 and one[0]["slug"].startswith("volume_supervised.vesselmnist3d-"), one[0]["slug"]
+  # So is a pretraining whose varying axes are all evaluation ones (protocol, label subset).
+  simclr = runner.build_rows(runner.keep_bases(runner.set_axes(
+      _load_table_module("table_medmnist3d_ssl").get_table("cpu"), ["seed=0"]), ["simclr.py:vessel"]), open_data=False)
+  assert len(simclr) == 4 and {r["pretrain_slug"].rsplit("-", 1)[0] for r in simclr} == {"volume_simclr.vesselmnist3d"}
   two = runner.keep_bases(_load_table_module("table_medmnist3d_ssl").get_table("cpu"), ["volume_byol", "inflated"])
   assert len(two.base_config) == 4
   with pytest.raises(ValueError, match=r"--only=fundus matches none of the table's base configs \(configs/volume_"):

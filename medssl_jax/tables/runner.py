@@ -320,9 +320,10 @@ def _slug_part(key: str, value) -> str:
   return re.sub(r"[^A-Za-z0-9._=+-]", "-", text.replace("%", "pct"))
 
 
-def _slug(axes: Mapping[str, Any], digest: str) -> str:
-  """'fundus_byol,train_subset=10pct,seed=0-<hash>': the row's varying axis values, then the hash."""
-  text = ",".join(_slug_part(k, v) for k, v in axes.items())[:80]
+def _slug(axes: Mapping[str, Any], digest: str, base: str) -> str:
+  """'fundus_byol,train_subset=10pct,seed=0-<hash>': the row's varying axis values, then the hash. With none (one
+  base config and one seed: `--only=<dataset> --grid=seed=<s>`), the base config's name."""
+  text = ",".join(_slug_part(k, v) for k, v in axes.items())[:80] or _slug_part("base_config", base)
   return f"{text}-{digest}"
 
 
@@ -375,9 +376,8 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: 
       experiment.validate(config)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
-    # Single-valued axes are the same in every row: the hash covers them, the readable part need not. A row with no
-    # varying axis (one base config, one seed: `--only=<dataset> --grid=seed=<s>`) is named after its base config.
-    varying = {k: v for k, v in axes.items() if k == "base_config" or len(grid[k]) > 1} or {"base_config": base}
+    # Single-valued axes are the same in every row: the hash covers them, the readable part need not.
+    varying = {k: v for k, v in axes.items() if k == "base_config" or len(grid[k]) > 1}
     pre_axes = {k: v for k, v in varying.items() if _pretrain_relevant(k)}
     row_flat = _flat_config(config, NON_RESULT_KEYS)
     source = encoders_lib.inflate_source(config) if config.mode == "inflate_and_probe" else None
@@ -387,8 +387,8 @@ def build_rows(table, *, overrides: Mapping[str, Any] | None = None, open_data: 
       source = dict(config=source, slug=f"inflate_source-{source_digest}")
     rows.append(dict(
         axes=axes, config=config, base_config=base, source=source,
-        slug=_slug(varying, _digest(row_flat)),
-        pretrain_slug=_slug(pre_axes, _digest(_flat_config(config, ckpt_lib.RESUMABLE_KEYS + NON_RESULT_KEYS)))))
+        slug=_slug(varying, _digest(row_flat), base),
+        pretrain_slug=_slug(pre_axes, _digest(_flat_config(config, ckpt_lib.RESUMABLE_KEYS + NON_RESULT_KEYS)), base)))
   return rows
 
 
