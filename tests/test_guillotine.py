@@ -263,6 +263,28 @@ def test_auroc_plot_has_a_panel_per_dataset_and_protocol_and_draws_shared_baseli
   assert png and (tmp_path / "t.png").stat().st_size > 10_000
 
 
+def test_one_label_fraction_table_plots_auroc_per_seed(tmp_path):
+  """A table with one label fraction has no AUROC-vs-labels plot: it gets each run's AUROC and the mean ± std per
+  encoder, one panel per dataset, with the published AUROCs of that dataset; a missing AUROC is left out."""
+  records = [dict(_record({"simclr (pretrained)": dict(accuracy=0.5, auroc=a),
+                           "random init": dict(accuracy=0.5, auroc=b)}, row=f"{d}{k}", seed=k), dataset=d)
+             for d, values in (("a", ((0.7, 0.5), (0.8, 0.6), (0.9, None))), ("b", ((0.6, 0.55),)))
+             for k, (a, b) in enumerate(values)]
+  assert runner.auroc_lines(records) == {}
+  panels = runner.auroc_seeds(records)
+  assert list(panels) == [("a", "linear_probe"), ("b", "linear_probe")]
+  simclr, random_init = panels[("a", "linear_probe")]
+  assert simclr["label"] == "simclr (pretrained)" and simclr["aurocs"] == [0.7, 0.8, 0.9]
+  np.testing.assert_allclose([simclr["mean"], simclr["std"]], [0.8, 0.1])
+  assert random_init["aurocs"] == [0.5, 0.6] and panels[("b", "linear_probe")][1]["std"] == 0.0
+  table = _table()
+  table.published = ({"dataset": "a", "method": "ResNet-18", "auroc": 0.75, "source": "paper"},)
+  out = runner.write_outputs(table, records, workdir=str(tmp_path))
+  assert out["png"] == str(tmp_path / "t.png") and (tmp_path / "t.png").stat().st_size > 10_000
+  assert "![AUROC per seed](t.png)" in (tmp_path / "t.md").read_text()
+  assert runner.auroc_seeds([_record({"random init": dict(accuracy=0.5, auroc=None)})]) == {}
+
+
 def test_table_layer_and_nc_columns():
   def res(acc, nc1):
     out = {}

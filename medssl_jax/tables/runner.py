@@ -34,7 +34,7 @@ Workdir layout (everything is keyed by hashes of the resolved configs, so reruns
   finetune_cache/<hash>.json  the supervised-from-scratch baseline's results by fine-tuning settings and starting
                            weights (protocols/probe.py: finetune_cache_path): the arms of a table (SimCLR, BYOL, an
                            inflated encoder) train their shared baseline once.
-  <name>.md / .csv / .png  the tables and the AUROC-vs-labels plot, rewritten on every run.
+  <name>.md / .csv / .png  the tables and the AUROC plot (vs labelled fraction, or per seed), rewritten on every run.
 """
 from __future__ import annotations
 
@@ -843,7 +843,8 @@ def format_markdown(table, records, *, png: str | None = None, missing=()) -> st
     body.append(cells)
   lines += results_lib.markdown_table(head, body)
   if png:
-    lines += ["", f"![mean AUROC vs labelled fraction]({os.path.basename(png)})"]
+    alt = "mean AUROC vs labelled fraction" if auroc_lines(records) else "AUROC per seed"
+    lines += ["", f"![{alt}]({os.path.basename(png)})"]
 
   lines += ["", "## Every run", ""]
   reused = sum("reused_from" in m for r in records for m in r["results"].values())
@@ -956,15 +957,81 @@ def plot_auroc_vs_labels(table, records, path: str) -> str | None:
   return path
 
 
+def auroc_seeds(records) -> dict[tuple, list[dict]]:
+  """What `plot_auroc_per_seed` draws where `auroc_lines` has nothing (one label fraction, or k per class only):
+  {(dataset, protocol): [{"label", "aurocs" (one per run), "mean", "std" (0 for one run)}]}, one entry per encoder
+  (and layer / extra axis / label subset where the table has several); {} when no run has an AUROC."""
+  entries = [e for e in _entries(records) if e["auroc"] is not None and math.isfinite(e["auroc"])]
+  extra = records_lib.extra_axes(records)
+  show_layer = _optional_columns(entries)[0]
+  show_labels = len({e["label_subset"] for e in entries}) > 1
+  points: dict[tuple, dict[str, list]] = {}
+  for e in entries:
+    parts = [e["encoder"] + (f" @ {e['layer']}" if show_layer else ""),
+             *(f"{k}={records_lib.axis_text(k, e['axes'].get(k))}" for k in extra),
+             *([f"{e['label_subset']} labels"] if show_labels else [])]
+    points.setdefault((e["dataset"], e["protocol"]), {}).setdefault(" / ".join(parts), []).append(e["auroc"])
+  out = {}
+  for panel, lines in points.items():
+    out[panel] = []
+    for label, aurocs in lines.items():
+      mean, std, n = metrics_lib.mean_std(aurocs)
+      out[panel].append(dict(label=label, aurocs=aurocs, mean=mean, std=std if n > 1 else 0.0))
+  return out
+
+
+def plot_auroc_per_seed(table, records, path: str) -> str | None:
+  """PNG of `auroc_seeds`: one panel per dataset and protocol, one row per encoder with each run's AUROC (dots) and
+  the mean ± std over them; the table's published AUROCs for the panel's dataset as red stars. None (no file) when
+  `auroc_seeds` is empty."""
+  panels = auroc_seeds(records)
+  if not panels:
+    return None
+  from matplotlib.figure import Figure  # pyplot-free, as plot_auroc_vs_labels.
+  import numpy as np
+  published = [p for p in table.get("published", None) or () if p.get("auroc") is not None]
+  heights = []
+  for (dataset, _), lines in panels.items():
+    heights.append(len(lines) + sum(p["dataset"] == dataset for p in published))
+  fig = Figure(figsize=(7.2, sum(0.9 + 0.32 * h for h in heights) + 0.4))
+  axes = np.asarray(fig.subplots(len(panels), 1, squeeze=False, height_ratios=[1 + 0.35 * h for h in heights]))
+  for ax, ((dataset, protocol), lines) in zip(axes.ravel(), panels.items()):
+    refs = [p for p in published if p["dataset"] == dataset]
+    labels = [line["label"] for line in lines] + [f"{p['method']} (published)" for p in refs]
+    y = np.arange(len(labels))[::-1]
+    for yi, line in zip(y, lines):
+      ax.scatter(line["aurocs"], [yi] * len(line["aurocs"]), s=18, color="0.55", zorder=2, label="one run")
+      ax.errorbar([line["mean"]], [yi], xerr=[line["std"]], fmt="o", color="C0", capsize=4, markersize=7, zorder=3,
+                  label="mean ± std over runs")
+    for yi, p in zip(y[len(lines):], refs):
+      ax.scatter([p["auroc"]], [yi], marker="*", s=90, color="tab:red", zorder=3, label="published")
+    values = [v for line in lines for v in line["aurocs"]] + [p["auroc"] for p in refs]
+    ax.set_xlim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05))
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.set_xlabel("test AUROC")
+    ax.set_title(f"{dataset}: {protocol}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+  handles = {}  # One legend, beside the panels, for the kinds of marker any panel drew.
+  for ax in axes.ravel():
+    handles.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
+  axes.ravel()[0].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  fig.suptitle(table.name, fontsize=10)
+  fig.tight_layout()
+  paths.save_figure(fig, path, dpi=120)
+  return path
+
+
 def _is_baseline(encoder: str) -> bool:
   """Whether an encoder is a baseline every arm has (a random init, supervised from scratch)."""
   return "random init" in encoder
 
 
 def write_outputs(table, records, *, workdir: str, missing=()) -> dict:
-  """Writes <workdir>/<name>.md, .csv and (with label fractions) .png; returns their paths."""
+  """Writes <workdir>/<name>.md, .csv and .png (AUROC vs label fraction, or per seed where the table has one label
+  fraction); returns their paths (png None when no run has an AUROC)."""
   base = paths.join(workdir, table.name)
-  png = plot_auroc_vs_labels(table, records, base + ".png")
+  png = plot_auroc_vs_labels(table, records, base + ".png") or plot_auroc_per_seed(table, records, base + ".png")
   files = results_lib.write_table(base, markdown=format_markdown(table, records, png=png, missing=missing),
                                   csv=format_csv(table, records))
   return dict(files, png=png, ood=ood_matrix.write_ood_outputs(table, records, workdir=workdir))
