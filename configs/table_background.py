@@ -63,8 +63,7 @@ def get_config(arg=None):
 
 
 def _first_row(variant):
-  from medssl_jax.tables import runner
-  return runner.base_config(get_table(variant))
+  return config_lib.table_base_config(get_table(variant))
 
 
 def get_table(arg=None):

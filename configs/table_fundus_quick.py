@@ -48,5 +48,4 @@ def get_table(arg=None):
 
 def get_config(arg=None):
   """The table's base experiment config (its first row's recipe), as every file in configs/ provides."""
-  from medssl_jax.tables import runner
-  return _variant(runner.base_config(get_table()), arg)
+  return _variant(config_lib.table_base_config(get_table()), arg)

@@ -57,8 +57,7 @@ def get_table(arg=None):
 
 def get_config(arg=None):
   """The table's base experiment config with its layers and neural collapse, as every file in configs/ provides."""
-  from medssl_jax.tables import runner
-  c = runner.base_config(get_table())
+  c = config_lib.table_base_config(get_table())
   c.eval.feature_layers = LAYERS
   c.eval.neural_collapse = True
   return _variant(c, arg)

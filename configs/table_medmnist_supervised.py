@@ -71,5 +71,4 @@ def get_table(arg=None):
 
 def get_config(arg=None):
   """The table's first row's recipe, as every file in configs/ provides (`:quick` shrinks it)."""
-  from medssl_jax.tables import runner
-  return config_lib.with_variant(runner.base_config(get_table(arg)), arg, {v: lambda c: None for v in VARIANTS})
+  return config_lib.with_variant(config_lib.table_base_config(get_table(arg)), arg, {v: lambda c: None for v in VARIANTS})

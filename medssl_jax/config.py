@@ -705,6 +705,13 @@ def load(spec: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg if arg is not None else variant)
 
 
+def table_base_config(table) -> ml_collections.ConfigDict:
+  """The first base experiment config of a table (`table.base_config`: one config spec or a tuple of them): what a
+  table file's `get_config` returns, so that a table file is an experiment config too."""
+  bases = table.base_config
+  return load(bases if isinstance(bases, str) else bases[0])
+
+
 def resolve_config_flag(argv: list[str], flag: str = "config") -> list[str]:
   """argv with the value of --<flag> made a file path (a shipped config's name becomes its file), for absl's
   config_flags, which read a path."""

@@ -161,10 +161,9 @@ def test_table_runs_resumes_caches_and_reruns_one_row(tfds_dir, tmp_path, capsys
   # The command line: a table file, and a --table.<key> override that changes no result (logging cadence)
   # finds every row cached.
   (tmp_path / "table_tiny.py").write_text(
-      "from tests import test_tables\nimport os\n"
+      "from tests import test_tables\nimport os\nfrom medssl_jax import config as config_lib\n"
       "def get_table(arg=None):\n  return test_tables.tiny_table(os.environ['TINY_TFDS'])\n"
-      "def get_config(arg=None):\n  from medssl_jax.tables import runner\n"
-      "  return runner.base_config(get_table())\n")
+      "def get_config(arg=None):\n  return config_lib.table_base_config(get_table())\n")
   env = dict(os.environ, TINY_TFDS=str(tfds_dir), PYTHONPATH=str(ROOT))
   cli = subprocess.run([sys.executable, "-m", "medssl_jax.tables.runner", f"--table={tmp_path / 'table_tiny.py'}",
                         f"--workdir={workdir}", "--table.train.log_every=1"], cwd=ROOT, env=env,

@@ -159,8 +159,7 @@ def _parse_value(text: str):
 
 def base_config(table) -> ml_collections.ConfigDict:
   """The (first) base experiment config of a table: what a table config's `get_config` returns."""
-  bases = table.base_config
-  return _load_config(bases if isinstance(bases, str) else bases[0])
+  return config_lib.table_base_config(table)
 
 
 def _load_config(spec: str) -> ml_collections.ConfigDict:
