@@ -15,8 +15,8 @@ from medssl_jax.augment import ops3d
 from medssl_jax.augment import views
 from medssl_jax.data import masks
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_fundus
-from medssl_jax.data import synthetic_volumes
+from medssl_jax.synthetic import fundus as synthetic_fundus
+from medssl_jax.synthetic import volumes as synthetic_volumes
 from medssl_jax.train import checkpoint as ckpt_lib
 
 _AUTO = (AxisType.Auto,)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_fundus as sf
+from medssl_jax.synthetic import fundus as sf
 
 # ---------------------------------------------------------------- generator
 

@@ -16,7 +16,7 @@ from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.augment import views as views_lib
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_cxr as sc
+from medssl_jax.synthetic import cxr as sc
 from medssl_jax.evals import retrieval
 from medssl_jax.text import tokenizer as tokenizer_lib
 from medssl_jax.train import mesh as mesh_lib

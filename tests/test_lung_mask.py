@@ -14,7 +14,7 @@ import pytest
 from medssl_jax import config as config_lib
 from medssl_jax import experiment
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_cxr
+from medssl_jax.synthetic import cxr as synthetic_cxr
 from medssl_jax.data import lung_mask
 
 

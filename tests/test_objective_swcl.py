@@ -14,7 +14,7 @@ from medssl_jax import objectives
 from medssl_jax.config import load as load_config
 from medssl_jax.experiment import validate
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_fundus as sf
+from medssl_jax.synthetic import fundus as sf
 from medssl_jax.objectives import contrastive_loss, swcl, weighted_contrastive_loss
 from medssl_jax.train import mesh as mesh_lib
 from medssl_jax.train import pretrain as pretrain_lib

@@ -545,7 +545,7 @@ def _names(name, config):
 
 
 def test_label_names_and_cxr_label_map_on_the_real_builders():
-  from medssl_jax.data import synthetic_cxr
+  from medssl_jax.synthetic import cxr as synthetic_cxr
   from tfds_builders.chexpert import LABELS
   from tfds_builders.nih_chestxray14 import FINDINGS
   chexpert, mimic = _names("chexpert", "all_u_keep_320"), _names("mimic_cxr", None)
@@ -576,7 +576,7 @@ def test_experiment_multilabel_source_to_multilabel_targets(tfds_dir, tmp_path_f
   """synthetic_cxr/tiny source, linear probe: its own test split under the identity map reproduces the
   in-distribution macro AUROC; a dummy CheXpert validation split (u_keep: uncertain -1 labels) target through cxr_label_map
   scores its 3 shared findings on every record; a single-label target fails before any training."""
-  from medssl_jax.data import synthetic_cxr
+  from medssl_jax.synthetic import cxr as synthetic_cxr
   from tfds_builders.chexpert import LABELS
   from tfds_builders.chexpert import dummy_data as chexpert_dummy
   root = tmp_path_factory.mktemp("cxr")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_fundus as sf
+from medssl_jax.synthetic import fundus as sf
 from medssl_jax.evals import segmentation as seg
 from medssl_jax.evals import segmentation_metrics as sm
 from medssl_jax.modes import segmentation as seg_mode

@@ -1,11 +1,11 @@
-"""Tests for the synthetic chest X-ray + report data (medssl_jax.data.synthetic_cxr, builder synthetic_cxr)."""
+"""Tests for the synthetic chest X-ray + report data (medssl_jax.synthetic.cxr, builder synthetic_cxr)."""
 import re
 
 import numpy as np
 import pytest
 
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_cxr as sc
+from medssl_jax.synthetic import cxr as sc
 
 # An independent keyword reader of the reports: finding -> words that mention it in a sentence.
 _KEYWORDS = {'cardiomegaly': ('cardiomegaly', 'enlarged'), 'consolidation': ('consolidation', 'opacity'),

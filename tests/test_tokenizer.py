@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tokenizers
 
-from medssl_jax.data import synthetic_cxr
+from medssl_jax.synthetic import cxr as synthetic_cxr
 from medssl_jax.text import SPECIAL_TOKENS, Tokenizer, pre_tokenize, train_tokenizer
 
 CORPUS = [

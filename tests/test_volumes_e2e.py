@@ -14,7 +14,7 @@ from medssl_jax import experiment
 from medssl_jax.config import load as load_config
 from medssl_jax.data import masks
 from medssl_jax.data import pipeline
-from medssl_jax.data import synthetic_volumes
+from medssl_jax.synthetic import volumes as synthetic_volumes
 from medssl_jax.protocols import encoders as protocol_encoders
 from medssl_jax.protocols import probe as protocol_probe
 from medssl_jax.tables import runner

@@ -1,1 +1,1 @@
-"""Data: the embedded synthetic fundus generator and the tfds.data_source + grain pipelines."""
+"""Data: the tfds.data_source + grain pipelines, label subsets, foreground masks and the shared real data."""

@@ -23,7 +23,7 @@ out (as a radiologist's lung-field mask usually does too); at 28 px the two lung
 component through the trachea (the cut along the spine separates most), very tight crops or unusual
 exposure give odd masks, and an image without aerated lung still gets its darkest regions as a mask
 (only a flat image gets an empty one). Measured on the
-synthetic chest X-rays of medssl_jax/data/synthetic_cxr.py and the real PneumoniaMNIST test split:
+synthetic chest X-rays of medssl_jax/synthetic/cxr.py and the real PneumoniaMNIST test split:
 see tests/test_lung_mask.py. A lung segmenter trained on the Montgomery / Shenzhen masks (their TFDS
 builders are in tfds_builders/) would be the better source of lung masks when those downloads are present.
 
@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from medssl_jax.data import pipeline
 from medssl_jax.data import shared
-from medssl_jax.data import synthetic_cxr
+from medssl_jax.synthetic import cxr as synthetic_cxr
 
 NAME = "lung fields (intensity segmentation)"  # How summaries name this mask.
 
@@ -168,7 +168,7 @@ def overlay_grid(images, masks, path: str, *, ncols: int = 8, zoom: int = 4) -> 
 
 def synthetic_dice(*, size: int, count: int = 32) -> np.ndarray:
   """Per-image Dice of `lung_masks` against the lungs drawn into the first `count` synthetic chest X-rays
-  (medssl_jax/data/synthetic_cxr.py: the union of the two lung ellipses in meta['lungs']) at `size` px."""
+  (medssl_jax/synthetic/cxr.py: the union of the two lung ellipses in meta['lungs']) at `size` px."""
   images, truth = [], []
   yy, xx = np.mgrid[0:size, 0:size] + 0.5
   for i in range(count):

@@ -1,4 +1,4 @@
-"""TFDS builder for the synthetic chest X-ray + report data set (see medssl_jax.data.synthetic_cxr)."""
+"""TFDS builder for the synthetic chest X-ray + report data set (see medssl_jax.synthetic.cxr)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from medssl_jax.data import synthetic_cxr
+from medssl_jax.synthetic import cxr as synthetic_cxr
 
 _DESCRIPTION = """
 Synthetic grayscale chest-X-ray-like images paired with templated radiology reports, for image+report

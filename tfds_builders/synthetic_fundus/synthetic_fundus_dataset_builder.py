@@ -1,4 +1,4 @@
-"""TFDS builder for the synthetic fundus grading data set (see medssl_jax.data.synthetic_fundus)."""
+"""TFDS builder for the synthetic fundus grading data set (see medssl_jax.synthetic.fundus)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from medssl_jax.data import synthetic_fundus
+from medssl_jax.synthetic import fundus as synthetic_fundus
 
 _DESCRIPTION = """
 Synthetic fundus-like colour images graded by lesions into healthy / mild / moderate / severe.

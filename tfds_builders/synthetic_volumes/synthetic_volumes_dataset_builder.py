@@ -1,4 +1,4 @@
-"""TFDS builder for the synthetic shape volumes (see medssl_jax.data.synthetic_volumes)."""
+"""TFDS builder for the synthetic shape volumes (see medssl_jax.synthetic.volumes)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medssl_jax.data import synthetic_volumes
+from medssl_jax.synthetic import volumes as synthetic_volumes
 
 _DESCRIPTION = """
 Synthetic organ-like binary shape volumes (0 / 255 voxels, as MedMNIST 3D's AdrenalMNIST3D): lumpy ellipsoids

@@ -242,7 +242,7 @@ def generate(num: int, *, size: int = 64, seed: int = 0,
 
 
 if __name__ == '__main__':
-  # python -m medssl_jax.data.synthetic_cxr /tmp/cxr.png : a grid of 16 examples, reports printed.
+  # python -m medssl_jax.synthetic.cxr /tmp/cxr.png : a grid of 16 examples, reports printed.
   import sys
   out = sys.argv[1] if len(sys.argv) > 1 else 'synthetic_cxr.png'
   images, labels, reports = generate(16, size=64)

@@ -304,7 +304,7 @@ def save_grid(path: str | pathlib.Path, *, size: int = 64, per_class: int = 8, s
 
 
 if __name__ == '__main__':
-  # python -m medssl_jax.data.synthetic_fundus docs/synthetic_fundus.png [lesion_scale]  (rows: healthy..severe)
+  # python -m medssl_jax.synthetic.fundus docs/synthetic_fundus.png [lesion_scale]  (rows: healthy..severe)
   import sys
   out = sys.argv[1] if len(sys.argv) > 1 else 'synthetic_fundus.png'
   lesions = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
